@@ -1,0 +1,153 @@
+"""Flax linen versions of the 2:4 modules, for linen users.
+
+Linen keeps state in collections: the master weight is ``params/.../weight``
+(shape ``(out, in)``), and the non-trainable 2:4 state lives in the
+``"sparse24"`` collection: ``mask`` (boolean) for every layer, ``beta`` for
+S-STE layers. Apply with ``mutable=False`` and an rng for MVUE::
+
+    y = model.apply({"params": p, "sparse24": s}, x, rngs={"sparse24": key})
+
+The functional helpers :func:`refresh_masks` and :func:`decay_masks` play the
+role of their NNX namesakes on those two trees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from .activations import GATED_KINDS, gated_activation
+from .backend import get_backend
+from .linear import METHODS, sparse24_linear
+from .masks import mask_24
+from .sste import sste_scale
+
+__all__ = ["SparseLinear", "SparseMLP", "SparseGatedMLP", "refresh_masks", "decay_masks", "COLLECTION"]
+
+COLLECTION = "sparse24"
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=-1, out_axis=-2)
+
+
+class SparseLinear(nn.Module):
+    """``y = x @ W_s.T`` with a 2:4 projected weight; see
+    :class:`sparse24_jax.nnx.SparseLinear` for the arguments. ``dense=True``
+    is dense fine-tuning (the mask is no longer applied)."""
+
+    features: int
+    method: str = "srste"
+    backend: Any = "xla"
+    mvue: bool = True
+    dense: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: use one of {METHODS}")
+        k = x.shape[-1]
+        for name, v in (("in_features", k), ("features", self.features)):
+            if self.method != "dense" and v % 4:
+                raise ValueError(f"{name}={v} is not a multiple of 4: choose a size divisible by 4")
+        w = self.param("weight", self.kernel_init, (self.features, k), self.param_dtype)
+        mask = self.variable(COLLECTION, "mask", lambda: _search_mask(self.method, self.backend, w))
+        beta = None
+        if self.method == "sste":
+            beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
+        x = x.astype(self.dtype or x.dtype)
+        if self.dense or self.method == "dense":
+            return sparse24_linear(x, w, method="dense")
+        key = None
+        if self.mvue:
+            if not self.has_rng(COLLECTION):
+                raise ValueError(
+                    "mvue=True needs an rng: apply(..., rngs={'sparse24': key}) with a fresh key "
+                    "every step, or build the module with mvue=False"
+                )
+            key = self.make_rng(COLLECTION)
+        return sparse24_linear(
+            x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue
+        )
+
+
+def _search_mask(method, backend, w):
+    if method in ("srste", "ste"):
+        return get_backend(backend).transposable_mask(w)
+    if method == "sste":
+        return mask_24(w, axis=-1)
+    return jnp.ones(w.shape, bool)
+
+
+class SparseMLP(nn.Module):
+    """GPT-2's FFN, ``proj(gelu(fc(x)))``, both linears 2:4."""
+
+    d_hidden: int
+    linear_kwargs: dict = None  # forwarded to both SparseLinear layers
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(self.linear_kwargs or {})
+        h = SparseLinear(self.d_hidden, name="fc", **kw)(x)
+        return SparseLinear(x.shape[-1], name="proj", **kw)(jax.nn.gelu(h, approximate=False))
+
+
+class SparseGatedMLP(nn.Module):
+    """LLaMA-style FFN, ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``."""
+
+    d_hidden: int
+    activation: str = "swiglu"
+    linear_kwargs: dict = None
+
+    @nn.compact
+    def __call__(self, x):
+        if self.activation not in GATED_KINDS:
+            raise ValueError(f"unknown activation {self.activation!r}: use one of {GATED_KINDS}")
+        kw = dict(self.linear_kwargs or {})
+        h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw)(x)
+        fused = getattr(get_backend(kw.get("backend", "xla")), "gated_activation", None)
+        a = fused(h, self.activation) if fused is not None else gated_activation(h, self.activation)
+        return SparseLinear(x.shape[-1], name="proj", **kw)(a)
+
+
+def _layers(params, sparse_state):
+    """(path, weight, layer_state) for every layer with a ``mask`` in the
+    sparse24 collection."""
+    flat_p = flatten_dict(params)
+    flat_s = flatten_dict(sparse_state)
+    for path, m in flat_s.items():
+        if path[-1] == "mask":
+            prefix = path[:-1]
+            yield prefix, flat_p[prefix + ("weight",)], {k[-1]: v for k, v in flat_s.items() if k[:-1] == prefix}
+
+
+def refresh_masks(params, sparse_state, step, *, mask_interval: int = 40, backend: Any = "xla"):
+    """Recompute the masks (transposable for layers without ``beta``, the
+    soft-threshold support for S-STE layers) when ``mask_interval`` divides
+    ``step``. Returns ``(new_sparse_state, flip_rate)``. Jit-able."""
+    flat = flatten_dict(sparse_state)
+    due = jnp.asarray(step) % mask_interval == 0
+    flips = jnp.zeros((), jnp.float32)
+    total = 0
+    for prefix, w, st in _layers(params, sparse_state):
+        method = "sste" if "beta" in st else "srste"
+        old = st["mask"]
+        new = jax.lax.cond(due, lambda w: _search_mask(method, backend, w), lambda _: old, w)
+        flat[prefix + ("mask",)] = new
+        flips += jnp.sum(new != old, dtype=jnp.float32)
+        total += old.size
+    return unflatten_dict(flat), jnp.where(due, flips / max(total, 1), 0.0)
+
+
+def decay_masks(params, sparse_state, *, dense: bool = False):
+    """The ``masks=`` tree for :func:`~sparse24_jax.masked_decay`: the mask at
+    every hard-masked weight, ``True`` elsewhere (and everywhere if
+    ``dense``)."""
+    masked = {} if dense else {p + ("weight",): st["mask"] for p, _, st in _layers(params, sparse_state) if "beta" not in st}
+    flat = {path: masked.get(path, True) for path in flatten_dict(params)}
+    return unflatten_dict(flat)

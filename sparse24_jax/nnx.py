@@ -1,0 +1,269 @@
+"""Flax NNX modules with 2:4 sparse weights, and the functions that maintain them.
+
+A :class:`SparseLinear` keeps the dense float32 master weight as an
+``nnx.Param`` (trained by the optimizer) and, as explicit non-trainable
+Variables, its 2:4 mask (:class:`Sparse24Mask`) and S-STE's frozen scale
+(:class:`Sparse24Scale`). Training with them takes three calls besides the
+usual ones::
+
+    optimizer = nnx.Optimizer(model, sparse24_jax.srste_optimizer(lr, alpha=6e-5, dense_step=d),
+                              wrt=nnx.Param)
+    ...
+    optimizer.update(model, grads, masks=decay_masks(model))   # masked decay needs the masks
+    flip, refreshed = refresh_masks(model, step)                 # every mask_interval steps
+    if step == d: set_dense(model)                                # dense fine-tuning
+
+The weight is stored ``(out_features, in_features)`` (PyTorch's layout, not
+flax's ``(in, out)``) because the 2:4 groups run along the input axis K, which
+must be the contiguous one for the sparse tensor cores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .activations import GATED_KINDS, gated_activation
+from .backend import get_backend
+from .linear import METHODS, sparse24_linear
+from .masks import mask_24
+from .sste import sste_scale
+
+__all__ = [
+    "Sparse24Mask",
+    "Sparse24Scale",
+    "SparseLinear",
+    "SparseMLP",
+    "SparseGatedMLP",
+    "sparse_layers",
+    "refresh_masks",
+    "decay_masks",
+    "set_dense",
+    "init_sste_scales",
+]
+
+
+class Sparse24Mask(nnx.Variable):
+    """A boolean 2:4 mask (not trained; recomputed every ``mask_interval``)."""
+
+
+class Sparse24Scale(nnx.Variable):
+    """S-STE's per-tensor scale beta (computed once, then frozen)."""
+
+
+#: Fan-in scaled init for the (out, in) layout (flax's defaults assume (in, out)).
+default_kernel_init = nnx.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=-1, out_axis=-2
+)
+
+
+def _check_features(name: str, value: int, method: str) -> None:
+    if method != "dense" and value % 4:
+        raise ValueError(
+            f"{name}={value} is not a multiple of 4: 2:4 sparsity needs groups of 4 along both "
+            f"axes of the weight; choose a size divisible by 4 (64 or more for the GPU backends), "
+            f"or method='dense'"
+        )
+
+
+class SparseLinear(nnx.Module):
+    """``y = x @ W_s.T`` with a 2:4 projected weight (see
+    :func:`~sparse24_jax.sparse24_linear`), no bias.
+
+    Args:
+      in_features, out_features: K and N; multiples of 4.
+      method: "srste" (transposable hard mask; pair with masked decay),
+        "ste" (same mask, no decay), "sste" (beta * soft threshold), "dense".
+      backend: "xla", "triton", "cusparselt" or a Backend.
+      mask_interval: recompute the mask every this many optimizer steps (see
+        :func:`refresh_masks`); SPEC's recipe uses 40.
+      mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.
+      dtype: compute dtype (inputs and the projected weight are cast to it),
+        ``None`` for the input's dtype.
+      param_dtype: master weight dtype (float32).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        method: str = "srste",
+        backend: Any = "xla",
+        mask_interval: int = 40,
+        mvue: bool = True,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init: Any = default_kernel_init,
+        rngs: nnx.Rngs,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+        if mask_interval < 1:
+            raise ValueError(f"mask_interval={mask_interval} must be a positive number of steps")
+        _check_features("in_features", in_features, method)
+        _check_features("out_features", out_features, method)
+        self.in_features, self.out_features = in_features, out_features
+        self.method, self.backend, self.mvue = method, backend, mvue
+        self.mask_interval, self.dtype = mask_interval, dtype
+        w = kernel_init(rngs.params(), (out_features, in_features), param_dtype)
+        self.weight = nnx.Param(w)
+        self.mask = Sparse24Mask(self._search_mask(w))
+        self.beta = Sparse24Scale(sste_scale(w) if method == "sste" else jnp.ones((), jnp.float32))
+        self.rngs = rngs["sparse24"].fork()
+        #: dense fine-tuning: a static switch, so flipping it retraces once.
+        self.dense = method == "dense"
+
+    def _search_mask(self, w):
+        """SR-STE/STE: the transposable mask; S-STE: the support of the soft
+        threshold (tracked for the flip rate only)."""
+        if self.method in ("srste", "ste"):
+            return get_backend(self.backend).transposable_mask(w)
+        if self.method == "sste":
+            return mask_24(w, axis=-1)
+        return jnp.ones(w.shape, bool)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        if self.dense:
+            return sparse24_linear(x, self.weight.value, method="dense")
+        key = self.rngs() if self.mvue else None
+        return sparse24_linear(
+            x,
+            self.weight.value,
+            self.mask.value,
+            self.beta.value,
+            key,
+            method=self.method,
+            backend=self.backend,
+            mvue=self.mvue,
+        )
+
+
+class SparseMLP(nnx.Module):
+    """GPT-2's FFN: ``proj(gelu(fc(x)))`` with both linears 2:4 sparse.
+    ``fc``: d_model -> d_hidden, exact GELU, ``proj``: d_hidden -> d_model."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        *,
+        kernel_init: Any = default_kernel_init,
+        out_kernel_init: Any = None,
+        rngs: nnx.Rngs,
+        **linear_kwargs: Any,
+    ):
+        self.fc = SparseLinear(d_model, d_hidden, kernel_init=kernel_init, rngs=rngs, **linear_kwargs)
+        self.proj = SparseLinear(
+            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, rngs=rngs, **linear_kwargs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(jax.nn.gelu(self.fc(x), approximate=False))
+
+
+class SparseGatedMLP(nnx.Module):
+    """LLaMA-style FFN: ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``,
+    ``act`` silu (``activation="swiglu"``) or tanh-GELU ("geglu"). A backend
+    with a fused ``gated_activation`` is used for the activation."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        *,
+        activation: str = "swiglu",
+        kernel_init: Any = default_kernel_init,
+        out_kernel_init: Any = None,
+        rngs: nnx.Rngs,
+        **linear_kwargs: Any,
+    ):
+        if activation not in GATED_KINDS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {GATED_KINDS}")
+        self.activation = activation
+        self.gate_up = SparseLinear(d_model, 2 * d_hidden, kernel_init=kernel_init, rngs=rngs, **linear_kwargs)
+        self.proj = SparseLinear(
+            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, rngs=rngs, **linear_kwargs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.gate_up(x)
+        fused = getattr(get_backend(self.gate_up.backend), "gated_activation", None)
+        a = fused(h, self.activation) if fused is not None else gated_activation(h, self.activation)
+        return self.proj(a)
+
+
+def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
+    """``(path, layer)`` for every :class:`SparseLinear` in ``model``."""
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, SparseLinear):
+            yield tuple(path), node
+
+
+def refresh_masks(model: nnx.Module, step: Any) -> tuple[jax.Array, jax.Array]:
+    """Recompute the masks of the layers whose ``mask_interval`` divides
+    ``step`` (an int or a traced scalar: jit-able) from their current fp32
+    weights. Call it after each optimizer update with the new step count.
+
+    Returns ``(flip_rate, refreshed)``: the fraction of mask entries that
+    changed, over all sparse weights of refreshed layers, and whether any
+    layer refreshed. Layers in dense mode are skipped.
+    """
+    flips = jnp.zeros((), jnp.float32)
+    total = jnp.zeros((), jnp.float32)
+    refreshed = jnp.zeros((), bool)
+    for _, layer in sparse_layers(model):
+        if layer.dense:
+            continue
+        due = jnp.asarray(step) % layer.mask_interval == 0
+        old = layer.mask.value
+        w = layer.weight.value
+        new = jax.lax.cond(due, layer._search_mask, lambda _: old, w)
+        layer.mask.value = new
+        flips += jnp.sum(new != old, dtype=jnp.float32)
+        total += jnp.where(due, float(old.size), 0.0)
+        refreshed |= due
+    return jnp.where(total > 0, flips / jnp.maximum(total, 1.0), 0.0), refreshed
+
+
+def decay_masks(model: nnx.Module, wrt: Any = nnx.Param):
+    """The ``masks=`` argument of :func:`~sparse24_jax.masked_decay`: a pytree
+    shaped like ``nnx.state(model, wrt)`` holding each hard-masked
+    (srste/ste, not dense) layer's mask at its weight, and ``True`` (keep all,
+    no decay) at every other parameter."""
+    masked = {
+        path + ("weight",): layer.mask.value
+        for path, layer in sparse_layers(model)
+        if layer.method in ("srste", "ste") and not layer.dense
+    }
+    state = nnx.state(model, wrt)
+
+    def pick(path, _leaf):
+        keys = tuple(getattr(p, "key", getattr(p, "name", getattr(p, "idx", None))) for p in path)
+        # drop the Variable's own `value` attribute from the pytree path
+        keys = keys[:-1] if keys and keys[-1] == "value" else keys
+        return masked.get(keys, True)
+
+    return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def set_dense(model: nnx.Module, dense: bool = True) -> None:
+    """Switch every sparse layer to dense (``dense=True``: dense fine-tuning,
+    the mask is no longer applied) or back. Changes the static structure, so a
+    jitted step retraces once."""
+    for _, layer in sparse_layers(model):
+        if layer.method != "dense":
+            layer.dense = dense
+
+
+def init_sste_scales(model: nnx.Module) -> None:
+    """Recompute S-STE's beta from the current weights of every "sste" layer
+    (after loading pretrained weights, say); it stays frozen afterwards."""
+    for _, layer in sparse_layers(model):
+        if layer.method == "sste":
+            layer.beta.value = sste_scale(layer.weight.value)
