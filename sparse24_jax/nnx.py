@@ -60,6 +60,19 @@ default_kernel_init = nnx.initializers.variance_scaling(
 )
 
 
+def _get(v: nnx.Variable):
+    """A Variable's value (``get_value`` where flax has it: the attribute
+    access is deprecated from flax 0.12)."""
+    return v.get_value() if hasattr(v, "get_value") else v.value
+
+
+def _set(v: nnx.Variable, value) -> None:
+    if hasattr(v, "set_value"):
+        v.set_value(value)
+    else:
+        v.value = value
+
+
 def _check_features(name: str, value: int, method: str) -> None:
     if method != "dense" and value % 4:
         raise ValueError(
@@ -130,13 +143,13 @@ class SparseLinear(nnx.Module):
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         if self.dense:
-            return sparse24_linear(x, self.weight.value, method="dense")
+            return sparse24_linear(x, _get(self.weight), method="dense")
         key = self.rngs() if self.mvue else None
         return sparse24_linear(
             x,
-            self.weight.value,
-            self.mask.value,
-            self.beta.value,
+            _get(self.weight),
+            _get(self.mask),
+            _get(self.beta),
             key,
             method=self.method,
             backend=self.backend,
@@ -221,10 +234,9 @@ def refresh_masks(model: nnx.Module, step: Any) -> tuple[jax.Array, jax.Array]:
         if layer.dense:
             continue
         due = jnp.asarray(step) % layer.mask_interval == 0
-        old = layer.mask.value
-        w = layer.weight.value
-        new = jax.lax.cond(due, layer._search_mask, lambda _: old, w)
-        layer.mask.value = new
+        old = _get(layer.mask)
+        new = jax.lax.cond(due, layer._search_mask, lambda _: old, _get(layer.weight))
+        _set(layer.mask, new)
         flips += jnp.sum(new != old, dtype=jnp.float32)
         total += jnp.where(due, float(old.size), 0.0)
         refreshed |= due
@@ -237,7 +249,7 @@ def decay_masks(model: nnx.Module, wrt: Any = nnx.Param):
     (srste/ste, not dense) layer's mask at its weight, and ``True`` (keep all,
     no decay) at every other parameter."""
     masked = {
-        path + ("weight",): layer.mask.value
+        path + ("weight",): _get(layer.mask)
         for path, layer in sparse_layers(model)
         if layer.method in ("srste", "ste") and not layer.dense
     }
@@ -266,4 +278,4 @@ def init_sste_scales(model: nnx.Module) -> None:
     (after loading pretrained weights, say); it stays frozen afterwards."""
     for _, layer in sparse_layers(model):
         if layer.method == "sste":
-            layer.beta.value = sste_scale(layer.weight.value)
+            _set(layer.beta, sste_scale(_get(layer.weight)))

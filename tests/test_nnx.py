@@ -1,0 +1,139 @@
+"""Flax NNX modules: Variables, refresh, decay masks, dense switch, training."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import sparse24_jax as s24
+from sparse24_jax import nnx as s24nnx
+
+
+def test_sparse_linear_variables_and_output():
+    layer = s24nnx.SparseLinear(16, 8, mvue=False, rngs=nnx.Rngs(0))
+    assert layer.weight[...].shape == (8, 16) and layer.weight[...].dtype == jnp.float32
+    assert isinstance(layer.mask, s24nnx.Sparse24Mask) and layer.mask[...].dtype == jnp.bool_
+    np.testing.assert_array_equal(layer.mask[...], s24.transposable_mask_24(layer.weight[...]))
+    x = jax.random.normal(jax.random.key(1), (2, 3, 16))
+    expected = x @ jnp.where(layer.mask[...], layer.weight[...], 0).T
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    # only the weight is a trainable Param
+    assert jax.tree.leaves(nnx.state(layer, nnx.Param)) == [layer.weight[...]]
+
+
+def test_sste_layer_has_frozen_beta():
+    layer = s24nnx.SparseLinear(16, 8, method="sste", rngs=nnx.Rngs(0))
+    assert isinstance(layer.beta, s24nnx.Sparse24Scale)
+    np.testing.assert_allclose(layer.beta[...], s24.sste_scale(layer.weight[...]))
+    opt = nnx.Optimizer(layer, s24.sste_optimizer(1e-2), wrt=nnx.Param)
+    beta0 = float(layer.beta[...])
+    grads = nnx.grad(lambda m: m(jnp.ones((4, 16))).sum())(layer)
+    opt.update(layer, grads)
+    assert float(layer.beta[...]) == beta0  # not trained
+
+
+def test_mvue_keys_advance_between_calls():
+    layer = s24nnx.SparseLinear(16, 8, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 16))
+    g1 = nnx.grad(lambda m: (m(x) ** 2).sum())(layer)
+    g2 = nnx.grad(lambda m: (m(x) ** 2).sum())(layer)
+    assert not np.allclose(g1["weight"][...], g2["weight"][...])
+
+
+@pytest.mark.parametrize("method", ["srste", "sste", "dense", "ste"])
+def test_mlp_and_gated_mlp_shapes(method):
+    rngs = nnx.Rngs(0)
+    mlp = s24nnx.SparseMLP(16, 64, method=method, dtype=jnp.bfloat16, rngs=rngs)
+    gated = s24nnx.SparseGatedMLP(16, 32, activation="geglu", method=method, rngs=rngs)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 16))
+    assert mlp(x).shape == x.shape and mlp(x).dtype == jnp.bfloat16
+    assert gated(x).shape == x.shape
+    assert gated.gate_up.weight[...].shape == (64, 16)
+
+
+def test_gated_mlp_matches_formula():
+    m = s24nnx.SparseGatedMLP(8, 8, activation="swiglu", mvue=False, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (4, 8))
+    h = x @ jnp.where(m.gate_up.mask[...], m.gate_up.weight[...], 0).T
+    a = h[:, :8] * jax.nn.silu(h[:, 8:])
+    ref = a @ jnp.where(m.proj.mask[...], m.proj.weight[...], 0).T
+    np.testing.assert_allclose(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+class TwoLayer(nnx.Module):
+    def __init__(self, interval=2, rngs=None):
+        self.mlp = s24nnx.SparseMLP(16, 32, mask_interval=interval, rngs=rngs)
+        self.head = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.mlp(x))
+
+
+def test_refresh_masks_on_schedule_and_flip_rate():
+    model = TwoLayer(rngs=nnx.Rngs(0))
+    old = model.mlp.fc.mask[...]
+    # perturb weights so the optimum moves
+    model.mlp.fc.weight[...] += 0.5 * jax.random.normal(jax.random.key(9), (32, 16))
+    fr, refreshed = s24nnx.refresh_masks(model, 3)  # 3 % 2 != 0: nothing happens
+    assert not bool(refreshed) and float(fr) == 0.0
+    np.testing.assert_array_equal(model.mlp.fc.mask[...], old)
+    fr, refreshed = s24nnx.refresh_masks(model, 4)
+    assert bool(refreshed)
+    new = model.mlp.fc.mask[...]
+    np.testing.assert_array_equal(new, s24.transposable_mask_24(model.mlp.fc.weight[...]))
+    total = model.mlp.fc.mask[...].size + model.mlp.proj.mask[...].size
+    assert float(fr) == pytest.approx(float(jnp.sum(new != old)) / total)
+    assert float(fr) > 0
+
+
+def test_decay_masks_structure_and_dense_switch():
+    model = TwoLayer(rngs=nnx.Rngs(0))
+    masks = s24nnx.decay_masks(model)
+    params = nnx.state(model, nnx.Param)
+    assert jax.tree.structure(masks, is_leaf=lambda x: x is True) == jax.tree.structure(params)
+    np.testing.assert_array_equal(masks["mlp"]["fc"]["weight"][...], model.mlp.fc.mask[...])
+    assert masks["head"]["kernel"].get_value() is True
+    s24nnx.set_dense(model)
+    assert model.mlp.fc.dense and all(v is True for v in jax.tree.leaves(s24nnx.decay_masks(model), is_leaf=lambda x: x is True))
+    x = jax.random.normal(jax.random.key(0), (4, 16))
+    h = jax.nn.gelu(x @ model.mlp.fc.weight[...].T, approximate=False) @ model.mlp.proj.weight[...].T
+    np.testing.assert_allclose(model(x), model.head(h), rtol=1e-5, atol=1e-5)
+
+
+def test_srste_training_loop_learns_with_jit():
+    model = TwoLayer(interval=5, rngs=nnx.Rngs(0))
+    tx = s24.srste_optimizer(3e-3, alpha=1e-3, dense_step=30)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jax.random.normal(jax.random.key(1), (64, 16))
+    y = jnp.sin(x[:, :4] * 2)
+
+    @nnx.jit
+    def step(model, opt):
+        loss, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+        opt.update(model, grads, masks=s24nnx.decay_masks(model))
+        fr, refreshed = s24nnx.refresh_masks(model, opt.step[...])
+        return loss, fr, refreshed
+
+    losses = []
+    for i in range(40):
+        if i == 30:
+            s24nnx.set_dense(model)
+        loss, fr, refreshed = step(model, opt)
+        losses.append(float(loss))
+        assert bool(refreshed) == ((i + 1) % 5 == 0 and i < 30)
+    assert losses[-1] < 0.7 * losses[0]
+    m = model.mlp.fc.mask[...]
+    assert (m.reshape(32, 4, 4).sum(-1) == 2).all()
+
+
+def test_bad_module_arguments():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        s24nnx.SparseLinear(10, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown method"):
+        s24nnx.SparseLinear(8, 8, method="x", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown activation"):
+        s24nnx.SparseGatedMLP(8, 8, activation="relu", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown backend"):
+        s24nnx.SparseLinear(8, 8, backend="nope", rngs=nnx.Rngs(0))
+    s24nnx.SparseLinear(10, 6, method="dense", rngs=nnx.Rngs(0))  # dense needs no alignment
