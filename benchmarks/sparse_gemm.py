@@ -1,0 +1,334 @@
+"""Benchmark the three GEMMs of a 2:4 FFN linear layer: ours (cuSPARSELt via
+XLA FFI) vs XLA dense (jnp.dot) vs PyTorch dense vs PyTorch 2:4
+(torch.sparse.to_sparse_semi_structured), bf16, on one GPU.
+
+    python benchmarks/sparse_gemm.py                     # all shapes, M = 16384
+    python benchmarks/sparse_gemm.py --shapes gpt2-124m llama-7b --json out.json
+
+Per FFN shape (d, 4d) both linears are timed: "up" (W: 4d x d) and "down"
+(W: d x 4d). GEMMs (X: M x K tokens, W: N x K):
+
+    fwd  Z  = X  @ W_s.T      (M, N)
+    dX   dX = dZ @ W_s        (M, K)   sparse W_s.T
+    dW   dW = S(dZ.T) @ X     (N, K)   sparse MVUE-pruned dZ.T
+
+JAX timing: by default a jitted loop of R calls (each call's operands pass
+through an optimization barrier so XLA can neither hoist nor drop it),
+divided by R, median over rounds: no dispatch overhead. ``--mode pipelined``
+instead enqueues R jitted calls and blocks once. PyTorch: CUDA events around R
+back-to-back calls. Compression (ours: W and W.T; MVUE + compress of dZ.T) is
+timed separately; "dW+prune" is the per-step cost of the weight gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = {
+    "gpt2-124m": (768, 3072),
+    "gpt2-350m": (1024, 4096),
+    "gpt2-774m": (1280, 5120),
+    "gpt2-1558m": (1600, 6400),
+    "llama-7b": (4096, 11008),
+}
+
+
+# ---------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------
+
+
+def looped(fn, reps: int):
+    """jit(args -> run fn(*args) reps times in a fori_loop).
+
+    Every iteration's output is carried (so none is dead) and one element of
+    it, times zero, is added into one element of the first floating-point
+    array operand of the next call (so the call is not loop-invariant and
+    cannot be hoisted). The extra work is a one-element update.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def first_float(tree):
+        leaves = jax.tree_util.tree_leaves(tree)
+        for i, leaf in enumerate(leaves):
+            if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim >= 1:
+                return i
+        raise ValueError("looped timing needs a floating-point array operand")
+
+    @jax.jit
+    def run(args):
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        i = first_float(args)
+        out0 = jax.eval_shape(lambda a: fn(*a), args)
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out0)
+
+        def body(_, carry):
+            leaves, _out = carry
+            out = fn(*jax.tree_util.tree_unflatten(treedef, leaves))
+            o = jax.tree_util.tree_leaves(out)[0]
+            tie = o.reshape(-1)[0].astype(jnp.float32) * 0.0
+            x = leaves[i]
+            idx = (0,) * x.ndim
+            x = x.at[idx].add(tie.astype(x.dtype))
+            return leaves[:i] + [x] + leaves[i + 1:], out
+
+        return jax.lax.fori_loop(0, reps, body, (leaves, zeros))
+
+    return run
+
+
+def time_jax(fn, args, *, reps: int, rounds: int, warmup: int, mode: str) -> float:
+    """Median seconds per call of fn(*args)."""
+    import jax
+
+    if mode == "loop":
+        run = looped(fn, reps)
+        jax.block_until_ready(run(args))
+        for _ in range(warmup):
+            jax.block_until_ready(run(args))
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(args))
+            times.append((time.perf_counter() - t0) / reps)
+        return statistics.median(times)
+    jf = jax.jit(fn)
+    jax.block_until_ready(jf(*args))
+    for _ in range(warmup * reps):
+        out = jf(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = jf(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def time_torch(fn, *, reps: int, rounds: int, warmup: int) -> float:
+    import torch
+
+    for _ in range(warmup * reps):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# operands
+# ---------------------------------------------------------------------------
+
+# a transposable 2:4 pattern (two ones in every row and column of each 4x4 block)
+_BLOCK = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], bool)
+
+
+def tiled_mask(n: int, k: int) -> np.ndarray:
+    return np.tile(_BLOCK, (n // 4, k // 4))
+
+
+def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup)
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (m, k), jnp.bfloat16)
+    dz = jax.random.normal(jax.random.fold_in(key, 2), (m, n), jnp.bfloat16)
+    w = jax.random.normal(jax.random.fold_in(key, 3), (n, k), jnp.bfloat16)
+    w_s = jnp.where(jnp.asarray(tiled_mask(n, k)), w, jnp.zeros((), w.dtype))
+    w_op = jax.jit(lambda w: be.prepare_weight(w, transposable=True))(w_s)
+    gkey = jax.random.fold_in(key, 4)
+    g = jax.jit(be.prune_grad)(gkey, dz)
+
+    tj = lambda f, *a: time_jax(f, a, mode=opts.mode, **kw)  # noqa: E731
+    res = {
+        "fwd": {
+            "xla": tj(lambda x, w: jnp.dot(x, w.T), x, w),
+            "ours": tj(be.matmul_fwd, x, w_op),
+            "flops": 2 * m * n * k,
+        },
+        "dX": {
+            "xla": tj(lambda dz, w: jnp.dot(dz, w), dz, w),
+            "ours": tj(be.matmul_dx, dz, w_op),
+            "flops": 2 * m * n * k,
+        },
+        "dW": {
+            "xla": tj(lambda dz, x: jnp.dot(dz.T, x), dz, x),
+            "ours": tj(be.matmul_dw, g, x),
+            "flops": 2 * m * n * k,
+        },
+    }
+    t_prep = tj(lambda w: be.prepare_weight(w, transposable=True), w_s)
+    from sparse24_jax_kernels.cusparselt import ops
+
+    seed = jax.random.bits(gkey, (2,), jnp.uint32)  # prune_grad = these bits + this kernel
+    t_prune = tj(lambda s, dz: ops.mvue_compress(s, dz, transpose=True), seed, dz)
+    res["dW"]["ours+prune"] = res["dW"]["ours"] + t_prune
+
+    if torch_ok:
+        try:
+            _torch_times(res, n, k, m, kw)
+        except Exception as err:  # noqa: BLE001 - report, keep the JAX numbers
+            print(f"  torch failed at N={n} K={k}: {type(err).__name__}: {err}", file=sys.stderr)
+
+    rows = []
+    for gemm, r in res.items():
+        rows.append({"N": n, "K": k, "M": m, "gemm": gemm, **r})
+    comp_bytes = m * n * 2 + (n * m // 2 * 2 + -(-n // 64) * 64 * m // 8)
+    rows.append({"N": n, "K": k, "M": m, "gemm": "compress W,W.T", "ours": t_prep,
+                 "bytes": 2 * (n * k * 2 + n * k // 2 * 2 + n * k // 8)})
+    rows.append({"N": n, "K": k, "M": m, "gemm": "MVUE+compress dZ.T", "ours": t_prune,
+                 "bytes": comp_bytes})
+    return rows
+
+
+def _torch_times(res, n, k, m, kw):
+    import torch
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    SparseSemiStructuredTensor._FORCE_CUTLASS = False  # cuSPARSELt
+    dev = "cuda"
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    dz = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+    mask = torch.from_numpy(tiled_mask(n, k)).to(dev)
+    w_s = w * mask
+    # the MVUE output has the 2:4 pattern of a top-2 prune along M
+    gt = dz.t().contiguous()
+    gm = torch.from_numpy(tiled_mask(n, m)).to(dev)
+    g_s = gt * gm
+    ws = to_sparse_semi_structured(w_s)
+    wts = to_sparse_semi_structured(w_s.t().contiguous())
+    gs = to_sparse_semi_structured(g_s)
+    F = torch.nn.functional
+    with torch.no_grad():
+        res["fwd"]["torch"] = time_torch(lambda: torch.mm(x, w.t()), **kw)
+        res["fwd"]["torch24"] = time_torch(lambda: F.linear(x, ws), **kw)
+        res["dX"]["torch"] = time_torch(lambda: torch.mm(dz, w), **kw)
+        res["dX"]["torch24"] = time_torch(lambda: F.linear(dz, wts), **kw)
+        res["dW"]["torch"] = time_torch(lambda: torch.mm(dz.t(), x), **kw)
+        res["dW"]["torch24"] = time_torch(lambda: torch.mm(gs, x), **kw)
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def _ms(t):
+    return "n/a" if t is None else f"{t * 1e3:.3f}"
+
+
+def _x(a, b):
+    return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def markdown(rows: list[dict]) -> str:
+    out = [
+        "| shape (N x K) | GEMM | XLA dense ms | ours ms | ours vs XLA | torch dense ms "
+        "| torch 2:4 ms | torch 2:4 vs dense | ours TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    extra = ["", "| shape (N x K) | compression | ours ms | GB/s |", "|---|---|---|---|"]
+    for r in rows:
+        shape = f"{r['N']} x {r['K']}"
+        if "flops" in r:
+            ours = r.get("ours")
+            tflops = "n/a" if not ours else f"{r['flops'] / ours / 1e12:.0f}"
+            out.append(
+                f"| {shape} | {r['gemm']} | {_ms(r.get('xla'))} | {_ms(ours)} | "
+                f"{_x(r.get('xla'), ours)} | {_ms(r.get('torch'))} | {_ms(r.get('torch24'))} | "
+                f"{_x(r.get('torch'), r.get('torch24'))} | {tflops} |"
+            )
+            if "ours+prune" in r:
+                out.append(
+                    f"| {shape} | dW+prune | {_ms(r.get('xla'))} | {_ms(r['ours+prune'])} | "
+                    f"{_x(r.get('xla'), r['ours+prune'])} | | | | |"
+                )
+        else:
+            gbs = r["bytes"] / r["ours"] / 1e9
+            extra.append(f"| {shape} | {r['gemm']} | {_ms(r['ours'])} | {gbs:.0f} |")
+    return "\n".join(out + extra)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--which", choices=["up", "down", "both"], default="both",
+                   help="up: W is (4d, d); down: W is (d, 4d)")
+    p.add_argument("--m", type=int, default=16384, help="tokens")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--mode", choices=["loop", "pipelined"], default="loop")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", help="also write the results here")
+    opts = p.parse_args(argv)
+
+    import jax
+
+    from sparse24_jax import get_backend
+
+    be = get_backend("cusparselt")
+    torch_ok = False
+    if not opts.no_torch:
+        try:
+            import torch
+
+            torch_ok = torch.cuda.is_available()
+        except ImportError:
+            pass
+    dev = jax.devices()[0]
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; M = {opts.m}; mode {opts.mode}; "
+          f"reps {opts.reps} x rounds {opts.rounds}; torch: {'yes' if torch_ok else 'no'}",
+          flush=True)
+    rows = []
+    for name in opts.shapes:
+        d, f = SHAPES[name]
+        pairs = []
+        if opts.which in ("up", "both"):
+            pairs.append((f, d))
+        if opts.which in ("down", "both"):
+            pairs.append((d, f))
+        for n, k in pairs:
+            print(f"## {name}: N={n} K={k}", flush=True)
+            rs = bench_shape(be, n, k, opts.m, opts, torch_ok)
+            for r in rs:
+                r["model"] = name
+            rows += rs
+    print(markdown(rows))
+    try:
+        from sparse24_jax_kernels.cusparselt import ops
+
+        print(f"\ncuSPARSELt {ops.version()}; library counters {ops.stats()}")
+    except Exception:  # noqa: BLE001
+        pass
+    if opts.json:
+        with open(opts.json, "w") as fh:
+            json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode, "rows": rows},
+                      fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""``CusparseltBackend``: the three GEMMs of a 2:4 linear layer on sparse tensor cores.
+
+=============  ====================================  ==============================
+GEMM           cuSPARSELt call (A sparse, row-major)  operands
+=============  ====================================  ==============================
+forward        ``Z^T (N,M) = W_s (N,K) @ X^T``        A = W_s, B = X with op T;
+                                                      D column-major = Z (M, N)
+input grad     ``dX^T (K,M) = W_s^T (K,N) @ dZ^T``    A = W_s^T, B = dZ with op T;
+                                                      D column-major = dX (M, K)
+weight grad    ``dW (N,K) = S_z(dZ^T) (N,M) @ X``     A = MVUE(dZ^T), B = X (op N)
+=============  ====================================  ==============================
+
+Our CUDA kernels write cuSPARSELt's compressed format directly (no call to
+the library's slow compression): ``prepare_weight`` compresses ``W_s`` and,
+when the mask is transposable, ``W_s^T`` (read in place, no transposed copy);
+``prune_grad`` does MVUE 2:4 of ``dZ^T`` along the tokens and compresses in
+one pass over ``dZ``.
+
+Notes:
+
+* Without a transposable mask (S-STE), ``W_s^T`` is not 2:4, so the input
+  gradient is a dense ``jnp.dot`` (as in the reference toolkit).
+* ``prune_grad(None, dz)`` (no MVUE) makes the weight gradient a dense
+  ``jnp.dot`` too.
+* cuSPARSELt writes bf16/fp16 outputs for bf16/fp16 operands, so the weight
+  gradient is rounded to the compute dtype before it is cast to float32
+  (``dw_dtype`` asks for another output dtype, if the library offers it).
+* The token count M is padded with zero rows to a multiple of 64 when needed
+  (zero tokens add nothing); K and N must be multiples of 32 (``check``).
+* Operands are local arrays: inside ``shard_map`` each device runs its own
+  shard with its own cuSPARSELt handle and plans. Outside ``shard_map`` XLA
+  all-gathers sharded operands of a custom call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import ops
+
+__all__ = ["CompressedGrad", "CompressedWeight", "CusparseltBackend"]
+
+_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_ALIGN_NK = 32  # the compressed axis: the layout is verified for multiples of 32 (16-bit)
+_ALIGN_M = 64   # token padding
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedWeight:
+    """``W_s`` (N, K) compressed (``w``), ``W_s^T`` compressed (``wt``, when
+    transposable) or the dense ``W_s`` (``dense``, for the dense input grad)."""
+
+    w: jax.Array
+    wt: jax.Array | None
+    dense: jax.Array | None
+    n: int
+    k: int
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedGrad:
+    """``S_z(dZ^T)`` (N, Mp) compressed (``buf``), or the dense ``dZ`` (M, N)
+    when not pruned (``dense``). ``mp``: the padded token count."""
+
+    buf: jax.Array | None
+    dense: jax.Array | None
+    n: int
+    mp: int
+    dtype: str
+
+
+jax.tree_util.register_dataclass(
+    CompressedWeight, data_fields=["w", "wt", "dense"], meta_fields=["n", "k", "dtype"]
+)
+jax.tree_util.register_dataclass(CompressedGrad, data_fields=["buf", "dense"], meta_fields=["n", "mp", "dtype"])
+
+
+def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+    extra = rows - a.shape[0]
+    return a if extra == 0 else jnp.pad(a, ((0, extra), (0, 0)))
+
+
+def _padded(m: int) -> int:
+    return -(-m // _ALIGN_M) * _ALIGN_M
+
+
+class CusparseltBackend:
+    """2:4 GEMMs through cuSPARSELt (XLA FFI); compression by our CUDA kernels.
+
+    Constructing it builds the CUDA library if needed (nvcc, the
+    ``nvidia-cusparselt-cu13`` wheel) and registers the FFI targets; it raises
+    RuntimeError naming the fallback (backend 'xla' or 'triton') when that
+    cannot work here (no GPU, no nvcc, no cuSPARSELt).
+    """
+
+    name = "cusparselt"
+
+    def __init__(self, *, dw_dtype: Any = None):
+        ops.load()
+        self.dw_dtype = None if dw_dtype is None else jnp.dtype(dw_dtype)
+
+    # -- checks -------------------------------------------------------------
+    def check(self, n: int, k: int, dtype: Any) -> None:
+        dt = jnp.dtype(dtype)
+        if dt not in _DTYPES:
+            raise ValueError(
+                f"backend 'cusparselt' runs bfloat16 or float16 GEMMs, not {dt}: cast the "
+                "input (x.astype(jnp.bfloat16)), or use backend='xla'"
+            )
+        bad = [f"{name}={v}" for name, v in (("N (out_features)", n), ("K (in_features)", k))
+               if v % _ALIGN_NK]
+        if bad:
+            raise ValueError(
+                f"backend 'cusparselt' needs N and K multiples of {_ALIGN_NK} (cuSPARSELt's "
+                f"compressed layout, verified for those), got {', '.join(bad)}: pad the layer's "
+                "features to a multiple of 32, or use backend='xla' or backend='triton'"
+            )
+
+    def _check_x(self, x: jax.Array, k: int, dtype: str, what: str) -> None:
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ValueError(f"{what} must be (M, {k}), got shape {tuple(x.shape)}")
+        if jnp.dtype(x.dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{what} is {x.dtype} but the weight was prepared in {dtype}: prepare it in "
+                f"{what}'s dtype (W_s.astype(x.dtype))"
+            )
+
+    # -- weight -------------------------------------------------------------
+    def prepare_weight(self, w_s: jax.Array, *, transposable: bool) -> CompressedWeight:
+        if w_s.ndim != 2:
+            raise ValueError(f"W_s must be 2-D (N, K), got shape {tuple(w_s.shape)}")
+        n, k = w_s.shape
+        self.check(n, k, w_s.dtype)
+        w = ops.compress(w_s)
+        if transposable:
+            # W_s^T (K, N), 2:4 along N: read W_s in place, transposed in the kernel
+            wt = ops.compress(w_s, transpose=True)
+            return CompressedWeight(w=w, wt=wt, dense=None, n=n, k=k, dtype=w_s.dtype.name)
+        return CompressedWeight(w=w, wt=None, dense=w_s, n=n, k=k, dtype=w_s.dtype.name)
+
+    def matmul_fwd(self, x: jax.Array, w_op: CompressedWeight) -> jax.Array:
+        self._check_x(x, w_op.k, w_op.dtype, "x")
+        m = x.shape[0]
+        mp = _padded(m)
+        zt = ops.spmm(w_op.w, _pad_rows(x, mp), m=w_op.n, k=w_op.k, transpose_b=True,
+                      d_col_major=True, out_dtype=x.dtype)
+        return zt if mp == m else zt[:m]
+
+    def matmul_dx(self, dz: jax.Array, w_op: CompressedWeight) -> jax.Array:
+        self._check_x(dz, w_op.n, w_op.dtype, "dZ")
+        if w_op.wt is None:
+            # not transposable (S-STE): W_s^T is not 2:4, so a dense product
+            return jnp.dot(dz, w_op.dense.astype(dz.dtype),
+                           preferred_element_type=jnp.float32).astype(dz.dtype)
+        m = dz.shape[0]
+        mp = _padded(m)
+        dx = ops.spmm(w_op.wt, _pad_rows(dz, mp), m=w_op.k, k=w_op.n, transpose_b=True,
+                      d_col_major=True, out_dtype=dz.dtype)
+        return dx if mp == m else dx[:m]
+
+    # -- gradient -----------------------------------------------------------
+    def prune_grad(self, key: jax.Array | None, dz: jax.Array) -> CompressedGrad:
+        if dz.ndim != 2:
+            raise ValueError(f"dZ must be 2-D (M, N), got shape {tuple(dz.shape)}")
+        m, n = dz.shape
+        if key is None:
+            return CompressedGrad(buf=None, dense=dz, n=n, mp=m, dtype=dz.dtype.name)
+        self.check(n, _ALIGN_NK, dz.dtype)
+        mp = _padded(m)
+        # dZ^T (N, Mp), MVUE 2:4 along the tokens: read dZ in place
+        buf = ops.mvue_compress(ops.seed_from_key(key), _pad_rows(dz, mp), transpose=True)
+        return CompressedGrad(buf=buf, dense=None, n=n, mp=mp, dtype=dz.dtype.name)
+
+    def matmul_dw(self, g: CompressedGrad, x: jax.Array) -> jax.Array:
+        if g.buf is None:
+            return jnp.dot(g.dense.T, x.astype(g.dense.dtype), preferred_element_type=jnp.float32)
+        if x.ndim != 2 or _padded(x.shape[0]) != g.mp:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens"
+            )
+        x = x.astype(g.dtype)
+        out_dtype = self.dw_dtype or x.dtype
+        dw = ops.spmm(g.buf, _pad_rows(x, g.mp), m=g.n, k=g.mp, transpose_b=False,
+                      d_col_major=False, out_dtype=out_dtype)
+        return dw.astype(jnp.float32)
+
+    # -- mask ---------------------------------------------------------------
+    def transposable_mask(self, w: jax.Array) -> jax.Array:
+        from sparse24_jax import transposable_mask_24
+
+        return transposable_mask_24(w)

@@ -1,0 +1,1162 @@
+// sparse24-jax: 2:4 sparse tensor-core GEMMs for JAX through XLA FFI + cuSPARSELt.
+//
+// A plain shared library (no Python ABI): Python loads it with ctypes and
+// registers the handler symbols below with jax.ffi.register_ffi_target(...,
+// platform="CUDA"). Built by `python -m sparse24_jax_kernels.cusparselt.build`.
+//
+// Contents
+//   * s24_spmm            D = A_sparse @ op(B): cuSPARSELt matmul, A given in
+//                         cuSPARSELt's compressed 2:4 format. Plan cache keyed by
+//                         (device, m, n, k, dtypes, layouts); algorithm search
+//                         once per key, never under CUDA-graph capture.
+//   * s24_compress        our fused kernel writing cuSPARSELt's compressed format
+//                         of a 2:4 matrix A (or of the transpose of the input).
+//   * s24_compress_masked the same with a mask applied first (prune + compress).
+//   * s24_mvue_compress   MVUE 2:4 (unbiased random pruning) + compress, with a
+//                         counter-based RNG seeded from a uint32[2] operand.
+//   * s24_lib_compress    cuSPARSELt's own cusparseLtSpMMACompress2, for tests.
+//
+// The compressed layout (SPEC.md, measured on cuSPARSELt 0.8.0, sm90) for A
+// (m x k, row-major, 2:4 along k), es = bytes per element, g = col / 4:
+//   bytes = m*k/2*es (values, row-major (m, k/2), kept pair in column order)
+//         + Mr*Kc/8  (metadata: one nibble idx0 | idx1 << 2 per group)
+//   Mr = ceil(m/64)*64, Kc = k (16-bit) or ceil(k/64)*64 (fp8); padding = 0xE.
+//   nibble q in byte q/2, high nibble when q is odd, with
+//   16-bit: q = (r/64)*16*Kc + (g/8)*512 + ((r%64)/16)*128 + (r%8)*16
+//              + (r%16)/8 + (g%4)*4 + ((g%8)/4)*2
+//   fp8:    q = (r/64)*16*Kc + (g/16)*1024 + ((r%64)/16)*256 + (r%8)*32
+//              + ((r%16)/8)*2 + ((g%8)/2)*8 + ((g%16)/8)*4 + g%2
+// sparse24_jax_kernels/cusparselt/layout.py is the numpy reference of it.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+#include <cusparseLt.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace s24 {
+
+// ---------------------------------------------------------------------------
+// Error helpers
+// ---------------------------------------------------------------------------
+
+static std::string LtStatusText(cusparseStatus_t s) {
+  const char* name = cusparseLtGetErrorName(s);
+  const char* text = cusparseLtGetErrorString(s);
+  std::string out = name ? name : "CUSPARSE_STATUS_?";
+  out += " (";
+  out += std::to_string(static_cast<int>(s));
+  out += "): ";
+  out += text ? text : "unknown cuSPARSELt error";
+  return out;
+}
+
+static ffi::Error LtError(const char* what, cusparseStatus_t s) {
+  return ffi::Error::Internal(std::string("sparse24 cuSPARSELt: ") + what +
+                              " failed: " + LtStatusText(s));
+}
+
+static ffi::Error CudaError(const char* what, cudaError_t e) {
+  return ffi::Error::Internal(std::string("sparse24 cuSPARSELt: ") + what +
+                              " failed: " + cudaGetErrorName(e) + ": " +
+                              cudaGetErrorString(e));
+}
+
+static ffi::Error InvalidArg(const std::string& msg) {
+  return ffi::Error::InvalidArgument("sparse24 cuSPARSELt: " + msg);
+}
+
+#define S24_LT_CHECK(expr)                                  \
+  do {                                                      \
+    cusparseStatus_t s24_status_ = (expr);                  \
+    if (s24_status_ != CUSPARSE_STATUS_SUCCESS) {           \
+      return ::s24::LtError(#expr, s24_status_);            \
+    }                                                       \
+  } while (0)
+
+#define S24_CUDA_CHECK(expr)                                \
+  do {                                                      \
+    cudaError_t s24_err_ = (expr);                          \
+    if (s24_err_ != cudaSuccess) {                          \
+      return ::s24::CudaError(#expr, s24_err_);             \
+    }                                                       \
+  } while (0)
+
+#define S24_RETURN_IF_ERROR(expr)                           \
+  do {                                                      \
+    ffi::Error s24_e_ = (expr);                             \
+    if (!s24_e_.success()) return s24_e_;                   \
+  } while (0)
+
+// Makes `device` the current CUDA device for the scope (XLA calls handlers on
+// threads whose current device is normally right already: then it does
+// nothing) and restores the previous one afterwards.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    int current = -1;
+    status_ = cudaGetDevice(&current);
+    if (status_ != cudaSuccess) return;
+    if (current != device) {
+      status_ = cudaSetDevice(device);
+      if (status_ == cudaSuccess) previous_ = current;
+    }
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  cudaError_t status() const { return status_; }
+
+ private:
+  int previous_ = -1;
+  cudaError_t status_ = cudaSuccess;
+};
+
+// ---------------------------------------------------------------------------
+// Compressed layout (host + device)
+// ---------------------------------------------------------------------------
+
+__host__ __device__ inline int64_t RoundUp(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
+
+// Columns covered by the metadata: k (16-bit) or k rounded up to 64 (fp8).
+__host__ __device__ inline int64_t MetaCols(int64_t k, int es) {
+  return es == 1 ? RoundUp(k, 64) : k;
+}
+
+__host__ __device__ inline int64_t ValueBytes(int64_t m, int64_t k, int es) {
+  return m * (k / 2) * es;
+}
+
+__host__ __device__ inline int64_t CompressedBytes(int64_t m, int64_t k, int es) {
+  return ValueBytes(m, k, es) + RoundUp(m, 64) * MetaCols(k, es) / 8;
+}
+
+// Dtype codes of the compression kernels.
+enum : int { kBF16 = 0, kF16 = 1, kE4M3 = 2 };
+
+template <int DT>
+struct DTraits;
+template <>
+struct DTraits<kBF16> {
+  using Bits = uint16_t;
+  static constexpr uint32_t kMag = 0x7FFFu;
+  static __host__ __device__ inline float ToFloat(uint32_t b) {
+    const uint32_t u = b << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+  static __host__ __device__ inline uint32_t FromFloat(float f) {
+    const __nv_bfloat16_raw r = __float2bfloat16_rn(f);
+    return r.x;
+  }
+};
+template <>
+struct DTraits<kF16> {
+  using Bits = uint16_t;
+  static constexpr uint32_t kMag = 0x7FFFu;
+  static __host__ __device__ inline float ToFloat(uint32_t b) {
+    __half_raw r;
+    r.x = static_cast<unsigned short>(b);
+    return __half2float(__half(r));
+  }
+  static __host__ __device__ inline uint32_t FromFloat(float f) {
+    const __half_raw r = __float2half_rn(f);
+    return r.x;
+  }
+};
+template <>
+struct DTraits<kE4M3> {
+  using Bits = uint8_t;
+  static constexpr uint32_t kMag = 0x7Fu;
+  static __host__ __device__ inline float ToFloat(uint32_t b) {
+    const __half_raw hr = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+    return __half2float(__half(hr));
+  }
+  static __host__ __device__ inline uint32_t FromFloat(float f) {
+    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3));
+  }
+};
+
+// Nibble index inside one (64 rows x 32 groups) tile, relative to the tile's
+// first nibble; r, g are tile-local (the tile starts at a row that is a
+// multiple of 64 and a group that is a multiple of 32).
+template <int ES>
+__host__ __device__ inline int LocalNibble(int r, int g) {
+  if (ES == 2) {
+    return (g >> 3) * 512 + ((r & 63) >> 4) * 128 + (r & 7) * 16 + ((r & 15) >> 3) +
+           (g & 3) * 4 + ((g & 7) >> 2) * 2;
+  } else {
+    return (g >> 4) * 1024 + ((r & 63) >> 4) * 256 + (r & 7) * 32 + ((r & 15) >> 3) * 2 +
+           ((g & 7) >> 1) * 8 + ((g & 15) >> 3) * 4 + (g & 1);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Per-group selection
+// ---------------------------------------------------------------------------
+
+// Keeps x as it is when it has at most two non-zeros (+0 and -0 are zero);
+// otherwise (invalid 2:4 input) keeps the two largest magnitudes, ties to the
+// lower index, and sets the others to +0.
+template <uint32_t kMag>
+__host__ __device__ inline void KeepTop2(const uint32_t x[4], uint32_t y[4]) {
+  int nnz = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) nnz += (x[i] & kMag) != 0u;
+  if (nnz <= 2) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) y[i] = x[i];
+    return;
+  }
+  int a = 0;
+#pragma unroll
+  for (int i = 1; i < 4; ++i)
+    if ((x[i] & kMag) > (x[a] & kMag)) a = i;
+  int b = -1;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    if (i != a && (b < 0 || (x[i] & kMag) > (x[b] & kMag))) b = i;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) y[i] = (i == a || i == b) ? x[i] : 0u;
+}
+
+// cuSPARSELt's choice of the two stored positions of a group with at most two
+// non-zeros: idx0 = first non-zero among 0..2 (else 2), idx1 = next non-zero
+// after idx0 (else 3).
+template <uint32_t kMag>
+__host__ __device__ inline void CanonicalPair(const uint32_t y[4], int* i0, int* i1) {
+  int a = 2;
+#pragma unroll
+  for (int i = 2; i >= 0; --i)
+    if (y[i] & kMag) a = i;
+  int b = 3;
+#pragma unroll
+  for (int j = 3; j >= 1; --j)
+    if (j > a && (y[j] & kMag)) b = j;
+  *i0 = a;
+  *i1 = b;
+}
+
+__host__ __device__ inline uint64_t SplitMix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// MVUE 2:4 of one group (SPEC.md): a_i = |x_i| + 1.19209e-07, S = sum a;
+// i1 ~ a_i / S, then i2 ~ a_j / (S - a_i1) among the other three; the kept
+// values become x_i / p_i with p_i the inclusion probability. h supplies the
+// two uniforms (24 bits each).
+template <int DT>
+__host__ __device__ inline void Mvue4(const uint32_t x[4], uint32_t y[4], uint64_t h) {
+  using T = DTraits<DT>;
+  float v[4], a[4];
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[i] = T::ToFloat(x[i]);
+    a[i] = fabsf(v[i]) + 1.19209e-07f;
+    s += a[i];
+  }
+  const float u1 = static_cast<float>(static_cast<uint32_t>(h >> 40)) * 5.9604644775390625e-08f;
+  const float u2 =
+      static_cast<float>(static_cast<uint32_t>((h >> 8) & 0xFFFFFFull)) * 5.9604644775390625e-08f;
+  // first draw
+  int i1 = 3;
+  {
+    const float t = u1 * s;
+    float c = 0.f;
+    bool found = false;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+      c += a[i];
+      if (!found && t < c) {
+        i1 = i;
+        found = true;
+      }
+    }
+  }
+  // second draw among the other three
+  int i2 = -1;
+  {
+    float a1 = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (i == i1) a1 = a[i];
+    const float t = u2 * (s - a1);
+    float c = 0.f;
+    int last = -1;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j == i1) continue;
+      last = j;
+      c += a[j];
+      if (i2 < 0 && t < c) i2 = j;
+    }
+    if (i2 < 0) i2 = last;
+  }
+  const float inv_s = 1.f / s;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (i != i1 && i != i2) {
+      y[i] = 0u;
+      continue;
+    }
+    float p = a[i] * inv_s;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (j != i) p += (a[j] * inv_s) * a[i] / (s - a[j]);
+    y[i] = T::FromFloat(v[i] / p);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The compression kernel
+// ---------------------------------------------------------------------------
+
+enum : int { kModePlain = 0, kModeMask = 1, kModeMvue = 2 };
+
+constexpr int kTileRows = 64;     // rows of A per block (one metadata row block)
+constexpr int kTileGroups = 32;   // groups of 4 columns of A per block
+constexpr int kTileCols = kTileGroups * 4;
+constexpr int kThreads = 256;
+
+// One block compresses a 64 x 128 tile of A. A is the input itself
+// (TRANS=false, input (m, k) row-major) or its transpose (TRANS=true, input
+// (k, m) row-major, read coalesced along m and transposed through shared
+// memory). It writes A's values (row-major (m, k/2)) and the tile's metadata,
+// which is one contiguous run of bytes. The three phases are separate
+// functions so that a host emulation (s24_emulate_compress, for CPU tests)
+// runs exactly the same index arithmetic.
+template <int DT, int MODE, bool TRANS>
+struct Compressor {
+  using Tr = DTraits<DT>;
+  using Bits = typename Tr::Bits;
+  static constexpr int ES = sizeof(Bits);
+  static constexpr int CH = 16 / ES;  // elements per 16-byte chunk
+  // Row padding: 16-byte-aligned rows for the vector stores (TRANS=false);
+  // an odd number of 32-bit words per row against bank conflicts (TRANS=true).
+  static constexpr int PAD = TRANS ? (ES == 2 ? 2 : 4) : CH;
+
+  struct alignas(16) Smem {
+    Bits tile[kTileRows][kTileCols + PAD];
+    alignas(16) uint8_t nib[kTileRows * kTileGroups];
+  };
+
+  struct Args {
+    const Bits* src;
+    const uint8_t* mask;
+    const uint32_t* seed;
+    uint8_t* out;
+    int64_t m, k;
+  };
+
+  static __host__ __device__ inline void ApplyMask(const uint8_t* mask, int64_t off, uint4* v) {
+    uint8_t mk[CH];
+    if (CH == 8) {
+      *reinterpret_cast<uint2*>(mk) = *reinterpret_cast<const uint2*>(mask + off);
+    } else {
+      *reinterpret_cast<uint4*>(mk) = *reinterpret_cast<const uint4*>(mask + off);
+    }
+    Bits* e = reinterpret_cast<Bits*>(v);
+#pragma unroll
+    for (int j = 0; j < CH; ++j)
+      if (!mk[j]) e[j] = 0;
+  }
+
+  // Phase 1: the tile into shared memory (zeros outside A).
+  static __host__ __device__ inline void Load(const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int64_t r0 = static_cast<int64_t>(by) * kTileRows;
+    const int64_t c0 = static_cast<int64_t>(bx) * kTileCols;
+    if (!TRANS) {
+      constexpr int CPR = kTileCols / CH;
+      for (int idx = tid; idx < kTileRows * CPR; idx += kThreads) {
+        const int r = idx / CPR;
+        const int cc = (idx % CPR) * CH;
+        const int64_t gr = r0 + r, gc = c0 + cc;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (gr < a.m && gc < a.k) {
+          const int64_t off = gr * a.k + gc;
+          v = *reinterpret_cast<const uint4*>(a.src + off);
+          if (MODE == kModeMask) ApplyMask(a.mask, off, &v);
+        }
+        *reinterpret_cast<uint4*>(&sm.tile[r][cc]) = v;
+      }
+    } else {
+      constexpr int CPR = kTileRows / CH;  // chunks per input row (along m)
+      for (int idx = tid; idx < kTileCols * CPR; idx += kThreads) {
+        const int c = idx / CPR;
+        const int rr = (idx % CPR) * CH;
+        const int64_t gc = c0 + c, gr = r0 + rr;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (gc < a.k && gr < a.m) {
+          const int64_t off = gc * a.m + gr;
+          v = *reinterpret_cast<const uint4*>(a.src + off);
+          if (MODE == kModeMask) ApplyMask(a.mask, off, &v);
+        }
+        const Bits* e = reinterpret_cast<const Bits*>(&v);
+#pragma unroll
+        for (int j = 0; j < CH; ++j) sm.tile[rr + j][c] = e[j];
+      }
+    }
+  }
+
+  // Phase 2: choose the kept pair of every group, write the values, and the
+  // group's metadata nibble into shared memory.
+  static __host__ __device__ inline void Select(const Args& a, Smem& sm, int bx, int by,
+                                                int tid) {
+    const int64_t r0 = static_cast<int64_t>(by) * kTileRows;
+    const int64_t g0 = static_cast<int64_t>(bx) * kTileGroups;
+    const int64_t kg = a.k / 4;                 // groups holding values
+    const int64_t kgm = MetaCols(a.k, ES) / 4;  // groups covered by metadata
+    const int64_t half_k = a.k / 2;
+    const int g = tid % kTileGroups;
+    const int64_t gg = g0 + g;
+    if (gg >= kgm) return;
+    uint64_t key = 0;
+    if (MODE == kModeMvue) {
+      key = SplitMix64((static_cast<uint64_t>(a.seed[1]) << 32) | static_cast<uint64_t>(a.seed[0]));
+    }
+    for (int r = tid / kTileGroups; r < kTileRows; r += kThreads / kTileGroups) {
+      const int64_t gr = r0 + r;
+      uint32_t code = 0xEu;  // padding rows / columns
+      if (gr < a.m && gg < kg) {
+        uint32_t x[4], y[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) x[i] = static_cast<uint32_t>(sm.tile[r][4 * g + i]);
+        if (MODE == kModeMvue) {
+          const uint64_t h = SplitMix64(key ^ SplitMix64(static_cast<uint64_t>(gr * kg + gg)));
+          Mvue4<DT>(x, y, h);
+        } else {
+          KeepTop2<Tr::kMag>(x, y);
+        }
+        int i0, i1;
+        CanonicalPair<Tr::kMag>(y, &i0, &i1);
+        uint32_t v0 = 0, v1 = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (i == i0) v0 = y[i];
+          if (i == i1) v1 = y[i];
+        }
+        code = static_cast<uint32_t>(i0) | (static_cast<uint32_t>(i1) << 2);
+        Bits* vals = reinterpret_cast<Bits*>(a.out) + gr * half_k + 2 * gg;
+        if (ES == 2) {
+          *reinterpret_cast<uint32_t*>(vals) = v0 | (v1 << 16);
+        } else {
+          *reinterpret_cast<uint16_t*>(vals) = static_cast<uint16_t>(v0 | (v1 << 8));
+        }
+      }
+      sm.nib[LocalNibble<ES>(r, g)] = static_cast<uint8_t>(code);
+    }
+  }
+
+  // Phase 3: the tile's metadata, one contiguous run of bytes.
+  static __host__ __device__ inline void Store(const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int64_t r0 = static_cast<int64_t>(by) * kTileRows;
+    const int64_t g0 = static_cast<int64_t>(bx) * kTileGroups;
+    const int64_t kc = MetaCols(a.k, ES);
+    const int64_t kgm = kc / 4;
+    const int64_t groups_here = (kgm - g0) < kTileGroups ? (kgm - g0) : kTileGroups;
+    // a multiple of 256 bytes: groups_here is a multiple of 8 (16-bit) or 16 (fp8)
+    const int64_t nbytes = groups_here * kTileRows / 2;
+    const int64_t base = ValueBytes(a.m, a.k, ES) + (r0 / 64) * 8 * kc +
+                         (ES == 2 ? (g0 / 8) * 256 : (g0 / 16) * 512);
+    for (int64_t b = tid; b < nbytes / 16; b += kThreads) {
+      alignas(16) uint8_t bytes[16];
+#pragma unroll
+      for (int t = 0; t < 16; ++t) {
+        const int q = static_cast<int>(b * 32 + 2 * t);
+        bytes[t] = static_cast<uint8_t>(sm.nib[q] | (sm.nib[q + 1] << 4));
+      }
+      *reinterpret_cast<uint4*>(a.out + base + b * 16) = *reinterpret_cast<const uint4*>(bytes);
+    }
+  }
+
+  static dim3 Grid(int64_t m, int64_t k) {
+    const int64_t kgm = MetaCols(k, ES) / 4;
+    return dim3(static_cast<unsigned>((kgm + kTileGroups - 1) / kTileGroups),
+                static_cast<unsigned>((m + kTileRows - 1) / kTileRows));
+  }
+
+  // The same work as the kernel, block by block and thread by thread.
+  static void Emulate(const Args& a) {
+    const dim3 grid = Grid(a.m, a.k);
+    std::unique_ptr<Smem> sm(new Smem());
+    for (unsigned by = 0; by < grid.y; ++by) {
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        for (int t = 0; t < kThreads; ++t) Load(a, *sm, bx, by, t);
+        for (int t = 0; t < kThreads; ++t) Select(a, *sm, bx, by, t);
+        for (int t = 0; t < kThreads; ++t) Store(a, *sm, bx, by, t);
+      }
+    }
+  }
+};
+
+template <int DT, int MODE, bool TRANS>
+__global__ void __launch_bounds__(kThreads)
+    Compress24Kernel(typename Compressor<DT, MODE, TRANS>::Args args) {
+  using C = Compressor<DT, MODE, TRANS>;
+  __shared__ typename C::Smem sm;
+  C::Load(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+  __syncthreads();
+  C::Select(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+  __syncthreads();
+  C::Store(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+}
+
+template <int DT, int MODE, bool TRANS>
+static cudaError_t LaunchOrEmulate(cudaStream_t stream, bool emulate, const void* src,
+                                   const uint8_t* mask, const uint32_t* seed, uint8_t* out,
+                                   int64_t m, int64_t k) {
+  using C = Compressor<DT, MODE, TRANS>;
+  typename C::Args args{static_cast<const typename C::Bits*>(src), mask, seed, out, m, k};
+  if (emulate) {
+    C::Emulate(args);
+    return cudaSuccess;
+  }
+  Compress24Kernel<DT, MODE, TRANS><<<C::Grid(m, k), kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <int DT, int MODE>
+static cudaError_t LaunchCompressT(cudaStream_t stream, bool emulate, bool trans,
+                                   const void* src, const uint8_t* mask, const uint32_t* seed,
+                                   uint8_t* out, int64_t m, int64_t k) {
+  if (trans) return LaunchOrEmulate<DT, MODE, true>(stream, emulate, src, mask, seed, out, m, k);
+  return LaunchOrEmulate<DT, MODE, false>(stream, emulate, src, mask, seed, out, m, k);
+}
+
+template <int MODE>
+static cudaError_t LaunchCompress(cudaStream_t stream, int dt, bool trans, const void* src,
+                                  const uint8_t* mask, const uint32_t* seed, uint8_t* out,
+                                  int64_t m, int64_t k, bool emulate = false) {
+  switch (dt) {
+    case kBF16:
+      return LaunchCompressT<kBF16, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
+    case kF16:
+      return LaunchCompressT<kF16, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
+    default:
+      return LaunchCompressT<kE4M3, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Dtypes
+// ---------------------------------------------------------------------------
+
+static bool KernelDtype(ffi::DataType t, int* dt, int* es) {
+  switch (t) {
+    case ffi::DataType::BF16:
+      *dt = kBF16;
+      *es = 2;
+      return true;
+    case ffi::DataType::F16:
+      *dt = kF16;
+      *es = 2;
+      return true;
+    case ffi::DataType::F8E4M3FN:
+      *dt = kE4M3;
+      *es = 1;
+      return true;
+    default:
+      return false;
+  }
+}
+
+static bool CudaDtype(ffi::DataType t, cudaDataType* out) {
+  switch (t) {
+    case ffi::DataType::BF16:
+      *out = CUDA_R_16BF;
+      return true;
+    case ffi::DataType::F16:
+      *out = CUDA_R_16F;
+      return true;
+    case ffi::DataType::F8E4M3FN:
+      *out = CUDA_R_8F_E4M3;
+      return true;
+    case ffi::DataType::F32:
+      *out = CUDA_R_32F;
+      return true;
+    default:
+      return false;
+  }
+}
+
+static std::string DimsText(const ffi::AnyBuffer& b) {
+  std::string s = "(";
+  auto d = b.dimensions();
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(d[i]);
+  }
+  if (d.size() == 1) s += ",";
+  return s + ")";
+}
+
+static bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// ---------------------------------------------------------------------------
+// Compression handlers
+// ---------------------------------------------------------------------------
+
+// Validates the operands of a compression and returns A's (m, k).
+static ffi::Error CheckCompress(const ffi::AnyBuffer& src, const ffi::AnyBuffer& out,
+                                bool trans, int* dt, int64_t* m, int64_t* k) {
+  int es = 0;
+  if (!KernelDtype(src.element_type(), dt, &es)) {
+    return InvalidArg("compression supports bfloat16, float16 and float8_e4m3fn inputs");
+  }
+  auto d = src.dimensions();
+  if (d.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
+  *m = trans ? d[1] : d[0];
+  *k = trans ? d[0] : d[1];
+  const int64_t m_mult = es == 2 ? 8 : 32;
+  if (*k % 32 != 0 || *m % m_mult != 0) {
+    return InvalidArg("compressed operand A is " + std::to_string(*m) + " x " +
+                      std::to_string(*k) + " (rows x 2:4 axis): the 2:4 axis must be a multiple "
+                      "of 32 and the rows a multiple of " + std::to_string(m_mult) +
+                      " (pad, or use backend='xla' or 'triton')");
+  }
+  if (*m / kTileRows >= 65535) return InvalidArg("compressed operand has too many rows");
+  if (out.element_type() != ffi::DataType::U8 || out.dimensions().size() != 1 ||
+      static_cast<int64_t>(out.element_count()) != CompressedBytes(*m, *k, es)) {
+    return InvalidArg("compressed output must be uint8 of shape (" +
+                      std::to_string(CompressedBytes(*m, *k, es)) + ",), got " + DimsText(out));
+  }
+  if (!Aligned16(src.untyped_data()) || !Aligned16(out.untyped_data())) {
+    return InvalidArg("buffers must be 16-byte aligned");
+  }
+  return ffi::Error::Success();
+}
+
+static ffi::Error CompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                               ffi::Result<ffi::AnyBuffer> out, int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress<kModePlain>(stream, dt, transpose != 0, src.untyped_data(),
+                                            nullptr, nullptr,
+                                            static_cast<uint8_t*>(out->untyped_data()), m, k));
+  return ffi::Error::Success();
+}
+
+static ffi::Error CompressMaskedImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                                     ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> out,
+                                     int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  const auto mt = mask.element_type();
+  if (!(mt == ffi::DataType::PRED || mt == ffi::DataType::U8 || mt == ffi::DataType::S8) ||
+      mask.dimensions().size() != 2 || mask.dimensions()[0] != src.dimensions()[0] ||
+      mask.dimensions()[1] != src.dimensions()[1]) {
+    return InvalidArg("mask must be bool (or uint8) with the input's shape " + DimsText(src) +
+                      ", got " + DimsText(mask));
+  }
+  if (!Aligned16(mask.untyped_data())) return InvalidArg("mask must be 16-byte aligned");
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress<kModeMask>(
+      stream, dt, transpose != 0, src.untyped_data(), static_cast<const uint8_t*>(mask.untyped_data()),
+      nullptr, static_cast<uint8_t*>(out->untyped_data()), m, k));
+  return ffi::Error::Success();
+}
+
+static ffi::Error MvueCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                                   ffi::AnyBuffer seed, ffi::Result<ffi::AnyBuffer> out,
+                                   int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  if (seed.element_type() != ffi::DataType::U32 || seed.element_count() < 2) {
+    return InvalidArg("seed must be uint32 with at least 2 elements, got " + DimsText(seed));
+  }
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress<kModeMvue>(
+      stream, dt, transpose != 0, src.untyped_data(), nullptr,
+      static_cast<const uint32_t*>(seed.untyped_data()),
+      static_cast<uint8_t*>(out->untyped_data()), m, k));
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
+// cuSPARSELt state: one handle per device, plans cached per key
+// ---------------------------------------------------------------------------
+
+struct PlanKey {
+  int64_t m, n, k;
+  int type_ab, type_d;
+  bool transpose_b, d_col_major;
+  bool operator==(const PlanKey& o) const {
+    return m == o.m && n == o.n && k == o.k && type_ab == o.type_ab && type_d == o.type_d &&
+           transpose_b == o.transpose_b && d_col_major == o.d_col_major;
+  }
+};
+
+struct PlanKeyHash {
+  size_t operator()(const PlanKey& p) const {
+    size_t h = 1469598103934665603ull;
+    auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    mix(static_cast<uint64_t>(p.m));
+    mix(static_cast<uint64_t>(p.n));
+    mix(static_cast<uint64_t>(p.k));
+    mix(static_cast<uint64_t>(p.type_ab));
+    mix(static_cast<uint64_t>(p.type_d));
+    mix(p.transpose_b ? 1u : 0u);
+    mix(p.d_col_major ? 1u : 0u);
+    return h;
+  }
+};
+
+struct Plan {
+  cusparseLtMatDescriptor_t mat_a, mat_b, mat_c;
+  cusparseLtMatmulDescriptor_t matmul;
+  cusparseLtMatmulAlgSelection_t alg;
+  cusparseLtMatmulPlan_t plan;
+  size_t workspace = 0;
+  size_t compressed_size = 0;
+  bool searched = false;
+};
+
+struct DeviceState {
+  cusparseLtHandle_t handle;
+  std::mutex mu;  // guards plans and every use of handle / plans
+  std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
+};
+
+// Never destroyed: handles and plans live as long as the process (tearing
+// them down at exit could race the CUDA runtime's own teardown).
+static std::mutex g_devices_mu;
+static std::unordered_map<int, DeviceState*>* g_devices = nullptr;
+static std::atomic<int64_t> g_num_plans{0};
+static std::atomic<int64_t> g_num_searches{0};
+static std::atomic<int64_t> g_num_matmuls{0};
+
+static bool SearchEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPARSE24_CUSPARSELT_SEARCH");
+    return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0));
+  }();
+  return enabled;
+}
+
+// The device's state, creating the handle on first use (call with the
+// device current).
+static ffi::Error GetDeviceState(int device, DeviceState** out) {
+  std::lock_guard<std::mutex> lock(g_devices_mu);
+  if (g_devices == nullptr) g_devices = new std::unordered_map<int, DeviceState*>();
+  auto it = g_devices->find(device);
+  if (it != g_devices->end()) {
+    *out = it->second;
+    return ffi::Error::Success();
+  }
+  auto* state = new DeviceState();
+  cusparseStatus_t s = cusparseLtInit(&state->handle);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    delete state;
+    return LtError("cusparseLtInit", s);
+  }
+  (*g_devices)[device] = state;
+  *out = state;
+  return ffi::Error::Success();
+}
+
+// Builds a plan for D (m x n) = A (m x k, compressed, row-major) @ op(B).
+// B is stored row-major as (n, k) with op = T when transpose_b, else as
+// (k, n) with op = N. D is (m, n), column-major when d_col_major (that is,
+// the row-major (n, m) array D^T), else row-major.
+static ffi::Error CreatePlan(const cusparseLtHandle_t* h, const PlanKey& key, Plan* p) {
+  const auto tab = static_cast<cudaDataType>(key.type_ab);
+  const auto td = static_cast<cudaDataType>(key.type_d);
+  const uint32_t align = 16;
+  S24_LT_CHECK(cusparseLtStructuredDescriptorInit(h, &p->mat_a, key.m, key.k, key.k, align, tab,
+                                                  CUSPARSE_ORDER_ROW,
+                                                  CUSPARSELT_SPARSITY_50_PERCENT));
+  cusparseStatus_t s;
+  if (key.transpose_b) {
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.n, key.k, key.k, align, tab,
+                                      CUSPARSE_ORDER_ROW);
+  } else {
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.k, key.n, key.n, align, tab,
+                                      CUSPARSE_ORDER_ROW);
+  }
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&p->mat_a);
+    return LtError("cusparseLtDenseDescriptorInit(B)", s);
+  }
+  if (key.d_col_major) {
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_c, key.m, key.n, key.m, align, td,
+                                      CUSPARSE_ORDER_COL);
+  } else {
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_c, key.m, key.n, key.n, align, td,
+                                      CUSPARSE_ORDER_ROW);
+  }
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&p->mat_b);
+    cusparseLtMatDescriptorDestroy(&p->mat_a);
+    return LtError("cusparseLtDenseDescriptorInit(D)", s);
+  }
+  auto destroy_descs = [&] {
+    cusparseLtMatDescriptorDestroy(&p->mat_c);
+    cusparseLtMatDescriptorDestroy(&p->mat_b);
+    cusparseLtMatDescriptorDestroy(&p->mat_a);
+  };
+  s = cusparseLtMatmulDescriptorInit(
+      h, &p->matmul, CUSPARSE_OPERATION_NON_TRANSPOSE,
+      key.transpose_b ? CUSPARSE_OPERATION_TRANSPOSE : CUSPARSE_OPERATION_NON_TRANSPOSE,
+      &p->mat_a, &p->mat_b, &p->mat_c, &p->mat_c, CUSPARSE_COMPUTE_32F);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    destroy_descs();
+    return LtError("cusparseLtMatmulDescriptorInit", s);
+  }
+  s = cusparseLtMatmulAlgSelectionInit(h, &p->alg, &p->matmul, CUSPARSELT_MATMUL_ALG_DEFAULT);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    destroy_descs();
+    return LtError("cusparseLtMatmulAlgSelectionInit", s);
+  }
+  s = cusparseLtMatmulPlanInit(h, &p->plan, &p->matmul, &p->alg);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatmulAlgSelectionDestroy(&p->alg);
+    destroy_descs();
+    return LtError("cusparseLtMatmulPlanInit", s);
+  }
+  size_t compressed_buffer = 0;
+  s = cusparseLtMatmulGetWorkspace(h, &p->plan, &p->workspace);
+  if (s == CUSPARSE_STATUS_SUCCESS) {
+    s = cusparseLtSpMMACompressedSize2(h, &p->mat_a, &p->compressed_size, &compressed_buffer);
+  }
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatmulPlanDestroy(&p->plan);
+    cusparseLtMatmulAlgSelectionDestroy(&p->alg);
+    destroy_descs();
+    return LtError("cusparseLtMatmulGetWorkspace / cusparseLtSpMMACompressedSize2", s);
+  }
+  return ffi::Error::Success();
+}
+
+static ffi::Error AllocScratch(ffi::ScratchAllocator& scratch, size_t bytes, void** out) {
+  *out = nullptr;
+  if (bytes == 0) return ffi::Error::Success();
+  std::optional<void*> p = scratch.Allocate(bytes, 256);
+  if (!p.has_value() || *p == nullptr) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "sparse24 cuSPARSELt: could not allocate " + std::to_string(bytes) +
+                          " bytes of workspace from XLA's scratch allocator");
+  }
+  *out = *p;
+  return ffi::Error::Success();
+}
+
+// D = A_sparse @ op(B) (see CreatePlan for the layouts); alpha scales the
+// product (beta = 0).
+static ffi::Error SpmmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, int32_t device,
+                           ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> d,
+                           int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
+                           float alpha) {
+  cudaDataType tab, td;
+  if (!CudaDtype(b.element_type(), &tab) || b.element_type() == ffi::DataType::F32) {
+    return InvalidArg("the dense operand must be bfloat16, float16 or float8_e4m3fn");
+  }
+  if (!CudaDtype(d->element_type(), &td)) {
+    return InvalidArg("the output must be bfloat16, float16, float8_e4m3fn or float32");
+  }
+  int kdt, es;
+  KernelDtype(b.element_type(), &kdt, &es);
+  auto bd = b.dimensions();
+  if (bd.size() != 2) return InvalidArg("dense operand must be 2-D, got " + DimsText(b));
+  const int64_t n = transpose_b ? bd[0] : bd[1];
+  const int64_t bk = transpose_b ? bd[1] : bd[0];
+  if (bk != k) {
+    return InvalidArg("dense operand " + DimsText(b) + " does not match the sparse operand's k = " +
+                      std::to_string(k) + (transpose_b ? " (expected (n, k))" : " (expected (k, n))"));
+  }
+  auto dd = d->dimensions();
+  const int64_t d0 = d_col_major ? n : m, d1 = d_col_major ? m : n;
+  if (dd.size() != 2 || dd[0] != d0 || dd[1] != d1) {
+    return InvalidArg("output must have shape (" + std::to_string(d0) + ", " + std::to_string(d1) +
+                      "), got " + DimsText(*d));
+  }
+  if (a.element_type() != ffi::DataType::U8 || a.dimensions().size() != 1 ||
+      static_cast<int64_t>(a.element_count()) != CompressedBytes(m, k, es)) {
+    return InvalidArg("compressed operand must be uint8 of shape (" +
+                      std::to_string(CompressedBytes(m, k, es)) + ",) for a " + std::to_string(m) +
+                      " x " + std::to_string(k) + " matrix, got " + DimsText(a));
+  }
+  if (k % 32 != 0 || m % 8 != 0 || n % 8 != 0) {
+    return InvalidArg("shapes m=" + std::to_string(m) + ", n=" + std::to_string(n) +
+                      ", k=" + std::to_string(k) + " are not aligned: k must be a multiple of 32, "
+                      "m and n of 8 (pad, or use backend='xla' or 'triton')");
+  }
+  if (!Aligned16(a.untyped_data()) || !Aligned16(b.untyped_data()) ||
+      !Aligned16(d->untyped_data())) {
+    return InvalidArg("buffers must be 16-byte aligned");
+  }
+  if (m == 0 || n == 0) return ffi::Error::Success();
+
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  DeviceState* state = nullptr;
+  S24_RETURN_IF_ERROR(GetDeviceState(device, &state));
+
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  S24_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+
+  std::lock_guard<std::mutex> lock(state->mu);
+  const PlanKey key{m, n, k, static_cast<int>(tab), static_cast<int>(td), transpose_b != 0,
+                    d_col_major != 0};
+  Plan* plan = nullptr;
+  auto it = state->plans.find(key);
+  if (it == state->plans.end()) {
+    auto fresh = std::make_unique<Plan>();
+    S24_RETURN_IF_ERROR(CreatePlan(&state->handle, key, fresh.get()));
+    plan = fresh.get();
+    state->plans.emplace(key, std::move(fresh));
+    g_num_plans.fetch_add(1);
+  } else {
+    plan = it->second.get();
+  }
+  if (plan->compressed_size != static_cast<size_t>(a.element_count())) {
+    return ffi::Error::Internal(
+        "sparse24 cuSPARSELt: this cuSPARSELt expects a compressed buffer of " +
+        std::to_string(plan->compressed_size) + " bytes for a " + std::to_string(m) + " x " +
+        std::to_string(k) + " matrix but sparse24 writes " + std::to_string(a.element_count()) +
+        ": the compressed layout this library assumes (verified on cuSPARSELt 0.8) does not "
+        "hold for this version; use backend='xla' or 'triton'");
+  }
+  const float beta = 0.f;
+  void* d_ptr = d->untyped_data();
+  if (!plan->searched && !capturing && SearchEnabled()) {
+    // Once per key, outside graph capture: time the algorithms on the real
+    // operands (D is overwritten below anyway). Extra workspace for safety.
+    void* ws = nullptr;
+    S24_RETURN_IF_ERROR(AllocScratch(scratch, std::max<size_t>(plan->workspace, 1u << 22), &ws));
+    cudaStream_t streams[1] = {stream};
+    S24_LT_CHECK(cusparseLtMatmulSearch(&state->handle, &plan->plan, &alpha, a.untyped_data(),
+                                        b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
+    S24_LT_CHECK(cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace));
+    plan->searched = true;
+    g_num_searches.fetch_add(1);
+  }
+  void* ws = nullptr;
+  S24_RETURN_IF_ERROR(AllocScratch(scratch, plan->workspace, &ws));
+  cudaStream_t streams[1] = {stream};
+  S24_LT_CHECK(cusparseLtMatmul(&state->handle, &plan->plan, &alpha, a.untyped_data(),
+                                b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
+  g_num_matmuls.fetch_add(1);
+  return ffi::Error::Success();
+}
+
+// cuSPARSELt's own compression of a dense (m, k) row-major 2:4 matrix, into
+// the same uint8 buffer shape as ours (tests compare them byte for byte).
+static ffi::Error LibCompressImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                                  int32_t device, ffi::AnyBuffer src,
+                                  ffi::Result<ffi::AnyBuffer> out) {
+  cudaDataType t;
+  int kdt, es;
+  if (!KernelDtype(src.element_type(), &kdt, &es) || !CudaDtype(src.element_type(), &t)) {
+    return InvalidArg("compression supports bfloat16, float16 and float8_e4m3fn inputs");
+  }
+  auto sd = src.dimensions();
+  if (sd.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
+  const int64_t m = sd[0], k = sd[1];
+  if (out->element_type() != ffi::DataType::U8 || out->dimensions().size() != 1 ||
+      static_cast<int64_t>(out->element_count()) != CompressedBytes(m, k, es)) {
+    return InvalidArg("compressed output must be uint8 of shape (" +
+                      std::to_string(CompressedBytes(m, k, es)) + ",), got " + DimsText(*out));
+  }
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  DeviceState* state = nullptr;
+  S24_RETURN_IF_ERROR(GetDeviceState(device, &state));
+  std::lock_guard<std::mutex> lock(state->mu);
+  cusparseLtMatDescriptor_t desc;
+  S24_LT_CHECK(cusparseLtStructuredDescriptorInit(&state->handle, &desc, m, k, k, 16, t,
+                                                  CUSPARSE_ORDER_ROW,
+                                                  CUSPARSELT_SPARSITY_50_PERCENT));
+  size_t size = 0, buffer = 0;
+  cusparseStatus_t s = cusparseLtSpMMACompressedSize2(&state->handle, &desc, &size, &buffer);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&desc);
+    return LtError("cusparseLtSpMMACompressedSize2", s);
+  }
+  if (size != static_cast<size_t>(out->element_count())) {
+    cusparseLtMatDescriptorDestroy(&desc);
+    return ffi::Error::Internal("sparse24 cuSPARSELt: the library's compressed size is " +
+                                std::to_string(size) + " bytes, the layout formula gives " +
+                                std::to_string(out->element_count()));
+  }
+  void* buf = nullptr;
+  ffi::Error e = AllocScratch(scratch, buffer, &buf);
+  if (!e.success()) {
+    cusparseLtMatDescriptorDestroy(&desc);
+    return e;
+  }
+  s = cusparseLtSpMMACompress2(&state->handle, &desc, 1, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                               src.untyped_data(), out->untyped_data(), buf, stream);
+  cusparseLtMatDescriptorDestroy(&desc);
+  if (s != CUSPARSE_STATUS_SUCCESS) return LtError("cusparseLtSpMMACompress2", s);
+  return ffi::Error::Success();
+}
+
+}  // namespace s24
+
+// ---------------------------------------------------------------------------
+// Exported symbols
+// ---------------------------------------------------------------------------
+
+#define S24_SPMM_BINDING                          \
+  ffi::Ffi::Bind()                                \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()   \
+      .Ctx<ffi::ScratchAllocator>()               \
+      .Ctx<ffi::DeviceOrdinal>()                  \
+      .Arg<ffi::AnyBuffer>()                      \
+      .Arg<ffi::AnyBuffer>()                      \
+      .Ret<ffi::AnyBuffer>()                      \
+      .Attr<int64_t>("m")                         \
+      .Attr<int64_t>("k")                         \
+      .Attr<int64_t>("transpose_b")               \
+      .Attr<int64_t>("d_col_major")               \
+      .Attr<float>("alpha")
+
+// The default: XLA runs it as a plain custom call (never inside its CUDA graphs).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_spmm, s24::SpmmImpl, S24_SPMM_BINDING);
+
+// Experimental (SPARSE24_CUSPARSELT_CMD_BUFFER=1): may be captured into XLA's
+// command buffers; under capture no search runs (the default algorithm is
+// used for keys not searched before).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_spmm_graph, s24::SpmmImpl, S24_SPMM_BINDING,
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_compress, s24::CompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_compress_masked, s24::CompressMaskedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_mvue_compress, s24::MvueCompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_lib_compress, s24::LibCompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+// Plain C diagnostics for ctypes.
+extern "C" {
+
+// cuSPARSELt's version as major*1000 + minor*100 + patch, or -1.
+__attribute__((visibility("default"))) int s24_cusparselt_version(void) {
+  int major = 0, minor = 0, patch = 0;
+  if (cusparseLtGetProperty(MAJOR_VERSION, &major) != CUSPARSE_STATUS_SUCCESS ||
+      cusparseLtGetProperty(MINOR_VERSION, &minor) != CUSPARSE_STATUS_SUCCESS ||
+      cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
+    return -1;
+  }
+  return major * 1000 + minor * 100 + patch;
+}
+
+// Plans built, algorithm searches run, matmuls launched (all devices).
+__attribute__((visibility("default"))) int64_t s24_num_plans(void) {
+  return s24::g_num_plans.load();
+}
+__attribute__((visibility("default"))) int64_t s24_num_searches(void) {
+  return s24::g_num_searches.load();
+}
+__attribute__((visibility("default"))) int64_t s24_num_matmuls(void) {
+  return s24::g_num_matmuls.load();
+}
+
+// Host emulation of the compression kernels (the same code, run block by
+// block on the CPU) for tests without a GPU. dt: 0 bf16, 1 f16, 2 e4m3;
+// mode: 0 plain, 1 masked, 2 MVUE; src (and mask) as the kernels take them,
+// 16-byte aligned; out must hold s24_compressed_bytes(m, k, es) bytes.
+// Returns 0, or -1 for shapes the kernels do not take.
+__attribute__((visibility("default"))) int s24_emulate_compress(int dt, int mode, int trans,
+                                                                const void* src,
+                                                                const uint8_t* mask,
+                                                                const uint32_t* seed,
+                                                                uint8_t* out, int64_t m,
+                                                                int64_t k) {
+  const int64_t m_mult = dt == s24::kE4M3 ? 32 : 8;
+  if (dt < 0 || dt > 2 || mode < 0 || mode > 2 || m < 0 || k < 0 || k % 32 != 0 ||
+      m % m_mult != 0) {
+    return -1;
+  }
+  if (m == 0 || k == 0) return 0;
+  cudaError_t e;
+  switch (mode) {
+    case s24::kModePlain:
+      e = s24::LaunchCompress<s24::kModePlain>(nullptr, dt, trans != 0, src, nullptr, nullptr,
+                                               out, m, k, true);
+      break;
+    case s24::kModeMask:
+      e = s24::LaunchCompress<s24::kModeMask>(nullptr, dt, trans != 0, src, mask, nullptr, out,
+                                              m, k, true);
+      break;
+    default:
+      e = s24::LaunchCompress<s24::kModeMvue>(nullptr, dt, trans != 0, src, nullptr, seed, out,
+                                              m, k, true);
+      break;
+  }
+  return e == cudaSuccess ? 0 : -1;
+}
+
+// Bytes of the compressed buffer for an m x k matrix of es-byte elements.
+__attribute__((visibility("default"))) int64_t s24_compressed_bytes(int64_t m, int64_t k,
+                                                                      int es) {
+  return s24::CompressedBytes(m, k, es);
+}
+
+}  // extern "C"
