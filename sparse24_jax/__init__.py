@@ -11,6 +11,7 @@ from .backend import Backend, BackendUnavailableError, available_backends, get_b
 from .linear import METHODS, project_weight, sparse24_linear
 from .masks import TRANSPOSABLE_PATTERNS, flip_rate, mask_24, transposable_mask_24
 from .mvue import mvue_24, mvue_inclusion_probs
+from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .optim import dense_finetune_step, masked_decay, srste_optimizer, sste_optimizer
 from .packing import compress_24, decompress_24
 from .sste import soft_threshold_24, sste_scale
@@ -19,6 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "ShardConfig",
+    "check_tensor_parallel",
+    "sharded_sparse24_linear",
     "BackendUnavailableError",
     "METHODS",
     "TRANSPOSABLE_PATTERNS",

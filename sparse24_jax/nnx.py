@@ -30,6 +30,7 @@ from .activations import GATED_KINDS, gated_activation
 from .backend import get_backend
 from .linear import METHODS, sparse24_linear
 from .masks import mask_24
+from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
 
 __all__ = [
@@ -97,6 +98,11 @@ class SparseLinear(nnx.Module):
       dtype: compute dtype (inputs and the projected weight are cast to it),
         ``None`` for the input's dtype.
       param_dtype: master weight dtype (float32).
+      shard: run per device inside ``shard_map`` on this mesh (needed for
+        the GPU backends when training on several devices; see
+        :mod:`sparse24_jax.parallel`). ``None``: plain jit sharding.
+      tp_mode: tensor-parallel split of the weight with ``shard``:
+        "column" (split N), "row" (split K) or ``None``.
     """
 
     def __init__(
@@ -111,6 +117,8 @@ class SparseLinear(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Any = default_kernel_init,
+        shard: ShardConfig | None = None,
+        tp_mode: str | None = None,
         rngs: nnx.Rngs,
     ):
         if method not in METHODS:
@@ -122,6 +130,9 @@ class SparseLinear(nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.method, self.backend, self.mvue = method, backend, mvue
         self.mask_interval, self.dtype = mask_interval, dtype
+        self.shard, self.tp_mode = shard, tp_mode
+        if shard is not None:
+            check_tensor_parallel(out_features, in_features, shard.size(shard.tensor_axis if tp_mode else None), tp_mode)
         w = kernel_init(rngs.params(), (out_features, in_features), param_dtype)
         self.weight = nnx.Param(w)
         self.mask = Sparse24Mask(self._search_mask(w))
@@ -145,16 +156,11 @@ class SparseLinear(nnx.Module):
         if self.dense:
             return sparse24_linear(x, _get(self.weight), method="dense")
         key = self.rngs() if self.mvue else None
-        return sparse24_linear(
-            x,
-            _get(self.weight),
-            _get(self.mask),
-            _get(self.beta),
-            key,
-            method=self.method,
-            backend=self.backend,
-            mvue=self.mvue,
-        )
+        args = (x, _get(self.weight), _get(self.mask), _get(self.beta), key)
+        kwargs = dict(method=self.method, backend=self.backend, mvue=self.mvue)
+        if self.shard is not None:
+            return sharded_sparse24_linear(*args, shard=self.shard, mode=self.tp_mode, **kwargs)
+        return sparse24_linear(*args, **kwargs)
 
 
 class SparseMLP(nnx.Module):
@@ -171,9 +177,13 @@ class SparseMLP(nnx.Module):
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ):
-        self.fc = SparseLinear(d_model, d_hidden, kernel_init=kernel_init, rngs=rngs, **linear_kwargs)
+        tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
+        self.fc = SparseLinear(
+            d_model, d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs, **linear_kwargs
+        )
         self.proj = SparseLinear(
-            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, rngs=rngs, **linear_kwargs
+            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, tp_mode="row" if tp else None,
+            rngs=rngs, **linear_kwargs,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -199,9 +209,17 @@ class SparseGatedMLP(nnx.Module):
         if activation not in GATED_KINDS:
             raise ValueError(f"unknown activation {activation!r}: use one of {GATED_KINDS}")
         self.activation = activation
-        self.gate_up = SparseLinear(d_model, 2 * d_hidden, kernel_init=kernel_init, rngs=rngs, **linear_kwargs)
+        tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
+        # With tensor parallelism the activation splits [x, gate] outside
+        # shard_map (each device holds a slice of both halves only after XLA
+        # moves data): correct on any mesh, at the cost of that exchange.
+        self.gate_up = SparseLinear(
+            d_model, 2 * d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs,
+            **linear_kwargs,
+        )
         self.proj = SparseLinear(
-            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, rngs=rngs, **linear_kwargs
+            d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, tp_mode="row" if tp else None,
+            rngs=rngs, **linear_kwargs,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
