@@ -1,0 +1,248 @@
+"""Benchmark the Triton kernels against their XLA references at GPT-2 / LLaMA FFN shapes.
+
+For each FFN shape (d, 4d) and M = 16384 tokens it times (median of device
+wall time over repeats, after warm-up, each call ended by block_until_ready):
+
+* mask search + compress of the layer's two FFN weights (W and W.T), vs XLA's
+  transposable_mask_24 + compress_24, and as % of an (estimated) training step;
+* compress only (per optimizer step) of both weights;
+* MVUE + compress of dZ.T for both FFN GEMMs, vs XLA's mvue_24 + compress_24,
+  and vs one read + write (a copy) of dZ;
+* fused GEGLU forward + backward on the (M, 2*4d) GEMM output (row-major and
+  transposed), vs XLA's fused reference and vs a copy of h;
+* the three 2:4 GEMMs (Triton) vs XLA's dense dots, in TFLOP/s.
+
+GB/s counts the bytes a kernel must move (inputs read once, outputs written
+once); % of bandwidth divides by the device's nominal HBM bandwidth (H100
+SXM 3.35 TB/s, H200 4.8 TB/s; --hbm-gbs to override) and by a measured copy.
+
+    python benchmarks/kernels.py [--json out.json] [--shapes 124M,350M] [--dtype bfloat16]
+
+Targets (printed as pass/fail): mask search + compress of all FFN weights
+< 1% of a training step; MVUE + compress within 2x of a copy; gated act fwd +
+bwd within 1.3x of a copy of h.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import sparse24_jax as s24
+
+# name: (d_model, d_ff, n_layer, params)
+SHAPES = {
+    "124M": (768, 3072, 12, 124e6),
+    "350M": (1024, 4096, 24, 350e6),
+    "774M": (1280, 5120, 36, 774e6),
+    "1558M": (1600, 6400, 48, 1558e6),
+    "7B": (4096, 11008, 32, 6.7e9),
+}
+NOMINAL_HBM_GBS = {"H100": 3350.0, "H200": 4800.0}
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+def bench(fn, *args, warmup=3, reps=20):
+    """Median seconds of ``fn(*args)`` (jitted), each call synchronised."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _device_numbers(args):
+    kind = jax.devices()[0].device_kind
+    hbm = args.hbm_gbs or next((v for k, v in NOMINAL_HBM_GBS.items() if k in kind), None)
+    tfl = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in kind), None)
+    return kind, hbm, tfl
+
+
+def run(args):
+    from sparse24_jax_kernels.triton import compress, gated, mask_search, matmul, mvue  # noqa: PLC0415
+
+    dt = jnp.dtype(args.dtype)
+    es = dt.itemsize
+    kind, hbm, tfl = _device_numbers(args)
+    m = args.tokens
+    rows = []
+    key = jax.random.key(0)
+    copy = jax.jit(lambda a: a + a)  # one read, one write, the floor for any pass
+    for name in args.shapes.split(","):
+        d, f, n_layer, params = SHAPES[name]
+        r = {"model": name, "d": d, "d_ff": f, "tokens": m}
+        w1 = jax.random.normal(key, (f, d), jnp.float32)  # up-projection (N=4d, K=d)
+        w2 = jax.random.normal(key, (d, f), jnp.float32)  # down-projection (N=d, K=4d)
+        dz1 = jax.random.normal(key, (m, f), dt)
+        dz2 = jax.random.normal(key, (m, d), dt)
+        h = jax.random.normal(key, (m, 2 * f), dt)  # GEGLU input (a gated FFN's up-projection)
+
+        # --- mask search + compress, both weights (srste: every 40 steps / every step)
+        def tri_mask_compress(w):
+            msk = mask_search.transposable_mask(w)
+            return compress.compress(w, msk, dtype=dt), compress.compress(w, msk, transpose=True, dtype=dt)
+
+        def xla_mask_compress(w):
+            msk = s24.transposable_mask_24(w)
+            ws = w.astype(dt)
+            return s24.compress_24(ws, msk), s24.compress_24(ws.T, msk.T)
+
+        def tri_compress(w, msk):
+            return compress.compress(w, msk, dtype=dt), compress.compress(w, msk, transpose=True, dtype=dt)
+
+        def xla_compress(w, msk):
+            ws = w.astype(dt)
+            return s24.compress_24(ws, msk), s24.compress_24(ws.T, msk.T)
+
+        t_tri = sum(bench(jax.jit(tri_mask_compress), w) for w in (w1, w2))
+        t_xla = sum(bench(jax.jit(xla_mask_compress), w) for w in (w1, w2))
+        msk1, msk2 = s24.transposable_mask_24(w1), s24.transposable_mask_24(w2)
+        t_c = bench(jax.jit(tri_compress), w1, msk1) + bench(jax.jit(tri_compress), w2, msk2)
+        t_cx = bench(jax.jit(xla_compress), w1, msk1) + bench(jax.jit(xla_compress), w2, msk2)
+        # mask+compress: read fp32 W (+mask) twice... count the minimum: read W, write mask,
+        # read W + mask twice, write 2 packed copies
+        wb = d * f
+        bytes_mc = 2 * (wb * 4 + wb + 2 * (wb * 5 + wb // 2 * es + wb // 8))
+        # training step estimate: 6 * params * tokens FLOPs at 40% of dense peak
+        step_s = args.step_ms / 1e3 if args.step_ms else 6 * params * m / ((tfl or 989.0) * 1e12 * 0.4)
+        r.update(
+            mask_compress_ms=t_tri * 1e3, mask_compress_xla_ms=t_xla * 1e3,
+            mask_compress_gbs=bytes_mc / t_tri / 1e9,
+            compress_ms=t_c * 1e3, compress_xla_ms=t_cx * 1e3,
+            step_ms_est=step_s * 1e3,
+            mask_compress_all_layers_pct_step=100 * n_layer * t_tri / step_s,
+            compress_all_layers_pct_step=100 * n_layer * t_c / step_s,
+        )
+
+        # --- MVUE + compress of dZ.T, both GEMMs
+        mv = jax.jit(mvue.mvue_compress)
+        mvx = jax.jit(lambda k, z: s24.compress_24(*(lambda s: (s, s != 0))(s24.mvue_24(k, z.T))))
+        t_mv = bench(mv, key, dz1) + bench(mv, key, dz2)
+        t_mvx = bench(mvx, key, dz1) + bench(mvx, key, dz2)
+        t_cp = bench(copy, dz1) + bench(copy, dz2)
+        n_el = m * (d + f)
+        bytes_mv = n_el * es + n_el // 2 * es + n_el // 8
+        r.update(
+            mvue_ms=t_mv * 1e3, mvue_xla_ms=t_mvx * 1e3, mvue_copy_ms=t_cp * 1e3,
+            mvue_gbs=bytes_mv / t_mv / 1e9, mvue_vs_copy=t_mv / t_cp,
+        )
+
+        # --- gated act fwd + bwd
+        def fb(fn):
+            def f_(h, dy):
+                y, vjp = jax.vjp(fn, h)
+                return y, vjp(dy)[0]
+            return jax.jit(f_)
+
+        dy = jax.random.normal(key, (m, f), dt)
+        ref = fb(lambda h: (lambda x, g: x * jax.nn.gelu(g, approximate=True))(*jnp.split(h, 2, -1)))
+        t_g = bench(fb(lambda h: gated.geglu(h)), h, dy)
+        ht = jnp.asarray(h.T)
+        t_gt = bench(fb(lambda h: gated.geglu(h, transposed=True)), ht, dy)
+        t_gx = bench(ref, h, dy)
+        t_hc = bench(copy, h)
+        bytes_g = (m * 2 * f * es + m * f * es) + (m * 2 * f * es + m * f * es + m * 2 * f * es)
+        r.update(
+            gated_ms=t_g * 1e3, gated_transposed_ms=t_gt * 1e3, gated_xla_ms=t_gx * 1e3,
+            gated_copy_ms=t_hc * 1e3, gated_gbs=bytes_g / t_g / 1e9,
+            gated_vs_copy=t_g / t_hc,
+        )
+
+        # --- GEMMs
+        x = jax.random.normal(key, (m, d), dt)
+        ws = jnp.where(msk1, w1, 0).astype(dt)  # (4d, d)
+        be = s24.get_backend("triton")
+        w_op = jax.jit(lambda w: be.prepare_weight(w, transposable=True))(ws)
+        g = jax.jit(be.prune_grad)(key, dz1)
+        flops = 2 * m * d * f
+        t_f = bench(jax.jit(be.matmul_fwd), x, w_op)
+        t_dx = bench(jax.jit(be.matmul_dx), dz1, w_op)
+        t_dw = bench(jax.jit(be.matmul_dw), g, x)
+        dense = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)  # noqa: E731
+        t_fx = bench(jax.jit(lambda x, w: dense(x, w.T)), x, ws)
+        t_dxx = bench(jax.jit(lambda z, w: dense(z, w)), dz1, ws)
+        t_dwx = bench(jax.jit(lambda z, x: jnp.dot(z.T, x, preferred_element_type=jnp.float32)), dz1, x)
+        r.update(
+            gemm_fwd_tflops=flops / t_f / 1e12, gemm_fwd_dense_tflops=flops / t_fx / 1e12,
+            gemm_dx_tflops=flops / t_dx / 1e12, gemm_dx_dense_tflops=flops / t_dxx / 1e12,
+            gemm_dw_tflops=flops / t_dw / 1e12, gemm_dw_dense_tflops=flops / t_dwx / 1e12,
+        )
+        if hbm:
+            r.update(
+                mask_compress_pct_hbm=100 * r["mask_compress_gbs"] / hbm,
+                mvue_pct_hbm=100 * r["mvue_gbs"] / hbm,
+                gated_pct_hbm=100 * r["gated_gbs"] / hbm,
+            )
+        copy_gbs = 2 * m * 2 * f * es / t_hc / 1e9
+        r["copy_gbs"] = copy_gbs
+        rows.append(r)
+        print(f"done {name}", file=sys.stderr, flush=True)
+    return {"device": kind, "dtype": str(dt), "hbm_gbs_nominal": hbm, "rows": rows}
+
+
+def markdown(res) -> str:
+    out = [f"device: {res['device']}, dtype {res['dtype']}, nominal HBM {res['hbm_gbs_nominal']} GB/s", ""]
+    out.append(
+        "| model | mask+compress ms (XLA) | % step, all layers | compress ms (XLA) | MVUE ms (XLA) "
+        "| MVUE / copy | MVUE GB/s (% HBM) | GEGLU f+b ms (T layout, XLA) | GEGLU / copy "
+        "| fwd / dx / dw TFLOP/s (dense XLA) |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        pct = r.get("mvue_pct_hbm")
+        pct_s = f"{pct:.0f}%" if pct is not None else "?"
+        out.append(
+            f"| {r['model']} ({r['d']}x{r['d_ff']}) "
+            f"| {r['mask_compress_ms']:.3f} ({r['mask_compress_xla_ms']:.3f}) "
+            f"| {r['mask_compress_all_layers_pct_step']:.2f}% (every step) / "
+            f"{r['mask_compress_all_layers_pct_step'] / 40:.3f}% (every 40) "
+            f"| {r['compress_ms']:.3f} ({r['compress_xla_ms']:.3f}) "
+            f"| {r['mvue_ms']:.3f} ({r['mvue_xla_ms']:.3f}) | {r['mvue_vs_copy']:.2f}x "
+            f"| {r['mvue_gbs']:.0f} ({pct_s}) "
+            f"| {r['gated_ms']:.3f} ({r['gated_transposed_ms']:.3f}, {r['gated_xla_ms']:.3f}) "
+            f"| {r['gated_vs_copy']:.2f}x "
+            f"| {r['gemm_fwd_tflops']:.0f} / {r['gemm_dx_tflops']:.0f} / {r['gemm_dw_tflops']:.0f} "
+            f"({r['gemm_fwd_dense_tflops']:.0f} / {r['gemm_dx_dense_tflops']:.0f} / {r['gemm_dw_dense_tflops']:.0f}) |"
+        )
+    out.append("")
+    out.append("Targets:")
+    for r in res["rows"]:
+        out.append(
+            f"- {r['model']}: mask search + compress of all FFN weights "
+            f"{r['mask_compress_all_layers_pct_step']:.2f}% of a step (est. {r['step_ms_est']:.1f} ms) "
+            f"[{'PASS' if r['mask_compress_all_layers_pct_step'] < 1 else 'FAIL'} < 1%; amortised over 40 steps "
+            f"{r['mask_compress_all_layers_pct_step'] / 40:.3f}%]; MVUE {r['mvue_vs_copy']:.2f}x a copy "
+            f"[{'PASS' if r['mvue_vs_copy'] <= 2 else 'FAIL'} <= 2x]; GEGLU f+b {r['gated_vs_copy']:.2f}x a copy "
+            f"[{'PASS' if r['gated_vs_copy'] <= 1.3 else 'FAIL'} <= 1.3x]"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ",".join(SHAPES))
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--step-ms", type=float, default=None, help="measured training step time (default: estimate)")
+    p.add_argument("--hbm-gbs", type=float, default=None, help="nominal HBM bandwidth in GB/s")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    args = p.parse_args(argv)
+    res = run(args)
+    md = markdown(res)
+    print(md)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

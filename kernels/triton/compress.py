@@ -1,0 +1,112 @@
+"""Prune + pack a 2:4 operand (``W`` along K, or ``W.T`` along N) in one pass.
+
+Reference twin: :func:`sparse24_jax.compress_24` (same bytes). With no mask the
+kept elements are the non-zeros (``+0`` and ``-0`` count as zero), which is what
+``prepare_weight`` needs: ``W_s`` arrives already projected.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+from ._pack import load_chunk8, pick, positions, store_packed
+from ._runtime import cdiv, jt
+
+
+@triton.jit
+def compress24_kernel(
+    x_ptr, keep_ptr,  # inputs: values, and kept flags (uint8) if HAS_MASK
+    n_rows, n_q, stride_row, stride_q,  # (rows, 2:4 axis) view of x and keep
+    val_ptr, meta_ptr,  # outputs: (n_rows, n_q/2), (n_rows, ceil(n_q/8)) uint8
+    HAS_MASK: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_CHUNKS: tl.constexpr,
+):
+    """Pack ``where(keep, x, 0)`` 2:4 along ``q``; reference: ``compress_24``."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    chunk_start = tl.program_id(1) * BLOCK_CHUNKS
+    chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
+    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(x_ptr, rows, chunks, n_rows, n_q, stride_row, stride_q)
+    if HAS_MASK:
+        m0, m1, m2, m3, m4, m5, m6, m7 = load_chunk8(
+            keep_ptr, rows, chunks, n_rows, n_q, stride_row, stride_q
+        )
+        k0 = m0 != 0
+        k1 = m1 != 0
+        k2 = m2 != 0
+        k3 = m3 != 0
+        k4 = m4 != 0
+        k5 = m5 != 0
+        k6 = m6 != 0
+        k7 = m7 != 0
+    else:
+        k0 = x0 != 0.0
+        k1 = x1 != 0.0
+        k2 = x2 != 0.0
+        k3 = x3 != 0.0
+        k4 = x4 != 0.0
+        k5 = x5 != 0.0
+        k6 = x6 != 0.0
+        k7 = x7 != 0.0
+    # An unkept position that still gets named (a group with fewer than 2
+    # kept) stores +0, as the reference's where(mask, x, 0) does (also for -0).
+    x0 = tl.where(k0, x0, 0.0)
+    x1 = tl.where(k1, x1, 0.0)
+    x2 = tl.where(k2, x2, 0.0)
+    x3 = tl.where(k3, x3, 0.0)
+    x4 = tl.where(k4, x4, 0.0)
+    x5 = tl.where(k5, x5, 0.0)
+    x6 = tl.where(k6, x6, 0.0)
+    x7 = tl.where(k7, x7, 0.0)
+    ia0, ia1 = positions(k0, k1, k2, k3)
+    ib0, ib1 = positions(k4, k5, k6, k7)
+    # Values went through float32 (exact for bf16/fp16/fp32) and are cast back.
+    store_packed(
+        val_ptr, meta_ptr, rows, chunk_start, n_rows, n_q,
+        pick(ia0, x0, x1, x2, x3), pick(ia1, x0, x1, x2, x3), ia0, ia1,
+        pick(ib0, x4, x5, x6, x7), pick(ib1, x4, x5, x6, x7), ib0, ib1,
+        BLOCK_CHUNKS,
+    )
+
+
+BLOCK_ROWS = 32
+BLOCK_CHUNKS = 32
+
+
+def compress(
+    x: jax.Array, mask: jax.Array | None = None, *, transpose: bool = False, dtype=None
+) -> tuple[jax.Array, jax.Array]:
+    """Pack ``x`` (2-D) 2:4 along its last axis, or, with ``transpose=True``,
+    ``x.T`` 2:4 along ``x``'s first axis (read in place, no transpose pass).
+
+    Keeps ``mask`` (same shape as ``x``) or, if None, the non-zeros (at most two
+    per group; a group with more keeps its first two). Returns ``(values,
+    meta)`` exactly as ``compress_24(x or x.T, mask)``, values cast to
+    ``dtype`` (default ``x.dtype``): pruning a float32 master weight straight
+    into bfloat16 packed values is one pass.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"compress takes a 2-D array, got shape {x.shape}")
+    r, c = x.shape
+    n_rows, n_q = (c, r) if transpose else (r, c)
+    if n_q % 4:
+        raise ValueError(f"the 2:4 axis has length {n_q}: pad it to a multiple of 4")
+    stride_row, stride_q = (1, c) if transpose else (c, 1)
+    keep = x if mask is None else mask.astype(jnp.uint8)
+    out_shape = (
+        jax.ShapeDtypeStruct((n_rows, n_q // 2), x.dtype if dtype is None else jnp.dtype(dtype)),
+        jax.ShapeDtypeStruct((n_rows, cdiv(n_q, 8)), jnp.uint8),
+    )
+    return jt().triton_call(
+        x, keep, n_rows, n_q, stride_row, stride_q,
+        kernel=compress24_kernel,
+        out_shape=out_shape,
+        grid=(cdiv(n_rows, BLOCK_ROWS), cdiv(n_q, 8 * BLOCK_CHUNKS)),
+        HAS_MASK=mask is not None,
+        BLOCK_ROWS=BLOCK_ROWS,
+        BLOCK_CHUNKS=BLOCK_CHUNKS,
+        num_warps=4,
+    )
