@@ -359,9 +359,11 @@ def test_check_errors(monkeypatch):
     monkeypatch.setattr(ops, "load", lambda: None)
     be = cb.CusparseltBackend()
     be.check(3072, 768, jnp.bfloat16)
-    be.check(64, 32, jnp.float16)
-    with pytest.raises(ValueError, match="multiple of 32.*backend='xla'"):
+    be.check(64, 128, jnp.float16)
+    with pytest.raises(ValueError, match="multiple of 64.*backend='xla'"):
         be.check(3072, 100, jnp.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        be.check(64, 96, jnp.bfloat16)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         be.check(64, 64, jnp.float32)
 

@@ -105,7 +105,8 @@ def test_grad_of_jit_matches_eager():
     x, w, mask, _ = setup()
     key = jax.random.key(3)
     f = lambda w: jnp.sum(jnp.tanh(s24.sparse24_linear(x, w, mask, key=key)))
-    np.testing.assert_allclose(jax.jit(jax.grad(f))(w), jax.grad(f)(w), rtol=1e-5, atol=1e-6)
+    # jit fuses differently from eager: float32 sums may round differently (seen on an H100)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(w), jax.grad(f)(w), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

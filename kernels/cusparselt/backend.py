@@ -45,7 +45,7 @@ from . import ops
 __all__ = ["CompressedGrad", "CompressedWeight", "CusparseltBackend"]
 
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-_ALIGN_NK = 32  # the compressed axis: the layout is verified for multiples of 32 (16-bit)
+_ALIGN_NK = 64  # the compressed axis: at k = 96 the library padded its metadata to 64 columns (H100, 2026-11-23)
 _ALIGN_M = 64   # token padding
 
 
@@ -118,7 +118,7 @@ class CusparseltBackend:
             raise ValueError(
                 f"backend 'cusparselt' needs N and K multiples of {_ALIGN_NK} (cuSPARSELt's "
                 f"compressed layout, verified for those), got {', '.join(bad)}: pad the layer's "
-                "features to a multiple of 32, or use backend='xla' or backend='triton'"
+                f"features to a multiple of {_ALIGN_NK}, or use backend='xla' or backend='triton'"
             )
 
     def _check_x(self, x: jax.Array, k: int, dtype: str, what: str) -> None:

@@ -198,6 +198,17 @@ def mvue_compress(key_or_seed, a, *, transpose: bool = False):
     return jax.ffi.ffi_call(_PREFIX + "mvue_compress", out)(a, seed, transpose=np.int64(transpose))
 
 
+def _workspace():
+    """cuSPARSELt's workspace, as a second (discarded) output of the call so
+    that XLA allocates it with its other buffers. 32 MiB by default, far above
+    what the plans at our shapes ask for (the call errors if one wants more)."""
+    import jax
+    import jax.numpy as jnp
+
+    mb = int(os.environ.get("SPARSE24_CUSPARSELT_WORKSPACE_MB", "32"))
+    return jax.ShapeDtypeStruct((mb << 20,), jnp.uint8)
+
+
 def lib_compress(a):
     """cuSPARSELt's own compression (cusparseLtSpMMACompress2) of ``a`` (m, k)."""
     import jax
@@ -205,7 +216,8 @@ def lib_compress(a):
 
     m, k = _operand_shape(a, False)
     out = jax.ShapeDtypeStruct((compressed_nbytes(m, k, a.dtype),), jnp.uint8)
-    return jax.ffi.ffi_call(_PREFIX + "lib_compress", out)(a)
+    buf, _ = jax.ffi.ffi_call(_PREFIX + "lib_compress", (out, _workspace()))(a)
+    return buf
 
 
 def spmm(a_buf, b, *, m: int, k: int, transpose_b: bool, d_col_major: bool,
@@ -225,10 +237,11 @@ def spmm(a_buf, b, *, m: int, k: int, transpose_b: bool, d_col_major: bool,
     out_dtype = b.dtype if out_dtype is None else jnp.dtype(out_dtype)
     shape = (n, m) if d_col_major else (m, n)
     out = jax.ShapeDtypeStruct(shape, out_dtype)
-    return jax.ffi.ffi_call(_PREFIX + "spmm", out)(
+    d, _ = jax.ffi.ffi_call(_PREFIX + "spmm", (out, _workspace()))(
         a_buf, b, m=np.int64(m), k=np.int64(k), transpose_b=np.int64(transpose_b),
         d_col_major=np.int64(d_col_major), alpha=np.float32(alpha),
     )
+    return d
 
 
 _DT_CODES = {"bfloat16": 0, "float16": 1, "float8_e4m3fn": 2}

@@ -861,24 +861,28 @@ static ffi::Error CreatePlan(const cusparseLtHandle_t* h, const PlanKey& key, Pl
   return ffi::Error::Success();
 }
 
-static ffi::Error AllocScratch(ffi::ScratchAllocator& scratch, size_t bytes, void** out) {
+// Workspace comes as an extra uint8 output of the call: XLA allocates it with
+// the other buffers (the canonical way for cuBLASLt and cuDNN calls too). The
+// FFI scratch allocator returned nothing on jax 0.11.2 / H100 (seen
+// 2026-11-23), and an output buffer is also safe under command buffers.
+static ffi::Error TakeWorkspace(ffi::Result<ffi::AnyBuffer>& ws, size_t bytes, void** out) {
   *out = nullptr;
   if (bytes == 0) return ffi::Error::Success();
-  std::optional<void*> p = scratch.Allocate(bytes, 256);
-  if (!p.has_value() || *p == nullptr) {
+  if (ws->element_type() != ffi::DataType::U8 || ws->size_bytes() < bytes) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "sparse24 cuSPARSELt: could not allocate " + std::to_string(bytes) +
-                          " bytes of workspace from XLA's scratch allocator");
+                      "sparse24 cuSPARSELt: needs " + std::to_string(bytes) +
+                          " bytes of workspace but the call has " + std::to_string(ws->size_bytes()) +
+                          ": raise SPARSE24_CUSPARSELT_WORKSPACE_MB");
   }
-  *out = *p;
+  *out = ws->untyped_data();
   return ffi::Error::Success();
 }
 
 // D = A_sparse @ op(B) (see CreatePlan for the layouts); alpha scales the
 // product (beta = 0).
-static ffi::Error SpmmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, int32_t device,
+static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
                            ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> d,
-                           int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
+                           ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
                            float alpha) {
   cudaDataType tab, td;
   if (!CudaDtype(b.element_type(), &tab) || b.element_type() == ffi::DataType::F32) {
@@ -957,7 +961,7 @@ static ffi::Error SpmmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, i
     // Once per key, outside graph capture: time the algorithms on the real
     // operands (D is overwritten below anyway). Extra workspace for safety.
     void* ws = nullptr;
-    S24_RETURN_IF_ERROR(AllocScratch(scratch, std::max<size_t>(plan->workspace, 1u << 22), &ws));
+    S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
     cudaStream_t streams[1] = {stream};
     S24_LT_CHECK(cusparseLtMatmulSearch(&state->handle, &plan->plan, &alpha, a.untyped_data(),
                                         b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
@@ -966,7 +970,7 @@ static ffi::Error SpmmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, i
     g_num_searches.fetch_add(1);
   }
   void* ws = nullptr;
-  S24_RETURN_IF_ERROR(AllocScratch(scratch, plan->workspace, &ws));
+  S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
   cudaStream_t streams[1] = {stream};
   S24_LT_CHECK(cusparseLtMatmul(&state->handle, &plan->plan, &alpha, a.untyped_data(),
                                 b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
@@ -976,9 +980,9 @@ static ffi::Error SpmmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, i
 
 // cuSPARSELt's own compression of a dense (m, k) row-major 2:4 matrix, into
 // the same uint8 buffer shape as ours (tests compare them byte for byte).
-static ffi::Error LibCompressImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
-                                  int32_t device, ffi::AnyBuffer src,
-                                  ffi::Result<ffi::AnyBuffer> out) {
+static ffi::Error LibCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                                  ffi::Result<ffi::AnyBuffer> out,
+                                  ffi::Result<ffi::AnyBuffer> workspace) {
   cudaDataType t;
   int kdt, es;
   if (!KernelDtype(src.element_type(), &kdt, &es) || !CudaDtype(src.element_type(), &t)) {
@@ -1015,7 +1019,7 @@ static ffi::Error LibCompressImpl(cudaStream_t stream, ffi::ScratchAllocator scr
                                 std::to_string(out->element_count()));
   }
   void* buf = nullptr;
-  ffi::Error e = AllocScratch(scratch, buffer, &buf);
+  ffi::Error e = TakeWorkspace(workspace, buffer, &buf);
   if (!e.success()) {
     cusparseLtMatDescriptorDestroy(&desc);
     return e;
@@ -1036,10 +1040,10 @@ static ffi::Error LibCompressImpl(cudaStream_t stream, ffi::ScratchAllocator scr
 #define S24_SPMM_BINDING                          \
   ffi::Ffi::Bind()                                \
       .Ctx<ffi::PlatformStream<cudaStream_t>>()   \
-      .Ctx<ffi::ScratchAllocator>()               \
       .Ctx<ffi::DeviceOrdinal>()                  \
       .Arg<ffi::AnyBuffer>()                      \
       .Arg<ffi::AnyBuffer>()                      \
+      .Ret<ffi::AnyBuffer>()                      \
       .Ret<ffi::AnyBuffer>()                      \
       .Attr<int64_t>("m")                         \
       .Attr<int64_t>("k")                         \
@@ -1088,9 +1092,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_mvue_compress, s24::MvueCompressImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_lib_compress, s24::LibCompressImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
                                   .Ctx<ffi::DeviceOrdinal>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 
 // Plain C diagnostics for ctypes.

@@ -67,7 +67,10 @@ def test_version(ops):
     assert v >= 800
 
 
-SHAPES = [(16, 32), (64, 64), (96, 128), (160, 224), (48, 96), (3072, 768), (768, 3072)]
+# k a multiple of 64: at k = 96 cuSPARSELt 0.8.0 on an H100 sized the buffer
+# 5632 bytes where the SPEC layout gives 5376 (metadata columns padded to 64,
+# seen 2026-11-23), so the backend requires N, K multiples of 64.
+SHAPES = [(16, 64), (64, 64), (96, 128), (160, 256), (48, 192), (3072, 768), (768, 3072)]
 
 
 @pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16)])
@@ -159,7 +162,7 @@ def _close(got, want, rtol=2e-2):
     np.testing.assert_allclose(got, want, atol=rtol * scale, rtol=rtol)
 
 
-@pytest.mark.parametrize("m,n,k", [(256, 256, 128), (200, 96, 64), (16384, 3072, 768)])
+@pytest.mark.parametrize("m,n,k", [(256, 256, 128), (200, 128, 64), (16384, 3072, 768)])
 def test_products_match_dense(be, m, n, k):
     _, _, w_s = transposable_24(m + n + k, n, k)
     x = jax.random.normal(jax.random.key(10), (m, k), jnp.bfloat16)
@@ -241,11 +244,11 @@ def test_shard_map(be):
 
 
 def test_bad_inputs(be, ops):
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of 64"):
         be.check(3072, 100, jnp.bfloat16)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         be.check(64, 64, jnp.float32)
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of 64"):
         be.prepare_weight(jnp.zeros((64, 48), jnp.bfloat16), transposable=False)
     with pytest.raises(Exception, match="multiple of 32"):
         ops.compress(jnp.zeros((64, 48), jnp.bfloat16)).block_until_ready()

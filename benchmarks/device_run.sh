@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run stages of the GPU work on a lent H100/H200 machine, from the repo root:
+#   bash benchmarks/device_run.sh env build core cusparselt triton gemm kernels ffn train
+# Installs the repo and carried wheels (.whl/: jax-triton 0.3.1) into /tmp/site,
+# writes every stage's log to $OUT/<stage>.log (default /tmp/out).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TRITON_CACHE_DIR=/tmp/triton-cache XLA_PYTHON_CLIENT_PREALLOCATE=false
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
+    --upgrade --target /tmp/site $(ls .whl/*.whl 2>/dev/null) . >"$OUT/install.log" 2>&1 \
+    || { cat "$OUT/install.log"; exit 1; }
+export PYTHONPATH=/tmp/site
+rc=0
+stage() { local name=$1; shift; echo "=== $name: $*"; timeout "${STAGE_TIMEOUT:-400}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n "${TAIL:-40}"; local r=${PIPESTATUS[0]}; echo "=== $name rc=$r"; [ "$r" = 0 ] || rc=1; }
+for s in "$@"; do
+  case $s in
+    env) stage env bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; python3 -c "import jax, flax, optax, triton, torch; print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \"optax\", optax.__version__, \"triton\", triton.__version__, \"torch\", torch.__version__)"; python3 -m pip show nvidia-cusparselt-cu13 2>/dev/null | head -3; nvcc --version | tail -2' ;;
+    build) stage build python3 -m sparse24_jax_kernels.cusparselt.build -v ;;
+    core) stage core python3 -m pytest -q -x -p no:cacheprovider tests/test_masks.py tests/test_linear.py tests/test_nnx.py tests/test_parallel.py ;;
+    cusparselt) stage cusparselt python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_cusparselt.py ;;
+    triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_triton_kernels.py ;;
+    gemm) stage gemm python3 benchmarks/sparse_gemm.py --json "$OUT/sparse_gemm.json" ;;
+    kernels) stage kernels python3 benchmarks/kernels.py --json "$OUT/kernels.json" ;;
+    ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ;;
+    *) echo "unknown stage $s"; rc=1 ;;
+  esac
+done
+exit $rc
