@@ -421,7 +421,7 @@ def test_backend_semantics_with_host_ops(ops, monkeypatch, m):
 
     _host_ops(monkeypatch, ops)
     be = cb.CusparseltBackend()
-    n, k = 96, 64
+    n, k = 128, 64
     w = jax.random.normal(jax.random.key(0), (n, k), jnp.float32) * 0.1
     mask = transposable_mask_24(w)
     x = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
