@@ -1,0 +1,130 @@
+"""sparse24_train: configs, parameter counts, data sources and the errors users see.
+
+Fast: nothing here trains; GPT-2 sizes are built abstractly (nnx.eval_shape)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sparse24_train")
+from flax import nnx
+
+from sparse24_train import cli
+from sparse24_train.config import ConfigError, load_config
+from sparse24_train.data import ArraySource, DataError, GPT2Tokenizer, get_tokenizer, make_source
+from sparse24_train.model import GPT, num_params
+
+SIZES = {  # config: ((n_layer, n_head, n_embd), parameters in millions, nanoGPT's count)
+    "gpt2-124m": ((12, 12, 768), 124.4),
+    "gpt2-350m": ((24, 16, 1024), 354.9),
+    "gpt2-774m": ((36, 20, 1280), 773.9),
+    "gpt2-1558m": ((48, 25, 1600), 1557.7),
+}
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_gpt2_configs_shapes_and_counts(name):
+    cfg = load_config(name)
+    shape, millions = SIZES[name]
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == shape
+    assert (cfg.block_size, cfg.vocab_size, cfg.method) == (1024, 50304, "srste")
+    assert (cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps) == (1.5e-4, 1e-5, 3000, 300000)
+    assert cfg.batch_size * cfg.grad_accum == 512 and cfg.tokens_per_step == 512 * 1024
+    assert round(cfg.max_steps * cfg.dense_fraction) == 250000
+    if name == "gpt2-124m":  # the others cost seconds each to trace; their shapes are checked above
+        model = nnx.eval_shape(lambda: GPT(cfg, cfg.vocab_size, rngs=nnx.Rngs(0, sparse24=1)))
+        total = num_params(model, non_embedding=False)
+        assert abs(total / 1e6 - millions) / millions < 0.01, total
+        fc = model.h[0].mlp.fc.weight
+        assert fc.shape == (4 * 768, 768)  # (out, in): the 2:4 groups run along the input axis
+
+
+def test_swiglu_option_builds():
+    cfg = load_config("tiny", {"ffn": "swiglu", "n_layer": 1, "method": "sste"})
+    model = nnx.eval_shape(lambda: GPT(cfg, 256, rngs=nnx.Rngs(0, sparse24=1)))
+    assert model.h[0].mlp.gate_up.weight.shape == (2 * 384, 128)
+
+
+def test_overrides_and_bad_field():
+    cfg = load_config("tiny", ["n_layer=3", "learning_rate=3e-4", "mvue=false", "method=dense"])
+    assert (cfg.n_layer, cfg.learning_rate, cfg.mvue, cfg.method) == (3, 3e-4, False, "dense")
+    with pytest.raises(ConfigError, match="unknown config field 'n_layr'.*Did you mean n_layer"):
+        load_config("tiny", ["n_layr=3"])
+    with pytest.raises(ConfigError, match="expected a int"):
+        load_config("tiny", ["n_layer=three"])
+    with pytest.raises(ConfigError, match="method.*must be one of"):
+        load_config("tiny", ["method=magic"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-config")
+
+
+def _cli_error(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(argv))
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_clear_errors(capsys, tmp_path, monkeypatch):
+    err = _cli_error(capsys, "--set", "n_layr=2", "--out", str(tmp_path))
+    assert "unknown config field 'n_layr'" in err
+    err = _cli_error(capsys, "--set", f"data={tmp_path / 'nope'}", "--out", str(tmp_path))
+    assert "no such directory" in err and "train.bin" in err
+    (tmp_path / "owt").mkdir()
+    err = _cli_error(capsys, "--set", f"data={tmp_path / 'owt'}", "--out", str(tmp_path))
+    assert "train.bin, val.bin not found" in err and "uint16" in err
+    err = _cli_error(capsys, "--set", "data=tfds:no_such_dataset_xyz", "--out", str(tmp_path))
+    assert "no_such_dataset_xyz" in err or "tensorflow-datasets" in err
+    monkeypatch.setenv("SPARSE24_TOKENIZER_DIR", str(tmp_path / "tok"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    err = _cli_error(capsys, "--set", "tokenizer=gpt2", "--out", str(tmp_path))
+    assert "vocab.json and merges.txt" in err and str(tmp_path / "tok") in err
+
+
+def test_byte_fallback_and_gpt2_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE24_TOKENIZER_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert get_tokenizer("auto").name == "byte"
+    # A toy GPT-2-format vocabulary: bytes, then merges "h e" -> "he", "he llo"... (Ġ = space)
+    base = {chr(c) if chr(c).isalpha() else f"<{c}>": c for c in range(256)}
+    from sparse24_train.data import _bytes_to_unicode
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "hello")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges))
+    tok = get_tokenizer("gpt2")
+    ids = tok.encode("hello hello!")
+    assert ids == [vocab["hello"], vocab["Ġhello"], ord("!")]
+    assert tok.decode(ids) == "hello hello!" and tok.eot == vocab["<|endoftext|>"]
+    del base
+
+
+def test_bin_source_deterministic_and_resumable(tmp_path):
+    rng = np.random.default_rng(0)
+    rng.integers(0, 50257, 5000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(0, 50257, 1000, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    cfg = load_config("tiny", {"data": str(tmp_path), "block_size": 16})
+    src, tok = make_source(cfg)
+    assert tok is None and isinstance(src, ArraySource)
+    batches = [src.next_batch(4) for _ in range(3)]
+    x, y = batches[0]
+    assert x.shape == (4, 16) and x.dtype == np.int32 and (x[:, 1:] == y[:, :-1]).all()
+    again, _ = make_source(cfg)
+    again.restore({"batches": 2})  # resume after two batches: the third is the same
+    np.testing.assert_array_equal(again.next_batch(4)[0], batches[2][0])
+    v1 = [b[0] for b in src.val_batches(4, 2)]
+    v2 = [b[0] for b in again.val_batches(4, 2)]
+    np.testing.assert_array_equal(v1, v2)
+
+
+def test_embedded_corpus_is_english():
+    cfg = load_config("tiny", {"tokenizer": "byte"})
+    src, tok = make_source(cfg)
+    text = tok.decode(src.train[:2000])
+    assert len(src.train) > 400_000 and " the " in text

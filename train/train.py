@@ -1,0 +1,334 @@
+"""The training loop: one jit-compiled step, data parallel over all local devices.
+
+Read top to bottom: build (model, optimizer, data), the step function, then the loop
+with evaluation, logging, mask refresh, dense fine-tuning and checkpoints.
+
+One optimizer step, inside a single jit:
+  for each of grad_accum micro-batches (lax.scan): forward in bf16, backward (the 2:4
+  layers MVUE-prune their output gradient), sum the fp32 gradients
+  -> clip to global norm 1 -> SR-STE masked decay g += alpha*W*(1-mask) -> AdamW
+  -> recompute the 2:4 masks of layers whose mask_interval divides the new step.
+Dense fine-tuning switches every sparse layer to dense at `dense_step`; that changes the
+model's static structure, so the step is re-jitted once then.
+
+Data parallelism: a 1-D mesh over all local devices; the batch is split along its
+sequence axis (NamedSharding), the state is replicated, and XLA inserts the gradient
+all-reduce. With one device the mesh has one entry and the code is the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import sparse24_jax
+from sparse24_jax import nnx as s24nnx
+
+from .checkpoint import Checkpointer
+from .config import ConfigError
+from .data import make_source
+from .model import GPT, cross_entropy, flops_per_token, num_params, padded_vocab
+
+log = logging.getLogger("sparse24_train")
+
+
+# ----------------------------------------------------------------------------- setup
+
+def lr_schedule(cfg):
+    """nanoGPT's: linear warm-up to learning_rate, then cosine down to min_lr at max_steps.
+    `count` is the number of updates already applied (optax's convention)."""
+    def lr(count):
+        it = count + 1
+        warm = cfg.learning_rate * it / (cfg.warmup_steps + 1)
+        ratio = jnp.clip((it - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 0.0, 1.0)
+        cosine = cfg.min_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+        return jnp.where(it <= cfg.warmup_steps, warm, cosine)
+    return lr
+
+
+def dense_step_of(cfg) -> int | None:
+    """First step of dense fine-tuning, for the hard-mask methods; None: never."""
+    if cfg.method not in ("srste", "ste") or cfg.dense_fraction >= 1.0:
+        return None
+    return sparse24_jax.dense_finetune_step(cfg.max_steps, fraction=cfg.dense_fraction)
+
+
+@functools.lru_cache(maxsize=8)  # one optimizer object per config: equal graphdefs, see make_train_step
+def make_optimizer(cfg):
+    """clip -> masked decay (SR-STE only) -> AdamW, as sparse24_jax.srste_optimizer, except that
+    weight decay skips 1-D parameters (LayerNorm scales), as nanoGPT does."""
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)]
+    if cfg.method == "srste":
+        parts.append(sparse24_jax.masked_decay(cfg.alpha, dense_step=dense_step_of(cfg)))
+    parts.append(optax.adamw(lr_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+                             mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+    return optax.chain(*parts)
+
+
+def build(cfg, vocab_size: int):
+    """A fresh (model, optimizer). Params are initialised from cfg.seed; the MVUE keys of
+    the 2:4 layers come from their own stream, so changing the method leaves init alone."""
+    rngs = nnx.Rngs(cfg.seed, sparse24=cfg.seed + 1)
+    model = GPT(cfg, vocab_size, rngs=rngs)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
+    return model, optimizer
+
+
+def make_mesh():
+    return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+# ----------------------------------------------------------------------------- step functions
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(graphdef, mesh, cfg):
+    """The jitted optimizer step for this graphdef (a new one after set_dense).
+
+    Cached: runs of the same config in one process (resumed runs, --compare, tests)
+    reuse the compiled step instead of compiling it again.
+
+    state: nnx.State of (model, optimizer), replicated; donated, so it is updated in place.
+    xs, ys: (grad_accum, batch, block_size) int32, batch split over devices.
+    """
+    replicated = NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P(None, "data", None))
+
+    def step(state, xs, ys):
+        model, optimizer = nnx.merge(graphdef, state)
+        gdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss_fn(params, rest, x, y):
+            m = nnx.merge(gdef, params, rest, copy=True)  # fresh Variables at this trace level
+            loss = cross_entropy(m(x), y)
+            return loss, nnx.split(m, nnx.Param, ...)[2]  # `rest` with the MVUE stream advanced
+
+        def micro(carry, xy):
+            grads, loss_sum, rest = carry
+            (loss, rest), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, *xy)
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, rest), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss_sum, rest), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32), rest), (xs, ys))
+        nnx.update(model, rest)
+        n = xs.shape[0]
+        grads = jax.tree.map(lambda g: g / n, grads)
+        grad_norm = optax.tree.norm(grads)
+        lr = lr_schedule(cfg)(optimizer.step[...])  # the rate this update uses, for the log
+        optimizer.update(model, grads, masks=s24nnx.decay_masks(model))
+        flip_rate, refreshed = s24nnx.refresh_masks(model, optimizer.step[...])
+        metrics = dict(loss=loss_sum / n, grad_norm=grad_norm, lr=lr, flip_rate=flip_rate, refreshed=refreshed)
+        return nnx.state((model, optimizer)), metrics
+
+    return jax.jit(step, in_shardings=(replicated, batch, batch),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def make_eval_step(graphdef, mesh):
+    replicated = NamedSharding(mesh, P())
+    batch = NamedSharding(mesh, P("data", None))
+
+    def evaluate(state, x, y):
+        model, _ = nnx.merge(graphdef, state)
+        return cross_entropy(model(x), y)  # the advanced MVUE stream is dropped: eval has no effect
+
+    return jax.jit(evaluate, in_shardings=(replicated, batch, batch), out_shardings=replicated)
+
+
+# ----------------------------------------------------------------------------- logging
+
+CSV_FIELDS = ["step", "train_loss", "val_loss", "val_ppl", "flip_rate", "lr", "grad_norm",
+              "tok_per_s", "mfu", "elapsed_s"]
+
+
+class MetricsLog:
+    """metrics.csv in the run directory (one row per logged step; blank = not measured at that
+    step), mirrored to TensorBoard when torch or tensorboardX provides a SummaryWriter."""
+
+    def __init__(self, out: Path, start_step: int):
+        self.path = out / "metrics.csv"
+        rows = []
+        if start_step and self.path.exists():  # resumed: drop rows the killed run wrote past the checkpoint
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        self.file = open(self.path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.tb = None
+        for module in ("torch.utils.tensorboard", "tensorboardX"):
+            try:
+                self.tb = __import__(module, fromlist=["SummaryWriter"]).SummaryWriter(str(out / "tb"))
+                break
+            except Exception:  # not installed (or broken): the CSV is the record
+                pass
+
+    def write(self, row: dict):
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and v != "":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self):
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train `cfg` into `out_dir` (metrics.csv, config.json, checkpoints/); returns a summary.
+
+    resume: continue from the latest checkpoint in out_dir (exactly: same batches, same PRNG).
+    stop_after: stop after this step (the schedule still runs to max_steps), e.g. to split a run.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    t_start = time.time()
+
+    source, tokenizer = make_source(cfg)
+    vocab = padded_vocab(cfg, tokenizer.vocab_size if tokenizer else 50257)
+    if source.max_token() >= vocab:
+        raise ConfigError(f"the data holds token id {source.max_token()} but vocab_size is {vocab}: "
+                         f"--set vocab_size=N with N larger (50304 for GPT-2 tokens)")
+    mesh = make_mesh()
+    if cfg.batch_size % mesh.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the device count {mesh.size}")
+
+    model, optimizer = build(cfg, vocab)
+    n_params = num_params(model)
+    dense_step = dense_step_of(cfg)
+    replicated = NamedSharding(mesh, P())
+    ckpt = Checkpointer(out, cfg.keep_last)
+    start = ckpt.latest_step() if resume else None
+    if start is None:
+        if resume:
+            log.info("resume: no checkpoint in %s, starting from step 0", out)
+        start, elapsed_before = 0, 0.0
+        graphdef, state = nnx.split((model, optimizer))
+        state = jax.device_put(state, replicated)
+    else:
+        meta = ckpt.restore_meta(start)
+        if meta["dense"]:  # the checkpoint's structure: dense fine-tuning already on
+            s24nnx.set_dense(model)
+        graphdef, state = nnx.split((model, optimizer))
+        state = ckpt.restore(start, jax.device_put(state, replicated))
+        source.restore(meta["data"])
+        elapsed_before = meta.get("elapsed_s", 0.0)
+        log.info("resumed from %s at step %d", ckpt.directory, start)
+    dense = dense_step is not None and start >= dense_step
+
+    end = min(cfg.max_steps, stop_after or cfg.max_steps)
+    log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s); "
+             "%d tokens/step; steps %d..%d of %d%s", n_params / 1e6, cfg.ffn, cfg.method, mesh.size,
+             cfg.tokens_per_step, start, end, cfg.max_steps,
+             f"; dense fine-tuning from step {dense_step}" if dense_step is not None else "")
+    flops_token = flops_per_token(cfg, n_params)
+    metrics_log = MetricsLog(out, start)
+    train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
+
+    def evaluate(state):
+        losses = [eval_step(state, x, y) for x, y in source.val_batches(cfg.batch_size, cfg.eval_batches)]
+        return float(np.mean(jax.device_get(losses)))
+
+    def save(step, state):
+        ckpt.save(step, state, dict(step=step, data=source.position, dense=dense,
+                                    elapsed_s=elapsed_before + time.time() - t_start,
+                                    config=dataclasses.asdict(cfg)))
+
+    pbar = tqdm(total=end, initial=start, disable=not progress, desc=cfg.method, dynamic_ncols=True)
+    pending, losses_since_row = [], []
+    # Throughput: steps are timed between log rows, leaving out steps that compiled and the time
+    # spent evaluating or checkpointing (the clock restarts after those).
+    timed_steps, t_timer, tok_per_s, mfu, run_tokens, run_time = 0, None, 0.0, 0.0, 0, 0.0
+    last = dict(train_loss=float("nan"), val_loss=float("nan"))
+    for step in range(start, end):
+        if dense_step is not None and step == dense_step and not dense:
+            # Dense fine-tuning: masks off from here on (the optimizer's masked decay stops by itself
+            # at the same step). New static structure, so the step functions are traced again.
+            model, optimizer = nnx.merge(graphdef, state)
+            s24nnx.set_dense(model)
+            graphdef, state = nnx.split((model, optimizer))
+            train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
+            dense, t_timer = True, None
+            pbar.write(f"step {step}: dense fine-tuning starts")
+
+        batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
+        xs = np.stack([b[0] for b in batches])
+        ys = np.stack([b[1] for b in batches])
+        state, m = train_step(state, xs, ys)
+        pending.append((step + 1, m))
+        compiled = t_timer is None
+        if compiled:  # the first step compiled: time from after it
+            jax.block_until_ready(state)
+            t_timer, timed_steps = time.time(), 0
+        else:
+            timed_steps += 1
+
+        s = step + 1
+        do_eval = s % cfg.eval_interval == 0 or s == end
+        if s % cfg.log_interval == 0 or do_eval or compiled:
+            for ps, pm in jax.device_get(pending):
+                losses_since_row.append(float(pm["loss"]))
+                row = {}
+                if bool(pm["refreshed"]):
+                    row["flip_rate"] = float(pm["flip_rate"])
+                if ps % cfg.log_interval == 0 or ps == s:
+                    row.update(train_loss=float(np.mean(losses_since_row)), lr=float(pm["lr"]),
+                               grad_norm=float(pm["grad_norm"]))
+                    last["train_loss"] = row["train_loss"]
+                    losses_since_row = []
+                if row:
+                    row["step"] = ps
+                    row["elapsed_s"] = round(elapsed_before + time.time() - t_start, 2)
+                    if ps == s and timed_steps:  # device_get above waited for the step to finish
+                        dt = time.time() - t_timer
+                        tok_per_s = timed_steps * cfg.tokens_per_step / dt
+                        run_tokens, run_time = run_tokens + timed_steps * cfg.tokens_per_step, run_time + dt
+                        mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
+                        row.update(tok_per_s=tok_per_s, mfu=mfu)
+                    if ps == s and do_eval:
+                        last["val_loss"] = row["val_loss"] = evaluate(state)
+                        row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
+                        pbar.write(f"step {s}: train loss {last['train_loss']:.4f}, val loss "
+                                   f"{row['val_loss']:.4f}, val perplexity {row['val_ppl']:.2f}")
+                    metrics_log.write(row)
+            pbar.update(len(pending))
+            pbar.set_postfix(loss=f"{last['train_loss']:.3f}", tok_s=f"{tok_per_s:,.0f}")
+            pending = []
+            t_timer, timed_steps = time.time(), 0
+        if s % cfg.ckpt_interval == 0 or s == end:
+            save(s, state)
+            t_timer, timed_steps = time.time(), 0
+
+    pbar.close()
+    ckpt.wait()  # the last save must be complete before the process may exit
+    ckpt.close()
+    metrics_log.close()
+    tok_per_s = run_tokens / run_time if run_time else tok_per_s  # the run's average
+    mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
+    summary = dict(method=cfg.method, steps=end, params_m=round(n_params / 1e6, 3),
+                   train_loss=last["train_loss"], val_loss=last["val_loss"],
+                   val_ppl=math.exp(min(last["val_loss"], 50.0)), tok_per_s=tok_per_s, mfu=mfu,
+                   wall_s=time.time() - t_start)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
