@@ -394,9 +394,13 @@ def test_gated_matches_reference(K, act, transposed, dtype):
 # offline compile for Hopper (sm_90): no GPU needed, catches what the
 # interpreter lets through (see triton_sm90_compile.py).
 @pytest.mark.slow
-def test_every_kernel_compiles_for_sm90():
+def test_every_kernel_compiles_for_sm90(tmp_path_factory):
     """Compiled in a fresh process (this one interprets)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # a real cache directory (an empty TRITON_CACHE_DIR, as jax-triton leaves
+    # it, makes triton fail)
+    if not env.get("TRITON_CACHE_DIR"):
+        env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     code = (
         "import triton_sm90_compile as t; fails = t.compile_all(); "

@@ -14,11 +14,14 @@ def jt():
     process recompile every kernel: point it back at a real directory.
     """
     prev = os.environ.get("TRITON_CACHE_DIR")
-    import jax_triton  # noqa: PLC0415  (lazy on purpose)
-
     cache = prev or os.path.join(os.path.expanduser("~"), ".cache", "sparse24_jax", "triton")
-    os.makedirs(cache, exist_ok=True)
-    os.environ["TRITON_CACHE_DIR"] = cache
+    try:
+        import jax_triton  # noqa: PLC0415  (lazy on purpose)
+    finally:
+        # also when the import fails (no CUDA jaxlib): it has already blanked
+        # the variable, which would break every later triton compile
+        os.makedirs(cache, exist_ok=True)
+        os.environ["TRITON_CACHE_DIR"] = cache
     return jax_triton
 
 
