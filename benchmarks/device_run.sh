@@ -20,10 +20,10 @@ for s in "$@"; do
     build) stage build python3 -m sparse24_jax_kernels.cusparselt.build -v ;;
     core) stage core python3 -m pytest -q -x -p no:cacheprovider tests/test_masks.py tests/test_linear.py tests/test_nnx.py tests/test_parallel.py ;;
     cusparselt) stage cusparselt python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_cusparselt.py ;;
-    triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_triton_kernels.py ;;
-    gemm) stage gemm python3 benchmarks/sparse_gemm.py --json "$OUT/sparse_gemm.json" ;;
-    kernels) stage kernels python3 benchmarks/kernels.py --json "$OUT/kernels.json" ;;
-    ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ;;
+    triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider -n 8 tests/gpu/test_triton_kernels.py ;;
+    gemm) stage gemm python3 benchmarks/sparse_gemm.py --json "$OUT/sparse_gemm.json" ${GEMM_ARGS:-} ;;
+    kernels) stage kernels python3 benchmarks/kernels.py --json "$OUT/kernels.json" ${KERNELS_ARGS:-} ;;
+    ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac
 done

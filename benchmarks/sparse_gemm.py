@@ -312,11 +312,21 @@ def main(argv=None) -> int:
             pairs.append((d, f))
         for n, k in pairs:
             print(f"## {name}: N={n} K={k}", flush=True)
-            rs = bench_shape(be, n, k, opts.m, opts, torch_ok)
+            try:
+                rs = bench_shape(be, n, k, opts.m, opts, torch_ok)
+            except Exception as err:  # noqa: BLE001 - report it, keep the other shapes
+                print(f"   FAILED: {type(err).__name__}: {str(err)[:300]}", flush=True)
+                continue
             for r in rs:
                 r["model"] = name
             rows += rs
-    print(markdown(rows))
+            # print (and save) as we go: a run cut off by its time limit keeps what it measured
+            print(markdown(rs), flush=True)
+            if opts.json:
+                with open(opts.json, "w") as fh:
+                    json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode, "rows": rows},
+                              fh, indent=1)
+    print("\n## all shapes\n" + markdown(rows))
     try:
         from sparse24_jax_kernels.cusparselt import ops
 

@@ -198,15 +198,18 @@ def mvue_compress(key_or_seed, a, *, transpose: bool = False):
     return jax.ffi.ffi_call(_PREFIX + "mvue_compress", out)(a, seed, transpose=np.int64(transpose))
 
 
-def _workspace():
+def _workspace(m: int = 0, n: int = 0):
     """cuSPARSELt's workspace, as a second (discarded) output of the call so
-    that XLA allocates it with its other buffers. 32 MiB by default, far above
-    what the plans at our shapes ask for (the call errors if one wants more)."""
+    that XLA allocates it with its other buffers. Sized max(32 MiB, m*n*2
+    bytes): split-k algorithms scale with the output (LLaMA-7B's dW asked for
+    37 MB on an H100); SPARSE24_CUSPARSELT_WORKSPACE_MB overrides. A plan that
+    wants more fails with a message naming that variable."""
     import jax
     import jax.numpy as jnp
 
-    mb = int(os.environ.get("SPARSE24_CUSPARSELT_WORKSPACE_MB", "32"))
-    return jax.ShapeDtypeStruct((mb << 20,), jnp.uint8)
+    env = os.environ.get("SPARSE24_CUSPARSELT_WORKSPACE_MB")
+    nbytes = int(env) << 20 if env else max(32 << 20, m * n * 2)
+    return jax.ShapeDtypeStruct((nbytes,), jnp.uint8)
 
 
 def lib_compress(a):
@@ -237,7 +240,7 @@ def spmm(a_buf, b, *, m: int, k: int, transpose_b: bool, d_col_major: bool,
     out_dtype = b.dtype if out_dtype is None else jnp.dtype(out_dtype)
     shape = (n, m) if d_col_major else (m, n)
     out = jax.ShapeDtypeStruct(shape, out_dtype)
-    d, _ = jax.ffi.ffi_call(_PREFIX + "spmm", (out, _workspace()))(
+    d, _ = jax.ffi.ffi_call(_PREFIX + "spmm", (out, _workspace(m, n)))(
         a_buf, b, m=np.int64(m), k=np.int64(k), transpose_b=np.int64(transpose_b),
         d_col_major=np.int64(d_col_major), alpha=np.float32(alpha),
     )

@@ -1,0 +1,192 @@
+"""Benchmark a whole FFN block, forward + backward, on one GPU (bf16):
+ours (sparse24_linear with a 2:4 backend, every per-step compression and the
+MVUE pruning of dZ.T included) vs XLA dense vs PyTorch dense vs PyTorch 2:4.
+
+    python benchmarks/ffn_block.py                               # GELU and SwiGLU, all shapes
+    python benchmarks/ffn_block.py --act gelu --shapes gpt2-774m --json out.json
+
+Block: ``y = proj(act(fc(x)))`` with x (M, d), fc (h, d), proj (d, h); GELU
+with h = 4d (GPT-2), SwiGLU with fc producing [x, gate] of 2h (LLaMA; h = 4d,
+or 11008 for LLaMA-7B). One timed call = value and gradients of
+``sum(y * g)`` with respect to x and both weights. The mask search (every 40
+optimizer steps in the recipe) is not in the loop; compressing W and W.T is,
+as in a training step.
+
+PyTorch 2:4 is the way PyTorch users train with ``to_sparse_semi_structured``:
+a custom autograd function whose forward uses the compressed W, input
+gradient the compressed W.T (both compressed every step), weight gradient
+dense (PyTorch has no MVUE-sparse weight gradient).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from sparse_gemm import SHAPES, tiled_mask, time_jax, time_torch
+
+HIDDEN = {"llama-7b": 11008}
+
+
+def block_dims(name: str, act: str) -> tuple[int, int, int]:
+    """(d, h, rows of fc): fc maps d -> rows (h for GELU, 2h for SwiGLU)."""
+    d, h = SHAPES[name]
+    h = HIDDEN.get(name, h)
+    return d, h, (2 * h if act == "swiglu" else h)
+
+
+def jax_block(act: str, backend: str | None):
+    import jax
+    import jax.numpy as jnp
+
+    import sparse24_jax as s24
+
+    def lin(x, w, mask, key):
+        if backend is None:
+            return jnp.dot(x, w.T.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+        return s24.sparse24_linear(x, w, mask, key=key, backend=backend)
+
+    def activation(h):
+        if act == "gelu":
+            return jax.nn.gelu(h, approximate=True)
+        return s24.gated_activation(h, "swiglu")
+
+    def loss(x, w1, w2, m1, m2, g, key):
+        k1, k2 = jax.random.split(key)
+        y = lin(activation(lin(x, w1, m1, k1)), w2, m2, k2)
+        return jnp.sum(y.astype(jnp.float32) * g.astype(jnp.float32))
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    return lambda x, w1, w2, m1, m2, g, key: grad(x, w1, w2, m1, m2, g, key)
+
+
+def torch_block(act: str, sparse: bool, w1, w2):
+    import torch
+    import torch.nn.functional as F
+    from torch.sparse import to_sparse_semi_structured
+
+    class Sparse24Linear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ws = to_sparse_semi_structured(w)
+            wt = to_sparse_semi_structured(w.t().contiguous())
+            ctx.save_for_backward(x)
+            ctx.wt = wt
+            return F.linear(x, ws)
+
+        @staticmethod
+        def backward(ctx, dz):
+            (x,) = ctx.saved_tensors
+            dx = F.linear(dz, ctx.wt)
+            dw = dz.t() @ x
+            return dx, dw
+
+    lin = Sparse24Linear.apply if sparse else F.linear
+
+    def run(x, g):
+        h = lin(x, w1)
+        if act == "gelu":
+            a = F.gelu(h, approximate="tanh")
+        else:
+            u, gate = h.chunk(2, dim=-1)
+            a = u * F.silu(gate)
+        y = lin(a, w2)
+        (y.float() * g.float()).sum().backward()
+
+    return run
+
+
+def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    d, h, rows = block_dims(name, act)
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (m, d), jnp.bfloat16)
+    w1 = jax.random.normal(jax.random.fold_in(key, 2), (rows, d), jnp.float32) * 0.02
+    w2 = jax.random.normal(jax.random.fold_in(key, 3), (d, h), jnp.float32) * 0.02
+    m1 = jnp.asarray(tiled_mask(rows, d))
+    m2 = jnp.asarray(tiled_mask(d, h))
+    g = jax.random.normal(jax.random.fold_in(key, 4), (m, d), jnp.bfloat16)
+    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode="loop")
+    args = (x, w1, w2, m1, m2, g, jax.random.fold_in(key, 5))
+    row = {"model": name, "act": act, "M": m, "d": d, "h": h}
+    row["ours_ms"] = 1e3 * time_jax(jax_block(act, backend), args, **kw)
+    row["xla_dense_ms"] = 1e3 * time_jax(jax_block(act, None), args, **kw)
+    if opts.torch:
+        import torch
+
+        dev = "cuda"
+        tx = torch.randn(m, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        tg = torch.randn(m, d, device=dev, dtype=torch.bfloat16)
+        tm1 = torch.as_tensor(tiled_mask(rows, d), device=dev)
+        tm2 = torch.as_tensor(tiled_mask(d, h), device=dev)
+        tw1 = (torch.randn(rows, d, device=dev, dtype=torch.bfloat16) * 0.02 * tm1).requires_grad_()
+        tw2 = (torch.randn(d, h, device=dev, dtype=torch.bfloat16) * 0.02 * tm2).requires_grad_()
+        tkw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup)
+        row["torch_dense_ms"] = 1e3 * time_torch(lambda: torch_block(act, False, tw1, tw2)(tx, tg), **tkw)
+        try:
+            row["torch_24_ms"] = 1e3 * time_torch(lambda: torch_block(act, True, tw1, tw2)(tx, tg), **tkw)
+        except Exception as err:  # noqa: BLE001 - report, keep going
+            row["torch_24_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+    row["speedup_vs_xla"] = row["xla_dense_ms"] / row["ours_ms"]
+    if "torch_24_ms" in row:
+        row["speedup_vs_torch_24"] = row["torch_24_ms"] / row["ours_ms"]
+    return row
+
+
+def markdown(rows) -> str:
+    head = "| model | act | M | ours (ms) | XLA dense (ms) | torch dense (ms) | torch 2:4 (ms) | vs XLA | vs torch 2:4 |"
+    out = [head, "|" + "---|" * 9]
+    f = lambda r, k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['act']} | {r['M']} | {f(r, 'ours_ms')} | {f(r, 'xla_dense_ms')} | "
+            f"{f(r, 'torch_dense_ms')} | {f(r, 'torch_24_ms')} | {r['speedup_vs_xla']:.2f}x | "
+            + (f"{r['speedup_vs_torch_24']:.2f}x |" if "speedup_vs_torch_24" in r else "- |")
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--act", choices=["gelu", "swiglu", "both"], default="both")
+    p.add_argument("--backend", default="cusparselt")
+    p.add_argument("--m", type=int, default=16384, help="tokens")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-torch", dest="torch", action="store_false")
+    p.add_argument("--json", help="also write the results here")
+    opts = p.parse_args(argv)
+
+    import jax
+
+    dev = jax.devices()[0]
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; backend {opts.backend}; M = {opts.m}", flush=True)
+    acts = ["gelu", "swiglu"] if opts.act == "both" else [opts.act]
+    rows = []
+    for name in opts.shapes:
+        for act in acts:
+            try:
+                rows.append(bench(name, act, opts.m, opts.backend, opts))
+            except Exception as err:  # noqa: BLE001 - report, keep the other shapes
+                print(f"{name} {act}: FAILED {type(err).__name__}: {str(err)[:300]}", flush=True)
+                continue
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+            if opts.json:
+                with open(opts.json, "w") as fh:
+                    json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
+    print("\n" + markdown(rows))
+    if rows:
+        geo = float(np.exp(np.mean([np.log(r["speedup_vs_xla"]) for r in rows])))
+        print(f"\ngeometric mean speed-up over XLA dense: {geo:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
