@@ -45,8 +45,8 @@ def jax_block(act: str, backend: str | None):
     import sparse24_jax as s24
 
     def lin(x, w, mask, key):
-        if backend is None:
-            return jnp.dot(x, w.T.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+        if backend is None:  # plain bf16 dots, as a JAX user writes them
+            return jnp.dot(x, w.T.astype(x.dtype))
         return s24.sparse24_linear(x, w, mask, key=key, backend=backend)
 
     def activation(h):
