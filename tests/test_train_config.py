@@ -3,7 +3,6 @@
 Fast: nothing here trains; GPT-2 sizes are built abstractly (nnx.eval_shape)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from flax import nnx
 
 from sparse24_train import cli
 from sparse24_train.config import ConfigError, load_config
-from sparse24_train.data import ArraySource, DataError, GPT2Tokenizer, get_tokenizer, make_source
+from sparse24_train.data import ArraySource, DataError, get_tokenizer, make_source
 from sparse24_train.model import GPT, num_params
 
 SIZES = {  # config: ((n_layer, n_head, n_embd), parameters in millions, nanoGPT's count)
@@ -88,7 +87,6 @@ def test_byte_fallback_and_gpt2_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert get_tokenizer("auto").name == "byte"
     # A toy GPT-2-format vocabulary: bytes, then merges "h e" -> "he", "he llo"... (Ġ = space)
-    base = {chr(c) if chr(c).isalpha() else f"<{c}>": c for c in range(256)}
     from sparse24_train.data import _bytes_to_unicode
     b2u = _bytes_to_unicode()
     vocab = {b2u[b]: b for b in range(256)}
@@ -102,7 +100,6 @@ def test_byte_fallback_and_gpt2_files(tmp_path, monkeypatch):
     ids = tok.encode("hello hello!")
     assert ids == [vocab["hello"], vocab["Ġhello"], ord("!")]
     assert tok.decode(ids) == "hello hello!" and tok.eot == vocab["<|endoftext|>"]
-    del base
 
 
 def test_bin_source_deterministic_and_resumable(tmp_path):
@@ -128,3 +125,57 @@ def test_embedded_corpus_is_english():
     src, tok = make_source(cfg)
     text = tok.decode(src.train[:2000])
     assert len(src.train) > 400_000 and " the " in text
+
+
+def test_tune_decay_rule():
+    from sparse24_train.tune_decay import peaks_then_falls, recommend
+    rising = [0.05, 0.08, 0.1, 0.12, 0.13, 0.14, 0.15, 0.16]
+    flat_high = [0.1, 0.12, 0.12, 0.11, 0.12, 0.12, 0.11, 0.12]
+    healthy = [0.1, 0.15, 0.13, 0.11, 0.09, 0.07, 0.05, 0.04]
+    assert not peaks_then_falls(rising) and not peaks_then_falls(flat_high) and peaks_then_falls(healthy)
+    assert recommend({0.0: rising, 6e-5: flat_high, 2e-4: healthy, 6e-4: healthy}) == (2e-4, True)
+    assert recommend({0.0: rising, 6e-5: flat_high}) == (6e-5, False)
+
+
+def test_tfds_source_packs_and_resumes(monkeypatch):
+    # A stand-in for tensorflow_datasets (not installed here): the source's packing and resume logic.
+    import sys
+    import types
+
+    texts = {"train": [f"example {i} " * (i % 7 + 1) for i in range(200)], "validation": ["held out text"] * 50}
+
+    class Dataset:
+        def __init__(self, items):
+            self.items = items
+
+        def skip(self, n):
+            return Dataset(self.items[n:])
+
+    class Builder:
+        def __init__(self, name, data_dir=None):
+            if name != "toy":
+                raise ValueError(f"Dataset {name} not found.")
+            self.info = types.SimpleNamespace(splits={"train": None, "validation": None})
+
+        def is_prepared(self):
+            return True
+
+        def as_dataset(self, split, shuffle_files):
+            return Dataset([{"text": t.encode()} for t in texts[split]])
+
+    fake = types.SimpleNamespace(builder=Builder, as_numpy=lambda ds: iter(ds.items))
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    cfg = load_config("tiny", {"data": "tfds:toy", "tokenizer": "byte", "block_size": 16})
+    src, tok = make_source(cfg)
+    batches, positions = [], []
+    for _ in range(5):
+        positions.append(dict(src.position))
+        batches.append(src.next_batch(3))
+    stream = "".join(t + "\n\n" for t in texts["train"])  # byte tokens: examples joined by "\n\n"
+    assert tok.decode(np.concatenate([batches[0][0][0], batches[0][1][0][-1:]])) == stream[:17]
+    again, _ = make_source(cfg)
+    again.restore(positions[3])  # resume mid-example
+    np.testing.assert_array_equal(again.next_batch(3)[0], batches[3][0])
+    assert next(iter(src.val_batches(2, 1)))[0].shape == (2, 16)
+    with pytest.raises(DataError, match="unknown TFDS dataset 'nope'"):
+        make_source(load_config("tiny", {"data": "tfds:nope", "tokenizer": "byte"}))

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +20,7 @@ SETS = ["n_layer=1", "n_head=2", "n_embd=64", "block_size=32", "batch_size=8", "
         "eval_interval=1000", "eval_batches=1", "ckpt_interval=1", "keep_last=2", "max_steps=400"]
 
 
+@pytest.mark.slow
 def test_kill_during_save_leaves_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "sparse24_train", "--no-progress", "--out", str(out)]

@@ -123,7 +123,6 @@ def main(argv=None):
     (out / "tune_decay.md").write_text(f"# sparse24-tune-decay\n\n{table}\n\n{verdict}\n\n![]({png.name})\n")
     print("\n" + table + "\n\n" + verdict)
     print(f"wrote {out / 'tune_decay.md'} and {png}")
-    return best
 
 
 if __name__ == "__main__":
