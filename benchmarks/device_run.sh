@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run stages of the GPU work on a lent H100/H200 machine, from the repo root:
-#   bash benchmarks/device_run.sh env build core cusparselt triton gemm kernels ffn train
+#   bash benchmarks/device_run.sh env build core cusparselt triton gemm kernels ffn
+# STAGE_TIMEOUT (or TIMEOUT_<stage>) caps each stage in seconds; GEMM_ARGS, FFN_ARGS
+# and KERNELS_ARGS pass extra flags to the benchmarks.
 # Installs the repo and carried wheels (.whl/: jax-triton 0.3.1) into /tmp/site,
 # writes every stage's log to $OUT/<stage>.log (default /tmp/out).
 set -uo pipefail
@@ -13,7 +15,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-
     || { cat "$OUT/install.log"; exit 1; }
 export PYTHONPATH=/tmp/site
 rc=0
-stage() { local name=$1; shift; echo "=== $name: $*"; timeout "${STAGE_TIMEOUT:-400}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n "${TAIL:-40}"; local r=${PIPESTATUS[0]}; echo "=== $name rc=$r"; [ "$r" = 0 ] || rc=1; }
+stage() { local name=$1; shift; local t="TIMEOUT_$name"; echo "=== $name: $*"; timeout "${!t:-${STAGE_TIMEOUT:-400}}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n "${TAIL:-40}"; local r=${PIPESTATUS[0]}; echo "=== $name rc=$r"; [ "$r" = 0 ] || rc=1; }
 for s in "$@"; do
   case $s in
     env) stage env bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; python3 -c "import jax, flax, optax, triton, torch; print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \"optax\", optax.__version__, \"triton\", triton.__version__, \"torch\", torch.__version__)"; python3 -m pip show nvidia-cusparselt-cu13 2>/dev/null | head -3; nvcc --version | tail -2' ;;
@@ -22,7 +24,8 @@ for s in "$@"; do
     cusparselt) stage cusparselt python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_cusparselt.py ;;
     triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider -n 8 tests/gpu/test_triton_kernels.py ;;
     gemm) stage gemm python3 benchmarks/sparse_gemm.py --json "$OUT/sparse_gemm.json" ${GEMM_ARGS:-} ;;
-    kernels) stage kernels python3 benchmarks/kernels.py --json "$OUT/kernels.json" ${KERNELS_ARGS:-} ;;
+    # one shape per call: the script prints its table at the end, so a cut-off run keeps the others
+    kernels) stage kernels bash -c 'for s in ${KERNEL_SHAPES:-124M 350M 774M 1558M 7B}; do python3 benchmarks/kernels.py --shapes $s '"${KERNELS_ARGS:-}"'; done' ;;
     ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac
