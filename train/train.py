@@ -223,7 +223,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     if start is None:
         if resume:
             log.info("resume: no checkpoint in %s, starting from step 0", out)
-        start, elapsed_before = 0, 0.0
+        start, elapsed_before, meta = 0, 0.0, {"dense": False}
         graphdef, state = nnx.split((model, optimizer))
         state = jax.device_put(state, replicated)
     else:
@@ -235,7 +235,9 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
         source.restore(meta["data"])
         elapsed_before = meta.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", ckpt.directory, start)
-    dense = dense_step is not None and start >= dense_step
+    # Dense fine-tuning is on if the checkpoint had it on; the loop switches it on at dense_step
+    # (or at once, when a resumed run's new max_steps puts dense_step behind it). Never back off.
+    dense = bool(meta["dense"])
 
     end = min(cfg.max_steps, stop_after or cfg.max_steps)
     log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s); "
@@ -262,7 +264,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     timed_steps, t_timer, tok_per_s, mfu, run_tokens, run_time = 0, None, 0.0, 0.0, 0, 0.0
     last = dict(train_loss=float("nan"), val_loss=float("nan"))
     for step in range(start, end):
-        if dense_step is not None and step == dense_step and not dense:
+        if dense_step is not None and step >= dense_step and not dense:
             # Dense fine-tuning: masks off from here on (the optimizer's masked decay stops by itself
             # at the same step). New static structure, so the step functions are traced again.
             model, optimizer = nnx.merge(graphdef, state)
