@@ -12,7 +12,7 @@ from .linear import METHODS, project_weight, sparse24_linear
 from .masks import TRANSPOSABLE_PATTERNS, flip_rate, mask_24, transposable_mask_24
 from .mvue import mvue_24, mvue_inclusion_probs
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
-from .optim import dense_finetune_step, masked_decay, srste_optimizer, sste_optimizer
+from .optim import decay_matrices_only, dense_finetune_step, masked_decay, srste_optimizer, sste_optimizer
 from .packing import compress_24, decompress_24
 from .sste import soft_threshold_24, sste_scale
 
@@ -28,6 +28,7 @@ __all__ = [
     "TRANSPOSABLE_PATTERNS",
     "available_backends",
     "compress_24",
+    "decay_matrices_only",
     "decompress_24",
     "dense_finetune_step",
     "flip_rate",

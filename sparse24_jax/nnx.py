@@ -13,6 +13,13 @@ usual ones::
     flip, refreshed = refresh_masks(model, step)                 # every mask_interval steps
     if step == d: set_dense(model)                                # dense fine-tuning
 
+Each layer keeps an ``nnx.RngStream`` for its MVUE keys, so the stream's
+counter is model state that changes on every call. Inside ``jax.grad`` under
+``lax.scan`` (gradient accumulation), rebuild the model from split state with
+``nnx.merge(graphdef, params, rest, copy=True)`` and return the advanced
+``rest``: merging without ``copy`` reuses Variables created at an outer trace
+level and raises ``TraceContextError`` (see ``train/train.py``).
+
 The weight is stored ``(out_features, in_features)`` (PyTorch's layout, not
 flax's ``(in, out)``) because the 2:4 groups run along the input axis K, which
 must be the contiguous one for the sparse tensor cores.

@@ -26,6 +26,7 @@ __all__ = [
     "dense_finetune_step",
     "srste_optimizer",
     "sste_optimizer",
+    "decay_matrices_only",
 ]
 
 
@@ -104,13 +105,15 @@ def srste_optimizer(
     b1: float = 0.9,
     b2: float = 0.95,
     clip_norm: float = 1.0,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SR-STE's recipe: clip -> masked decay -> AdamW. ``update`` needs
-    ``masks=`` (see :func:`masked_decay`)."""
+    ``masks=`` (see :func:`masked_decay`). ``weight_decay_mask`` is AdamW's
+    ``mask`` (e.g. :func:`decay_matrices_only`, nanoGPT's choice)."""
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
         masked_decay(alpha, dense_step=dense_step),
-        optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay),
+        optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=weight_decay_mask),
     )
 
 
@@ -121,10 +124,17 @@ def sste_optimizer(
     b1: float = 0.9,
     b2: float = 0.95,
     clip_norm: float = 1.0,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """S-STE's recipe (also the dense and plain-STE baselines): clip ->
     AdamW. Accepts and ignores ``masks=``, so one training loop serves all."""
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
-        optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay),
+        optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=weight_decay_mask),
     )
+
+
+def decay_matrices_only(params):
+    """AdamW ``mask`` that decays only parameters of rank >= 2 (weights and
+    embeddings, not LayerNorm scales or biases), as nanoGPT does."""
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)

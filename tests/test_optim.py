@@ -67,3 +67,12 @@ def test_missing_masks_error_names_the_fix():
     tx = s24.masked_decay(0.1)
     with pytest.raises(ValueError, match="decay_masks"):
         tx.update(grads, tx.init(params), params)
+
+
+def test_weight_decay_mask_skips_vectors():
+    params = {"w": jnp.ones((2, 4)), "ln": jnp.ones(4)}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    tx = s24.sste_optimizer(1.0, weight_decay=0.5, weight_decay_mask=s24.decay_matrices_only)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates["w"]).max()) > 0  # decayed
+    np.testing.assert_array_equal(updates["ln"], 0.0)  # not decayed
