@@ -1,7 +1,7 @@
 """Data: tokenizers and three token sources, all deterministic and resumable.
 
 Sources (config field `data`):
-  "embedded"      the English text shipped in train/data/ (no download; see its LICENSE note),
+  "embedded"      the English text shipped in train/corpus/ (no download; see its LICENSE note),
                   tokenized at start-up, the last `val_fraction` held out for validation.
   a directory     nanoGPT's format: train.bin and val.bin, flat uint16 GPT-2 token ids
                   (what nanoGPT's data/openwebtext/prepare.py writes).
@@ -34,7 +34,7 @@ import numpy as np
 
 log = logging.getLogger("sparse24_train")
 
-EMBEDDED_CORPUS = Path(__file__).resolve().parent / "data" / "pydoc_topics.txt.xz"
+EMBEDDED_CORPUS = Path(__file__).resolve().parent / "corpus" / "pydoc_topics.txt.xz"
 
 
 class DataError(ValueError):
