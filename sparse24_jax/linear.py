@@ -13,6 +13,19 @@ weight ``W`` (it is *not* masked), so pruned weights keep learning and can
 come back when the mask is recomputed. The three products and the
 compression of their sparse operands come from a backend (see
 :mod:`sparse24_jax.backend`); everything else is here.
+
+``precision="fp8"`` runs the three products in S-STE's FP8 recipe
+(:mod:`sparse24_jax.fp8`: per-tensor amax scaling, ``X``/``W_s`` e4m3,
+``dZ``/``S_z(dZ.T)`` e5m2, float32 accumulation, result times both scales).
+No backend has native FP8 GEMMs yet, so it is *simulated* on top of the
+unchanged backend interface: the operands are quantized here, the backend
+multiplies the fp8 values upcast exactly to float32 (to the compute dtype for a
+backend that rejects float32, e.g. cuSPARSELt, whose output then rounds before
+the scaling), and the scale product multiplies the result here. With backend
+"xla" that is exactly :func:`sparse24_jax.fp8.fp8_dot` of the same operands.
+The MVUE pruning of ``dZ.T`` then uses the reference :func:`~sparse24_jax.mvue_24`
+(identical to the "xla" backend's) on the compute-dtype ``dZ``, and the pruned
+tensor is quantized and passed to the backend as an unpruned (dense) operand.
 """
 
 from __future__ import annotations
@@ -24,10 +37,16 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from . import fp8 as _fp8
 from .backend import Backend, get_backend
+from .mvue import mvue_24
 from .sste import soft_threshold_24
 
-__all__ = ["sparse24_linear", "project_weight", "METHODS"]
+__all__ = ["sparse24_linear", "project_weight", "METHODS", "PRECISIONS"]
+
+#: "bf16": compute in the input's dtype (the default); "fp8": S-STE's FP8
+#: recipe, simulated (module doc).
+PRECISIONS = _fp8.PRECISIONS
 
 #: srste: transposable hard mask (with masked decay in the optimizer);
 #: ste: the same projection, meant for runs without masked decay;
@@ -47,9 +66,11 @@ def project_weight(w, mask=None, beta=None, *, method: str = "srste"):
     raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
 
 
-def _validate(x, w, mask, beta, key, method, mvue):
+def _validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
     _checks.check_float(x, "x")
     _checks.check_float(w, "w")
     _checks.check_rank2(w, "w")
@@ -79,21 +100,51 @@ def _validate(x, w, mask, beta, key, method, mvue):
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _sparse_linear_2d(x, w, mask, beta, key, method: str, backend: Backend):
-    w_s, transposable = project_weight(w, mask, beta, method=method)
-    return backend.matmul_fwd(x, backend.prepare_weight(w_s.astype(x.dtype), transposable=transposable))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _sparse_linear_2d(x, w, mask, beta, key, method: str, backend: Backend, precision: str = "bf16"):
+    return _fwd(x, w, mask, beta, key, method, backend, precision)[0]
 
 
-def _fwd(x, w, mask, beta, key, method, backend):
+def _sim_dtype(backend: Backend, n: int, k: int, dtype) -> Any:
+    """The dtype that carries fp8 values into a backend's GEMMs: float32 (so
+    the products are the recipe's exactly) unless the backend rejects it."""
+    try:
+        backend.check(n, k, jnp.float32)
+    except ValueError:
+        return dtype
+    return jnp.float32
+
+
+def _fwd(x, w, mask, beta, key, method, backend, precision="bf16"):
     w_s, transposable = project_weight(w, mask, beta, method=method)
+    # a 0-d array of w's dtype: the cotangent of w must come back in it
+    w_proto = jnp.zeros((), w.dtype)
+    if precision == "fp8":
+        sim = _sim_dtype(backend, *w.shape, x.dtype)
+        qw, sw = _fp8.quantize(w_s, _fp8.E4M3)
+        qx, sx = _fp8.quantize(x, _fp8.E4M3)
+        w_op = backend.prepare_weight(qw.astype(sim), transposable=transposable)
+        z = backend.matmul_fwd(qx.astype(sim), w_op).astype(jnp.float32) * (sx * sw)
+        # residuals: X in e4m3 (reused by the weight-gradient GEMM) and W_s's
+        # prepared e4m3 values (input-gradient GEMM), with their scales
+        protos = (w_proto, jnp.zeros((), x.dtype), jnp.zeros((), sim))
+        return z.astype(x.dtype), (qx, sx, w_op, sw, key, protos)
     w_op = backend.prepare_weight(w_s.astype(x.dtype), transposable=transposable)
     z = backend.matmul_fwd(x, w_op)
-    # a 0-d array of w's dtype: the cotangent of w must come back in it
-    return z, (x, w_op, key, jnp.zeros((), w.dtype))
+    return z, (x, w_op, key, w_proto)
 
 
-def _bwd(method, backend, res, dz):
+def _bwd(method, backend, precision, res, dz):
+    if precision == "fp8":
+        qx, sx, w_op, sw, key, (w_proto, x_proto, sim_proto) = res
+        sim = sim_proto.dtype
+        qdz, sdz = _fp8.quantize(dz, _fp8.E5M2)
+        dx = backend.matmul_dx(qdz.astype(sim), w_op).astype(jnp.float32) * (sdz * sw)
+        g = dz.T if key is None else mvue_24(key, dz.T, axis=-1)  # S_z(dZ.T), (N, M)
+        qg, sg = _fp8.quantize(g, _fp8.E5M2)
+        g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
+        dw = backend.matmul_dw(g_op, qx.astype(sim)).astype(jnp.float32) * (sg * sx)
+        return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, None, None
     x, w_op, key, w_proto = res
     dx = backend.matmul_dx(dz, w_op)
     dw = backend.matmul_dw(backend.prune_grad(key, dz), x).astype(w_proto.dtype)
@@ -114,6 +165,7 @@ def sparse24_linear(
     method: str = "srste",
     backend: str | Backend = "xla",
     mvue: bool = True,
+    precision: str = "bf16",
 ) -> jax.Array:
     """``Z = X @ W_s.T`` with SPEC's 2:4 forward and backward (module doc).
 
@@ -133,13 +185,21 @@ def sparse24_linear(
         a :class:`~sparse24_jax.backend.Backend`.
       mvue: prune ``dZ.T`` with MVUE for the weight gradient; ``False`` uses
         the dense ``dZ.T``.
+      precision: "bf16" (default): the GEMMs compute in ``x``'s dtype; "fp8":
+        S-STE's FP8 recipe for all three GEMMs (:mod:`sparse24_jax.fp8`),
+        simulated through the backend (module doc). The output and ``dX`` keep
+        ``x``'s dtype, ``dW`` ``w``'s. With ``method="dense"`` the dense
+        product runs the same recipe on the "xla" backend.
 
     Tokens are flattened to ``M = prod(x.shape[:-1])`` rows and, if M is not a
     multiple of 4 (MVUE groups 4 tokens), zero rows are appended for the
     products and dropped again; zero tokens add nothing to ``dW``.
     """
-    _validate(x, w, mask, beta, key, method, mvue)
-    if method == "dense":
+    _validate(x, w, mask, beta, key, method, mvue, precision)
+    if method == "dense" and precision == "fp8":
+        # dense fine-tuning in FP8: the same recipe, dense W, no MVUE
+        backend, key, mvue = "xla", None, False
+    elif method == "dense":
         # No preferred_element_type=float32 here: its cotangent would be
         # float32 and make XLA run the backward GEMMs in float32, 2x slower
         # than bf16 on an H100 (GPUs accumulate bf16 dots in float32 anyway).
@@ -153,7 +213,7 @@ def sparse24_linear(
     pad = (-m) % 4
     if pad:
         x2 = jnp.pad(x2, ((0, pad), (0, 0)))
-    z = _sparse_linear_2d(x2, w, mask, beta, key if mvue else None, method, be)
+    z = _sparse_linear_2d(x2, w, mask, beta, key if mvue else None, method, be, precision)
     if pad:
         z = z[:m]
     return z.reshape(*lead, n)

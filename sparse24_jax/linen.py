@@ -22,7 +22,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, gated_activation
 from .backend import get_backend
-from .linear import METHODS, sparse24_linear
+from .linear import METHODS, PRECISIONS, sparse24_linear
 from .masks import mask_24
 from .sste import sste_scale
 
@@ -42,6 +42,7 @@ class SparseLinear(nn.Module):
     method: str = "srste"
     backend: Any = "xla"
     mvue: bool = True
+    precision: str = "bf16"  # or "fp8": S-STE's FP8 recipe (sparse24_jax.fp8), simulated
     dense: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -51,6 +52,8 @@ class SparseLinear(nn.Module):
     def __call__(self, x):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {METHODS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
         k = x.shape[-1]
         for name, v in (("in_features", k), ("features", self.features)):
             if self.method != "dense" and v % 4:
@@ -62,7 +65,7 @@ class SparseLinear(nn.Module):
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
         x = x.astype(self.dtype or x.dtype)
         if self.dense or self.method == "dense":
-            return sparse24_linear(x, w, method="dense")
+            return sparse24_linear(x, w, method="dense", precision=self.precision)
         key = None
         if self.mvue:
             if not self.has_rng(COLLECTION):
@@ -72,7 +75,8 @@ class SparseLinear(nn.Module):
                 )
             key = self.make_rng(COLLECTION)
         return sparse24_linear(
-            x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue
+            x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
+            precision=self.precision,
         )
 
 

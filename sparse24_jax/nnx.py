@@ -35,7 +35,7 @@ from flax import nnx
 
 from .activations import GATED_KINDS, gated_activation
 from .backend import get_backend
-from .linear import METHODS, sparse24_linear
+from .linear import METHODS, PRECISIONS, sparse24_linear
 from .masks import mask_24
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
@@ -102,6 +102,10 @@ class SparseLinear(nnx.Module):
       mask_interval: recompute the mask every this many optimizer steps (see
         :func:`refresh_masks`); SPEC's recipe uses 40.
       mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.
+      precision: "bf16" (GEMMs in the compute dtype) or "fp8" (S-STE's FP8
+        recipe, simulated; see :mod:`sparse24_jax.fp8`). Also applies in
+        dense fine-tuning. Under ``shard`` the per-tensor scales are per
+        shard (each device's own amax).
       dtype: compute dtype (inputs and the projected weight are cast to it),
         ``None`` for the input's dtype.
       param_dtype: master weight dtype (float32).
@@ -121,6 +125,7 @@ class SparseLinear(nnx.Module):
         backend: Any = "xla",
         mask_interval: int = 40,
         mvue: bool = True,
+        precision: str = "bf16",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Any = default_kernel_init,
@@ -130,12 +135,15 @@ class SparseLinear(nnx.Module):
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
         if mask_interval < 1:
             raise ValueError(f"mask_interval={mask_interval} must be a positive number of steps")
         _check_features("in_features", in_features, method)
         _check_features("out_features", out_features, method)
         self.in_features, self.out_features = in_features, out_features
         self.method, self.backend, self.mvue = method, backend, mvue
+        self.precision = precision
         self.mask_interval, self.dtype = mask_interval, dtype
         self.shard, self.tp_mode = shard, tp_mode
         if shard is not None:
@@ -161,10 +169,10 @@ class SparseLinear(nnx.Module):
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         if self.dense:
-            return sparse24_linear(x, _get(self.weight), method="dense")
+            return sparse24_linear(x, _get(self.weight), method="dense", precision=self.precision)
         key = self.rngs() if self.mvue else None
         args = (x, _get(self.weight), _get(self.mask), _get(self.beta), key)
-        kwargs = dict(method=self.method, backend=self.backend, mvue=self.mvue)
+        kwargs = dict(method=self.method, backend=self.backend, mvue=self.mvue, precision=self.precision)
         if self.shard is not None:
             return sharded_sparse24_linear(*args, shard=self.shard, mode=self.tp_mode, **kwargs)
         return sparse24_linear(*args, **kwargs)

@@ -34,6 +34,7 @@ class Config:
     mask_interval: int = 40      # SR-STE: recompute the transposable mask every this many steps
     mvue: bool = True            # MVUE-prune the output gradient of the weight-gradient GEMM
     dtype: str = "bfloat16"      # compute dtype; master weights and optimizer state stay float32
+    precision: str = "bf16"      # FFN 2:4 GEMMs: "bf16" (in `dtype`) or "fp8" (S-STE's FP8 recipe, simulated)
 
     # --- optimizer (AdamW, warm-up + cosine) ---
     learning_rate: float = 1e-3
@@ -76,6 +77,7 @@ class Config:
             "method": ("dense", "srste", "sste", "ste"),
             "ffn": ("gelu", "swiglu"),
             "dtype": ("bfloat16", "float32"),
+            "precision": ("bf16", "fp8"),
             "tokenizer": ("auto", "gpt2", "byte"),
         }
         for name, allowed in choices.items():

@@ -62,7 +62,7 @@ class Block(nnx.Module):
         self.attn = CausalSelfAttention(cfg, dtype, init, proj_init, rngs)
         self.ln_2 = nnx.LayerNorm(cfg.n_embd, use_bias=False, rngs=rngs)
         common = dict(method=cfg.method, backend=cfg.backend, mask_interval=cfg.mask_interval,
-                      mvue=cfg.mvue, dtype=dtype, param_dtype=jnp.float32,
+                      mvue=cfg.mvue, precision=cfg.precision, dtype=dtype, param_dtype=jnp.float32,
                       kernel_init=init, out_kernel_init=proj_init, rngs=rngs)
         if cfg.ffn == "swiglu":
             self.mlp = s24nnx.SparseGatedMLP(cfg.n_embd, ffn_hidden(cfg), activation="swiglu", **common)
