@@ -1,0 +1,138 @@
+"""The official metrics of GLUE and SQuAD v1.1, in plain numpy/Python.
+
+GLUE (as the benchmark and Hugging Face's `evaluate` glue metric report them):
+  CoLA          Matthews correlation
+  SST-2, QNLI, RTE, WNLI   accuracy
+  MRPC, QQP     F1 (positive class 1) and accuracy
+  STS-B         Pearson and Spearman correlation
+  MNLI          accuracy on validation_matched and validation_mismatched
+SQuAD v1.1 (the official evaluate-v1.1.py): exact match and token F1 after
+normalising both answers (lowercase, punctuation removed, articles a/an/the removed,
+whitespace collapsed), the maximum over the gold answers, averaged, in percent.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- classification
+
+def accuracy(preds, labels) -> float:
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    return float(np.mean(preds == labels)) if len(labels) else 0.0
+
+
+def f1_binary(preds, labels, positive=1) -> float:
+    """F1 of the positive class; 0 when there are no true positives (sklearn's convention)."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    tp = np.sum((preds == positive) & (labels == positive))
+    fp = np.sum((preds == positive) & (labels != positive))
+    fn = np.sum((preds != positive) & (labels == positive))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+
+
+def matthews_corrcoef(preds, labels) -> float:
+    """Binary Matthews correlation (tp*tn - fp*fn) / sqrt(...); 0 when a marginal is empty."""
+    preds, labels = np.asarray(preds).astype(bool), np.asarray(labels).astype(bool)
+    tp = float(np.sum(preds & labels))
+    tn = float(np.sum(~preds & ~labels))
+    fp = float(np.sum(preds & ~labels))
+    fn = float(np.sum(~preds & labels))
+    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    return float((tp * tn - fp * fn) / np.sqrt(den)) if den > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- regression
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / den) if den > 0 else 0.0
+
+
+def rankdata(x) -> np.ndarray:
+    """Ranks 1..n, ties given their average rank (scipy.stats.rankdata's default)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    return pearson(rankdata(x), rankdata(y))
+
+
+# ----------------------------------------------------------------------------- GLUE
+
+def glue_metrics(task: str, preds, labels) -> dict:
+    """The metrics GLUE reports for `task` (a bare name: "mrpc", "stsb", ...) on one split.
+    `preds`: class ids, or scores for STS-B."""
+    task = task.split("/")[-1]
+    if task == "cola":
+        return {"matthews_correlation": matthews_corrcoef(preds, labels)}
+    if task == "stsb":
+        return {"pearson": pearson(preds, labels), "spearman": spearman(preds, labels)}
+    if task in ("mrpc", "qqp"):
+        return {"f1": f1_binary(preds, labels), "accuracy": accuracy(preds, labels)}
+    return {"accuracy": accuracy(preds, labels)}
+
+
+# ----------------------------------------------------------------------------- SQuAD v1.1
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation, drop the articles a/an/the, collapse whitespace
+    (the official evaluate-v1.1.py, in that order)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match_score(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def f1_score(prediction: str, truth: str) -> float:
+    pred = normalize_answer(prediction).split()
+    gold = normalize_answer(truth).split()
+    common = collections.Counter(pred) & collections.Counter(gold)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_ground_truths(metric, prediction: str, truths) -> float:
+    return max(metric(prediction, t) for t in truths)
+
+
+def squad_metrics(predictions: dict, references: dict) -> dict:
+    """predictions: {id: text}; references: {id: [gold texts]}. Exact match and F1 in percent,
+    over all referenced questions (a missing prediction scores 0, as in the official script)."""
+    em = f1 = 0.0
+    for qid, truths in references.items():
+        if qid not in predictions:
+            continue
+        em += max_over_ground_truths(exact_match_score, predictions[qid], truths)
+        f1 += max_over_ground_truths(f1_score, predictions[qid], truths)
+    n = max(len(references), 1)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
