@@ -87,7 +87,8 @@ def _manager(root: Path) -> ocp.CheckpointManager:
 def _saved_vocab(step_dir: Path) -> int | None:
     """Rows of the token embedding as stored (the exact vocab the model was built with)."""
     try:
-        md = ocp.StandardCheckpointer().metadata(step_dir / "state")
+        with ocp.StandardCheckpointer() as reader:
+            md = reader.metadata(step_dir / "state")
         tree = getattr(md, "item_metadata", md)
         return int(tree["0"]["wte"]["embedding"].shape[0])
     except Exception:  # older/newer layouts: fall back to the config
