@@ -5,6 +5,7 @@
     sparse24-train --config tiny --set method=sste --set n_layer=2 --steps 200
     sparse24-train --out runs/124m --resume          # continue exactly where the run stopped
     sparse24-train --compare dense,srste --out runs/main   # the README main job
+    sparse24-train --config gpt2-124m --set mesh_fsdp=8 --out runs/124m    # FSDP over 8 devices
 
 --compare trains the same config once per method (each into OUT/METHOD), then writes
 OUT/summary.md (a markdown table: final train/val loss, perplexity, throughput, time)
@@ -42,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--compare", metavar="M1,M2", help="train once per method (e.g. dense,srste), then "
                    "write OUT/summary.md and OUT/compare.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="several hosts: call jax.distributed.initialize() (cluster auto-detection, e.g. "
+                        "SLURM or Open MPI; also done whenever JAX_COORDINATOR_ADDRESS is set). "
+                        "Start one process per host with the same arguments; see docs/training.md")
     return p.parse_args(argv)
 
 
@@ -114,6 +119,8 @@ def main(argv=None):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     out = Path(args.out)
     try:
+        from .sharding import maybe_initialize_distributed
+        maybe_initialize_distributed(args.distributed)  # before anything touches the devices
         cfg = resolve_config(args, out)
         if args.compare:
             return compare(args, cfg, out)

@@ -52,6 +52,11 @@ class Config:
     batch_size: int = 16         # sequences per micro-batch, over all devices
     grad_accum: int = 1          # micro-batches per optimizer step
 
+    # --- devices: a ("data", "fsdp", "tensor") mesh, see train/sharding.py ---
+    mesh_data: int = -1          # data-parallel size; -1: all devices left after fsdp x tensor
+    mesh_fsdp: int = 1           # FSDP size: batch split, parameters and optimizer state sharded
+    mesh_tensor: int = 1         # tensor-parallel size of the 2:4 FFNs (attention stays data/FSDP)
+
     # --- data ---
     data: str = "embedded"       # "embedded", a directory with train.bin/val.bin, or "tfds:NAME"
     tfds_data_dir: str = ""      # TFDS data_dir ("" = TFDS's default, ~/tensorflow_datasets)
@@ -92,6 +97,12 @@ class Config:
                      "keep_last", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.mesh_data == 0 or self.mesh_data < -1 or self.mesh_fsdp < 1 or self.mesh_tensor < 1:
+            raise ConfigError(f"mesh {self.mesh_data}x{self.mesh_fsdp}x{self.mesh_tensor} (data x fsdp x tensor): "
+                              f"sizes must be >= 1 (mesh_data = -1: all devices left over)")
+        if self.mesh_data > 0 and self.batch_size % (self.mesh_data * self.mesh_fsdp):
+            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of mesh_data x mesh_fsdp = "
+                              f"{self.mesh_data * self.mesh_fsdp}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction = {self.val_fraction} must be in (0, 1)")
         return self

@@ -11,9 +11,12 @@ One optimizer step, inside a single jit:
 Dense fine-tuning switches every sparse layer to dense at `dense_step`; that changes the
 model's static structure, so the step is re-jitted once then.
 
-Data parallelism: a 1-D mesh over all local devices; the batch is split along its
-sequence axis (NamedSharding), the state is replicated, and XLA inserts the gradient
-all-reduce. With one device the mesh has one entry and the code is the same.
+Devices (train/sharding.py): a ("data", "fsdp", "tensor") mesh. The batch is split over
+data x fsdp; with fsdp > 1 every parameter and optimizer-state array is stored split over
+"fsdp" (the step's in/out shardings say so and XLA inserts the gathers and reductions);
+with tensor > 1 the 2:4 FFNs run tensor parallel inside shard_map. With one device the
+mesh has one entry and the code is the same. Several hosts: each process feeds the rows
+of the global batch its devices hold.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from sparse24_jax import nnx as s24nnx
 from .checkpoint import Checkpointer
 from .config import ConfigError
 from .data import make_source
-from .model import GPT, cross_entropy, flops_per_token, num_params, padded_vocab
+from .model import GPT, cross_entropy, ffn_hidden, flops_per_token, num_params, padded_vocab
+from .sharding import (batch_sharding, ffn_shard, global_batch, is_primary, make_mesh,
+                       state_shardings, tensor_parallel_dims)
 
 log = logging.getLogger("sparse24_train")
 
@@ -78,17 +83,47 @@ def make_optimizer(cfg):
     return optax.chain(*parts)
 
 
-def build(cfg, vocab_size: int):
+def build(cfg, vocab_size: int, mesh=None):
     """A fresh (model, optimizer). Params are initialised from cfg.seed; the MVUE keys of
-    the 2:4 layers come from their own stream, so changing the method leaves init alone."""
+    the 2:4 layers come from their own stream, so changing the method leaves init alone.
+    `mesh` (of more than one device): the FFNs run per shard on it (train/sharding.py)."""
     rngs = nnx.Rngs(cfg.seed, sparse24=cfg.seed + 1)
-    model = GPT(cfg, vocab_size, rngs=rngs)
+    model = GPT(cfg, vocab_size, rngs=rngs, shard=ffn_shard(mesh))
     optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
     return model, optimizer
 
 
-def make_mesh():
-    return jax.make_mesh((jax.device_count(),), ("data",))
+def train_shardings(graphdef, state, mesh):
+    """NamedShardings of the (model, optimizer) state on `mesh` (train/sharding.py's rule)."""
+    model, _ = nnx.merge(graphdef, state)
+    return state_shardings(state, mesh, tensor_parallel_dims(model))
+
+
+def init_state(cfg, vocab_size: int, mesh, dense: bool = False):
+    """(graphdef, state) of a fresh (model, optimizer), each array created directly in its
+    sharding on `mesh` (a jit with out_shardings): no whole copy on one device, and the same
+    on every process of a multi-host run. dense: dense fine-tuning switched on."""
+    def make():
+        model, optimizer = build(cfg, vocab_size, mesh)
+        if dense:
+            s24nnx.set_dense(model)
+        return model, optimizer
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = train_shardings(graphdef, abstract, mesh)
+    return graphdef, jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+
+
+def _jit_on_first_call(fn, in_shardings_of, **jit_kwargs):
+    """jax.jit(fn) with shardings that depend on the state's shapes: built at the first call."""
+    jitted = None
+
+    def call(state, *args):
+        nonlocal jitted
+        if jitted is None:
+            jitted = jax.jit(fn, **in_shardings_of(state), **jit_kwargs)
+        return jitted(state, *args)
+    return call
 
 
 # ----------------------------------------------------------------------------- step functions
@@ -100,11 +135,12 @@ def make_train_step(graphdef, mesh, cfg):
     Cached: runs of the same config in one process (resumed runs, --compare, tests)
     reuse the compiled step instead of compiling it again.
 
-    state: nnx.State of (model, optimizer), replicated; donated, so it is updated in place.
-    xs, ys: (grad_accum, batch, block_size) int32, batch split over devices.
+    state: nnx.State of (model, optimizer), sharded as train_shardings says (replicated
+    without fsdp/tensor axes); donated, so it is updated in place.
+    xs, ys: (grad_accum, batch, block_size) int32, batch split over data x fsdp.
     """
     replicated = NamedSharding(mesh, P())
-    batch = NamedSharding(mesh, P(None, "data", None))
+    batch = batch_sharding(mesh, 3)
 
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
@@ -132,20 +168,24 @@ def make_train_step(graphdef, mesh, cfg):
         metrics = dict(loss=loss_sum / n, grad_norm=grad_norm, lr=lr, flip_rate=flip_rate, refreshed=refreshed)
         return nnx.state((model, optimizer)), metrics
 
-    return jax.jit(step, in_shardings=(replicated, batch, batch),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    def shardings(state):
+        sh = train_shardings(graphdef, state, mesh)
+        return dict(in_shardings=(sh, batch, batch), out_shardings=(sh, replicated))
+
+    return _jit_on_first_call(step, shardings, donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=8)
 def make_eval_step(graphdef, mesh):
     replicated = NamedSharding(mesh, P())
-    batch = NamedSharding(mesh, P("data", None))
+    batch = batch_sharding(mesh, 2)
 
     def evaluate(state, x, y):
         model, _ = nnx.merge(graphdef, state)
         return cross_entropy(model(x), y)  # the advanced MVUE stream is dropped: eval has no effect
 
-    return jax.jit(evaluate, in_shardings=(replicated, batch, batch), out_shardings=replicated)
+    return _jit_on_first_call(evaluate, lambda state: dict(
+        in_shardings=(train_shardings(graphdef, state, mesh), batch, batch), out_shardings=replicated))
 
 
 # ----------------------------------------------------------------------------- logging
@@ -190,6 +230,16 @@ class MetricsLog:
             self.tb.close()
 
 
+class _NoLog:
+    """MetricsLog's stand-in on processes other than 0."""
+
+    def write(self, row: dict):
+        pass
+
+    def close(self):
+        pass
+
+
 # ----------------------------------------------------------------------------- the run
 
 def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
@@ -202,7 +252,9 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    primary = is_primary()  # several processes: process 0 writes the run's files, all checkpoint
+    if primary:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t_start = time.time()
 
     source, tokenizer = make_source(cfg)
@@ -210,46 +262,45 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     if source.max_token() >= vocab:
         raise ConfigError(f"the data holds token id {source.max_token()} but vocab_size is {vocab}: "
                          f"--set vocab_size=N with N larger (50304 for GPT-2 tokens)")
-    mesh = make_mesh()
-    if cfg.batch_size % mesh.size:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the device count {mesh.size}")
+    mesh = make_mesh(cfg, ffn_hidden(cfg))  # checks the layout's divisibility (ConfigError)
+    micro_sharding, eval_sharding = batch_sharding(mesh, 3), batch_sharding(mesh, 2)
 
-    model, optimizer = build(cfg, vocab)
-    n_params = num_params(model)
     dense_step = dense_step_of(cfg)
-    replicated = NamedSharding(mesh, P())
     ckpt = Checkpointer(out, cfg.keep_last)
     start = ckpt.latest_step() if resume else None
     if start is None:
         if resume:
             log.info("resume: no checkpoint in %s, starting from step 0", out)
         start, elapsed_before, meta = 0, 0.0, {"dense": False}
-        graphdef, state = nnx.split((model, optimizer))
-        state = jax.device_put(state, replicated)
+        graphdef, state = init_state(cfg, vocab, mesh)
     else:
         meta = ckpt.restore_meta(start)
-        if meta["dense"]:  # the checkpoint's structure: dense fine-tuning already on
-            s24nnx.set_dense(model)
-        graphdef, state = nnx.split((model, optimizer))
-        state = ckpt.restore(start, jax.device_put(state, replicated))
+        # the checkpoint's structure (dense fine-tuning already on?), restored straight into this
+        # run's shardings: a checkpoint of any mesh loads on any other
+        graphdef, state = init_state(cfg, vocab, mesh, dense=bool(meta["dense"]))
+        state = ckpt.restore(start, state)
         source.restore(meta["data"])
         elapsed_before = meta.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", ckpt.directory, start)
+    n_params = num_params(nnx.merge(graphdef, state)[0])
     # Dense fine-tuning is on if the checkpoint had it on; the loop switches it on at dense_step
     # (or at once, when a resumed run's new max_steps puts dense_step behind it). Never back off.
     dense = bool(meta["dense"])
 
     end = min(cfg.max_steps, stop_after or cfg.max_steps)
-    log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s); "
-             "%d tokens/step; steps %d..%d of %d%s", n_params / 1e6, cfg.ffn, cfg.method, mesh.size,
+    log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s) (mesh data x "
+             "fsdp x tensor = %s, %d process(es)); %d tokens/step; steps %d..%d of %d%s", n_params / 1e6,
+             cfg.ffn, cfg.method, mesh.size, "x".join(str(mesh.shape[a]) for a in mesh.axis_names),
+             jax.process_count(),
              cfg.tokens_per_step, start, end, cfg.max_steps,
              f"; dense fine-tuning from step {dense_step}" if dense_step is not None else "")
     flops_token = flops_per_token(cfg, n_params)
-    metrics_log = MetricsLog(out, start)
+    metrics_log = MetricsLog(out, start) if primary else _NoLog()
     train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
 
     def evaluate(state):
-        losses = [eval_step(state, x, y) for x, y in source.val_batches(cfg.batch_size, cfg.eval_batches)]
+        losses = [eval_step(state, global_batch(x, eval_sharding), global_batch(y, eval_sharding))
+                  for x, y in source.val_batches(cfg.batch_size, cfg.eval_batches)]
         return float(np.mean(jax.device_get(losses)))
 
     def save(step, state):
@@ -257,7 +308,8 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
                                     elapsed_s=elapsed_before + time.time() - t_start,
                                     config=dataclasses.asdict(cfg)))
 
-    pbar = tqdm(total=end, initial=start, disable=not progress, desc=cfg.method, dynamic_ncols=True)
+    pbar = tqdm(total=end, initial=start, disable=not (progress and primary), desc=cfg.method,
+                dynamic_ncols=True)
     pending, losses_since_row = [], []
     # Throughput: steps are timed between log rows, leaving out steps that compiled and the time
     # spent evaluating or checkpointing (the clock restarts after those).
@@ -275,8 +327,9 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
             pbar.write(f"step {step}: dense fine-tuning starts")
 
         batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
-        xs = np.stack([b[0] for b in batches])
-        ys = np.stack([b[1] for b in batches])
+        # every process draws the same global batch and hands over the rows its devices hold
+        xs = global_batch(np.stack([b[0] for b in batches]), micro_sharding)
+        ys = global_batch(np.stack([b[1] for b in batches]), micro_sharding)
         state, m = train_step(state, xs, ys)
         pending.append((step + 1, m))
         compiled = t_timer is None
@@ -332,5 +385,6 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
                    train_loss=last["train_loss"], val_loss=last["val_loss"],
                    val_ppl=math.exp(min(last["val_loss"], 50.0)), tok_per_s=tok_per_s, mfu=mfu,
                    wall_s=time.time() - t_start)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if primary:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -1,0 +1,153 @@
+"""Training-step throughput on 1 device and on all devices (data parallel, FSDP), dense vs 2:4.
+
+    python benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt
+    python benchmarks/train_scaling.py --config gpt2-774m --batch-per-device 4 --json scaling.json
+    # smoke test on CPU:
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
+      python benchmarks/train_scaling.py --config tiny --steps 2 --warmup 1
+
+Weak scaling: every device gets --batch-per-device sequences of block_size random tokens, so
+the global batch grows with the device count. Each row times --steps optimizer steps of
+sparse24_train's jitted step (after --warmup steps, which include compilation), excluding the
+host: tokens are generated once and already on the devices. Prints a markdown table with
+
+    scaling efficiency = tok/s(N devices) / (N * tok/s(1 device))
+
+(1.0 = perfect). Layouts: "one" (1 device), "data" (data parallel over N), "fsdp" (FSDP over
+N: parameters and optimizer state sharded), "tensor" (2:4 FFNs tensor parallel over N, the
+rest replicated; only if asked for). On forced CPU devices, which share the same cores, the
+numbers only show that the code runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
+
+try:
+    from sparse24_train.config import load_config
+    from sparse24_train.model import ffn_hidden, padded_vocab
+    from sparse24_train.sharding import batch_sharding, global_batch, make_mesh
+    from sparse24_train.train import init_state, make_train_step
+except ImportError:  # a checkout without `pip install -e .`: train/ is the package
+    from train.config import load_config
+    from train.model import ffn_hidden, padded_vocab
+    from train.sharding import batch_sharding, global_batch, make_mesh
+    from train.train import init_state, make_train_step
+
+LAYOUTS = {"one": lambda n: (1, 1, 1), "data": lambda n: (n, 1, 1), "fsdp": lambda n: (1, n, 1),
+           "tensor": lambda n: (1, 1, n)}
+
+
+def layout_name(layout: str, n: int) -> str:
+    return "1 device" if layout == "one" else f"{layout} {n}"
+
+
+def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
+    """tok/s of cfg's training step on cfg's mesh, random tokens."""
+    mesh = make_mesh(cfg, ffn_hidden(cfg))
+    vocab = padded_vocab(cfg, 256)
+    graphdef, state = init_state(cfg, vocab, mesh)
+    step = make_train_step(graphdef, mesh, cfg)
+    rng = np.random.default_rng(seed)
+    shape = (cfg.grad_accum, cfg.batch_size, cfg.block_size)
+    sh = batch_sharding(mesh, 3)
+    xs = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
+    ys = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        state, m = step(state, xs, ys)
+    jax.block_until_ready((state, m))
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, xs, ys)
+    jax.block_until_ready((state, m))
+    dt = time.perf_counter() - t1
+    loss = float(m["loss"])
+    del state
+    return dict(devices=mesh.size, mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names),
+                global_batch=cfg.batch_size * cfg.grad_accum, tok_per_s=steps * cfg.tokens_per_step / dt,
+                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, loss=loss)
+
+
+def table(rows) -> str:
+    lines = ["| method | backend | layout | devices (data x fsdp x tensor) | global batch | tok/s | "
+             "tok/s per device | step (ms) | scaling efficiency |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        eff = "" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
+        lines.append(f"| {r['method']} | {r['backend']} | {r['layout']} | {r['devices']} ({r['mesh']}) | "
+                     f"{r['global_batch']} | {r['tok_per_s']:,.0f} | {r['tok_per_s'] / r['devices']:,.0f} | "
+                     f"{r['step_ms']:.1f} | {eff} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help="config name (tiny, gpt2-124m, ...) or .toml path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--methods", default="dense,srste", help="comma-separated: dense, srste, sste, ste")
+    p.add_argument("--backend", default=None, help="2:4 backend (xla, triton, cusparselt); default: the config's")
+    p.add_argument("--batch-per-device", type=int, default=8, help="sequences per device per step")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--devices", type=int, default=0, help="N for the multi-device layouts (0: all)")
+    p.add_argument("--layouts", default="one,data,fsdp", help=f"comma-separated, of {', '.join(LAYOUTS)}")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args(argv)
+    logging.getLogger("sparse24_train").setLevel(logging.ERROR)  # "mesh uses 1 of N devices" is intended
+
+    n = args.devices or jax.device_count()
+    base = load_config(args.config, list(args.overrides))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    for x in layouts:
+        if x not in LAYOUTS:
+            p.error(f"unknown layout {x!r}: use {', '.join(LAYOUTS)}")
+    if n == 1:
+        layouts = [x for x in layouts if x == "one"] or ["one"]
+    print(f"# train step scaling: config {args.config}, {n} device(s) of {jax.devices()[0].device_kind}, "
+          f"{args.batch_per_device} x {base.block_size} tokens per device, {args.steps} timed steps",
+          flush=True)
+    rows = []
+    for method in methods:
+        single = None
+        for layout in layouts:
+            d, f, t = LAYOUTS[layout](n)
+            size = d * f * t
+            cfg = dataclasses.replace(
+                base, method=method, backend=args.backend or base.backend, grad_accum=args.grad_accum,
+                batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
+                max_steps=max(base.max_steps, args.steps + args.warmup + 1)).validate()
+            r = measure(cfg, args.steps, args.warmup)
+            if layout == "one":
+                single = r["tok_per_s"]
+            r.update(method=method, backend=cfg.backend if method != "dense" else "-",
+                     layout=layout_name(layout, size),
+                     efficiency=None if single is None else r["tok_per_s"] / (r["devices"] * single))
+            rows.append(r)
+            print(f"{method} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        meta = dict(config=args.config, overrides=args.overrides, devices=n,
+                    device_kind=jax.devices()[0].device_kind, batch_per_device=args.batch_per_device,
+                    block_size=base.block_size, steps=args.steps)
+        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
