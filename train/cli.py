@@ -128,8 +128,10 @@ def main(argv=None):
         prepare_out(out, args.resume, args.overwrite)
         summary = train(cfg, out, resume=args.resume, stop_after=args.stop_after,
                         progress=not args.no_progress)
-        print(f"final: val loss {summary['val_loss']:.4f}, val perplexity {summary['val_ppl']:.2f} "
-              f"({summary['wall_s']:.0f} s)")
+        import jax
+        if jax.process_index() == 0:
+            print(f"final: val loss {summary['val_loss']:.4f}, val perplexity {summary['val_ppl']:.2f} "
+                  f"({summary['wall_s']:.0f} s)")
     except (ConfigError, DataError) as e:
         print(f"sparse24-train: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -310,6 +310,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
 
     pbar = tqdm(total=end, initial=start, disable=not (progress and primary), desc=cfg.method,
                 dynamic_ncols=True)
+    say = pbar.write if primary else (lambda text: None)  # one copy of each message, not one per host
     pending, losses_since_row = [], []
     # Throughput: steps are timed between log rows, leaving out steps that compiled and the time
     # spent evaluating or checkpointing (the clock restarts after those).
@@ -324,7 +325,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
             graphdef, state = nnx.split((model, optimizer))
             train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
             dense, t_timer = True, None
-            pbar.write(f"step {step}: dense fine-tuning starts")
+            say(f"step {step}: dense fine-tuning starts")
 
         batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
         # every process draws the same global batch and hands over the rows its devices hold
@@ -364,7 +365,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
                     if ps == s and do_eval:
                         last["val_loss"] = row["val_loss"] = evaluate(state)
                         row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
-                        pbar.write(f"step {s}: train loss {last['train_loss']:.4f}, val loss "
+                        say(f"step {s}: train loss {last['train_loss']:.4f}, val loss "
                                    f"{row['val_loss']:.4f}, val perplexity {row['val_ppl']:.2f}")
                     metrics_log.write(row)
             pbar.update(len(pending))
