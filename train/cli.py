@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import FIELDS, ConfigError, load_config
+from .config import FIELDS, ConfigError, load_config, parse_overrides
 from .data import DataError
 
 
@@ -58,18 +58,8 @@ def resolve_config(args, out: Path):
     if args.resume and args.config is None and saved.is_file():
         # Resuming: the run's own config, so the model and schedule match the checkpoint.
         base = {k: v for k, v in json.loads(saved.read_text()).items() if k in FIELDS}
-        return load_config("tiny", base | _pairs(overrides))
+        return load_config("tiny", base | parse_overrides(overrides))
     return load_config(args.config or "tiny", overrides)
-
-
-def _pairs(overrides):
-    out = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected field=value, e.g. --set n_layer=4")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v
-    return out
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool):

@@ -163,6 +163,17 @@ def find_config(name: str) -> Path:
                       f"in one of: {searched} (or set SPARSE24_CONFIG_DIR)")
 
 
+def parse_overrides(items) -> dict:
+    """["field=value", ...] (the CLI's --set) -> {field: "value"}."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected field=value, e.g. --set n_layer=4")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = v
+    return pairs
+
+
 def load_config(name: str = "tiny", overrides: dict | list[str] | None = None) -> Config:
     """Config from configs/NAME.toml, then overrides ({field: value} or ["field=value", ...])."""
     path = find_config(name)
@@ -177,13 +188,7 @@ def load_config(name: str = "tiny", overrides: dict | list[str] | None = None) -
                 raise _unknown(k, str(path))
             flat[k] = _coerce(k, v)
     if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected field=value, e.g. --set n_layer=4")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = v
-        overrides = pairs
+        overrides = parse_overrides(overrides)
     for k, v in (overrides or {}).items():
         if k not in FIELDS:
             raise _unknown(k, "--set")
