@@ -13,6 +13,8 @@ import pytest
 
 from sparse24_jax_kernels.cusparselt import layout
 
+from _random24 import random_24
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -22,18 +24,6 @@ def bits(x, dtype):
     """Raw bits of the float x in dtype."""
     a = np.array([x], dtype=np.float32).astype(dtype)
     return int(a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint8)[0])
-
-
-def random_24(rng, m, k, dtype, zero_frac=0.1):
-    """A random 2:4 matrix (along k) with some extra zeros and some -0."""
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    g = np.abs(x).reshape(m, k // 4, 4)
-    top = np.argsort(-g, axis=-1, kind="stable")[..., :2]
-    keep = np.zeros(g.shape, bool)
-    np.put_along_axis(keep, top, True, -1)
-    keep &= rng.random(keep.shape) > zero_frac
-    neg_zero = np.where(rng.random((m, k)) < 0.5, -0.0, 0.0).astype(np.float32)
-    return np.where(keep.reshape(m, k), x, neg_zero).astype(dtype)
 
 
 # ---------------------------------------------------------------------------

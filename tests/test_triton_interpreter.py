@@ -54,24 +54,10 @@ torch = pytest.importorskip("torch", reason="the Triton interpreter needs torch 
 
 import sparse24_jax as s24  # noqa: E402
 from sparse24_jax.mvue import mvue_inclusion_probs  # noqa: E402
+from _kernels_path import ensure_kernels_package  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 _KMODS = ("compress", "mask_search", "matmul", "mvue", "soft_threshold", "gated")
-
-
-def _ensure_kernels_package():
-    """``sparse24_jax_kernels`` is ``kernels/`` once installed; from a plain
-    checkout, map it by hand."""
-    try:
-        importlib.import_module("sparse24_jax_kernels")
-    except ImportError:
-        root = REPO / "kernels"
-        spec = importlib.util.spec_from_file_location(
-            "sparse24_jax_kernels", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["sparse24_jax_kernels"] = mod
-        spec.loader.exec_module(mod)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +65,7 @@ def K():
     """The kernel modules (interpreted)."""
     import triton.runtime.interpreter as ti
 
-    _ensure_kernels_package()
+    ensure_kernels_package()
     # The interpreter holds scalars as 1-element arrays and converts them with
     # int(array), which numpy >= 2.4 refuses for 1-D arrays; loops with a
     # runtime bound (the GEMM's) need it.

@@ -9,29 +9,15 @@ scalars equal to 1 constexpr. Run by hand: ``python tests/triton_sm90_compile.py
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import triton
 
+from _kernels_path import ensure_kernels_package
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ensure_kernels_package():
-    try:
-        importlib.import_module("sparse24_jax_kernels")
-    except ImportError:
-        root = REPO / "kernels"
-        spec = importlib.util.spec_from_file_location(
-            "sparse24_jax_kernels", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["sparse24_jax_kernels"] = mod
-        spec.loader.exec_module(mod)
 
 
 def _sm90_compile(fn, sig, consts, num_warps=4, num_stages=3):
@@ -94,7 +80,7 @@ def _compile_cases():
 def compile_all() -> list[str]:
     """Compile every case; return one line per failure."""
     assert os.environ.get("TRITON_INTERPRET") != "1", "unset TRITON_INTERPRET to compile"
-    _ensure_kernels_package()
+    ensure_kernels_package()
     failures = []
     for fn, sig, consts, warps, stages in _compile_cases():
         try:
