@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from .checkpoint import from_savable, to_savable
-from .config import FIELDS, Config, ConfigError, _coerce
+from .config import FIELDS, Config, ConfigError, _coerce, parse_overrides
 
 log = logging.getLogger("sparse24_train")
 
@@ -64,13 +64,7 @@ def config_from_dict(saved: dict, overrides: dict | list[str] | None = None) -> 
         else:
             log.info("config field %r of the run is unknown here: ignored", k)
     if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected field=value, e.g. --set backend=xla")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = v
-        overrides = pairs
+        overrides = parse_overrides(overrides)
     for k, v in (overrides or {}).items():
         if k not in FIELDS:
             raise ConfigError(f"unknown config field {k!r} in --set; valid fields: {', '.join(FIELDS)}")
