@@ -37,6 +37,7 @@ Array = jax.Array
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "NativeFp8Forward",
     "available_backends",
     "get_backend",
     "register_backend",
@@ -86,6 +87,27 @@ class Backend(Protocol):
     def transposable_mask(self, w: Array) -> Array:
         """The transposable 2:4 mask of ``w`` (same result as
         :func:`sparse24_jax.transposable_mask_24`)."""
+
+
+@runtime_checkable
+class NativeFp8Forward(Protocol):
+    """Optional: a backend that runs the *forward* GEMM of
+    ``precision="fp8"`` as a real FP8 2:4 GEMM (e4m3 operands, float32
+    accumulation) instead of multiplying upcast fp8 values. Only the forward:
+    the recipe's input- and weight-gradient GEMMs mix e5m2 with e4m3, which
+    the backends here run on the exactly upcast values (module doc of
+    :mod:`sparse24_jax.linear`)."""
+
+    def fp8_forward_available(self) -> tuple[bool, str]:
+        """Whether this machine runs the FP8 forward, and why not. Called at
+        trace time; may run a tiny probe once per process."""
+
+    def prepare_weight_fp8(self, qw: Array) -> Any:
+        """Compress the e4m3 values of ``W_s`` (N, K) for ``matmul_fwd_fp8``."""
+
+    def matmul_fwd_fp8(self, qx: Array, w8: Any, out_dtype: Any) -> Array:
+        """``q_x @ q_w.T`` for e4m3 ``q_x`` (M, K): (M, N) in ``out_dtype``,
+        unscaled (the caller multiplies by both scales)."""
 
 
 # name -> "module:attribute" of a zero-argument factory, imported on first use.

@@ -50,8 +50,9 @@ This module is the reference. :func:`~sparse24_jax.sparse24_linear` with
 ``precision="fp8"`` computes the same thing through a backend's ordinary GEMMs
 ("simulated" FP8: the backend multiplies the upcast fp8 values, the scaling is
 applied outside), so with backend "xla" its three products equal
-:func:`fp8_dot` of the same operands. Native FP8 GEMMs (cuSPARSELt's e4m3 2:4
-kernels on Hopper) are not wired in yet.
+:func:`fp8_dot` of the same operands. On Hopper the "cusparselt" backend runs
+the forward as a native e4m3 2:4 GEMM (bf16 output, then scaled); the
+gradient GEMMs stay simulated (docs/fp8.md).
 """
 
 from __future__ import annotations

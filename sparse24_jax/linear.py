@@ -17,11 +17,14 @@ compression of their sparse operands come from a backend (see
 ``precision="fp8"`` runs the three products in S-STE's FP8 recipe
 (:mod:`sparse24_jax.fp8`: per-tensor amax scaling, ``X``/``W_s`` e4m3,
 ``dZ``/``S_z(dZ.T)`` e5m2, float32 accumulation, result times both scales).
-No backend has native FP8 GEMMs yet, so it is *simulated* on top of the
-unchanged backend interface: the operands are quantized here, the backend
-multiplies the fp8 values upcast exactly to float32 (to the compute dtype for a
-backend that rejects float32, e.g. cuSPARSELt, whose output then rounds before
-the scaling), and the scale product multiplies the result here. With backend
+The operands are quantized here and the scale product multiplies each result
+here. A backend with a native FP8 forward
+(:class:`~sparse24_jax.backend.NativeFp8Forward`: cuSPARSELt's e4m3 2:4 GEMM
+on Hopper, when its probe passes) runs the forward on the e4m3 values
+themselves; every other product is *simulated*: the backend multiplies the fp8
+values upcast exactly to float32 (to the compute dtype for a backend that
+rejects float32, e.g. cuSPARSELt, whose output then rounds before the
+scaling). The gradient GEMMs are always simulated: they mix e5m2 with e4m3. With backend
 "xla" that is exactly :func:`sparse24_jax.fp8.fp8_dot` of the same operands.
 The MVUE pruning of ``dZ.T`` then uses the reference :func:`~sparse24_jax.mvue_24`
 (identical to the "xla" backend's) on the compute-dtype ``dZ``, and the pruned
@@ -38,7 +41,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from . import fp8 as _fp8
-from .backend import Backend, get_backend
+from .backend import Backend, NativeFp8Forward, get_backend
 from .mvue import mvue_24
 from .sste import soft_threshold_24
 
@@ -115,6 +118,11 @@ def _sim_dtype(backend: Backend, n: int, k: int, dtype) -> Any:
     return jnp.float32
 
 
+def _native_fp8(backend: Backend) -> bool:
+    """Whether ``backend`` runs the FP8 forward natively here."""
+    return isinstance(backend, NativeFp8Forward) and backend.fp8_forward_available()[0]
+
+
 def _fwd(x, w, mask, beta, key, method, backend, precision="bf16"):
     w_s, transposable = project_weight(w, mask, beta, method=method)
     # a 0-d array of w's dtype: the cotangent of w must come back in it
@@ -124,7 +132,12 @@ def _fwd(x, w, mask, beta, key, method, backend, precision="bf16"):
         qw, sw = _fp8.quantize(w_s, _fp8.E4M3)
         qx, sx = _fp8.quantize(x, _fp8.E4M3)
         w_op = backend.prepare_weight(qw.astype(sim), transposable=transposable)
-        z = backend.matmul_fwd(qx.astype(sim), w_op).astype(jnp.float32) * (sx * sw)
+        if _native_fp8(backend):
+            # a real e4m3 2:4 GEMM (w_op then only feeds the input gradient)
+            z = backend.matmul_fwd_fp8(qx, backend.prepare_weight_fp8(qw), x.dtype)
+        else:
+            z = backend.matmul_fwd(qx.astype(sim), w_op)
+        z = z.astype(jnp.float32) * (sx * sw)
         # residuals: X in e4m3 (reused by the weight-gradient GEMM) and W_s's
         # prepared e4m3 values (input-gradient GEMM), with their scales
         protos = (w_proto, jnp.zeros((), x.dtype), jnp.zeros((), sim))

@@ -27,6 +27,11 @@ Notes:
   (``dw_dtype`` asks for another output dtype, if the library offers it).
 * The token count M is padded with zero rows to a multiple of 64 when needed
   (zero tokens add nothing); K and N must be multiples of 32 (``check``).
+* ``precision="fp8"``: the forward runs as a real e4m3 2:4 GEMM
+  (``matmul_fwd_fp8``, output bfloat16, scaled by the caller) when
+  :func:`.ops.fp8_probe` finds cuSPARSELt runs one here; the two gradient
+  GEMMs mix e5m2 with e4m3 and run as bf16 2:4 GEMMs on the exactly upcast
+  fp8 values.
 * Operands are local arrays: inside ``shard_map`` each device runs its own
   shard with its own cuSPARSELt handle and plans. Outside ``shard_map`` XLA
   all-gathers sharded operands of a custom call.
@@ -162,6 +167,26 @@ class CusparseltBackend:
         dx = ops.spmm(w_op.wt, _pad_rows(dz, mp), m=w_op.k, k=w_op.n, transpose_b=True,
                       d_col_major=True, out_dtype=dz.dtype)
         return dx if mp == m else dx[:m]
+
+    # -- native FP8 forward (sparse24_jax.backend.NativeFp8Forward) ----------
+    def fp8_forward_available(self) -> tuple[bool, str]:
+        return ops.fp8_probe()
+
+    def prepare_weight_fp8(self, qw: jax.Array) -> CompressedWeight:
+        if qw.ndim != 2 or jnp.dtype(qw.dtype) != jnp.dtype(jnp.float8_e4m3fn):
+            raise ValueError(f"W_s must be (N, K) float8_e4m3fn, got {qw.dtype}{tuple(qw.shape)}")
+        n, k = qw.shape
+        self.check(n, k, jnp.bfloat16)  # the same alignment; fp8 needs N % 32, which 64 covers
+        return CompressedWeight(w=ops.compress(qw), wt=None, dense=None, n=n, k=k, dtype=qw.dtype.name)
+
+    def matmul_fwd_fp8(self, qx: jax.Array, w8: CompressedWeight, out_dtype) -> jax.Array:
+        self._check_x(qx, w8.k, w8.dtype, "x")
+        m = qx.shape[0]
+        mp = _padded(m)
+        # opA=N, opB=T: the only FP8 layout cuSPARSELt takes (X is K-contiguous)
+        zt = ops.spmm(w8.w, _pad_rows(qx, mp), m=w8.n, k=w8.k, transpose_b=True,
+                      d_col_major=True, out_dtype=out_dtype)
+        return zt if mp == m else zt[:m]
 
     # -- gradient -----------------------------------------------------------
     def prune_grad(self, key: jax.Array | None, dz: jax.Array) -> CompressedGrad:

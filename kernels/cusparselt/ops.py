@@ -26,6 +26,7 @@ __all__ = [
     "compress_masked",
     "compressed_nbytes",
     "emulate_compress",
+    "fp8_probe",
     "lib_compress",
     "load",
     "load_library",
@@ -292,3 +293,45 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     out = buf.view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
+
+
+_FP8_PROBE: tuple[bool, str] | None = None
+
+
+def fp8_probe() -> tuple[bool, str]:
+    """Whether cuSPARSELt runs an e4m3 x e4m3 -> bfloat16 2:4 GEMM here (the
+    forward of the FP8 recipe: A = W_s row-major, B = X with op T, i.e.
+    K-contiguous), checked once per process on a 64 x 64 x 64 product against
+    numpy, and why not. ``SPARSE24_CUSPARSELT_FP8=0`` turns it off. Safe to
+    call while tracing (it evaluates eagerly)."""
+    global _FP8_PROBE
+    if os.environ.get("SPARSE24_CUSPARSELT_FP8", "1") in ("0", "false", ""):
+        return False, "SPARSE24_CUSPARSELT_FP8=0"
+    with _LOCK:
+        if _FP8_PROBE is not None:
+            return _FP8_PROBE
+    import jax
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    try:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((64, 64)).astype(np.float32)
+        keep = np.argsort(-np.abs(a.reshape(64, 16, 4)), axis=-1)[..., :2]
+        mask = np.zeros((64, 16, 4), bool)
+        np.put_along_axis(mask, keep, True, axis=-1)
+        a = np.where(mask.reshape(64, 64), a, 0).astype(ml_dtypes.float8_e4m3fn)
+        b = rng.standard_normal((64, 64)).astype(ml_dtypes.float8_e4m3fn)
+        with jax.ensure_compile_time_eval():
+            buf = compress(jnp.asarray(a))
+            d = spmm(buf, jnp.asarray(b), m=64, k=64, transpose_b=True, d_col_major=False,
+                     out_dtype=jnp.bfloat16)
+            got = np.asarray(jax.device_get(d)).astype(np.float32)
+        want = a.astype(np.float32) @ b.astype(np.float32).T
+        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+        result = (True, "") if err < 1e-2 else (False, f"wrong e4m3 product (max rel err {err:.2e})")
+    except Exception as e:  # noqa: BLE001 - any failure means: use the bf16 GEMM
+        result = (False, f"{type(e).__name__}: {str(e)[:300]}")
+    with _LOCK:
+        _FP8_PROBE = result
+    return result
