@@ -38,16 +38,55 @@ def block_dims(name: str, act: str) -> tuple[int, int, int]:
     return d, h, (2 * h if act == "swiglu" else h)
 
 
-def jax_block(act: str, backend: str | None):
+def dense_fp8_linear():
+    """``x @ w.T`` in S-STE's FP8 recipe with XLA's own FP8 dots (dense): the
+    operands quantized per tensor (fwd e4m3, gradients e5m2), float8 arrays
+    straight into ``lax.dot_general`` with float32 results, which XLA on
+    Hopper rewrites to cuBLASLt FP8 GEMMs where it can (``fp8_native`` in the
+    results says whether the compiled step has one)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax import fp8
+
+    def dot(a, b, contract):
+        return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+    @jax.custom_vjp
+    def lin(x, w):
+        return fwd(x, w)[0]
+
+    def fwd(x, w):
+        qx, sx = fp8.quantize(x, fp8.E4M3)
+        qw, sw = fp8.quantize(w.astype(x.dtype), fp8.E4M3)
+        z = dot(qx, qw, ((1,), (1,))) * (sx * sw)
+        return z.astype(x.dtype), (qx, sx, qw, sw, jnp.zeros((), w.dtype))
+
+    def bwd(res, dz):
+        qx, sx, qw, sw, w_proto = res
+        qdz, sdz = fp8.quantize(dz, fp8.E5M2)
+        dx = dot(qdz, qw, ((1,), (0,))) * (sdz * sw)
+        dw = dot(qdz, qx, ((0,), (0,))) * (sdz * sx)
+        return dx.astype(dz.dtype), dw.astype(w_proto.dtype)
+
+    lin.defvjp(fwd, bwd)
+    return lin
+
+
+def jax_block(act: str, backend: str | None, precision: str = "bf16"):
     import jax
     import jax.numpy as jnp
 
     import sparse24_jax as s24
 
+    dense8 = dense_fp8_linear() if backend is None and precision == "fp8" else None
+
     def lin(x, w, mask, key):
+        if dense8 is not None:
+            return dense8(x, w)
         if backend is None:  # plain bf16 dots, as a JAX user writes them
             return jnp.dot(x, w.T.astype(x.dtype))
-        return s24.sparse24_linear(x, w, mask, key=key, backend=backend)
+        return s24.sparse24_linear(x, w, mask, key=key, backend=backend, precision=precision)
 
     def activation(h):
         if act == "gelu":
@@ -116,6 +155,20 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
     row = {"model": name, "act": act, "M": m, "d": d, "h": h}
     row["ours_ms"] = 1e3 * time_jax(jax_block(act, backend), args, **kw)
     row["xla_dense_ms"] = 1e3 * time_jax(jax_block(act, None), args, **kw)
+    if opts.fp8:
+        row["ours_fp8_ms"] = 1e3 * time_jax(jax_block(act, backend, "fp8"), args, **kw)
+        dense8 = jax_block(act, None, "fp8")
+        hlo = jax.jit(dense8).lower(*args).compile().as_text()
+        row["xla_fp8_native"] = "f8" in hlo and "cublas" in hlo
+        row["xla_dense_fp8_ms"] = 1e3 * time_jax(dense8, args, **kw)
+        try:
+            from sparse24_jax_kernels.cusparselt import ops as _ops
+
+            row["ours_fp8_native_fwd"], why = _ops.fp8_probe()
+            if why:
+                row["ours_fp8_note"] = why
+        except Exception as err:  # noqa: BLE001 - another backend
+            row["ours_fp8_note"] = f"{type(err).__name__}: {err}"
     if opts.torch:
         import torch
 
@@ -151,6 +204,22 @@ def markdown(rows) -> str:
     return "\n".join(out)
 
 
+def markdown_fp8(rows) -> str:
+    head = ("| model | act | ours fp8 (ms) | ours bf16 (ms) | XLA dense bf16 (ms) | XLA dense fp8 (ms) | "
+            "fp8 vs bf16 sparse | fp8 vs XLA bf16 | fp8 vs XLA fp8 |")
+    out = [head, "|" + "---|" * 9]
+    for r in rows:
+        if "ours_fp8_ms" not in r:
+            continue
+        x8 = f"{r['xla_dense_fp8_ms']:.3f}" + ("" if r.get("xla_fp8_native") else " (no cuBLAS fp8)")
+        out.append(
+            f"| {r['model']} | {r['act']} | {r['ours_fp8_ms']:.3f} | {r['ours_ms']:.3f} | "
+            f"{r['xla_dense_ms']:.3f} | {x8} | {r['ours_ms'] / r['ours_fp8_ms']:.2f}x | "
+            f"{r['xla_dense_ms'] / r['ours_fp8_ms']:.2f}x | {r['xla_dense_fp8_ms'] / r['ours_fp8_ms']:.2f}x |"
+        )
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
@@ -162,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--fp8", action="store_true",
+                   help="also time the FP8 recipe: ours (precision='fp8') and XLA dense FP8")
     opts = p.parse_args(argv)
 
     import jax
@@ -182,6 +253,8 @@ def main(argv=None) -> int:
                 with open(opts.json, "w") as fh:
                     json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
     print("\n" + markdown(rows))
+    if opts.fp8:
+        print("\nFP8 (S-STE recipe), forward + backward:\n" + markdown_fp8(rows))
     if rows:
         geo = float(np.exp(np.mean([np.log(r["speedup_vs_xla"]) for r in rows])))
         print(f"\ngeometric mean speed-up over XLA dense: {geo:.2f}x")

@@ -254,3 +254,53 @@ def test_bad_inputs(be, ops):
     w_op = be.prepare_weight(jnp.zeros((64, 64), jnp.bfloat16), transposable=True)
     with pytest.raises(ValueError, match="prepared in bfloat16"):
         be.matmul_fwd(jnp.zeros((8, 64), jnp.float16), w_op)
+
+
+def _hopper() -> bool:
+    return getattr(jax.devices()[0], "compute_capability", "") == "9.0"
+
+
+def test_fp8_probe(ops):
+    ok, why = ops.fp8_probe()
+    print(f"e4m3 2:4 GEMM: {'yes' if ok else 'no: ' + why}")
+    if _hopper():
+        assert ok, f"cuSPARSELt ran no e4m3 2:4 GEMM on this Hopper GPU: {why}"
+
+
+@pytest.mark.parametrize("m,n,k", [(200, 128, 128), (16384, 3072, 768)])
+def test_fp8_forward_is_native_and_matches_the_recipe(be, ops, m, n, k):
+    """The forward of precision="fp8" is one e4m3 spmm and equals fp8_dot's recipe
+    (up to the bf16 rounding of the product before scaling)."""
+    from sparse24_jax import fp8, sparse24_linear, transposable_mask_24
+
+    if not ops.fp8_probe()[0]:
+        pytest.skip(f"no native e4m3 GEMM here: {ops.fp8_probe()[1]}")
+    w = jax.random.normal(jax.random.key(m), (n, k), jnp.float32) * 0.05
+    mask = transposable_mask_24(w)
+    x = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
+    f = jax.jit(lambda x, w: sparse24_linear(x, w, mask, backend=be, mvue=False, precision="fp8"))
+    hlo = f.lower(x, w).as_text()
+    assert "f8E4M3FN" in hlo and "sparse24_cusparselt_spmm" in hlo
+    z = f(x, w)
+    w_s = jnp.where(mask, w, 0.0)
+    want = fp8.fp8_dot(x, w_s, fp8.E4M3, fp8.E4M3)
+    _close(z, want)
+
+
+def test_fp8_training_grads_match_xla_recipe(be, ops):
+    from sparse24_jax import sparse24_linear, transposable_mask_24
+
+    n, k = 256, 128
+    w = jax.random.normal(jax.random.key(0), (n, k), jnp.float32) * 0.05
+    mask = transposable_mask_24(w)
+    x = jax.random.normal(jax.random.key(1), (256, k), jnp.bfloat16)
+
+    def loss(x, w, backend):
+        z = sparse24_linear(x, w, mask, backend=backend, mvue=False, precision="fp8")
+        return jnp.sum(z.astype(jnp.float32) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    gx, gw = grad(x, w, "cusparselt")
+    rx, rw = grad(x, w, "xla")
+    _close(gx, rx, rtol=5e-2)
+    _close(gw, rw, rtol=5e-2)
