@@ -183,6 +183,13 @@ def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
     seed = jax.random.bits(gkey, (2,), jnp.uint32)  # prune_grad = these bits + this kernel
     t_prune = tj(lambda s, dz: ops.mvue_compress(s, dz, transpose=True), seed, dz)
     res["dW"]["ours+prune"] = res["dW"]["ours"] + t_prune
+    # the same product with D written column-major (cuSPARSELt picks other
+    # kernels for it), transposed back while casting to float32 as matmul_dw does
+    mp = g.mp
+    xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
+    res["dW"]["ours_dcol"] = tj(
+        lambda b, x: ops.spmm(b, x, m=n, k=mp, transpose_b=False, d_col_major=True,
+                              out_dtype=x.dtype).T.astype(jnp.float32), g.buf, xp)
 
     if torch_ok:
         try:
@@ -260,6 +267,11 @@ def markdown(rows: list[dict]) -> str:
                 f"{_x(r.get('xla'), ours)} | {_ms(r.get('torch'))} | {_ms(r.get('torch24'))} | "
                 f"{_x(r.get('torch'), r.get('torch24'))} | {tflops} |"
             )
+            if "ours_dcol" in r:
+                out.append(
+                    f"| {shape} | dW, D col-major | {_ms(r.get('xla'))} | {_ms(r['ours_dcol'])} | "
+                    f"{_x(r.get('xla'), r['ours_dcol'])} | | | | |"
+                )
             if "ours+prune" in r:
                 out.append(
                     f"| {shape} | dW+prune | {_ms(r.get('xla'))} | {_ms(r['ours+prune'])} | "
