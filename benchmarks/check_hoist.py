@@ -9,7 +9,9 @@ optimized HLO, the compression custom calls inside the loop body and outside::
 
     python benchmarks/check_hoist.py --backend cusparselt [--accum 4]
 
-Prints one line per custom-call target: ``inside loop`` / ``outside loop``.
+Prints one line per custom-call target: ``inside loop`` / ``outside loop``,
+for ``sparse24_linear`` as is and with ``prepared=`` (the weights compressed
+by ``prepare_sparse24_weight`` before the loop, as the training step does).
 """
 
 from __future__ import annotations
@@ -82,30 +84,40 @@ def main(argv=None) -> int:
     m1, m2 = s24.transposable_mask_24(w1), s24.transposable_mask_24(w2)
     xs = jax.random.normal(jax.random.fold_in(k, 2), (args.accum, args.tokens, d), jnp.bfloat16)
 
-    def loss(w1, w2, x, key):
+    def loss(w1, w2, x, key, p1, p2):
         k1, k2 = jax.random.split(key)
-        a = jax.nn.gelu(s24.sparse24_linear(x, w1, m1, key=k1, backend=args.backend))
-        y = s24.sparse24_linear(a, w2, m2, key=k2, backend=args.backend)
+        a = jax.nn.gelu(s24.sparse24_linear(x, w1, m1, key=k1, backend=args.backend, prepared=p1))
+        y = s24.sparse24_linear(a, w2, m2, key=k2, backend=args.backend, prepared=p2)
         return jnp.mean(y.astype(jnp.float32) ** 2)
 
-    def step(w1, w2, xs, key):
-        def micro(acc, xk):
-            x, i = xk
-            g = jax.grad(loss, argnums=(0, 1))(w1, w2, x, jax.random.fold_in(key, i))
-            return jax.tree.map(jnp.add, acc, g), None
+    def make_step(prepare: bool):
+        def step(w1, w2, xs, key):
+            p1 = p2 = None
+            if prepare:  # once per optimizer step, outside the loop
+                p1 = s24.prepare_sparse24_weight(w1, m1, backend=args.backend, dtype=jnp.bfloat16)
+                p2 = s24.prepare_sparse24_weight(w2, m2, backend=args.backend, dtype=jnp.bfloat16)
 
-        zeros = (jnp.zeros_like(w1), jnp.zeros_like(w2))
-        return jax.lax.scan(micro, zeros, (xs, jnp.arange(args.accum)))[0]
+            def micro(acc, xk):
+                x, i = xk
+                g = jax.grad(loss, argnums=(0, 1))(w1, w2, x, jax.random.fold_in(key, i), p1, p2)
+                return jax.tree.map(jnp.add, acc, g), None
 
-    compiled = jax.jit(step).lower(w1, w2, xs, jax.random.key(1)).compile()
-    counts = custom_calls_by_loop(compiled.as_text())
+            zeros = (jnp.zeros_like(w1), jnp.zeros_like(w2))
+            return jax.lax.scan(micro, zeros, (xs, jnp.arange(args.accum)))[0]
+
+        return step
+
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}, backend {args.backend}, "
           f"grad_accum {args.accum}: custom calls in the optimized HLO")
-    for target, c in sorted(counts.items()):
-        print(f"{target:45s} inside loop {c['inside']:3d}   outside loop {c['outside']:3d}")
-    weights = {t: c for t, c in counts.items() if t.endswith("_compress") and "mvue" not in t}
-    hoisted = bool(weights) and all(c["inside"] == 0 for c in weights.values())
-    print("weight compression hoisted out of the micro-batch loop:", "yes" if hoisted else "NO")
+    for prepare in (False, True):
+        compiled = jax.jit(make_step(prepare)).lower(w1, w2, xs, jax.random.key(1)).compile()
+        counts = custom_calls_by_loop(compiled.as_text())
+        print(f"## sparse24_linear {'with prepared= (prepare_sparse24_weight outside the loop)' if prepare else 'as is'}")
+        for target, c in sorted(counts.items()):
+            print(f"{target:45s} inside loop {c['inside']:3d}   outside loop {c['outside']:3d}")
+        weights = {t: c for t, c in counts.items() if t.endswith("_compress") and "mvue" not in t}
+        hoisted = bool(weights) and all(c["inside"] == 0 for c in weights.values())
+        print("weight compression outside the micro-batch loop:", "yes" if hoisted else "NO")
     return 0
 
 

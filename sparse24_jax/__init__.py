@@ -8,7 +8,7 @@ here; the Flax modules are in :mod:`sparse24_jax.nnx` and
 
 from .activations import gated_activation
 from .backend import Backend, BackendUnavailableError, available_backends, get_backend, register_backend
-from .linear import METHODS, PRECISIONS, project_weight, sparse24_linear
+from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, project_weight, sparse24_linear
 from .masks import TRANSPOSABLE_PATTERNS, flip_rate, mask_24, transposable_mask_24
 from .mvue import mvue_24, mvue_inclusion_probs
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
@@ -39,6 +39,7 @@ __all__ = [
     "masked_decay",
     "mvue_24",
     "mvue_inclusion_probs",
+    "prepare_sparse24_weight",
     "project_weight",
     "register_backend",
     "soft_threshold_24",

@@ -45,7 +45,7 @@ from .backend import Backend, NativeFp8Forward, get_backend
 from .mvue import mvue_24
 from .sste import soft_threshold_24
 
-__all__ = ["sparse24_linear", "project_weight", "METHODS", "PRECISIONS"]
+__all__ = ["sparse24_linear", "prepare_sparse24_weight", "project_weight", "METHODS", "PRECISIONS"]
 
 #: "bf16": compute in the input's dtype (the default); "fp8": S-STE's FP8
 #: recipe, simulated (module doc).
@@ -103,9 +103,10 @@ def _validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _sparse_linear_2d(x, w, mask, beta, key, method: str, backend: Backend, precision: str = "bf16"):
-    return _fwd(x, w, mask, beta, key, method, backend, precision)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _sparse_linear_2d(x, w, mask, beta, key, prepared, method: str, backend: Backend,
+                      precision: str = "bf16"):
+    return _fwd(x, w, mask, beta, key, prepared, method, backend, precision)[0]
 
 
 def _sim_dtype(backend: Backend, n: int, k: int, dtype) -> Any:
@@ -123,7 +124,7 @@ def _native_fp8(backend: Backend) -> bool:
     return isinstance(backend, NativeFp8Forward) and backend.fp8_forward_available()[0]
 
 
-def _fwd(x, w, mask, beta, key, method, backend, precision="bf16"):
+def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
     w_s, transposable = project_weight(w, mask, beta, method=method)
     # a 0-d array of w's dtype: the cotangent of w must come back in it
     w_proto = jnp.zeros((), w.dtype)
@@ -142,7 +143,10 @@ def _fwd(x, w, mask, beta, key, method, backend, precision="bf16"):
         # prepared e4m3 values (input-gradient GEMM), with their scales
         protos = (w_proto, jnp.zeros((), x.dtype), jnp.zeros((), sim))
         return z.astype(x.dtype), (qx, sx, w_op, sw, key, protos)
-    w_op = backend.prepare_weight(w_s.astype(x.dtype), transposable=transposable)
+    if prepared is None:
+        w_op = backend.prepare_weight(w_s.astype(x.dtype), transposable=transposable)
+    else:  # compressed once per optimizer step by the caller (gradient accumulation)
+        w_op = prepared
     z = backend.matmul_fwd(x, w_op)
     return z, (x, w_op, key, w_proto)
 
@@ -157,15 +161,44 @@ def _bwd(method, backend, precision, res, dz):
         qg, sg = _fp8.quantize(g, _fp8.E5M2)
         g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
         dw = backend.matmul_dw(g_op, qx.astype(sim)).astype(jnp.float32) * (sg * sx)
-        return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, None, None
+        return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, None, None, None
     x, w_op, key, w_proto = res
     dx = backend.matmul_dx(dz, w_op)
     dw = backend.matmul_dw(backend.prune_grad(key, dz), x).astype(w_proto.dtype)
-    # no cotangent for mask, beta (frozen) and key
-    return dx, dw, None, None, None
+    # no cotangent for mask, beta (frozen), key and the prepared operands
+    return dx, dw, None, None, None, None
 
 
 _sparse_linear_2d.defvjp(_fwd, _bwd)
+
+
+def prepare_sparse24_weight(
+    w: jax.Array,
+    mask: jax.Array | None = None,
+    beta: jax.Array | None = None,
+    *,
+    method: str = "srste",
+    backend: str | Backend = "xla",
+    dtype: Any = jnp.bfloat16,
+) -> Any:
+    """The backend's operands of ``W_s`` (projected, cast to ``dtype`` and
+    compressed), for ``sparse24_linear(..., prepared=)``.
+
+    With gradient accumulation the weights do not change between the
+    micro-batches of one optimizer step, but ``sparse24_linear`` projects and
+    compresses ``W_s`` (and ``W_s.T``) on every call, and XLA does not hoist
+    those custom calls out of the micro-batch loop (checked on an H100 with
+    ``benchmarks/check_hoist.py``). Call this once per step, outside the loop,
+    and pass the result to every micro-batch's call: the products are the
+    same. ``dtype`` must be the compute dtype (``x.dtype``) of those calls.
+    """
+    if method == "dense":
+        raise ValueError("method='dense' has nothing to prepare: call sparse24_linear without prepared=")
+    be = get_backend(backend)
+    _checks.check_rank2(w, "w")
+    be.check(*w.shape, dtype)
+    w_s, transposable = project_weight(w, mask, beta, method=method)
+    return be.prepare_weight(w_s.astype(dtype), transposable=transposable)
 
 
 def sparse24_linear(
@@ -179,6 +212,7 @@ def sparse24_linear(
     backend: str | Backend = "xla",
     mvue: bool = True,
     precision: str = "bf16",
+    prepared: Any = None,
 ) -> jax.Array:
     """``Z = X @ W_s.T`` with SPEC's 2:4 forward and backward (module doc).
 
@@ -203,12 +237,21 @@ def sparse24_linear(
         simulated through the backend (module doc). The output and ``dX`` keep
         ``x``'s dtype, ``dW`` ``w``'s. With ``method="dense"`` the dense
         product runs the same recipe on the "xla" backend.
+      prepared: the result of :func:`prepare_sparse24_weight` for this
+        ``w``, ``mask``, ``beta``, ``method``, ``backend`` and ``x.dtype``,
+        computed once per optimizer step (gradient accumulation); ``None``
+        (default) compresses here. Not with ``precision="fp8"``.
 
     Tokens are flattened to ``M = prod(x.shape[:-1])`` rows and, if M is not a
     multiple of 4 (MVUE groups 4 tokens), zero rows are appended for the
     products and dropped again; zero tokens add nothing to ``dW``.
     """
     _validate(x, w, mask, beta, key, method, mvue, precision)
+    if prepared is not None and (precision != "bf16" or method == "dense"):
+        raise ValueError(
+            f"prepared= works with precision='bf16' and a sparse method, not precision={precision!r}, "
+            f"method={method!r}: drop prepared= (the call then compresses the weight itself)"
+        )
     if method == "dense" and precision == "fp8":
         # dense fine-tuning in FP8: the same recipe, dense W, no MVUE
         backend, key, mvue = "xla", None, False
@@ -226,7 +269,7 @@ def sparse24_linear(
     pad = (-m) % 4
     if pad:
         x2 = jnp.pad(x2, ((0, pad), (0, 0)))
-    z = _sparse_linear_2d(x2, w, mask, beta, key if mvue else None, method, be, precision)
+    z = _sparse_linear_2d(x2, w, mask, beta, key if mvue else None, prepared, method, be, precision)
     if pad:
         z = z[:m]
     return z.reshape(*lead, n)

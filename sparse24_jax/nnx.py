@@ -27,6 +27,8 @@ must be the contiguous one for the sparse tensor cores.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Iterator
 
 import jax
@@ -35,7 +37,7 @@ from flax import nnx
 
 from .activations import GATED_KINDS, gated_activation
 from .backend import get_backend
-from .linear import METHODS, PRECISIONS, sparse24_linear
+from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, sparse24_linear
 from .masks import mask_24
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
@@ -47,6 +49,8 @@ __all__ = [
     "SparseMLP",
     "SparseGatedMLP",
     "sparse_layers",
+    "prepare_weights",
+    "using_prepared",
     "refresh_masks",
     "decay_masks",
     "set_dense",
@@ -175,7 +179,8 @@ class SparseLinear(nnx.Module):
         kwargs = dict(method=self.method, backend=self.backend, mvue=self.mvue, precision=self.precision)
         if self.shard is not None:
             return sharded_sparse24_linear(*args, shard=self.shard, mode=self.tp_mode, **kwargs)
-        return sparse24_linear(*args, **kwargs)
+        prepared = (_PREPARED.get() or {}).get(id(self))
+        return sparse24_linear(*args, prepared=prepared, **kwargs)
 
 
 class SparseMLP(nnx.Module):
@@ -242,6 +247,52 @@ class SparseGatedMLP(nnx.Module):
         fused = getattr(get_backend(self.gate_up.backend), "gated_activation", None)
         a = fused(h, self.activation) if fused is not None else gated_activation(h, self.activation)
         return self.proj(a)
+
+
+# id(layer) -> the layer's prepared operands, while `using_prepared` is active
+_PREPARED: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "sparse24_prepared", default=None
+)
+
+
+def prepare_weights(model: nnx.Module) -> dict[tuple, Any]:
+    """Compress every sparse layer's weight once: ``{path: operands}``.
+
+    For gradient accumulation: call it once per optimizer step, outside the
+    micro-batch loop, and run each micro-batch's forward inside
+    :func:`using_prepared`, so the weights are projected and compressed once
+    per step instead of once per micro-batch (XLA does not hoist the
+    compression out of the loop by itself). Layers that compress on every
+    call anyway are left out: dense mode, tensor-parallel (``shard``),
+    ``precision="fp8"``, and layers without a fixed ``dtype``.
+    """
+    out = {}
+    for path, layer in sparse_layers(model):
+        if layer.dense or layer.shard is not None or layer.precision != "bf16" or layer.dtype is None:
+            continue
+        out[path] = prepare_sparse24_weight(
+            _get(layer.weight), _get(layer.mask), _get(layer.beta),
+            method=layer.method, backend=layer.backend, dtype=layer.dtype,
+        )
+    return out
+
+
+@contextlib.contextmanager
+def using_prepared(model: nnx.Module, prepared: dict[tuple, Any] | None):
+    """Within the block, ``model``'s sparse layers use ``prepared`` (from
+    :func:`prepare_weights` on a model with the same structure and weights:
+    layers are matched by path) instead of compressing their weights.
+    ``prepared=None`` does nothing. Trace-time only: the operands are not
+    stored in the model, so they never reach its state or a checkpoint."""
+    if not prepared:
+        yield
+        return
+    by_id = {id(layer): prepared[path] for path, layer in sparse_layers(model) if path in prepared}
+    token = _PREPARED.set(by_id)
+    try:
+        yield
+    finally:
+        _PREPARED.reset(token)
 
 
 def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:

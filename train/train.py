@@ -4,7 +4,8 @@ Read top to bottom: build (model, optimizer, data), the step function, then the 
 with evaluation, logging, mask refresh, dense fine-tuning and checkpoints.
 
 One optimizer step, inside a single jit:
-  for each of grad_accum micro-batches (lax.scan): forward in bf16, backward (the 2:4
+  compress the 2:4 weights once (sparse24_jax.nnx.prepare_weights)
+  -> for each of grad_accum micro-batches (lax.scan): forward in bf16, backward (the 2:4
   layers MVUE-prune their output gradient), sum the fp32 gradients
   -> clip to global norm 1 -> SR-STE masked decay g += alpha*W*(1-mask) -> AdamW
   -> recompute the 2:4 masks of layers whose mask_interval divides the new step.
@@ -144,11 +145,14 @@ def make_train_step(graphdef, mesh, cfg):
 
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
+        # the 2:4 weights compressed once per step, not once per micro-batch
+        prepared = s24nnx.prepare_weights(model)
         gdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss_fn(params, rest, x, y):
             m = nnx.merge(gdef, params, rest, copy=True)  # fresh Variables at this trace level
-            loss = cross_entropy(m(x), y)
+            with s24nnx.using_prepared(m, prepared):
+                loss = cross_entropy(m(x), y)
             return loss, nnx.split(m, nnx.Param, ...)[2]  # `rest` with the MVUE stream advanced
 
         def micro(carry, xy):
