@@ -4,18 +4,28 @@
 # STAGE_TIMEOUT (or TIMEOUT_<stage>) caps each stage in seconds; GEMM_ARGS, FFN_ARGS
 # and KERNELS_ARGS pass extra flags to the benchmarks.
 # Installs the repo and carried wheels (.whl/: jax-triton 0.3.1) into /tmp/site,
-# writes every stage's log to $OUT/<stage>.log (default /tmp/out).
+# appends every stage's output to $OUT/run.log (default /tmp/out) and keeps each
+# stage's own log in $OUT/logs.tgz (the device tool brings back at most 8 files).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TRITON_CACHE_DIR=/tmp/triton-cache XLA_PYTHON_CLIENT_PREALLOCATE=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
-    --upgrade --target /tmp/site $(ls .whl/*.whl 2>/dev/null) . >"$OUT/install.log" 2>&1 \
-    || { cat "$OUT/install.log"; exit 1; }
+    --upgrade --target /tmp/site $(ls .whl/*.whl 2>/dev/null) . >/tmp/install.log 2>&1 \
+    || { cat /tmp/install.log; exit 1; }
 export PYTHONPATH=/tmp/site
 rc=0
-stage() { local name=$1; shift; local t="TIMEOUT_$name"; echo "=== $name: $*"; timeout "${!t:-${STAGE_TIMEOUT:-400}}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n "${TAIL:-40}"; local r=${PIPESTATUS[0]}; echo "=== $name rc=$r"; [ "$r" = 0 ] || rc=1; }
+LOGS=/tmp/stage-logs; mkdir -p $LOGS
+stage() {
+  local name=$1; shift; local t="TIMEOUT_$name"; local t0=$SECONDS
+  echo "=== $name: $*" | tee -a "$OUT/run.log"
+  timeout "${!t:-${STAGE_TIMEOUT:-400}}" "$@" 2>&1 | tee "$LOGS/$name.log" | tee -a "$OUT/run.log" | tail -n "${TAIL:-40}"
+  local r=${PIPESTATUS[0]}
+  echo "=== $name rc=$r ($((SECONDS - t0)) s)" | tee -a "$OUT/run.log"
+  [ "$r" = 0 ] || rc=1
+  tar -czf "$OUT/logs.tgz" -C $LOGS . 2>/dev/null
+}
 for s in "$@"; do
   case $s in
     env) stage env bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; python3 -c "import jax, flax, optax, triton, torch; print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \"optax\", optax.__version__, \"triton\", triton.__version__, \"torch\", torch.__version__)"; python3 -m pip show nvidia-cusparselt-cu13 2>/dev/null | head -3; nvcc --version | tail -2' ;;
@@ -27,6 +37,7 @@ for s in "$@"; do
     # one shape per call: the script prints its table at the end, so a cut-off run keeps the others
     kernels) stage kernels bash -c 'for s in ${KERNEL_SHAPES:-124M 350M 774M 1558M 7B}; do python3 benchmarks/kernels.py --shapes $s '"${KERNELS_ARGS:-}"'; done' ;;
     ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
+    hoist) stage hoist python3 benchmarks/check_hoist.py --backend cusparselt ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac
 done
