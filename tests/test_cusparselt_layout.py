@@ -257,11 +257,16 @@ def _inclusion(a):
     return p
 
 
-def test_kernel_mvue(ops):
+# (64, 32): the generic compression kernel; (320, 128): the dedicated MVUE
+# kernel (N and M multiples of 64), two group tiles, the second one partial
+@pytest.mark.parametrize("m_tok,n", [(64, 32), (320, 128)])
+def test_kernel_mvue(ops, m_tok, n):
     rng = np.random.default_rng(11)
-    m_tok, n = 64, 32  # dZ (M, N): MVUE of dZ^T (N, M) along the tokens
+    # dZ (M, N): MVUE of dZ^T (N, M) along the tokens
     dz = (rng.standard_normal((m_tok, n)) * np.exp(rng.standard_normal((m_tok, n)))).astype(BF16)
     dz[:4, 0] = 0  # an all-zero group
+    dz[4:8, 1] = 0
+    dz[5, 1] = 3.0  # one non-zero: a kept zero needs cuSPARSELt's canonical positions
     dzt = dz.T.astype(np.float32)
     buf = ops.emulate_compress(dz, mode="mvue", transpose=True, seed=(1, 2))
     assert np.array_equal(buf, ops.emulate_compress(dz, mode="mvue", transpose=True, seed=(1, 2)))

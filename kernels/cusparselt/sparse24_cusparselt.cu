@@ -287,65 +287,84 @@ __host__ __device__ inline MvueKeys MakeMvueKeys(const uint32_t* seed) {
   return MvueKeys{static_cast<uint32_t>(z), static_cast<uint32_t>(z >> 32)};
 }
 
-// Division and reciprocal: approximate (MUFU, 2 ulp) on the GPU, where IEEE
-// division is a subroutine of ~20 instructions; exact on the host emulation.
-// The results are rounded to 16 bits afterwards, so 2 ulp of float32 never
-// shows except in the last-bit rounding of rare values.
-__host__ __device__ inline float FastDiv(float a, float b) {
+// Reciprocal: the approximate MUFU instruction on the GPU (1 instruction, about
+// 1 ulp; IEEE division is a subroutine of ~20), exact on the host emulation.
+// Every use below feeds a value that is rounded to 16 bits afterwards.
+__host__ __device__ inline float Rcp(float x) {
 #ifdef __CUDA_ARCH__
-  return __fdividef(a, b);
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
 #else
-  return a / b;
+  return 1.f / x;
 #endif
 }
 
-// MVUE 2:4 of one group (SPEC.md): a_i = |x_i| + 1.19209e-07, S = sum a;
+// MVUE 2:4 of one group (SPEC.md): a_i = |v_i| + 1.19209e-07, S = sum a;
 // i1 ~ a_i / S, then i2 ~ a_j / (S - a_i1) among the other three; the kept
-// values become x_i / p_i with p_i the inclusion probability
-//   p_i = a_i / S + a_i * sum_{j != i} a_j / (S * R_j),   R_j = S - a_j,
+// values become v_i / p_i with p_i the inclusion probability
+//   p_i = a_i * (1/S + sum_{j != i} q_j),   q_j = a_j / (S * R_j),   R_j = S - a_j,
 // where R_j is summed from the other three, never subtracted (for a group like
 // (0, 0, 5, 0), S - a_2 cancels in float32). u1, u2: the two uniforms in
-// [0, 1) (24 bits each). The same formulas as the Triton kernel's twin.
-template <int DT>
-__host__ __device__ inline void Mvue4(const uint32_t x[4], uint32_t y[4], float u1, float u2) {
-  using T = DTraits<DT>;
-  float v[4], a[4];
+// [0, 1) (24 bits each). Returns the kept positions lo < hi and their values.
+// Branch-free (selects), ~80 instructions: the kernel is a memory-bound stream.
+__host__ __device__ inline void MvuePick(const float v[4], float u1, float u2, int* lo, int* hi,
+                                         float* v_lo, float* v_hi) {
+  float a[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    v[i] = T::ToFloat(x[i]);
-    a[i] = fabsf(v[i]) + 1.19209e-07f;
-  }
+  for (int i = 0; i < 4; ++i) a[i] = fabsf(v[i]) + 1.19209e-07f;
   const float c0 = a[0], c1 = c0 + a[1], c2 = c1 + a[2], s = c2 + a[3];
   // first draw: inverse CDF (the c's increase, so the index is a count)
   const float t1 = u1 * s;
   const int i1 = (t1 >= c0) + (t1 >= c1) + (t1 >= c2);
   // second draw among the other three, proportional to a_j (a_i1 set to 0)
-  float w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = i == i1 ? 0.f : a[i];
-  const float d0 = w[0], d1 = d0 + w[1], d2 = d1 + w[2];
-  const float t2 = u2 * (d2 + w[3]);
+  const float w0 = i1 == 0 ? 0.f : a[0], w1 = i1 == 1 ? 0.f : a[1];
+  const float w2 = i1 == 2 ? 0.f : a[2], w3 = i1 == 3 ? 0.f : a[3];
+  const float d0 = w0, d1 = d0 + w1, d2 = d1 + w2;
+  const float t2 = u2 * (d2 + w3);
   int i2 = (t2 >= d0) + (t2 >= d1) + (t2 >= d2);
   if (i2 == i1) i2 = i1 == 3 ? 2 : 3;  // u2 * total rounded up onto i1's empty interval
-  // inclusion probabilities
-  const float inv_s = FastDiv(1.f, s);
-  float q[4];
-  q[0] = FastDiv(a[0] * inv_s, (a[1] + a[2]) + a[3]);
-  q[1] = FastDiv(a[1] * inv_s, (a[0] + a[2]) + a[3]);
-  q[2] = FastDiv(a[2] * inv_s, (a[0] + a[1]) + a[3]);
-  q[3] = FastDiv(a[3] * inv_s, (a[0] + a[1]) + a[2]);
+  const int l = i1 < i2 ? i1 : i2, h = i1 < i2 ? i2 : i1;
+  // inclusion probabilities of the two kept positions
+  const float p01 = a[0] + a[1], p23 = a[2] + a[3];
+  const float inv_s = Rcp(s);
+  const float q0 = a[0] * inv_s * Rcp(a[1] + p23), q1 = a[1] * inv_s * Rcp(a[0] + p23);
+  const float q2 = a[2] * inv_s * Rcp(p01 + a[3]), q3 = a[3] * inv_s * Rcp(p01 + a[2]);
+  const float q01 = q0 + q1, q23 = q2 + q3;
+  // sum of q_j over j != i, added directly (no subtraction): lo is 0..2, hi 1..3
+  const float qo_l = l == 0 ? q1 + q23 : (l == 1 ? q0 + q23 : q01 + q3);
+  const float qo_h = h == 1 ? q0 + q23 : (h == 2 ? q01 + q3 : q01 + q2);
+  const float a_l = l == 0 ? a[0] : (l == 1 ? a[1] : a[2]);
+  const float a_h = h == 1 ? a[1] : (h == 2 ? a[2] : a[3]);
+  const float x_l = l == 0 ? v[0] : (l == 1 ? v[1] : v[2]);
+  const float x_h = h == 1 ? v[1] : (h == 2 ? v[2] : v[3]);
+  *lo = l;
+  *hi = h;
+  *v_lo = x_l * Rcp(a_l * (inv_s + qo_l));
+  *v_hi = x_h * Rcp(a_h * (inv_s + qo_h));
+}
+
+// MVUE of one group in bit form: y holds the two kept values (the others +0).
+template <int DT>
+__host__ __device__ inline void Mvue4(const uint32_t x[4], uint32_t y[4], float u1, float u2) {
+  using T = DTraits<DT>;
+  float v[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if (i != i1 && i != i2) {
-      y[i] = 0u;
-      continue;
-    }
-    float qo = 0.f;  // sum of q_j over j != i, added directly (no subtraction)
+  for (int i = 0; i < 4; ++i) v[i] = T::ToFloat(x[i]);
+  int lo, hi;
+  float vl, vh;
+  MvuePick(v, u1, u2, &lo, &hi, &vl, &vh);
+  const uint32_t bl = T::FromFloat(vl), bh = T::FromFloat(vh);
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (j != i) qo += q[j];
-    y[i] = T::FromFloat(FastDiv(v[i], a[i] * (inv_s + qo)));
-  }
+  for (int i = 0; i < 4; ++i) y[i] = i == lo ? bl : (i == hi ? bh : 0u);
+}
+
+// The two uniforms of group number c (A's row * groups per row + group).
+__host__ __device__ inline void MvueUniforms(const MvueKeys& keys, uint32_t c, float* u1, float* u2) {
+  const uint32_t h1 = Hash32(c ^ keys.k0);
+  const uint32_t h2 = Hash32(h1 ^ keys.k1);
+  *u1 = static_cast<float>(h1 >> 8) * 5.9604644775390625e-08f;
+  *u2 = static_cast<float>(h2 >> 8) * 5.9604644775390625e-08f;
 }
 
 // ---------------------------------------------------------------------------
@@ -464,10 +483,8 @@ struct Compressor {
         for (int i = 0; i < 4; ++i) x[i] = static_cast<uint32_t>(sm.tile[r][4 * g + i]);
         if (MODE == kModeMvue) {
           // counter: the group's index in A (< 2^32, checked by the handler)
-          const uint32_t h1 = Hash32(static_cast<uint32_t>(gr * kg + gg) ^ keys.k0);
-          const uint32_t h2 = Hash32(h1 ^ keys.k1);
-          const float u1 = static_cast<float>(h1 >> 8) * 5.9604644775390625e-08f;
-          const float u2 = static_cast<float>(h2 >> 8) * 5.9604644775390625e-08f;
+          float u1, u2;
+          MvueUniforms(keys, static_cast<uint32_t>(gr * kg + gg), &u1, &u2);
           Mvue4<DT>(x, y, u1, u2);
         } else {
           KeepTop2<Tr::kMag>(x, y);
@@ -534,6 +551,161 @@ struct Compressor {
   }
 };
 
+// ---------------------------------------------------------------------------
+// MVUE + compression of A = dZ^T read from dZ: the kernel of every micro-step
+// ---------------------------------------------------------------------------
+//
+// The generic Compressor moves its tile through shared memory in 2-byte
+// pieces and spent ~200 SASS instructions per group of 4: at 16384 tokens it
+// ran at 0.5-0.8 TB/s on an H100 (2026-11-23), a third or less of a copy. This
+// kernel does the same work for the one call that runs every micro-step: 16-bit
+// dZ (k tokens x m features, row-major), A = dZ^T (m x k) 2:4 along the
+// tokens, m and k multiples of 64 (the backend pads tokens to 64).
+//
+// A block owns a tile of 64 rows of A x 64 groups (256 tokens).
+// Phase 1: lane l of warp w owns A's rows 2l and 2l+1, i.e. one 32-bit word of
+//   every dZ row (a warp reads 128 contiguous bytes per token), and the groups
+//   w, w + 8, ..., w + 56 of the tile. It loads all 32 words first (loads in
+//   flight), then runs two MVUEs per group on registers and writes the kept
+//   pairs and nibbles to shared memory.
+// Phase 2: each row's kept pairs leave as 16-byte stores (256 contiguous bytes
+//   per row), the tile's metadata (one contiguous run, SPEC's layout) as
+//   8-byte stores, each holding rows r and r + 8 of 8 groups.
+constexpr int kMvRows = 64;
+constexpr int kMvGroups = 64;
+
+template <int DT>
+struct MvueTransposed {
+  using Tr = DTraits<DT>;
+  static_assert(sizeof(typename Tr::Bits) == 2, "16-bit types only");
+
+  struct alignas(16) Smem {
+    uint32_t vals[kMvRows][kMvGroups + 4];  // +4 words keeps rows 16-byte aligned
+    uint8_t nib[kMvRows][kMvGroups + 4];
+  };
+
+  struct Args {
+    const uint32_t* __restrict__ src;  // dZ as words: two features per word
+    const uint32_t* seed;
+    uint8_t* out;
+    int64_t m, k;
+  };
+
+  static __host__ __device__ inline void Phase1(const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int lane = tid & 31, warp = tid >> 5;
+    const int64_t r0 = static_cast<int64_t>(by) * kMvRows;
+    const int64_t g0 = static_cast<int64_t>(bx) * kMvGroups;
+    const int64_t kg = a.k / 4, words = a.m / 2;
+    const int64_t col = r0 / 2 + lane;
+    const MvueKeys keys = MakeMvueKeys(a.seed);
+    uint32_t x[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t g = g0 + warp + 8 * i;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) x[i][t] = g < kg ? a.src[(4 * g + t) * words + col] : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int gl = warp + 8 * i;
+      const int64_t g = g0 + gl;
+      if (g >= kg) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int rl = 2 * lane + half;
+        float v[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) v[t] = Tr::ToFloat(half ? x[i][t] >> 16 : x[i][t] & 0xFFFFu);
+        float u1, u2;
+        MvueUniforms(keys, static_cast<uint32_t>((r0 + rl) * kg + g), &u1, &u2);
+        int lo, hi;
+        float vl, vh;
+        MvuePick(v, u1, u2, &lo, &hi, &vl, &vh);
+        uint32_t bl = Tr::FromFloat(vl), bh = Tr::FromFloat(vh);
+        uint32_t code = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 2);
+        if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {
+          // a kept value is zero: cuSPARSELt's canonical positions (rare)
+          uint32_t y[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) y[j] = j == lo ? bl : (j == hi ? bh : 0u);
+          int c0, c1;
+          CanonicalPair<Tr::kMag>(y, &c0, &c1);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if (j == c0) bl = y[j];
+            if (j == c1) bh = y[j];
+          }
+          code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);
+        }
+        sm.vals[rl][gl] = bl | (bh << 16);
+        sm.nib[rl][gl] = static_cast<uint8_t>(code);
+      }
+    }
+  }
+
+  static __host__ __device__ inline void Phase2(const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int64_t r0 = static_cast<int64_t>(by) * kMvRows;
+    const int64_t g0 = static_cast<int64_t>(bx) * kMvGroups;
+    const int64_t kg = a.k / 4;
+    // a multiple of 16: k is a multiple of 64
+    const int groups_here = static_cast<int>((kg - g0) < kMvGroups ? (kg - g0) : kMvGroups);
+    // values: row tid / 4, groups 16 * (tid % 4) .. + 15, as four 16-byte stores
+    {
+      const int rl = tid >> 2, q = (tid & 3) * 16;
+      if (q < groups_here) {
+        uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<uint32_t*>(a.out) + (r0 + rl) * kg + g0 + q);
+        const uint4* src = reinterpret_cast<const uint4*>(&sm.vals[rl][q]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dst[j] = src[j];
+      }
+    }
+    // metadata: 8 bytes per thread; byte j of chunk t holds group
+    // 8 * (t / 32) + j / 2 + 4 * (j % 2) of rows r (low nibble) and r + 8
+    // (high), r = 16 * ((t % 32) / 8) + t % 8
+    {
+      const int octet = tid >> 5;
+      if (octet * 8 < groups_here) {
+        const int r = 16 * ((tid & 31) >> 3) + (tid & 7);
+        alignas(8) uint8_t bytes[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int g = 8 * octet + (j >> 1) + 4 * (j & 1);
+          bytes[j] = static_cast<uint8_t>(sm.nib[r][g] | (sm.nib[r + 8][g] << 4));
+        }
+        const int64_t base = ValueBytes(a.m, a.k, 2) + (r0 / 64) * 8 * a.k + (g0 / 8) * 256;
+        *reinterpret_cast<uint2*>(a.out + base + 8 * tid) = *reinterpret_cast<const uint2*>(bytes);
+      }
+    }
+  }
+
+  static bool Takes(int64_t m, int64_t k) { return m % 64 == 0 && k % 64 == 0; }
+
+  static dim3 Grid(int64_t m, int64_t k) {
+    return dim3(static_cast<unsigned>((k / 4 + kMvGroups - 1) / kMvGroups),
+                static_cast<unsigned>(m / kMvRows));
+  }
+
+  static void Emulate(const Args& a) {
+    const dim3 grid = Grid(a.m, a.k);
+    std::unique_ptr<Smem> sm(new Smem());
+    for (unsigned by = 0; by < grid.y; ++by) {
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        for (int t = 0; t < kThreads; ++t) Phase1(a, *sm, bx, by, t);
+        for (int t = 0; t < kThreads; ++t) Phase2(a, *sm, bx, by, t);
+      }
+    }
+  }
+};
+
+template <int DT>
+__global__ void __launch_bounds__(kThreads) MvueTransposedKernel(typename MvueTransposed<DT>::Args args) {
+  using K = MvueTransposed<DT>;
+  __shared__ typename K::Smem sm;
+  K::Phase1(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+  __syncthreads();
+  K::Phase2(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+}
+
 template <int DT, int MODE, bool TRANS>
 __global__ void __launch_bounds__(kThreads)
     Compress24Kernel(typename Compressor<DT, MODE, TRANS>::Args args) {
@@ -550,6 +722,18 @@ template <int DT, int MODE, bool TRANS>
 static cudaError_t LaunchOrEmulate(cudaStream_t stream, bool emulate, const void* src,
                                    const uint8_t* mask, const uint32_t* seed, uint8_t* out,
                                    int64_t m, int64_t k) {
+  if constexpr (MODE == kModeMvue && TRANS && DT != kE4M3) {
+    using K = MvueTransposed<DT>;
+    if (K::Takes(m, k)) {
+      typename K::Args args{static_cast<const uint32_t*>(src), seed, out, m, k};
+      if (emulate) {
+        K::Emulate(args);
+        return cudaSuccess;
+      }
+      MvueTransposedKernel<DT><<<K::Grid(m, k), kThreads, 0, stream>>>(args);
+      return cudaGetLastError();
+    }
+  }
   using C = Compressor<DT, MODE, TRANS>;
   typename C::Args args{static_cast<const typename C::Bits*>(src), mask, seed, out, m, k};
   if (emulate) {
