@@ -28,7 +28,10 @@ scaling). The gradient GEMMs are always simulated: they mix e5m2 with e4m3. With
 "xla" that is exactly :func:`sparse24_jax.fp8.fp8_dot` of the same operands.
 The MVUE pruning of ``dZ.T`` then uses the reference :func:`~sparse24_jax.mvue_24`
 (identical to the "xla" backend's) on the compute-dtype ``dZ``, and the pruned
-tensor is quantized and passed to the backend as an unpruned (dense) operand.
+tensor is quantized and passed to the backend as an unpruned (dense) operand,
+unless the backend has ``quantize_pruned_grad(g, fp8_dtype)``: then its own
+MVUE kernel prunes and compresses ``dZ.T`` and the kept values are quantized
+in the compressed operand (cuSPARSELt: a sparse weight-gradient GEMM).
 """
 
 from __future__ import annotations
@@ -157,9 +160,17 @@ def _bwd(method, backend, precision, res, dz):
         sim = sim_proto.dtype
         qdz, sdz = _fp8.quantize(dz, _fp8.E5M2)
         dx = backend.matmul_dx(qdz.astype(sim), w_op).astype(jnp.float32) * (sdz * sw)
-        g = dz.T if key is None else mvue_24(key, dz.T, axis=-1)  # S_z(dZ.T), (N, M)
-        qg, sg = _fp8.quantize(g, _fp8.E5M2)
-        g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
+        pruned = None
+        quantize_pruned = getattr(backend, "quantize_pruned_grad", None)
+        if key is not None and quantize_pruned is not None:
+            # the backend's MVUE kernel, then its kept values quantized in place
+            pruned = quantize_pruned(backend.prune_grad(key, dz), _fp8.E5M2)
+        if pruned is not None:
+            g_op, sg = pruned
+        else:
+            g = dz.T if key is None else mvue_24(key, dz.T, axis=-1)  # S_z(dZ.T), (N, M)
+            qg, sg = _fp8.quantize(g, _fp8.E5M2)
+            g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
         dw = backend.matmul_dw(g_op, qx.astype(sim)).astype(jnp.float32) * (sg * sx)
         return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, None, None, None
     x, w_op, key, w_proto = res

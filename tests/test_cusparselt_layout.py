@@ -512,3 +512,41 @@ def test_fp8_forward_lowers_to_an_e4m3_spmm(monkeypatch):
     assert len(spmm) == 1 and "f8E4M3FN" in spmm[0], spmm
     # the e4m3 buffer: values m*k/2 bytes + metadata (fp8 layout)
     assert f"tensor<{layout.compressed_nbytes(n, k, np.dtype(ml_dtypes.float8_e4m3fn))}xui8>" in text
+
+
+def test_fp8_weight_grad_quantized_in_the_compressed_buffer(ops, monkeypatch):
+    """precision="fp8" with MVUE on cuSPARSELt: our MVUE kernel prunes dZ.T,
+    its kept values are quantized to e5m2 inside the compressed buffer (the
+    metadata untouched), and dW is that operand's sparse product with X."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax import fp8, sparse24_linear, transposable_mask_24
+    from sparse24_jax_kernels.cusparselt import backend as cb
+
+    _host_ops(monkeypatch, ops)
+    monkeypatch.setattr(ops, "fp8_probe", lambda: (True, ""))
+    be = cb.CusparseltBackend()
+    m, n = 128, 64
+    dz = jax.random.normal(jax.random.key(4), (m, n), jnp.bfloat16)
+    g = be.prune_grad(jax.random.key(5), dz)
+    gq, scale = be.quantize_pruned_grad(g, fp8.E5M2)
+    s = layout.decompress(np.asarray(g.buf), n, g.mp, BF16).astype(np.float32)
+    sq = layout.decompress(np.asarray(gq.buf), n, gq.mp, BF16).astype(np.float32)
+    want_q, want_scale = fp8.quantize(jnp.asarray(s), fp8.E5M2)
+    assert float(scale) == float(want_scale)
+    np.testing.assert_array_equal(sq, np.asarray(want_q.astype(jnp.float32)))
+    nv = n * g.mp // 2 * 2
+    np.testing.assert_array_equal(np.asarray(gq.buf[nv:]), np.asarray(g.buf[nv:]))  # metadata
+
+    k = 64
+    w = jax.random.normal(jax.random.key(0), (n, k), jnp.float32) * 0.1
+    mask = transposable_mask_24(w)
+    x = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
+
+    def loss(x, w):
+        z = sparse24_linear(x, w, mask, key=jax.random.key(7), backend=be, precision="fp8")
+        return jnp.sum(z.astype(jnp.float32) ** 2)
+
+    gx, gw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+    assert gw.shape == (n, k) and np.all(np.isfinite(np.asarray(gw)))

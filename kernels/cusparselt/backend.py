@@ -31,7 +31,8 @@ Notes:
   (``matmul_fwd_fp8``, output bfloat16, scaled by the caller) when
   :func:`.ops.fp8_probe` finds cuSPARSELt runs one here; the two gradient
   GEMMs mix e5m2 with e4m3 and run as bf16 2:4 GEMMs on the exactly upcast
-  fp8 values.
+  fp8 values; the weight gradient's MVUE runs in our kernel and its kept
+  values are quantized in the compressed buffer (``quantize_pruned_grad``).
 * Operands are local arrays: inside ``shard_map`` each device runs its own
   shard with its own cuSPARSELt handle and plans. Outside ``shard_map`` XLA
   all-gathers sharded operands of a custom call.
@@ -200,6 +201,24 @@ class CusparseltBackend:
         # dZ^T (N, Mp), MVUE 2:4 along the tokens: read dZ in place
         buf = ops.mvue_compress(ops.seed_from_key(key), _pad_rows(dz, mp), transpose=True)
         return CompressedGrad(buf=buf, dense=None, n=n, mp=mp, dtype=dz.dtype.name)
+
+    def quantize_pruned_grad(self, g: CompressedGrad, fp8_dtype) -> tuple[CompressedGrad, jax.Array] | None:
+        """FP8 recipe on the compressed ``S_z(dZ^T)``: its kept values
+        quantized per tensor to ``fp8_dtype`` (amax over the kept values, which
+        is the amax of the pruned matrix), stored back as the exactly upcast
+        16-bit values; the metadata is unchanged. Returns ``(g', scale)``, or
+        None for an unpruned gradient (the caller quantizes the dense one)."""
+        from sparse24_jax import fp8
+
+        if g.buf is None:
+            return None
+        dt = jnp.dtype(g.dtype)
+        nv = g.n * (g.mp // 2) * dt.itemsize  # the values come first in the buffer
+        vals = jax.lax.bitcast_convert_type(g.buf[:nv].reshape(-1, dt.itemsize), dt)
+        q, scale = fp8.quantize(vals, fp8_dtype)
+        qb = jax.lax.bitcast_convert_type(q.astype(dt), jnp.uint8).reshape(-1)
+        buf = jnp.concatenate([qb, g.buf[nv:]])
+        return dataclasses.replace(g, buf=buf), scale
 
     def matmul_dw(self, g: CompressedGrad, x: jax.Array) -> jax.Array:
         if g.buf is None:
