@@ -159,7 +159,7 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
         row["ours_fp8_ms"] = 1e3 * time_jax(jax_block(act, backend, "fp8"), args, **kw)
         dense8 = jax_block(act, None, "fp8")
         hlo = jax.jit(dense8).lower(*args).compile().as_text()
-        row["xla_fp8_native"] = "f8" in hlo and "cublas" in hlo
+        row["xla_fp8_native"] = "__cublas$lt$matmul$f8" in hlo  # XLA's cuBLASLt FP8 GEMM call
         row["xla_dense_fp8_ms"] = 1e3 * time_jax(dense8, args, **kw)
         try:
             from sparse24_jax_kernels.cusparselt import ops as _ops
