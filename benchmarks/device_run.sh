@@ -38,6 +38,7 @@ for s in "$@"; do
     kernels) stage kernels bash -c 'for s in ${KERNEL_SHAPES:-124M 350M 774M 1558M 7B}; do python3 benchmarks/kernels.py --shapes $s '"${KERNELS_ARGS:-}"'; done' ;;
     ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
     hoist) stage hoist python3 benchmarks/check_hoist.py --backend cusparselt ;;
+    mvue) stage mvue bash -c 'python3 benchmarks/mvue_kernel.py --n 4096 && python3 benchmarks/mvue_kernel.py --n 1024 && ncu --clock-control none --kernel-name regex:Mvue --launch-skip 2 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats python3 benchmarks/mvue_kernel.py --calls 3' ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac
 done
