@@ -8,8 +8,10 @@ wall time over repeats, after warm-up, each call ended by block_until_ready):
 * compress only (per optimizer step) of both weights;
 * MVUE + compress of dZ.T for both FFN GEMMs, vs XLA's mvue_24 + compress_24,
   and vs one read + write (a copy) of dZ;
-* fused GEGLU forward + backward on the (M, 2*4d) GEMM output (row-major and
-  transposed), vs XLA's fused reference and vs a copy of h;
+* fused GEGLU and SwiGLU forward + backward on the (M, 2*4d) GEMM output
+  (row-major and transposed), vs XLA's reference (forward and backward jitted
+  apart, as in a training step, and together) and vs a copy of the same bytes
+  (8 M 4d elements; see bench_gated);
 * the three 2:4 GEMMs (Triton) vs XLA's dense dots, in TFLOP/s.
 
 GB/s counts the bytes a kernel must move (inputs read once, outputs written
@@ -20,7 +22,7 @@ SXM 3.35 TB/s, H200 4.8 TB/s; --hbm-gbs to override) and by a measured copy.
 
 Targets (printed as pass/fail): mask search + compress of all FFN weights
 < 1% of a training step; MVUE + compress within 2x of a copy; gated act fwd +
-bwd within 1.3x of a copy of h.
+bwd within 1.3x of a copy of the same bytes.
 """
 
 from __future__ import annotations
@@ -60,6 +62,106 @@ def bench(fn, *args, warmup=3, reps=20):
     return statistics.median(times)
 
 
+def bench_stream(fn, *args, warmup=3, reps=20, rounds=5):
+    """Seconds per call of ``fn(*args)`` issued back to back (the host's
+    dispatch overlaps the device's work, as in a training step), median of
+    ``rounds`` rounds of ``reps`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            out = fn(*args)  # one stream: the last call ends after all the others
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t) / reps)
+    return statistics.median(times)
+
+
+def bench_gated(m, f, dt, key):
+    """Fused GEGLU / SwiGLU forward + backward on the (M, 2F) up-projection
+    output, vs XLA's reference and vs a copy of the same bytes.
+
+    Bytes: forward reads h (2MF) and writes y (MF); backward reads h and dy
+    (3MF) and writes dh (2MF): 8MF elements, the minimum for two passes (the
+    activation is recomputed, not saved). The copy baseline moves exactly that
+    many bytes: one read and one write of an (M, 4F) array. (Until 2026-11 the
+    baseline was a copy of h alone, 4MF: even a perfect kernel read 2x "a copy".)
+
+    XLA is timed two ways: ``xla_joint``, forward and backward in one jit,
+    where XLA fuses them into one pass that reads h once (6MF, which a
+    training step cannot do: the two passes are separated by the rest of the
+    network), and ``xla``, two jitted functions, the training-step situation.
+    Ours (the jax-triton kernels, two launches) is timed as one jit of
+    ``jax.vjp``: its custom_vjp runs the forward and the backward kernel.
+    Every time is per call with calls issued back to back (bench_stream), so
+    host dispatch (tens of us) does not count against the shorter kernels.
+    """
+    from sparse24_jax_kernels.triton import gated  # noqa: PLC0415
+
+    es = jnp.dtype(dt).itemsize
+    k1, k2, k3 = jax.random.split(key, 3)
+    h = jax.random.normal(k1, (m, 2 * f), dt)
+    ht = jnp.asarray(h.T)  # the transposed (2F, M) layout
+    dy = jax.random.normal(k2, (m, f), dt)
+    buf = jax.random.normal(k3, (m, 4 * f), dt)  # 8MF bytes through a copy
+    copy = jax.jit(lambda a: a + a)
+
+    def fb(fn):
+        def f_(h, dy):
+            y, vjp = jax.vjp(fn, h)
+            return y, vjp(dy)[0]
+
+        return jax.jit(f_)
+
+    def ref(kind):
+        return lambda h: s24.gated_activation(h, kind)
+
+    out = {}
+    t_copy = bench_stream(copy, buf)
+    bytes_g = 8 * m * f * es
+    for kind in ("geglu", "swiglu"):
+        t = bench_stream(fb(lambda h, kind=kind: gated.gated_act(h, kind)), h, dy)
+        t_t = bench_stream(fb(lambda h, kind=kind: gated.gated_act(h, kind, transposed=True)), ht, dy)
+        t_joint = bench_stream(fb(ref(kind)), h, dy)
+        r_fwd = jax.jit(ref(kind))
+        r_bwd = jax.jit(lambda h, dy, kind=kind: jax.vjp(ref(kind), h)[1](dy)[0])
+        t_sep = bench_stream(r_fwd, h) + bench_stream(r_bwd, h, dy)
+        out.update({
+            f"{kind}_ms": t * 1e3, f"{kind}_transposed_ms": t_t * 1e3,
+            f"{kind}_xla_ms": t_sep * 1e3, f"{kind}_xla_joint_ms": t_joint * 1e3,
+            f"{kind}_gbs": bytes_g / t / 1e9, f"{kind}_vs_copy": t / t_copy,
+            f"{kind}_transposed_vs_copy": t_t / t_copy, f"{kind}_xla_vs_copy": t_sep / t_copy,
+        })
+    # names the table and the targets read (GEGLU is the issue's target)
+    out.update(
+        gated_ms=out["geglu_ms"], gated_transposed_ms=out["geglu_transposed_ms"], gated_xla_ms=out["geglu_xla_ms"],
+        gated_xla_joint_ms=out["geglu_xla_joint_ms"], gated_copy_ms=t_copy * 1e3, gated_gbs=out["geglu_gbs"],
+        gated_vs_copy=max(out["geglu_vs_copy"], out["geglu_transposed_vs_copy"]),
+        gated_copy_gbs=2 * m * 4 * f * es / t_copy / 1e9,
+    )
+    return out
+
+
+def gated_markdown(rows) -> str:
+    """The gated-activation table: ms of forward + backward and the ratio to a
+    copy of the same bytes (8MF elements)."""
+    out = [
+        "| model | F | copy of 8MF ms (GB/s) | kind | ours ms (transposed) | / copy (transposed) "
+        "| XLA fwd, bwd jitted apart ms (/ copy) | XLA fwd+bwd in one jit ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for kind in ("geglu", "swiglu"):
+            out.append(
+                f"| {r['model']} | {r['d_ff']} | {r['gated_copy_ms']:.3f} ({r['gated_copy_gbs']:.0f}) | {kind} "
+                f"| {r[kind + '_ms']:.3f} ({r[kind + '_transposed_ms']:.3f}) "
+                f"| {r[kind + '_vs_copy']:.2f}x ({r[kind + '_transposed_vs_copy']:.2f}x) "
+                f"| {r[kind + '_xla_ms']:.3f} ({r[kind + '_xla_vs_copy']:.2f}x) | {r[kind + '_xla_joint_ms']:.3f} |"
+            )
+    return "\n".join(out)
+
+
 def _device_numbers(args):
     kind = jax.devices()[0].device_kind
     hbm = args.hbm_gbs or next((v for k, v in NOMINAL_HBM_GBS.items() if k in kind), None)
@@ -68,7 +170,7 @@ def _device_numbers(args):
 
 
 def run(args):
-    from sparse24_jax_kernels.triton import compress, gated, mask_search, matmul, mvue  # noqa: PLC0415
+    from sparse24_jax_kernels.triton import compress, mask_search, matmul, mvue  # noqa: PLC0415
 
     dt = jnp.dtype(args.dtype)
     es = dt.itemsize
@@ -84,7 +186,6 @@ def run(args):
         w2 = jax.random.normal(key, (d, f), jnp.float32)  # down-projection (N=d, K=4d)
         dz1 = jax.random.normal(key, (m, f), dt)
         dz2 = jax.random.normal(key, (m, d), dt)
-        h = jax.random.normal(key, (m, 2 * f), dt)  # GEGLU input (a gated FFN's up-projection)
 
         # --- mask search + compress, both weights (srste: every 40 steps / every step)
         def tri_mask_compress(w):
@@ -137,25 +238,7 @@ def run(args):
         )
 
         # --- gated act fwd + bwd
-        def fb(fn):
-            def f_(h, dy):
-                y, vjp = jax.vjp(fn, h)
-                return y, vjp(dy)[0]
-            return jax.jit(f_)
-
-        dy = jax.random.normal(key, (m, f), dt)
-        ref = fb(lambda h: (lambda x, g: x * jax.nn.gelu(g, approximate=True))(*jnp.split(h, 2, -1)))
-        t_g = bench(fb(lambda h: gated.geglu(h)), h, dy)
-        ht = jnp.asarray(h.T)
-        t_gt = bench(fb(lambda h: gated.geglu(h, transposed=True)), ht, dy)
-        t_gx = bench(ref, h, dy)
-        t_hc = bench(copy, h)
-        bytes_g = (m * 2 * f * es + m * f * es) + (m * 2 * f * es + m * f * es + m * 2 * f * es)
-        r.update(
-            gated_ms=t_g * 1e3, gated_transposed_ms=t_gt * 1e3, gated_xla_ms=t_gx * 1e3,
-            gated_copy_ms=t_hc * 1e3, gated_gbs=bytes_g / t_g / 1e9,
-            gated_vs_copy=t_g / t_hc,
-        )
+        r.update(bench_gated(m, f, dt, key))
 
         # --- GEMMs
         x = jax.random.normal(key, (m, d), dt)
@@ -182,8 +265,7 @@ def run(args):
                 mvue_pct_hbm=100 * r["mvue_gbs"] / hbm,
                 gated_pct_hbm=100 * r["gated_gbs"] / hbm,
             )
-        copy_gbs = 2 * m * 2 * f * es / t_hc / 1e9
-        r["copy_gbs"] = copy_gbs
+        r["copy_gbs"] = r["gated_copy_gbs"]  # the (M, 8d) copy of bench_gated
         rows.append(r)
         print(f"done {name}", file=sys.stderr, flush=True)
     return {"device": kind, "dtype": str(dt), "hbm_gbs_nominal": hbm, "rows": rows}
@@ -193,7 +275,7 @@ def markdown(res) -> str:
     out = [f"device: {res['device']}, dtype {res['dtype']}, nominal HBM {res['hbm_gbs_nominal']} GB/s", ""]
     out.append(
         "| model | mask+compress ms (XLA) | % step, all layers | compress ms (XLA) | MVUE ms (XLA) "
-        "| MVUE / copy | MVUE GB/s (% HBM) | GEGLU f+b ms (T layout, XLA) | GEGLU / copy "
+        "| MVUE / copy | MVUE GB/s (% HBM) | GEGLU f+b ms (T layout, XLA) | GEGLU / copy of 8MF "
         "| fwd / dx / dw TFLOP/s (dense XLA) |"
     )
     out.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -222,8 +304,9 @@ def markdown(res) -> str:
             f"[{'PASS' if r['mask_compress_all_layers_pct_step'] < 1 else 'FAIL'} < 1%; amortised over 40 steps "
             f"{r['mask_compress_all_layers_pct_step'] / 40:.3f}%]; MVUE {r['mvue_vs_copy']:.2f}x a copy "
             f"[{'PASS' if r['mvue_vs_copy'] <= 2 else 'FAIL'} <= 2x]; GEGLU f+b {r['gated_vs_copy']:.2f}x a copy "
-            f"[{'PASS' if r['gated_vs_copy'] <= 1.3 else 'FAIL'} <= 1.3x]"
+            f"[{'PASS' if r['gated_vs_copy'] <= 1.3 else 'FAIL'} <= 1.3x, worse layout, copy of the same bytes]"
         )
+    out += ["", "Gated activations, forward + backward (bench_gated):", "", gated_markdown(res["rows"])]
     return "\n".join(out)
 
 

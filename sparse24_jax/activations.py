@@ -1,29 +1,140 @@
-"""Gated activations of LLaMA-style FFNs (reference versions).
+"""Gated activations of LLaMA-style FFNs.
 
 The up-projection writes ``h = [x, gate]`` (first half, second half of the
-last axis); the FFN continues with ``x * act(gate)``. GPU backends may offer a
-fused version as ``backend.gated_activation(h, kind)``; the modules use it
-when present, else these.
+last axis); the FFN continues with ``x * act(gate)``.
+
+* :func:`gated_activation` is the pure-JAX reference (float32 inside, result
+  in ``h``'s dtype); XLA fuses it on any device.
+* :func:`gated` is what the modules call: it runs a backend's fused kernels
+  when the backend offers them (and the switch is on), else the reference.
+
+Backend hook protocol (optional, looked up with ``getattr``, so a backend
+without it, like ``"xla"``, simply runs the reference):
+
+``backend.gated_activation(h, kind) -> y``
+    the forward, ``h`` of any leading dims, ``y`` in ``h``'s dtype.
+``backend.gated_activation_bwd(h, dy, kind) -> dh`` (optional too)
+    the backward from ``h`` (the activation recomputed) and ``dy``.
+
+:func:`gated` wraps them in one ``jax.custom_vjp``: forward by the first hook,
+backward by the second (without it: ``jax.vjp`` of the reference). The
+``triton`` backend provides both (``sparse24_jax_kernels.triton.gated``).
+Nothing here imports a backend: ``get_backend`` loads one only when a module
+names it, so ``import sparse24_jax`` needs no Triton.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gated_activation", "GATED_KINDS"]
+__all__ = ["gated_activation", "gated", "GATED_KINDS", "set_fused_gated", "fused_gated_enabled"]
 
 GATED_KINDS = ("swiglu", "geglu")
+
+_FUSED = {"on": True}
+
+
+def set_fused_gated(enabled: bool) -> bool:
+    """Turn the backends' fused gated kernels on or off process-wide (the
+    default for :func:`gated`'s ``fused=None``); returns the previous setting.
+    Read at trace time: already-jitted functions keep what they traced."""
+    prev = _FUSED["on"]
+    _FUSED["on"] = bool(enabled)
+    return prev
+
+
+def fused_gated_enabled() -> bool:
+    """The current process-wide default (see :func:`set_fused_gated`)."""
+    return _FUSED["on"]
+
+
+def _check(h: jax.Array, kind: str) -> None:
+    if kind not in GATED_KINDS:
+        raise ValueError(f"unknown gated activation {kind!r}: use one of {GATED_KINDS}")
+    if h.shape[-1] % 2:
+        raise ValueError(f"the last axis of h is {h.shape[-1]}, not even: it must hold [x, gate]")
 
 
 def gated_activation(h: jax.Array, kind: str) -> jax.Array:
     """``x * silu(gate)`` (swiglu) or ``x * gelu_tanh(gate)`` (geglu), with
     ``x, gate = split(h, 2, axis=-1)``. Computed in float32, returned in
-    ``h``'s dtype."""
-    if kind not in GATED_KINDS:
-        raise ValueError(f"unknown gated activation {kind!r}: use one of {GATED_KINDS}")
-    if h.shape[-1] % 2:
-        raise ValueError(f"the last axis of h is {h.shape[-1]}, not even: it must hold [x, gate]")
+    ``h``'s dtype. The pure-JAX reference (twin of the fused kernels)."""
+    _check(h, kind)
     x, gate = jnp.split(h.astype(jnp.float32), 2, axis=-1)
     act = jax.nn.silu(gate) if kind == "swiglu" else jax.nn.gelu(gate, approximate=True)
     return (x * act).astype(h.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fused(h, kind, be):
+    return be.gated_activation(h, kind)
+
+
+def _fused_fwd(h, kind, be):
+    return be.gated_activation(h, kind), h
+
+
+def _fused_bwd(kind, be, h, dy):
+    bwd = getattr(be, "gated_activation_bwd", None)
+    if bwd is not None:
+        return (bwd(h, dy.astype(h.dtype), kind),)
+    _, vjp = jax.vjp(lambda a: gated_activation(a, kind), h)
+    return vjp(dy)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _fused_backend(backend: Any):
+    """The backend object if it has the forward hook, else None."""
+    if backend is None:
+        return None
+    if isinstance(backend, str):
+        from .backend import get_backend  # noqa: PLC0415  (no import cycle at load time)
+
+        backend = get_backend(backend)
+    return backend if callable(getattr(backend, "gated_activation", None)) else None
+
+
+def gated(
+    h: jax.Array,
+    kind: str,
+    *,
+    backend: Any = None,
+    fused: bool | None = None,
+    shard: Any = None,
+) -> jax.Array:
+    """``x * act(gate)`` for ``h = [x, gate]`` (last axis), differentiable:
+    the backend's fused forward and backward kernels when it has them, else
+    :func:`gated_activation` (same math, up to float32 rounding).
+
+    Args:
+      h: ``(..., 2F)``.
+      kind: "swiglu" or "geglu".
+      backend: a name or Backend (the gated MLP's ``gate_up.backend``);
+        ``None`` (or a backend without the hook, like "xla"): the reference.
+      fused: ``False`` forces the reference; ``None`` follows
+        :func:`set_fused_gated` (on by default).
+      shard: the layers' :class:`~sparse24_jax.ShardConfig`, if any. The
+        kernels are custom calls that XLA cannot split, so with a mesh they run
+        per device inside ``shard_map`` over ``shard.batch_axes`` (``h``'s
+        first axis); with a tensor-parallel axis each device holds unmatched
+        slices of ``x`` and ``gate``, so the reference runs (XLA moves data).
+    """
+    _check(h, kind)
+    if fused is None:
+        fused = fused_gated_enabled()
+    be = _fused_backend(backend) if fused else None
+    if be is None or (shard is not None and shard.tensor_axis is not None):
+        return gated_activation(h, kind)
+    if shard is None:
+        return _fused(h, kind, be)
+    from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+    spec = P(shard.batch_axes or None, *(None,) * (h.ndim - 1))
+    local = jax.shard_map(lambda a: _fused(a, kind, be), mesh=shard.mesh, in_specs=(spec,), out_specs=spec)
+    return local(h)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .activations import GATED_KINDS, gated_activation
+from .activations import GATED_KINDS, gated
 from .backend import get_backend
 from .linear import METHODS, PRECISIONS, sparse24_linear
 from .masks import mask_24
@@ -102,11 +102,14 @@ class SparseMLP(nn.Module):
 
 
 class SparseGatedMLP(nn.Module):
-    """LLaMA-style FFN, ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``."""
+    """LLaMA-style FFN, ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``.
+    The activation runs the backend's fused kernels when it has them (see
+    :class:`sparse24_jax.nnx.SparseGatedMLP`; ``fused_activation`` likewise)."""
 
     d_hidden: int
     activation: str = "swiglu"
     linear_kwargs: dict = None
+    fused_activation: bool | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -114,8 +117,7 @@ class SparseGatedMLP(nn.Module):
             raise ValueError(f"unknown activation {self.activation!r}: use one of {GATED_KINDS}")
         kw = dict(self.linear_kwargs or {})
         h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw)(x)
-        fused = getattr(get_backend(kw.get("backend", "xla")), "gated_activation", None)
-        a = fused(h, self.activation) if fused is not None else gated_activation(h, self.activation)
+        a = gated(h, self.activation, backend=kw.get("backend", "xla"), fused=self.fused_activation)
         return SparseLinear(x.shape[-1], name="proj", **kw)(a)
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .activations import GATED_KINDS, gated_activation
+from .activations import GATED_KINDS, gated
 from .backend import get_backend
 from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, sparse24_linear
 from .masks import mask_24
@@ -212,8 +212,12 @@ class SparseMLP(nnx.Module):
 
 class SparseGatedMLP(nnx.Module):
     """LLaMA-style FFN: ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``,
-    ``act`` silu (``activation="swiglu"``) or tanh-GELU ("geglu"). A backend
-    with a fused ``gated_activation`` is used for the activation."""
+    ``act`` silu (``activation="swiglu"``) or tanh-GELU ("geglu").
+
+    The activation goes through :func:`sparse24_jax.activations.gated`: the
+    backend's fused forward and backward kernels when it has them (``"triton"``),
+    else the pure-JAX reference (``"xla"``). ``fused_activation=False`` forces
+    the reference; ``None`` follows :func:`~sparse24_jax.activations.set_fused_gated`."""
 
     def __init__(
         self,
@@ -221,6 +225,7 @@ class SparseGatedMLP(nnx.Module):
         d_hidden: int,
         *,
         activation: str = "swiglu",
+        fused_activation: bool | None = None,
         kernel_init: Any = default_kernel_init,
         out_kernel_init: Any = None,
         rngs: nnx.Rngs,
@@ -229,6 +234,7 @@ class SparseGatedMLP(nnx.Module):
         if activation not in GATED_KINDS:
             raise ValueError(f"unknown activation {activation!r}: use one of {GATED_KINDS}")
         self.activation = activation
+        self.fused_activation = fused_activation
         tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
         # With tensor parallelism the activation splits [x, gate] outside
         # shard_map (each device holds a slice of both halves only after XLA
@@ -244,8 +250,9 @@ class SparseGatedMLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.gate_up(x)
-        fused = getattr(get_backend(self.gate_up.backend), "gated_activation", None)
-        a = fused(h, self.activation) if fused is not None else gated_activation(h, self.activation)
+        a = gated(
+            h, self.activation, backend=self.gate_up.backend, fused=self.fused_activation, shard=self.gate_up.shard
+        )
         return self.proj(a)
 
 

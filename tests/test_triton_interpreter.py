@@ -341,39 +341,92 @@ def test_matmul_matches_reference(K, dtype, b_t, out_t):
 
 
 # ---------------------------------------------------------------------------
-# gated activations
-def _ref_gated(act, f):
-    if act == "geglu":
-        return lambda h: h[:, :f] * jax.nn.gelu(h[:, f:], approximate=True)
-    return lambda h: h[:, :f] * jax.nn.silu(h[:, f:])
+# gated activations (GEGLU / SwiGLU), against the pure-JAX reference
+# sparse24_jax.activations.gated_activation and jax.vjp of it
+def _gated_inputs(m, f, dtype, seed):
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((m, 2 * f)).astype(np.float32) * 3
+    h[0, f:f + 4] = [0, 30, -30, 1e4][: min(4, f)]  # saturated gates
+    h = np.asarray(jnp.asarray(h, dtype))
+    dy = np.asarray(jnp.asarray(rng.standard_normal((m, f)), dtype))
+    return h, dy
 
 
+def _gated_ref(act, h, dy):
+    """Forward and h-gradient of the reference, in float32 on the rounded inputs."""
+    h32, dy32 = jnp.asarray(h, jnp.float32), jnp.asarray(dy, jnp.float32)
+    yr, vjp = jax.vjp(lambda a: s24.gated_activation(a, act), h32)
+    return np.asarray(yr), np.asarray(vjp(dy32)[0])
+
+
+_GATED_TOL = {jnp.dtype(jnp.float32): 1e-4, jnp.dtype(jnp.float16): 2e-3, jnp.dtype(jnp.bfloat16): 1.6e-2}
+
+
+def _poisoned(shape, dtype):
+    t = empty(shape, dtype)
+    t.fill_(float("nan"))  # every element must be written
+    return t
+
+
+def _run_gated(K, act, h, dy, transposed, **blocks):
+    """Both raw kernels, launched as the wrapper launches them
+    (gated.launch_config), with optional smaller blocks."""
+    m, f = h.shape[0], h.shape[1] // 2
+    cfg = K.gated.launch_config(m, f, transposed)
+    cfg.update(blocks)
+    if blocks:  # recompute the grid for the smaller blocks
+        cfg["grid"] = ((cdiv(m, cfg["BLOCK_T"]), cdiv(f, cfg["BLOCK_F"])) if transposed
+                       else (cdiv(m * f, cfg["BLOCK"]),))
+    grid = cfg.pop("grid")
+    cfg.pop("num_warps")
+    hh = h.T.copy() if transposed else h
+    y = _poisoned((m, f), h.dtype)
+    dh = _poisoned(hh.shape, h.dtype)
+    K.gated.gated_fwd_kernel[grid](T(hh), y, ACT=act, **cfg)
+    K.gated.gated_bwd_kernel[grid](T(hh), T(dy), dh, ACT=act, **cfg)
+    got_dh = N(dh).T if transposed else N(dh)
+    return N(y).astype(np.float32), got_dh.astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")  # saturated gates
 @pytest.mark.parametrize("act", ["geglu", "swiglu"])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gated_matches_reference(K, act, transposed, dtype):
-    rng = np.random.default_rng(5)
-    m, f = 20, 24
-    h = rng.standard_normal((m, 2 * f)).astype(np.float32) * 3
-    h[0, f:f + 4] = [0, 30, -30, 1e4]  # saturated gates
-    h = np.asarray(jnp.asarray(h, dtype))
-    dy = np.asarray(jnp.asarray(rng.standard_normal((m, f)), dtype))
-    h32, dy32 = jnp.asarray(h, jnp.float32), jnp.asarray(dy, jnp.float32)
-    yr, vjp = jax.vjp(_ref_gated(act, f), h32)
-    dhr = vjp(dy32)[0]
-    hh = h.T.copy() if transposed else h
-    st, sf = (1, m) if transposed else (2 * f, 1)
-    y = empty((m, f), dtype)
-    dh = empty(hh.shape, dtype)
-    grid = (cdiv(m, 16), cdiv(f, 16))
-    K.gated.gated_fwd_kernel[grid](T(hh), m, f, st, sf, y, ACT=act, BLOCK_T=16, BLOCK_F=16)
-    K.gated.gated_bwd_kernel[grid](T(hh), T(dy), m, f, st, sf, dh, ACT=act, BLOCK_T=16, BLOCK_F=16)
-    got_dh = N(dh).T if transposed else N(dh)
-    tol = {jnp.dtype(jnp.float32): 1e-4, jnp.dtype(jnp.float16): 2e-3, jnp.dtype(jnp.bfloat16): 1.6e-2}[
-        jnp.dtype(dtype)
-    ]
-    np.testing.assert_allclose(N(y).astype(np.float32), np.asarray(yr), rtol=tol, atol=tol)
-    np.testing.assert_allclose(got_dh.astype(np.float32), np.asarray(dhr), rtol=tol, atol=tol)
+@pytest.mark.parametrize(
+    "shape,blocks",
+    [
+        ((20, 24), {}),  # one program, mostly masked
+        ((37, 45), {"BLOCK": 256, "BLOCK_T": 16, "BLOCK_F": 32}),  # odd M and F: ragged, unaligned rows
+        ((70, 100), {}),  # the real blocks, M F not a multiple of BLOCK
+        ((64, 128), {"BLOCK": 512, "BLOCK_T": 32, "BLOCK_F": 16}),  # exact multiples
+        ((37, 45), {"BLOCK": 256, "BLOCK_T": 16, "BLOCK_F": 32, "WIDE": True}),  # int64 offsets
+    ],
+)
+def test_gated_matches_reference(K, act, transposed, dtype, shape, blocks):
+    m, f = shape
+    h, dy = _gated_inputs(m, f, dtype, seed=m * f)
+    yr, dhr = _gated_ref(act, h, dy)
+    y, dh = _run_gated(K, act, h, dy, transposed, **blocks)
+    tol = _GATED_TOL[jnp.dtype(dtype)]
+    assert np.isfinite(y).all() and np.isfinite(dh).all(), "an element was not written"
+    np.testing.assert_allclose(y, yr, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dh, dhr, rtol=tol, atol=tol)
+
+
+def test_gated_module_reference_is_the_jax_formula():
+    """The twin the kernels are compared with is exactly the modules' fallback."""
+    h = jax.random.normal(jax.random.key(3), (6, 16)) * 3
+    x, g = jnp.split(h, 2, -1)
+    np.testing.assert_array_equal(s24.gated_activation(h, "geglu"), x * jax.nn.gelu(g, approximate=True))
+    np.testing.assert_array_equal(s24.gated_activation(h, "swiglu"), x * jax.nn.silu(g))
+
+
+def test_gated_wide_offsets_flag(K):
+    """int64 offsets switch on before any lane's offset could pass 2**31 - 1."""
+    cfg = K.gated.launch_config
+    assert not cfg(16384, 11008, False)["WIDE"] and not cfg(16384, 11008, True)["WIDE"]
+    assert cfg(2**20, 2**10, False)["WIDE"] and cfg(2**20, 2**10, True)["WIDE"]
+    assert cfg(2**20 - 64, 2**10 - 64, False)["WIDE"] is False
 
 
 # ---------------------------------------------------------------------------
@@ -457,15 +510,65 @@ def test_wrappers_match_references(W):
     assert gv.shape == (20, 12) and gm.shape == (20, 3)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")  # saturated gates
 @pytest.mark.parametrize("transposed", [False, True])
-def test_gated_wrapper_custom_vjp(W, transposed):
-    rng = np.random.default_rng(10)
-    h = jnp.asarray(rng.standard_normal((20, 48)), jnp.float32)
-    dy = jnp.asarray(rng.standard_normal((20, 24)), jnp.float32)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_wrapper_custom_vjp(W, transposed, dtype):
+    """gated_act's custom_vjp (fused forward and backward) against jax.vjp of
+    the reference, leading dims included for the row-major layout."""
+    m, f = 20, 24
+    h, dy = _gated_inputs(m, f, dtype, seed=10)
+    h, dy = jnp.asarray(h), jnp.asarray(dy)
+    tol = _GATED_TOL[jnp.dtype(dtype)]
     for act in ("geglu", "swiglu"):
-        yr, vr = jax.vjp(_ref_gated(act, 24), h)
-        hin = h.T if transposed else h
-        y, v = jax.vjp(lambda a: W.gated.gated_act(a, act, transposed=transposed), hin)
-        (dh,) = v(dy)
-        np.testing.assert_allclose(y, yr, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(dh.T if transposed else dh, vr(dy)[0], rtol=1e-4, atol=1e-4)
+        yr, dhr = _gated_ref(act, h, dy)
+        if transposed:
+            y, v = jax.vjp(lambda a: W.gated.gated_act(a, act, transposed=True), h.T)
+            (dh,) = v(dy)
+            dh = dh.T
+        else:  # (2, 10, 2F): leading dims flattened by the wrapper
+            y, v = jax.vjp(lambda a: W.gated.gated_act(a, act), h.reshape(2, 10, 2 * f))
+            (dh,) = v(dy.reshape(2, 10, f))
+            assert y.shape == (2, 10, f) and dh.shape == (2, 10, 2 * f)
+            y, dh = y.reshape(m, f), dh.reshape(m, 2 * f)
+        assert y.dtype == dtype and dh.dtype == dtype
+        np.testing.assert_allclose(np.asarray(y, np.float32), yr, rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.asarray(dh, np.float32), dhr, rtol=tol, atol=tol)
+        # the raw passes agree with the differentiable one
+        np.testing.assert_array_equal(np.asarray(W.gated.gated_fwd(h, act)), np.asarray(W.gated.gated_act(h, act)))
+
+
+def test_gated_wrapper_rejects_bad_input(W):
+    with pytest.raises(ValueError, match="odd length"):
+        W.gated.gated_act(jnp.ones((4, 6), jnp.float32)[:, :5], "geglu")
+    with pytest.raises(ValueError, match="act must be"):
+        W.gated.gated_act(jnp.ones((4, 6), jnp.float32), "relu")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        W.gated.gated_fwd(jnp.ones((4, 6), jnp.int32), "geglu")
+    assert W.gated.gated_fwd(jnp.ones((0, 6), jnp.bfloat16), "swiglu").shape == (0, 3)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")  # saturated gates
+@pytest.mark.parametrize("kind", ["geglu", "swiglu"])
+def test_gated_through_backend_hooks(W, kind):
+    """sparse24_jax.activations.gated with the triton backend's hooks (forward
+    and backward kernels, interpreted) against the reference's value and
+    gradient; the switch turns the kernels off."""
+    from sparse24_jax import activations
+    from sparse24_jax_kernels.triton import backend as tb
+
+    be = object.__new__(tb.TritonBackend)  # skip __init__'s GPU check
+    calls = []
+    monkey_fwd, monkey_bwd = be.gated_activation, be.gated_activation_bwd
+    be.gated_activation = lambda h, k: calls.append("fwd") or monkey_fwd(h, k)
+    be.gated_activation_bwd = lambda h, dy, k: calls.append("bwd") or monkey_bwd(h, dy, k)
+    h = jax.random.normal(jax.random.key(1), (2, 3, 32), jnp.float32) * 2
+    loss = lambda fn: lambda h: jnp.sum(jnp.sin(fn(h)))  # noqa: E731
+    ref_v, ref_g = jax.value_and_grad(loss(lambda a: s24.gated_activation(a, kind)))(h)
+    v, g = jax.value_and_grad(loss(lambda a: activations.gated(a, kind, backend=be)))(h)
+    assert calls == ["fwd", "bwd"]
+    np.testing.assert_allclose(v, ref_v, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-5)
+    calls.clear()
+    activations.gated(h, kind, backend=be, fused=False)
+    assert calls == []

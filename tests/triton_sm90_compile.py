@@ -66,15 +66,39 @@ def _compile_cases():
                  "BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_R": br, "GROUP_I": matmul.GROUP_I, "PRECISION": "ieee"}
             cases.append((matmul.sparse24_matmul_kernel, sig, c, warps, stages))
         for act in gated.ACTS:
-            for tr in (False, True):
-                one = {("stride_t" if tr else "stride_f"): 1}
-                base = {"n_tok": "i32", "n_feat": "i32", "stride_t": "i32", "stride_f": "i32"}
-                meta = {"ACT": act, "BLOCK_T": gated.BLOCK_T, "BLOCK_F": gated.BLOCK_F, **one}
-                cases.append((gated.gated_fwd_kernel, {"h_ptr": f"*{dt}", **base, "y_ptr": f"*{dt}"}, meta, 4, 3))
-                cases.append((gated.gated_bwd_kernel,
-                              {"h_ptr": f"*{dt}", "dy_ptr": f"*{dt}", **base, "dh_ptr": f"*{dt}"}, meta, 4, 3))
+            # sizes are constexpr: an FFN shape (16-byte accesses expected) and an odd one
+            for (m, f), vec, wide in (((4096, 3072), True, False), ((37, 45), False, False),
+                                      ((4096, 3072), True, True)):
+                for tr in (False, True):
+                    cfg = gated.launch_config(m, f, tr)
+                    cfg["WIDE"] = cfg["WIDE"] or wide  # int64 offsets (2**31 elements) compiled small
+                    warps = cfg.pop("num_warps")
+                    cfg.pop("grid")
+                    meta = {"ACT": act, **cfg}
+                    cases.append((gated.gated_fwd_kernel, {"h_ptr": f"*{dt}", "y_ptr": f"*{dt}"}, meta, warps, 1,
+                                  vec))
+                    cases.append((gated.gated_bwd_kernel,
+                                  {"h_ptr": f"*{dt}", "dy_ptr": f"*{dt}", "dh_ptr": f"*{dt}"}, meta, warps, 1, vec))
     return cases
 
+
+
+def _gated_ptx_problems(name, sig, consts, ptx, vec) -> list[str]:
+    """The gated kernels are pure bandwidth: at an FFN shape every global
+    access must be 16 bytes wide (ld/st.global.v4.b32), and nothing may be
+    float64 (a Python float passed at run time would be)."""
+    import re
+
+    where = (f"{name} {list(sig.values())[0]} M={consts['N_TOK']} F={consts['N_FEAT']} "
+             f"T={consts['TRANSPOSED']} WIDE={consts['WIDE']}")
+    out = []
+    if ".f64" in ptx:
+        out.append(f"{where}: float64 arithmetic in the PTX")
+    if vec:
+        narrow = sorted({a for a in re.findall(r"(?:ld|st)\.global[\w.]*", ptx) if not a.endswith(".v4.b32")})
+        if narrow:
+            out.append(f"{where}: global accesses narrower than 16 bytes: {narrow}")
+    return out
 
 
 def compile_all() -> list[str]:
@@ -82,7 +106,7 @@ def compile_all() -> list[str]:
     assert os.environ.get("TRITON_INTERPRET") != "1", "unset TRITON_INTERPRET to compile"
     ensure_kernels_package()
     failures = []
-    for fn, sig, consts, warps, stages in _compile_cases():
+    for fn, sig, consts, warps, stages, *vec in _compile_cases():
         try:
             k = _sm90_compile(fn, sig, consts, warps, stages)
         except Exception as err:  # noqa: BLE001  (report them all)
@@ -90,6 +114,8 @@ def compile_all() -> list[str]:
             continue
         if fn.__name__ == "sparse24_matmul_kernel" and "fp32" not in sig["b_ptr"] and "wgmma" not in k.asm["ptx"]:
             failures.append(f"{fn.__name__} {sig}: the 16-bit GEMM should use Hopper's wgmma")
+        if fn.__name__.startswith("gated_"):
+            failures += _gated_ptx_problems(fn.__name__, sig, consts, k.asm["ptx"], vec[0])
     return failures
 
 

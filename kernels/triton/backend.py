@@ -17,6 +17,9 @@ prune_grad    ``mvue`` kernel: MVUE 2:4 of ``dZ.T`` fused with packing;
 matmul_dw     ``sparse24_matmul(S_z(dZ.T) packed, X) -> dW`` in float32;
               dense ``dZ.T @ X`` when not pruned
 mask          ``mask_search`` kernel (90 patterns per 4x4 block)
+gated act     optional hooks of :func:`sparse24_jax.activations.gated`, the
+              ``gated`` kernels: ``gated_activation`` (GEGLU / SwiGLU forward)
+              and ``gated_activation_bwd`` (backward, activation recomputed)
 ============  =================================================================
 
 Limits (``check``): N and K multiples of 4, at most 2**31 - 1 elements per
@@ -33,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from . import compress as _compress
+from . import gated as _gated
 from . import mask_search as _mask_search
 from . import matmul as _matmul
 from . import mvue as _mvue
@@ -142,3 +146,22 @@ class TritonBackend:
 
     def transposable_mask(self, w: jax.Array) -> jax.Array:
         return _mask_search.transposable_mask(w)
+
+    # -- gated activation hooks (sparse24_jax.activations.gated) ------------
+    def gated_activation(self, h: jax.Array, kind: str) -> jax.Array:
+        """``x * act(gate)`` for ``h = [x, gate]`` (last axis, any leading
+        dims) by the fused kernel; differentiable on its own (custom_vjp).
+        Dtypes the kernels do not take run the pure-JAX reference."""
+        if jnp.dtype(h.dtype) not in _DTYPES:
+            from sparse24_jax.activations import gated_activation  # noqa: PLC0415
+
+            return gated_activation(h, kind)
+        return _gated.gated_act(h, kind)
+
+    def gated_activation_bwd(self, h: jax.Array, dy: jax.Array, kind: str) -> jax.Array:
+        """``dh`` of :meth:`gated_activation` from ``h`` and ``dy`` (one fused pass)."""
+        if jnp.dtype(h.dtype) not in _DTYPES:
+            from sparse24_jax.activations import gated_activation  # noqa: PLC0415
+
+            return jax.vjp(lambda a: gated_activation(a, kind), h)[1](dy)[0]
+        return _gated.gated_bwd(h, dy, kind)
