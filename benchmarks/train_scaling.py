@@ -53,8 +53,11 @@ def layout_name(layout: str, n: int) -> str:
     return "1 device" if layout == "one" else f"{layout} {n}"
 
 
-def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
-    """tok/s of cfg's training step on cfg's mesh, random tokens."""
+def prepare(cfg, seed: int = 0):
+    """What one timed step needs, built as sparse24_train builds it: (mesh, graphdef, state,
+    step, xs, ys), with a fresh state on cfg's mesh and one batch of random tokens (vocab
+    padded from 256 when cfg.vocab_size is 0) already on the devices. Also used by
+    benchmarks/step_profile.py."""
     mesh = make_mesh(cfg, ffn_hidden(cfg))
     vocab = padded_vocab(cfg, 256)
     graphdef, state = init_state(cfg, vocab, mesh)
@@ -64,6 +67,12 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
     sh = batch_sharding(mesh, 3)
     xs = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
     ys = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
+    return mesh, graphdef, state, step, xs, ys
+
+
+def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
+    """tok/s of cfg's training step on cfg's mesh, random tokens."""
+    mesh, _, state, step, xs, ys = prepare(cfg, seed)
     t0 = time.perf_counter()
     for _ in range(warmup):
         state, m = step(state, xs, ys)
