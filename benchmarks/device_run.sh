@@ -32,12 +32,20 @@ for s in "$@"; do
     build) stage build python3 -m sparse24_jax_kernels.cusparselt.build -v ;;
     core) stage core python3 -m pytest -q -x -p no:cacheprovider tests/test_masks.py tests/test_linear.py tests/test_nnx.py tests/test_parallel.py ;;
     cusparselt) stage cusparselt python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_cusparselt.py ;;
-    triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider -n 8 tests/gpu/test_triton_kernels.py ;;
+    triton) stage triton python3 -m pytest -q -rs -m gpu -p no:cacheprovider -n 8 tests/gpu/test_triton_kernels.py ${TRITON_ARGS:-} ;;
     gemm) stage gemm python3 benchmarks/sparse_gemm.py --json "$OUT/sparse_gemm.json" ${GEMM_ARGS:-} ;;
     # one shape per call: the script prints its table at the end, so a cut-off run keeps the others
     kernels) stage kernels bash -c 'for s in ${KERNEL_SHAPES:-124M 350M 774M 1558M 7B}; do python3 benchmarks/kernels.py --shapes $s '"${KERNELS_ARGS:-}"'; done' ;;
     ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
     hoist) stage hoist python3 benchmarks/check_hoist.py --backend cusparselt ;;
+    scaling) stage scaling python3 benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt --layouts one --batch-per-device 16 --json "$OUT/scaling.json" ${SCALING_ARGS:-} ;;
+    # PROFILES: config:method:batch ... (one step_profile run each, JSON per run in $OUT)
+    profile) stage profile bash -c 'for spec in ${PROFILES:-gpt2-124m:dense:16 gpt2-124m:srste:16}; do IFS=: read c m b <<< "$spec"; XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python3 benchmarks/step_profile.py --config $c --method $m --backend cusparselt --batch $b --steps 10 --profile-steps 3 --json "$OUT/prof_${c}_${m}.json" || echo "FAILED $spec"; done' ;;
+    # issue 8: dense vs SR-STE vs S-STE vs plain STE on the stdlib corpus (configs/gpt2-conv-gpu.toml);
+    # small files only come back (conv.tgz, compare.png): checkpoints stay on the machine
+    conv) stage conv bash -c 'python3 -m train.prepare_text --out /tmp/pystdlib && python3 -m train --config gpt2-conv-gpu --set data=/tmp/pystdlib --compare ${CONV_METHODS:-dense,srste,sste,ste} --out /tmp/conv --no-progress ${CONV_ARGS:-}; r=$?; cp /tmp/conv/compare.png "$OUT/" 2>/dev/null; (cd /tmp && tar -czf "$OUT/conv.tgz" --exclude=checkpoints conv); exit $r' ;;
+    # issue 11: S-STE in FP8 on the same data and steps (compare with conv's sste run)
+    conv8) stage conv8 bash -c '[ -f /tmp/pystdlib/train.bin ] || python3 -m train.prepare_text --out /tmp/pystdlib; python3 -m train --config gpt2-conv-gpu --set data=/tmp/pystdlib --set method=sste --set precision=fp8 --out /tmp/conv8 --no-progress ${CONV_ARGS:-}; r=$?; (cd /tmp && tar -czf "$OUT/conv8.tgz" --exclude=checkpoints conv8); exit $r' ;;
     mvue) stage mvue bash -c 'python3 benchmarks/mvue_kernel.py --n 4096 && python3 benchmarks/mvue_kernel.py --n 1024 && ncu --clock-control none --kernel-name regex:Mvue --launch-skip 2 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats python3 benchmarks/mvue_kernel.py --calls 3' ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac

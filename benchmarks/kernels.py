@@ -186,6 +186,11 @@ def run(args):
         w2 = jax.random.normal(key, (d, f), jnp.float32)  # down-projection (N=d, K=4d)
         dz1 = jax.random.normal(key, (m, f), dt)
         dz2 = jax.random.normal(key, (m, d), dt)
+        if args.only == "gated":  # the gated activation alone (a short device run)
+            r.update(bench_gated(m, f, dt, key))
+            rows.append(r)
+            print(f"done {name}", file=sys.stderr, flush=True)
+            continue
 
         # --- mask search + compress, both weights (srste: every 40 steps / every step)
         def tri_mask_compress(w):
@@ -273,6 +278,9 @@ def run(args):
 
 def markdown(res) -> str:
     out = [f"device: {res['device']}, dtype {res['dtype']}, nominal HBM {res['hbm_gbs_nominal']} GB/s", ""]
+    if res["rows"] and "mask_compress_ms" not in res["rows"][0]:  # --only gated
+        return "\n".join(out + ["Gated activations, forward + backward (bench_gated):", "",
+                                 gated_markdown(res["rows"])])
     out.append(
         "| model | mask+compress ms (XLA) | % step, all layers | compress ms (XLA) | MVUE ms (XLA) "
         "| MVUE / copy | MVUE GB/s (% HBM) | GEGLU f+b ms (T layout, XLA) | GEGLU / copy of 8MF "
@@ -318,6 +326,7 @@ def main(argv=None):
     p.add_argument("--step-ms", type=float, default=None, help="measured training step time (default: estimate)")
     p.add_argument("--hbm-gbs", type=float, default=None, help="nominal HBM bandwidth in GB/s")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    p.add_argument("--only", choices=["all", "gated"], default="all", help="gated: only the gated activations")
     args = p.parse_args(argv)
     res = run(args)
     md = markdown(res)
