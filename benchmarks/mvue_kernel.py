@@ -12,22 +12,13 @@ the compressed buffer.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+
+from sparse_gemm import time_jax
 
 
 def bench(fn, *args, calls: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+    """Median seconds per call of back-to-back jitted calls (sparse_gemm's "pipelined" mode)."""
+    return time_jax(fn, args, reps=calls, rounds=5, warmup=1, mode="pipelined")
 
 
 def main(argv=None) -> int:
