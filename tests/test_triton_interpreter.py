@@ -120,7 +120,7 @@ def run_mask(K, w):
     out = empty((n, k), jnp.uint8)
     br, bc = 8, 32
     K.mask_search.transposable_mask_kernel[(cdiv(n // 4, br), cdiv(k // 4, bc))](
-        T(w), n, k, out, BLOCKS_R=br, BLOCKS_C=bc
+        T(w), out, N_ROWS=n, N_COLS=k, BLOCKS_R=br, BLOCKS_C=bc
     )
     return N(out).astype(bool)
 
@@ -159,7 +159,8 @@ def run_compress(K, x, mask=None, transpose=False, dtype=None):
     meta = empty((rows, cdiv(q, 8)), jnp.uint8)
     keep = x if mask is None else np.asarray(mask).astype(np.uint8)
     K.compress.compress24_kernel[(cdiv(rows, 32), cdiv(q, 256))](
-        T(x), T(keep), rows, q, sr, sq, vals, meta, HAS_MASK=mask is not None, BLOCK_ROWS=32, BLOCK_CHUNKS=32
+        T(x), T(keep), vals, meta, N_ROWS=rows, N_Q=q, STRIDE_ROW=sr, STRIDE_Q=sq,
+        HAS_MASK=mask is not None, BLOCK_ROWS=32, BLOCK_CHUNKS=32,
     )
     return N(vals), N(meta)
 
@@ -231,7 +232,7 @@ def test_soft_threshold_matches_reference(K, dtype):
     vals = empty((n, k // 2), dtype)
     meta = empty((n, cdiv(k, 8)), jnp.uint8)
     K.soft_threshold.soft_threshold24_kernel[(1, 1)](
-        T(w), torch.tensor([beta]), n, k, vals, meta, BLOCK_ROWS=32, BLOCK_CHUNKS=32
+        T(w), torch.tensor([beta]), vals, meta, N_ROWS=n, N_Q=k, BLOCK_ROWS=32, BLOCK_CHUNKS=32
     )
     ref = (beta * s24.soft_threshold_24(jnp.asarray(w))).astype(dtype)
     rv, rm = s24.compress_24(ref, ref != 0)
@@ -255,7 +256,7 @@ def run_mvue(K, dz, seed, dtype=None):
     vals = empty((n, m // 2), dz.dtype)
     meta = empty((n, cdiv(m, 8)), jnp.uint8)
     K.mvue.mvue24_kernel[(cdiv(n, 64), cdiv(m, 128))](
-        T(dz), torch.tensor([seed], dtype=torch.uint32), n, m, 1, n, vals, meta,
+        T(dz), torch.tensor([seed], dtype=torch.uint32), vals, meta, N_ROWS=n, N_Q=m, STRIDE_ROW=1, STRIDE_Q=n,
         BLOCK_ROWS=64, BLOCK_CHUNKS=16,
     )
     return N(vals), N(meta)

@@ -4,7 +4,10 @@ Used by tests/test_triton_interpreter.py in a fresh process (that one runs the
 interpreter). Catches what the interpreter lets through: tl.dot's block and
 dtype rules, layouts, constexpr handling. Signatures are built the way
 jax_triton 0.3.1 builds them: 16-byte-aligned pointers, int scalars i32, int
-scalars equal to 1 constexpr. Run by hand: ``python tests/triton_sm90_compile.py``.
+scalars equal to 1 constexpr. Run by hand: ``python tests/triton_sm90_compile.py``
+(``-v``: also print the global load/store forms of the 2:4 per-step kernels
+at GPT-2 FFN shapes). Checks the access widths of the bandwidth-bound
+kernels (gated, mask search, compress, MVUE, soft threshold) at FFN shapes.
 """
 
 from __future__ import annotations
@@ -38,24 +41,30 @@ def _compile_cases():
 
     cases = []
     for dt in ("fp32", "fp16", "bf16"):
-        cases.append((mask_search.transposable_mask_kernel,
-                      {"w_ptr": f"*{dt}", "n_rows": "i32", "n_cols": "i32", "out_ptr": "*u8"},
-                      {"BLOCKS_R": mask_search.BLOCKS_R, "BLOCKS_C": mask_search.BLOCKS_C}, 4, 3))
-        for has_mask in (True, False):
-            for s_row_is_1 in (True, False):
-                sig = {"x_ptr": f"*{dt}", "keep_ptr": "*u8", "n_rows": "i32", "n_q": "i32",
-                       "stride_row": "i32", "stride_q": "i32", "val_ptr": "*bf16", "meta_ptr": "*u8"}
-                c = {"stride_row" if s_row_is_1 else "stride_q": 1, "HAS_MASK": has_mask,
-                     "BLOCK_ROWS": compress.BLOCK_ROWS, "BLOCK_CHUNKS": compress.BLOCK_CHUNKS}
-                cases.append((compress.compress24_kernel, sig, c, 4, 3))
-        cases.append((mvue.mvue24_kernel,
-                      {"x_ptr": f"*{dt}", "seed_ptr": "*u32", "n_rows": "i32", "n_q": "i32", "stride_row": "i32",
-                       "stride_q": "i32", "val_ptr": f"*{dt}", "meta_ptr": "*u8"},
-                      {"stride_row": 1, "BLOCK_ROWS": mvue.BLOCK_ROWS, "BLOCK_CHUNKS": mvue.BLOCK_CHUNKS}, 4, 3))
-        cases.append((soft_threshold.soft_threshold24_kernel,
-                      {"w_ptr": "*fp32", "beta_ptr": "*fp32", "n_rows": "i32", "n_q": "i32",
-                       "val_ptr": f"*{dt}", "meta_ptr": "*u8"},
-                      {"BLOCK_ROWS": soft_threshold.BLOCK_ROWS, "BLOCK_CHUNKS": soft_threshold.BLOCK_CHUNKS}, 4, 3))
+        # 2:4 per-step kernels: sizes and strides are constexpr. GPT-2 124M FFN
+        # shapes (W 3072x768 and 768x3072, dZ 16384x768 and 16384x3072; vectorised
+        # accesses expected) and an odd one (compiles; narrow accesses allowed)
+        for (n, k), vec in (((3072, 768), True), ((768, 3072), True), ((20, 36), False)):
+            cases.append((mask_search.transposable_mask_kernel, {"w_ptr": f"*{dt}", "out_ptr": "*u8"},
+                          {"N_ROWS": n, "N_COLS": k, "BLOCKS_R": mask_search.BLOCKS_R,
+                           "BLOCKS_C": mask_search.BLOCKS_C}, 4, 3, vec))
+            for has_mask in (True, False):
+                # W (2:4 along its rows) and W.T read in place
+                for n_rows, n_q, s_row, s_q in ((n, k, k, 1), (k, n, 1, k)):
+                    sig = {"x_ptr": f"*{dt}", "keep_ptr": "*u8", "val_ptr": "*bf16", "meta_ptr": "*u8"}
+                    c = {"N_ROWS": n_rows, "N_Q": n_q, "STRIDE_ROW": s_row, "STRIDE_Q": s_q,
+                         "HAS_MASK": has_mask, "BLOCK_ROWS": compress.BLOCK_ROWS,
+                         "BLOCK_CHUNKS": compress.BLOCK_CHUNKS}
+                    cases.append((compress.compress24_kernel, sig, c, 4, 3, vec))
+            cases.append((soft_threshold.soft_threshold24_kernel,
+                          {"w_ptr": "*fp32", "beta_ptr": "*fp32", "val_ptr": f"*{dt}", "meta_ptr": "*u8"},
+                          {"N_ROWS": n, "N_Q": k, "BLOCK_ROWS": soft_threshold.BLOCK_ROWS,
+                           "BLOCK_CHUNKS": soft_threshold.BLOCK_CHUNKS}, 4, 3, vec))
+        for (m, n), vec in (((16384, 768), True), ((16384, 3072), True), ((36, 20), False)):
+            cases.append((mvue.mvue24_kernel,
+                          {"x_ptr": f"*{dt}", "seed_ptr": "*u32", "val_ptr": f"*{dt}", "meta_ptr": "*u8"},
+                          {"N_ROWS": n, "N_Q": m, "STRIDE_ROW": 1, "STRIDE_Q": n,
+                           "BLOCK_ROWS": mvue.BLOCK_ROWS, "BLOCK_CHUNKS": mvue.BLOCK_CHUNKS}, 4, 3, vec))
         bi, bj, br, warps, stages = matmul.config_for({"fp32": jnp.float32, "fp16": jnp.float16,
                                                        "bf16": jnp.bfloat16}[dt])
         for b_t in (True, False):
@@ -101,6 +110,64 @@ def _gated_ptx_problems(name, sig, consts, ptx, vec) -> list[str]:
     return out
 
 
+# The 2:4 per-step kernels (README.md, "Access widths"). At an FFN shape every
+# global load and store is vectorised: 16 bytes (v4.b32) for the dense inputs
+# and the packed values, 8 bytes (v2.b32) where a thread's share of a uint8
+# tile is 8 bytes (kept flags read along W.T's rows, meta bytes, the mask
+# search's output rows: narrower by tile size, not by alignment). The one
+# scalar load allowed is the per-call seed (MVUE) / beta (S-STE).
+_PACK_KERNELS = ("transposable_mask_kernel", "compress24_kernel", "mvue24_kernel", "soft_threshold24_kernel")
+
+
+def global_accesses(ptx: str) -> dict[str, int]:
+    """Count of each global load/store instruction form in ``ptx``."""
+    import re
+    from collections import Counter
+
+    return dict(Counter(re.findall(r"(?:ld|st)\.global[\w.]*", ptx)))
+
+
+def _access_bytes(op: str) -> int:
+    vec = 4 if ".v4." in op else 2 if ".v2." in op else 1
+    return vec * int(op.rsplit(".b", 1)[1]) // 8
+
+
+def _pack_ptx_problems(name, sig, consts, ptx, vec) -> list[str]:
+    where = f"{name} {list(sig.values())[0]} {consts}"
+    out = []
+    if ".f64" in ptx:
+        out.append(f"{where}: float64 arithmetic in the PTX")
+    if not vec:
+        return out
+    acc = global_accesses(ptx)
+    loads = {a: c for a, c in acc.items() if a.startswith("ld.")}
+    stores = {a: c for a, c in acc.items() if a.startswith("st.")}
+    scalar_ok = 1 if name in ("mvue24_kernel", "soft_threshold24_kernel") else 0
+    narrow_ld = {a: c for a, c in loads.items() if _access_bytes(a) < 8}
+    if sum(narrow_ld.values()) > scalar_ok or any(_access_bytes(a) < 4 for a in narrow_ld):
+        out.append(f"{where}: global loads narrower than 8 bytes: {loads}")
+    if max(map(_access_bytes, loads), default=0) < 16:
+        out.append(f"{where}: no 16-byte global load: {loads}")
+    if any(_access_bytes(a) < 8 for a in stores):
+        out.append(f"{where}: global stores narrower than 8 bytes: {stores}")
+    if name != "transposable_mask_kernel" and max(map(_access_bytes, stores), default=0) < 16:
+        out.append(f"{where}: packed values not stored 16 bytes wide: {stores}")
+    return out
+
+
+def access_report() -> list[str]:
+    """One line per 2:4 per-step kernel case: its global access forms (the
+    before/after table in README.md). ``python tests/triton_sm90_compile.py -v``."""
+    ensure_kernels_package()
+    lines = []
+    for fn, sig, consts, warps, stages, *vec in _compile_cases():
+        if fn.__name__ in _PACK_KERNELS and vec[0]:
+            k = _sm90_compile(fn, sig, consts, warps, stages)
+            sizes = {a: b for a, b in consts.items() if a[0] in "NS" or a == "HAS_MASK"}
+            lines.append(f"{fn.__name__} {list(sig.values())[0]} {sizes}: {global_accesses(k.asm['ptx'])}")
+    return lines
+
+
 def compile_all() -> list[str]:
     """Compile every case; return one line per failure."""
     assert os.environ.get("TRITON_INTERPRET") != "1", "unset TRITON_INTERPRET to compile"
@@ -116,10 +183,16 @@ def compile_all() -> list[str]:
             failures.append(f"{fn.__name__} {sig}: the 16-bit GEMM should use Hopper's wgmma")
         if fn.__name__.startswith("gated_"):
             failures += _gated_ptx_problems(fn.__name__, sig, consts, k.asm["ptx"], vec[0])
+        if fn.__name__ in _PACK_KERNELS:
+            failures += _pack_ptx_problems(fn.__name__, sig, consts, k.asm["ptx"], vec[0])
     return failures
 
 
 if __name__ == "__main__":
+    import sys
+
+    if "-v" in sys.argv:
+        print("\n".join(access_report()))
     fails = compile_all()
     print("\n".join(fails) or "all kernels compile for sm_90")
     raise SystemExit(1 if fails else 0)

@@ -10,7 +10,7 @@ so every kernel here is checked against ``compress_24`` byte for byte:
 Kernels work on *chunks* of 8 elements along the 2:4 axis (two groups, one
 meta byte), laid out as a ``(BLOCK_ROWS, BLOCK_CHUNKS)`` tile; element ``j`` of
 each chunk is its own tile (``x0 .. x7``). Source element ``(row, q)`` lives at
-``ptr + row * stride_row + q * stride_q``, so one kernel reads ``W`` (2:4 along
+``ptr + row * STRIDE_ROW + q * STRIDE_Q``, so one kernel reads ``W`` (2:4 along
 its rows), ``W.T`` or ``dZ.T`` without a transpose pass.
 """
 
@@ -19,20 +19,52 @@ import triton.language as tl
 
 
 @triton.jit
-def load_chunk8(ptr, rows, chunks, n_rows, n_q, stride_row, stride_q):
+def load_chunk8(
+    ptr, rows, chunk_start,
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, STRIDE_ROW: tl.constexpr, STRIDE_Q: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_CHUNKS: tl.constexpr,
+):
     """The 8 elements of each (row, chunk) as eight (BLOCK_ROWS, BLOCK_CHUNKS)
-    float32 tiles; out-of-range elements read 0."""
-    base = ptr + rows[:, None] * stride_row + (chunks * 8)[None, :] * stride_q
-    row_ok = (rows < n_rows)[:, None]
-    q = (chunks * 8)[None, :]
-    x0 = tl.load(base, mask=row_ok & (q < n_q), other=0.0).to(tl.float32)
-    x1 = tl.load(base + stride_q, mask=row_ok & (q + 1 < n_q), other=0.0).to(tl.float32)
-    x2 = tl.load(base + 2 * stride_q, mask=row_ok & (q + 2 < n_q), other=0.0).to(tl.float32)
-    x3 = tl.load(base + 3 * stride_q, mask=row_ok & (q + 3 < n_q), other=0.0).to(tl.float32)
-    x4 = tl.load(base + 4 * stride_q, mask=row_ok & (q + 4 < n_q), other=0.0).to(tl.float32)
-    x5 = tl.load(base + 5 * stride_q, mask=row_ok & (q + 5 < n_q), other=0.0).to(tl.float32)
-    x6 = tl.load(base + 6 * stride_q, mask=row_ok & (q + 6 < n_q), other=0.0).to(tl.float32)
-    x7 = tl.load(base + 7 * stride_q, mask=row_ok & (q + 7 < n_q), other=0.0).to(tl.float32)
+    float32 tiles; out-of-range elements read 0. Chunks are
+    ``chunk_start + arange(BLOCK_CHUNKS)``.
+
+    Sizes and strides are ``tl.constexpr`` (see README.md, "Access widths"):
+    with runtime ints the compiler cannot prove any alignment and every
+    access is one element wide. If ``q`` is the contiguous axis
+    (``STRIDE_Q == 1``) the tile is read as one contiguous
+    ``(BLOCK_ROWS, 8 BLOCK_CHUNKS)`` load and split into the eight tiles in
+    registers (eight stride-8 loads cannot be vectorised); otherwise
+    (``STRIDE_ROW == 1``, e.g. ``W.T`` or ``dZ.T``) each of the eight loads is
+    contiguous along the rows.
+    """
+    row_ok = (rows < N_ROWS)[:, None]
+    if STRIDE_Q == 1:
+        q = chunk_start * 8 + tl.arange(0, 8 * BLOCK_CHUNKS)
+        t = tl.load(
+            ptr + rows[:, None] * STRIDE_ROW + q[None, :],
+            mask=row_ok & (q < N_Q)[None, :], other=0.0,
+        ).to(tl.float32)
+        # element j = 4a + 2b + c of a chunk sits at [..., a, b, c]
+        t = tl.reshape(t, (BLOCK_ROWS, BLOCK_CHUNKS, 2, 2, 2))
+        even, odd = tl.split(t)  # c = 0 / 1: (.., a, b)
+        e0, e1 = tl.split(even)  # b = 0 / 1: (.., a)
+        o0, o1 = tl.split(odd)
+        x0, x4 = tl.split(e0)
+        x2, x6 = tl.split(e1)
+        x1, x5 = tl.split(o0)
+        x3, x7 = tl.split(o1)
+    else:
+        chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
+        q = (chunks * 8)[None, :]
+        base = ptr + rows[:, None] * STRIDE_ROW + q * STRIDE_Q
+        x0 = tl.load(base, mask=row_ok & (q < N_Q), other=0.0).to(tl.float32)
+        x1 = tl.load(base + STRIDE_Q, mask=row_ok & (q + 1 < N_Q), other=0.0).to(tl.float32)
+        x2 = tl.load(base + 2 * STRIDE_Q, mask=row_ok & (q + 2 < N_Q), other=0.0).to(tl.float32)
+        x3 = tl.load(base + 3 * STRIDE_Q, mask=row_ok & (q + 3 < N_Q), other=0.0).to(tl.float32)
+        x4 = tl.load(base + 4 * STRIDE_Q, mask=row_ok & (q + 4 < N_Q), other=0.0).to(tl.float32)
+        x5 = tl.load(base + 5 * STRIDE_Q, mask=row_ok & (q + 5 < N_Q), other=0.0).to(tl.float32)
+        x6 = tl.load(base + 6 * STRIDE_Q, mask=row_ok & (q + 6 < N_Q), other=0.0).to(tl.float32)
+        x7 = tl.load(base + 7 * STRIDE_Q, mask=row_ok & (q + 7 < N_Q), other=0.0).to(tl.float32)
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
@@ -55,9 +87,9 @@ def pick(idx, x0, x1, x2, x3):
 
 @triton.jit
 def store_packed(
-    val_ptr, meta_ptr, rows, chunk_start, n_rows, n_q,
+    val_ptr, meta_ptr, rows, chunk_start,
     a0, a1, ia0, ia1, b0, b1, ib0, ib1,
-    BLOCK_CHUNKS: tl.constexpr,
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, BLOCK_CHUNKS: tl.constexpr,
 ):
     """Write one tile of packed output.
 
@@ -65,12 +97,12 @@ def store_packed(
     ``val_ptr``'s) of the chunk's first / second group; ``ia*`` / ``ib*``
     their positions. Rows are ``rows``, chunks ``chunk_start + arange``; the
     chunk's values go to columns
-    ``4c .. 4c+3`` of ``(n_rows, n_q/2)`` and its meta byte to column ``c`` of
-    ``(n_rows, ceil(n_q/8))``.
+    ``4c .. 4c+3`` of ``(N_ROWS, N_Q/2)`` and its meta byte to column ``c`` of
+    ``(N_ROWS, ceil(N_Q/8))`` (sizes constexpr: aligned, vectorised rows).
     """
-    half = n_q // 2
-    meta_w = (n_q + 7) // 8
-    row_ok = (rows < n_rows)[:, None]
+    half: tl.constexpr = N_Q // 2
+    meta_w: tl.constexpr = (N_Q + 7) // 8
+    row_ok = (rows < N_ROWS)[:, None]
     # Interleave the four (rows, chunks) tiles into one (rows, 4*chunks) tile
     # so the store is contiguous along the row (coalesced) instead of four
     # stride-4 stores.
@@ -85,7 +117,7 @@ def store_packed(
     code_a = ia0 | (ia1 << 2)
     # a chunk whose second group lies past the end (n_q/4 odd) pads with 0xE,
     # like the reference
-    b_ok = (chunks * 8 + 4 < n_q)[None, :]
+    b_ok = (chunks * 8 + 4 < N_Q)[None, :]
     code_b = tl.where(b_ok, ib0 | (ib1 << 2), 0xE)
     byte = (code_a | (code_b << 4)).to(tl.uint8)
     tl.store(

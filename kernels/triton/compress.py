@@ -19,8 +19,10 @@ from ._runtime import cdiv, jt
 @triton.jit
 def compress24_kernel(
     x_ptr, keep_ptr,  # inputs: values, and kept flags (uint8) if HAS_MASK
-    n_rows, n_q, stride_row, stride_q,  # (rows, 2:4 axis) view of x and keep
-    val_ptr, meta_ptr,  # outputs: (n_rows, n_q/2), (n_rows, ceil(n_q/8)) uint8
+    val_ptr, meta_ptr,  # outputs: (N_ROWS, N_Q/2), (N_ROWS, ceil(N_Q/8)) uint8
+    # (rows, 2:4 axis) view of x and keep; constexpr (JAX shapes are static):
+    # known alignment, so the accesses are vectorised (README.md, "Access widths")
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, STRIDE_ROW: tl.constexpr, STRIDE_Q: tl.constexpr,
     HAS_MASK: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
@@ -28,11 +30,12 @@ def compress24_kernel(
     """Pack ``where(keep, x, 0)`` 2:4 along ``q``; reference: ``compress_24``."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     chunk_start = tl.program_id(1) * BLOCK_CHUNKS
-    chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
-    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(x_ptr, rows, chunks, n_rows, n_q, stride_row, stride_q)
+    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(
+        x_ptr, rows, chunk_start, N_ROWS, N_Q, STRIDE_ROW, STRIDE_Q, BLOCK_ROWS, BLOCK_CHUNKS
+    )
     if HAS_MASK:
         m0, m1, m2, m3, m4, m5, m6, m7 = load_chunk8(
-            keep_ptr, rows, chunks, n_rows, n_q, stride_row, stride_q
+            keep_ptr, rows, chunk_start, N_ROWS, N_Q, STRIDE_ROW, STRIDE_Q, BLOCK_ROWS, BLOCK_CHUNKS
         )
         k0 = m0 != 0
         k1 = m1 != 0
@@ -65,10 +68,10 @@ def compress24_kernel(
     ib0, ib1 = positions(k4, k5, k6, k7)
     # Values went through float32 (exact for bf16/fp16/fp32) and are cast back.
     store_packed(
-        val_ptr, meta_ptr, rows, chunk_start, n_rows, n_q,
+        val_ptr, meta_ptr, rows, chunk_start,
         pick(ia0, x0, x1, x2, x3), pick(ia1, x0, x1, x2, x3), ia0, ia1,
         pick(ib0, x4, x5, x6, x7), pick(ib1, x4, x5, x6, x7), ib0, ib1,
-        BLOCK_CHUNKS,
+        N_ROWS, N_Q, BLOCK_CHUNKS,
     )
 
 
@@ -101,10 +104,14 @@ def compress(
         jax.ShapeDtypeStruct((n_rows, cdiv(n_q, 8)), jnp.uint8),
     )
     return jt().triton_call(
-        x, keep, n_rows, n_q, stride_row, stride_q,
+        x, keep,
         kernel=compress24_kernel,
         out_shape=out_shape,
         grid=(cdiv(n_rows, BLOCK_ROWS), cdiv(n_q, 8 * BLOCK_CHUNKS)),
+        N_ROWS=n_rows,
+        N_Q=n_q,
+        STRIDE_ROW=stride_row,
+        STRIDE_Q=stride_q,
         HAS_MASK=mask is not None,
         BLOCK_ROWS=BLOCK_ROWS,
         BLOCK_CHUNKS=BLOCK_CHUNKS,

@@ -74,49 +74,53 @@ def _keeps(p, col: tl.constexpr):
 
 
 @triton.jit
-def _store_row(out_ptr, base, p, ok, n_cols):
-    """Store one block row (4 elements) of the mask as uint8 0/1."""
-    tl.store(out_ptr + base, _keeps(p, 0).to(tl.uint8), mask=ok)
-    tl.store(out_ptr + base + 1, _keeps(p, 1).to(tl.uint8), mask=ok)
-    tl.store(out_ptr + base + 2, _keeps(p, 2).to(tl.uint8), mask=ok)
-    tl.store(out_ptr + base + 3, _keeps(p, 3).to(tl.uint8), mask=ok)
+def _load_row(w_ptr, r, c, ok, N_COLS: tl.constexpr, BLOCKS_R: tl.constexpr, BLOCKS_C: tl.constexpr):
+    """|w| (float32) of one row ``r`` of every block: one contiguous
+    ``(BLOCKS_R, 4 BLOCKS_C)`` load (vectorised: ``N_COLS`` is constexpr),
+    split in registers into the four block columns."""
+    t = tl.abs(tl.load(w_ptr + r[:, None] * N_COLS + c[None, :], mask=ok, other=0.0).to(tl.float32))
+    t = tl.reshape(t, (BLOCKS_R, BLOCKS_C, 2, 2))  # column j = 2a + b at [..., a, b]
+    even, odd = tl.split(t)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _store_row(out_ptr, r, c, p, ok, N_COLS: tl.constexpr):
+    """Store one row of every block of the mask as uint8 0/1: the four block
+    columns interleaved back into one contiguous (vectorised) store."""
+    k0 = _keeps(p, 0).to(tl.uint8)
+    k1 = _keeps(p, 1).to(tl.uint8)
+    k2 = _keeps(p, 2).to(tl.uint8)
+    k3 = _keeps(p, 3).to(tl.uint8)
+    k = tl.interleave(tl.interleave(k0, k2), tl.interleave(k1, k3))
+    tl.store(out_ptr + r[:, None] * N_COLS + c[None, :], k, mask=ok)
 
 
 @triton.jit
 def transposable_mask_kernel(
     w_ptr,  # (N, K) row-major, any float dtype
-    n_rows, n_cols,  # N, K (multiples of 4)
     out_ptr,  # (N, K) uint8: 1 = kept
+    # N, K (multiples of 4); constexpr (JAX shapes are static): known
+    # alignment, so the accesses are vectorised (README.md, "Access widths")
+    N_ROWS: tl.constexpr, N_COLS: tl.constexpr,
     BLOCKS_R: tl.constexpr,  # 4x4 blocks per program along N
     BLOCKS_C: tl.constexpr,  # ... along K
 ):
     """Per 4x4 block, the transposable pattern of max kept L1 (first on ties).
     Reference: ``sparse24_jax.transposable_mask_24``."""
     br = tl.program_id(0) * BLOCKS_R + tl.arange(0, BLOCKS_R)
-    bc = tl.program_id(1) * BLOCKS_C + tl.arange(0, BLOCKS_C)
-    ok = (br < n_rows // 4)[:, None] & (bc < n_cols // 4)[None, :]
-    # element (i, j) of every block: row 4*br + i, column 4*bc + j
-    b0 = (4 * br)[:, None] * n_cols + (4 * bc)[None, :]
-    b1 = b0 + n_cols
-    b2 = b1 + n_cols
-    b3 = b2 + n_cols
-    # |w| of the 16 elements of every block, float32
-    a00 = tl.abs(tl.load(w_ptr + b0, mask=ok, other=0.0).to(tl.float32))
-    a01 = tl.abs(tl.load(w_ptr + b0 + 1, mask=ok, other=0.0).to(tl.float32))
-    a02 = tl.abs(tl.load(w_ptr + b0 + 2, mask=ok, other=0.0).to(tl.float32))
-    a03 = tl.abs(tl.load(w_ptr + b0 + 3, mask=ok, other=0.0).to(tl.float32))
-    a10 = tl.abs(tl.load(w_ptr + b1, mask=ok, other=0.0).to(tl.float32))
-    a11 = tl.abs(tl.load(w_ptr + b1 + 1, mask=ok, other=0.0).to(tl.float32))
-    a12 = tl.abs(tl.load(w_ptr + b1 + 2, mask=ok, other=0.0).to(tl.float32))
-    a13 = tl.abs(tl.load(w_ptr + b1 + 3, mask=ok, other=0.0).to(tl.float32))
-    a20 = tl.abs(tl.load(w_ptr + b2, mask=ok, other=0.0).to(tl.float32))
-    a21 = tl.abs(tl.load(w_ptr + b2 + 1, mask=ok, other=0.0).to(tl.float32))
-    a22 = tl.abs(tl.load(w_ptr + b2 + 2, mask=ok, other=0.0).to(tl.float32))
-    a23 = tl.abs(tl.load(w_ptr + b2 + 3, mask=ok, other=0.0).to(tl.float32))
-    a30 = tl.abs(tl.load(w_ptr + b3, mask=ok, other=0.0).to(tl.float32))
-    a31 = tl.abs(tl.load(w_ptr + b3 + 1, mask=ok, other=0.0).to(tl.float32))
-    a32 = tl.abs(tl.load(w_ptr + b3 + 2, mask=ok, other=0.0).to(tl.float32))
-    a33 = tl.abs(tl.load(w_ptr + b3 + 3, mask=ok, other=0.0).to(tl.float32))
+    # the program's columns: 4 BLOCKS_C contiguous ones, block bc = c // 4
+    c = tl.program_id(1) * (4 * BLOCKS_C) + tl.arange(0, 4 * BLOCKS_C)
+    # (c < N_COLS is bc < N_COLS / 4: N_COLS is a multiple of 4)
+    ok = (br < N_ROWS // 4)[:, None] & (c < N_COLS)[None, :]
+    # row i of every block: 4*br + i; a<i><j> = |w| of element (i, j), float32
+    r0 = 4 * br
+    a00, a01, a02, a03 = _load_row(w_ptr, r0, c, ok, N_COLS, BLOCKS_R, BLOCKS_C)
+    a10, a11, a12, a13 = _load_row(w_ptr, r0 + 1, c, ok, N_COLS, BLOCKS_R, BLOCKS_C)
+    a20, a21, a22, a23 = _load_row(w_ptr, r0 + 2, c, ok, N_COLS, BLOCKS_R, BLOCKS_C)
+    a30, a31, a32, a33 = _load_row(w_ptr, r0 + 3, c, ok, N_COLS, BLOCKS_R, BLOCKS_C)
 
     best = tl.full((BLOCKS_R, BLOCKS_C), float("-inf"), tl.float32)
     z = tl.zeros((BLOCKS_R, BLOCKS_C), tl.int32)
@@ -144,10 +148,10 @@ def transposable_mask_kernel(
                         bp1 = tl.where(better, p1, bp1)
                         bp2 = tl.where(better, p2, bp2)
                         bp3 = tl.where(better, p3, bp3)
-    _store_row(out_ptr, b0, bp0, ok, n_cols)
-    _store_row(out_ptr, b1, bp1, ok, n_cols)
-    _store_row(out_ptr, b2, bp2, ok, n_cols)
-    _store_row(out_ptr, b3, bp3, ok, n_cols)
+    _store_row(out_ptr, r0, c, bp0, ok, N_COLS)
+    _store_row(out_ptr, r0 + 1, c, bp1, ok, N_COLS)
+    _store_row(out_ptr, r0 + 2, c, bp2, ok, N_COLS)
+    _store_row(out_ptr, r0 + 3, c, bp3, ok, N_COLS)
 
 
 # 4-bit column-use code of each row pair: (a, b) -> 1 << 4a | 1 << 4b.
@@ -164,10 +168,12 @@ def transposable_mask(w: jax.Array) -> jax.Array:
         raise ValueError(f"w must be (N, K) with N and K multiples of 4, got shape {w.shape}")
     n, k = w.shape
     out = jt().triton_call(
-        w, n, k,
+        w,
         kernel=transposable_mask_kernel,
         out_shape=jax.ShapeDtypeStruct((n, k), jnp.uint8),
         grid=(cdiv(n // 4, BLOCKS_R), cdiv(k // 4, BLOCKS_C)),
+        N_ROWS=n,
+        N_COLS=k,
         BLOCKS_R=BLOCKS_R,
         BLOCKS_C=BLOCKS_C,
         num_warps=4,

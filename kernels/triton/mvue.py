@@ -84,8 +84,10 @@ def _mvue_group(x0, x1, x2, x3, u1, u2):
 def mvue24_kernel(
     x_ptr,  # dZ (M, N) row-major, any float dtype
     seed_ptr,  # (1,) uint32 seed
-    n_rows, n_q, stride_row, stride_q,  # rows = N, q = M: the (N, M) view dZ.T
     val_ptr, meta_ptr,  # outputs: (N, M/2) in dZ's dtype, (N, ceil(M/8)) uint8
+    # rows = N, q = M: the (N, M) view dZ.T; constexpr (JAX shapes are static):
+    # known alignment, so the accesses are vectorised (README.md, "Access widths")
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, STRIDE_ROW: tl.constexpr, STRIDE_Q: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
 ):
@@ -93,19 +95,21 @@ def mvue24_kernel(
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     chunk_start = tl.program_id(1) * BLOCK_CHUNKS
     chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
-    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(x_ptr, rows, chunks, n_rows, n_q, stride_row, stride_q)
+    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(
+        x_ptr, rows, chunk_start, N_ROWS, N_Q, STRIDE_ROW, STRIDE_Q, BLOCK_ROWS, BLOCK_CHUNKS
+    )
     # One Philox call per chunk (two groups) gives the four uniforms it needs;
     # the counter is the chunk's index in the (N, ceil(M/8)) meta array, so
     # every chunk of a call gets its own stream.
     seed = tl.load(seed_ptr)
-    counter = rows[:, None] * ((n_q + 7) // 8) + chunks[None, :]
+    counter = rows[:, None] * ((N_Q + 7) // 8) + chunks[None, :]
     u0, u1, u2, u3 = tl.rand4x(seed, counter)
     ia, ja, va0, va1 = _mvue_group(x0, x1, x2, x3, u0, u1)
     ib, jb, vb0, vb1 = _mvue_group(x4, x5, x6, x7, u2, u3)
     store_packed(
-        val_ptr, meta_ptr, rows, chunk_start, n_rows, n_q,
+        val_ptr, meta_ptr, rows, chunk_start,
         va0, va1, ia, ja, vb0, vb1, ib, jb,
-        BLOCK_CHUNKS,
+        N_ROWS, N_Q, BLOCK_CHUNKS,
     )
 
 
@@ -132,10 +136,14 @@ def mvue_compress(key: jax.Array, dz: jax.Array) -> tuple[jax.Array, jax.Array]:
         jax.ShapeDtypeStruct((n, cdiv(m, 8)), jnp.uint8),
     )
     return jt().triton_call(
-        dz, seed_from_key(key), n, m, 1, n,
+        dz, seed_from_key(key),
         kernel=mvue24_kernel,
         out_shape=out_shape,
         grid=(cdiv(n, BLOCK_ROWS), cdiv(m, 8 * BLOCK_CHUNKS)),
+        N_ROWS=n,
+        N_Q=m,
+        STRIDE_ROW=1,
+        STRIDE_Q=n,
         BLOCK_ROWS=BLOCK_ROWS,
         BLOCK_CHUNKS=BLOCK_CHUNKS,
         num_warps=4,

@@ -50,23 +50,24 @@ def _soft_group(x0, x1, x2, x3, beta):
 def soft_threshold24_kernel(
     w_ptr,  # (N, K) row-major, any float dtype
     beta_ptr,  # (1,) float32
-    n_rows, n_q,  # N, K
     val_ptr, meta_ptr,  # outputs: (N, K/2) in the output dtype, (N, ceil(K/8)) uint8
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr,  # N, K (constexpr: vectorised accesses)
     BLOCK_ROWS: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
 ):
     """Packed ``beta * S(W)``. Reference: ``soft_threshold_24`` + ``compress_24``."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     chunk_start = tl.program_id(1) * BLOCK_CHUNKS
-    chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
-    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(w_ptr, rows, chunks, n_rows, n_q, n_q, 1)
+    x0, x1, x2, x3, x4, x5, x6, x7 = load_chunk8(
+        w_ptr, rows, chunk_start, N_ROWS, N_Q, N_Q, 1, BLOCK_ROWS, BLOCK_CHUNKS
+    )
     beta = tl.load(beta_ptr).to(tl.float32)
     ia0, ia1, va0, va1 = _soft_group(x0, x1, x2, x3, beta)
     ib0, ib1, vb0, vb1 = _soft_group(x4, x5, x6, x7, beta)
     store_packed(
-        val_ptr, meta_ptr, rows, chunk_start, n_rows, n_q,
+        val_ptr, meta_ptr, rows, chunk_start,
         va0, va1, ia0, ia1, vb0, vb1, ib0, ib1,
-        BLOCK_CHUNKS,
+        N_ROWS, N_Q, BLOCK_CHUNKS,
     )
 
 
@@ -88,10 +89,12 @@ def soft_threshold_compress(
         jax.ShapeDtypeStruct((n, cdiv(k, 8)), jnp.uint8),
     )
     return jt().triton_call(
-        w, jnp.reshape(beta, (1,)).astype(jnp.float32), n, k,
+        w, jnp.reshape(beta, (1,)).astype(jnp.float32),
         kernel=soft_threshold24_kernel,
         out_shape=out_shape,
         grid=(cdiv(n, BLOCK_ROWS), cdiv(k, 8 * BLOCK_CHUNKS)),
+        N_ROWS=n,
+        N_Q=k,
         BLOCK_ROWS=BLOCK_ROWS,
         BLOCK_CHUNKS=BLOCK_CHUNKS,
         num_warps=4,
