@@ -127,11 +127,17 @@ def _native_fp8(backend: Backend) -> bool:
     return isinstance(backend, NativeFp8Forward) and backend.fp8_forward_available()[0]
 
 
-def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
+def _prepare(w, mask, beta, method, backend: Backend, dtype):
+    """Project ``W`` to ``W_s`` and let the backend compress it (in ``dtype``)."""
     w_s, transposable = project_weight(w, mask, beta, method=method)
+    return backend.prepare_weight(w_s.astype(dtype), transposable=transposable)
+
+
+def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
     # a 0-d array of w's dtype: the cotangent of w must come back in it
     w_proto = jnp.zeros((), w.dtype)
     if precision == "fp8":
+        w_s, transposable = project_weight(w, mask, beta, method=method)
         sim = _sim_dtype(backend, *w.shape, x.dtype)
         qw, sw = _fp8.quantize(w_s, _fp8.E4M3)
         qx, sx = _fp8.quantize(x, _fp8.E4M3)
@@ -146,10 +152,8 @@ def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
         # prepared e4m3 values (input-gradient GEMM), with their scales
         protos = (w_proto, jnp.zeros((), x.dtype), jnp.zeros((), sim))
         return z.astype(x.dtype), (qx, sx, w_op, sw, key, protos)
-    if prepared is None:
-        w_op = backend.prepare_weight(w_s.astype(x.dtype), transposable=transposable)
-    else:  # compressed once per optimizer step by the caller (gradient accumulation)
-        w_op = prepared
+    # prepared: compressed once per optimizer step by the caller (gradient accumulation)
+    w_op = _prepare(w, mask, beta, method, backend, x.dtype) if prepared is None else prepared
     z = backend.matmul_fwd(x, w_op)
     return z, (x, w_op, key, w_proto)
 
@@ -208,8 +212,7 @@ def prepare_sparse24_weight(
     be = get_backend(backend)
     _checks.check_rank2(w, "w")
     be.check(*w.shape, dtype)
-    w_s, transposable = project_weight(w, mask, beta, method=method)
-    return be.prepare_weight(w_s.astype(dtype), transposable=transposable)
+    return _prepare(w, mask, beta, method, be, dtype)
 
 
 def sparse24_linear(
