@@ -14,8 +14,27 @@ each chunk is its own tile (``x0 .. x7``). Source element ``(row, q)`` lives at
 its rows), ``W.T`` or ``dZ.T`` without a transpose pass.
 """
 
+import jax
+import jax.numpy as jnp
 import triton
 import triton.language as tl
+
+from ._runtime import cdiv
+
+
+def packed_launch(n_rows: int, n_q: int, dtype, block_rows: int, block_chunks: int) -> dict:
+    """``triton_call``'s ``out_shape`` and ``grid`` for a kernel that writes
+    the packed format of an ``(n_rows, n_q)`` operand (2:4 along ``q``) with
+    ``store_packed``: values ``(n_rows, n_q/2)`` in ``dtype`` and meta
+    ``(n_rows, ceil(n_q/8))`` uint8; one program per ``block_rows`` rows and
+    ``block_chunks`` chunks of 8."""
+    return dict(
+        out_shape=(
+            jax.ShapeDtypeStruct((n_rows, n_q // 2), jnp.dtype(dtype)),
+            jax.ShapeDtypeStruct((n_rows, cdiv(n_q, 8)), jnp.uint8),
+        ),
+        grid=(cdiv(n_rows, block_rows), cdiv(n_q, 8 * block_chunks)),
+    )
 
 
 @triton.jit

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from ._pack import load_chunk8, pick, positions, store_packed
-from ._runtime import cdiv, jt
+from ._pack import load_chunk8, packed_launch, pick, positions, store_packed
+from ._runtime import jt
 
 
 @triton.jit
@@ -99,15 +99,10 @@ def compress(
         raise ValueError(f"the 2:4 axis has length {n_q}: pad it to a multiple of 4")
     stride_row, stride_q = (1, c) if transpose else (c, 1)
     keep = x if mask is None else mask.astype(jnp.uint8)
-    out_shape = (
-        jax.ShapeDtypeStruct((n_rows, n_q // 2), x.dtype if dtype is None else jnp.dtype(dtype)),
-        jax.ShapeDtypeStruct((n_rows, cdiv(n_q, 8)), jnp.uint8),
-    )
     return jt().triton_call(
         x, keep,
         kernel=compress24_kernel,
-        out_shape=out_shape,
-        grid=(cdiv(n_rows, BLOCK_ROWS), cdiv(n_q, 8 * BLOCK_CHUNKS)),
+        **packed_launch(n_rows, n_q, x.dtype if dtype is None else dtype, BLOCK_ROWS, BLOCK_CHUNKS),
         N_ROWS=n_rows,
         N_Q=n_q,
         STRIDE_ROW=stride_row,

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from ._pack import load_chunk8, store_packed
-from ._runtime import cdiv, jt
+from ._pack import load_chunk8, packed_launch, store_packed
+from ._runtime import jt
 
 #: sparse24_jax.mvue.EPS: added to |x| so every element can be drawn.
 EPS = tl.constexpr(1.19209e-07)
@@ -131,15 +131,10 @@ def mvue_compress(key: jax.Array, dz: jax.Array) -> tuple[jax.Array, jax.Array]:
             f"dz must be (M, N) with M (tokens) a multiple of 4, got shape {dz.shape}: pad the tokens"
         )
     m, n = dz.shape
-    out_shape = (
-        jax.ShapeDtypeStruct((n, m // 2), dz.dtype),
-        jax.ShapeDtypeStruct((n, cdiv(m, 8)), jnp.uint8),
-    )
     return jt().triton_call(
         dz, seed_from_key(key),
         kernel=mvue24_kernel,
-        out_shape=out_shape,
-        grid=(cdiv(n, BLOCK_ROWS), cdiv(m, 8 * BLOCK_CHUNKS)),
+        **packed_launch(n, m, dz.dtype, BLOCK_ROWS, BLOCK_CHUNKS),
         N_ROWS=n,
         N_Q=m,
         STRIDE_ROW=1,

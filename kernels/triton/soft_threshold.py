@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from ._pack import load_chunk8, pick, positions, store_packed
-from ._runtime import cdiv, jt
+from ._pack import load_chunk8, packed_launch, pick, positions, store_packed
+from ._runtime import jt
 
 
 @triton.jit
@@ -83,16 +83,10 @@ def soft_threshold_compress(
     if w.ndim != 2 or w.shape[1] % 4:
         raise ValueError(f"w must be (N, K) with K a multiple of 4, got shape {w.shape}")
     n, k = w.shape
-    dtype = w.dtype if dtype is None else jnp.dtype(dtype)
-    out_shape = (
-        jax.ShapeDtypeStruct((n, k // 2), dtype),
-        jax.ShapeDtypeStruct((n, cdiv(k, 8)), jnp.uint8),
-    )
     return jt().triton_call(
         w, jnp.reshape(beta, (1,)).astype(jnp.float32),
         kernel=soft_threshold24_kernel,
-        out_shape=out_shape,
-        grid=(cdiv(n, BLOCK_ROWS), cdiv(k, 8 * BLOCK_CHUNKS)),
+        **packed_launch(n, k, w.dtype if dtype is None else dtype, BLOCK_ROWS, BLOCK_CHUNKS),
         N_ROWS=n,
         N_Q=k,
         BLOCK_ROWS=BLOCK_ROWS,
