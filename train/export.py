@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError
-from .pretrained import load_pretrained, materialised_ffn
+from .pretrained import add_checkpoint_args, load_pretrained, materialised_ffn
 
 log = logging.getLogger("sparse24_train")
 
@@ -138,9 +138,8 @@ def export(checkpoint, out, *, step=None, dense: bool = False, overrides=None) -
 def main(argv=None):
     p = argparse.ArgumentParser(prog="sparse24-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a sparse24-train run directory (or its checkpoints/[STEP])")
+    add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="output directory (model.safetensors, config.json)")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     p.add_argument("--dense", action="store_true", help="write the dense master FFN weights (no 2:4 projection)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field that keeps the shapes, e.g. backend=xla")

@@ -38,7 +38,7 @@ from flax import nnx
 from . import metrics as M
 from .config import ConfigError
 from .data import DataError, get_tokenizer
-from .pretrained import hidden_states, load_pretrained
+from .pretrained import add_checkpoint_args, hidden_states, load_pretrained
 from .tasks import (SQUAD_EPOCHS, Encoded, best_spans, encode_glue, encode_squad, load_split, parse_task,
                     task_path)
 
@@ -264,8 +264,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="sparse24-finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="glue/NAME (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or squad")
-    p.add_argument("--checkpoint", required=True, help="a sparse24-train run directory (or its checkpoints/[STEP])")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    add_checkpoint_args(p)
     p.add_argument("--data-dir", help="TFDS data_dir, or a folder of JSONL files TASK/SPLIT.jsonl")
     p.add_argument("--data-format", default="auto", choices=("auto", "tfds", "jsonl"))
     p.add_argument("--out", help="write results.json here")

@@ -38,6 +38,14 @@ class Pretrained:
     vocab_size: int
 
 
+def add_checkpoint_args(parser) -> None:
+    """The --checkpoint / --step options of the CLIs that load a pretrained run
+    (``load_pretrained(args.checkpoint, step=args.step)``)."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="a sparse24-train run directory (or its checkpoints/[STEP])")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+
+
 def locate(path) -> tuple[Path, Path, int | None]:
     """(run directory, checkpoints folder, step or None for the latest) of a --checkpoint argument."""
     p = Path(path).expanduser().absolute()
