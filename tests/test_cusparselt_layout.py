@@ -361,6 +361,11 @@ def test_check_errors(monkeypatch):
         be.check(64, 96, jnp.bfloat16)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         be.check(64, 64, jnp.float32)
+    # the native FP8 forward takes e4m3 weights only, at the same alignment
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        be.prepare_weight_fp8(jnp.zeros((64, 64), jnp.bfloat16))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        be.prepare_weight_fp8(jnp.zeros((64, 96), jnp.float8_e4m3fn))
 
 
 def _host_ops(monkeypatch, ops_mod):
