@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._vma import match_varying
+
 __all__ = ["gated_activation", "gated", "GATED_KINDS", "set_fused_gated", "fused_gated_enabled"]
 
 GATED_KINDS = ("swiglu", "geglu")
@@ -71,17 +73,18 @@ def gated_activation(h: jax.Array, kind: str) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _fused(h, kind, be):
-    return be.gated_activation(h, kind)
+    return _fused_fwd(h, kind, be)[0]
 
 
 def _fused_fwd(h, kind, be):
-    return be.gated_activation(h, kind), h
+    # the kernels are custom calls, typed invariant under shard_map: give them h's axes
+    return match_varying(be.gated_activation(h, kind), h), h
 
 
 def _fused_bwd(kind, be, h, dy):
     bwd = getattr(be, "gated_activation_bwd", None)
     if bwd is not None:
-        return (bwd(h, dy.astype(h.dtype), kind),)
+        return (match_varying(bwd(h, dy.astype(h.dtype), kind), h),)
     _, vjp = jax.vjp(lambda a: gated_activation(a, kind), h)
     return vjp(dy)
 

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from . import fp8 as _fp8
+from ._vma import match_varying
 from .backend import Backend, NativeFp8Forward, get_backend
 from .mvue import mvue_24
 from .sste import soft_threshold_24
@@ -134,8 +135,8 @@ def _prepare(w, mask, beta, method, backend: Backend, dtype):
 
 
 def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
-    # a 0-d array of w's dtype: the cotangent of w must come back in it
-    w_proto = jnp.zeros((), w.dtype)
+    # a 0-d array of w's dtype (and shard_map axes): the cotangent of w must come back in them
+    w_proto = match_varying(jnp.zeros((), w.dtype), w)
     if precision == "fp8":
         w_s, transposable = project_weight(w, mask, beta, method=method)
         sim = _sim_dtype(backend, *w.shape, x.dtype)
@@ -150,11 +151,12 @@ def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
         z = z.astype(jnp.float32) * (sx * sw)
         # residuals: X in e4m3 (reused by the weight-gradient GEMM) and W_s's
         # prepared e4m3 values (input-gradient GEMM), with their scales
-        protos = (w_proto, jnp.zeros((), x.dtype), jnp.zeros((), sim))
-        return z.astype(x.dtype), (qx, sx, w_op, sw, key, protos)
+        protos = (w_proto, match_varying(jnp.zeros((), x.dtype), x), jnp.zeros((), sim))
+        return match_varying(z.astype(x.dtype), x, w), (qx, sx, w_op, sw, key, protos)
     # prepared: compressed once per optimizer step by the caller (gradient accumulation)
     w_op = _prepare(w, mask, beta, method, backend, x.dtype) if prepared is None else prepared
-    z = backend.matmul_fwd(x, w_op)
+    # under shard_map a custom call's result is typed invariant: give it the operands' axes
+    z = match_varying(backend.matmul_fwd(x, w_op), x, w)
     return z, (x, w_op, key, w_proto)
 
 
@@ -176,10 +178,14 @@ def _bwd(method, backend, precision, res, dz):
             qg, sg = _fp8.quantize(g, _fp8.E5M2)
             g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
         dw = backend.matmul_dw(g_op, qx.astype(sim)).astype(jnp.float32) * (sg * sx)
-        return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, None, None, None
+        # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
+        dx, dw = match_varying(dx.astype(x_proto.dtype), x_proto), match_varying(dw.astype(w_proto.dtype), w_proto)
+        return dx, dw, None, None, None, None
     x, w_op, key, w_proto = res
     dx = backend.matmul_dx(dz, w_op)
     dw = backend.matmul_dw(backend.prune_grad(key, dz), x).astype(w_proto.dtype)
+    # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
+    dx, dw = match_varying(dx, x), match_varying(dw, w_proto)
     # no cotangent for mask, beta (frozen), key and the prepared operands
     return dx, dw, None, None, None, None
 

@@ -28,9 +28,9 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from ._vma import to_varying
 from .linear import sparse24_linear
 
 __all__ = ["ShardConfig", "check_tensor_parallel", "sharded_sparse24_linear"]
@@ -81,12 +81,6 @@ def check_tensor_parallel(n: int, k: int, tp: int, mode: str | None, *, multiple
         )
 
 
-def _to_varying(x, axes):
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(x, tuple(axes), to="varying")
-    return jax.lax.pvary(x, tuple(axes))  # jax < 0.8
-
-
 def sharded_sparse24_linear(
     x: jax.Array,
     w: jax.Array,
@@ -123,9 +117,9 @@ def sharded_sparse24_linear(
         # the tensor axis, so mark the inputs varying there first; the
         # transpose of that cast is the psum that sums the partial gradients.
         if batch:
-            w = _to_varying(w, batch)
+            w = to_varying(w, batch)
         if mode == "column":
-            x = _to_varying(x, (tp_axis,))
+            x = to_varying(x, (tp_axis,))
         if key is not None and batch:
             key = jax.random.fold_in(key, jax.lax.axis_index(batch))
         if key is not None and tp_axis:
