@@ -46,6 +46,7 @@ from . import _checks
 from . import fp8 as _fp8
 from ._vma import match_varying
 from .backend import Backend, NativeFp8Forward, get_backend
+from .masks import mask_24
 from .mvue import mvue_24
 from .sste import soft_threshold_24
 
@@ -71,6 +72,17 @@ def project_weight(w, mask=None, beta=None, *, method: str = "srste"):
     if method == "dense":
         return w, False
     raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+
+
+def search_mask(method: str, backend: str | Backend, w):
+    """The mask a layer of ``method`` keeps for weight ``w``: SR-STE/STE the
+    transposable mask (searched by ``backend``); S-STE the support of the soft
+    threshold (tracked for the flip rate only); dense all True."""
+    if method in ("srste", "ste"):
+        return get_backend(backend).transposable_mask(w)
+    if method == "sste":
+        return mask_24(w, axis=-1)
+    return jnp.ones(w.shape, bool)
 
 
 def _validate(x, w, mask, beta, key, method, mvue, precision="bf16"):

@@ -21,9 +21,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, gated
-from .backend import get_backend
-from .linear import METHODS, PRECISIONS, sparse24_linear
-from .masks import mask_24
+from .linear import METHODS, PRECISIONS, search_mask, sparse24_linear
 from .sste import sste_scale
 
 __all__ = ["SparseLinear", "SparseMLP", "SparseGatedMLP", "refresh_masks", "decay_masks", "COLLECTION"]
@@ -59,7 +57,7 @@ class SparseLinear(nn.Module):
             if self.method != "dense" and v % 4:
                 raise ValueError(f"{name}={v} is not a multiple of 4: choose a size divisible by 4")
         w = self.param("weight", self.kernel_init, (self.features, k), self.param_dtype)
-        mask = self.variable(COLLECTION, "mask", lambda: _search_mask(self.method, self.backend, w))
+        mask = self.variable(COLLECTION, "mask", lambda: search_mask(self.method, self.backend, w))
         beta = None
         if self.method == "sste":
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
@@ -78,14 +76,6 @@ class SparseLinear(nn.Module):
             x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
             precision=self.precision,
         )
-
-
-def _search_mask(method, backend, w):
-    if method in ("srste", "ste"):
-        return get_backend(backend).transposable_mask(w)
-    if method == "sste":
-        return mask_24(w, axis=-1)
-    return jnp.ones(w.shape, bool)
 
 
 class SparseMLP(nn.Module):
@@ -143,7 +133,7 @@ def refresh_masks(params, sparse_state, step, *, mask_interval: int = 40, backen
     for prefix, w, st in _layers(params, sparse_state):
         method = "sste" if "beta" in st else "srste"
         old = st["mask"]
-        new = jax.lax.cond(due, lambda w: _search_mask(method, backend, w), lambda _: old, w)
+        new = jax.lax.cond(due, lambda w: search_mask(method, backend, w), lambda _: old, w)
         flat[prefix + ("mask",)] = new
         flips += jnp.sum(new != old, dtype=jnp.float32)
         total += old.size

@@ -137,3 +137,20 @@ def test_bad_module_arguments():
     with pytest.raises(ValueError, match="unknown backend"):
         s24nnx.SparseLinear(8, 8, backend="nope", rngs=nnx.Rngs(0))
     s24nnx.SparseLinear(10, 6, method="dense", rngs=nnx.Rngs(0))  # dense needs no alignment
+
+
+@pytest.mark.parametrize("method", ["srste", "sste", "dense"])
+def test_deferred_mask_search_gives_the_constructor_masks(method):
+    from sparse24_jax.nnx import deferred_mask_search, search_masks
+
+    eager = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
+    with deferred_mask_search():
+        late = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
+    assert bool(late.fc.mask[...].all()) and bool(late.proj.mask[...].all())  # placeholders
+    search_masks(late)
+    for a, b in ((eager.fc, late.fc), (eager.proj, late.proj)):
+        np.testing.assert_array_equal(np.asarray(a.weight[...]), np.asarray(b.weight[...]))
+        np.testing.assert_array_equal(np.asarray(a.mask[...]), np.asarray(b.mask[...]))
+    # the block ends the deferral
+    again = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
+    np.testing.assert_array_equal(np.asarray(again.fc.mask[...]), np.asarray(eager.fc.mask[...]))

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("sparse24_train")
 from flax import nnx
 
+import sparse24_jax as s24
 from sparse24_train.checkpoint import Checkpointer
 from sparse24_train.config import load_config
 from sparse24_train.train import build, train
@@ -85,3 +86,30 @@ def test_two_devices_data_parallel(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 device(s)" in r.stderr
     assert np.isfinite(float(rows(tmp_path)[-1]["val_loss"]))
+
+
+def test_init_state_like_reshards_instead_of_initialising():
+    """init_state(like=): the same arrays, on the new mesh's shardings; masks searched after the
+    init program (deferred) equal the ones the layers' constructors compute."""
+    from sparse24_train.model import padded_vocab
+    from sparse24_train.sharding import make_mesh
+    from sparse24_train.train import init_state
+
+    cfg = load_config("tiny", ["n_layer=1", "method=srste"])
+    mesh = make_mesh(cfg, 4 * cfg.n_embd)
+    vocab = padded_vocab(cfg, 256)
+    graphdef, state = init_state(cfg, vocab, mesh)
+    model, _ = nnx.merge(graphdef, state)
+    for layer in (model.h[0].mlp.fc, model.h[0].mlp.proj):
+        want = s24.transposable_mask_24(layer.weight[...])  # what the constructor would keep
+        np.testing.assert_array_equal(np.asarray(layer.mask[...]), np.asarray(want))
+        assert not bool(layer.mask[...].all())
+    _, again = init_state(cfg, vocab, mesh, like=state)
+    def raw(a):  # key arrays compare by their data
+        return np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(raw(x), raw(y))
+    other = load_config("tiny", ["n_layer=2", "method=srste"])
+    with pytest.raises(ValueError, match="same config"):
+        init_state(other, vocab, mesh, like=state)

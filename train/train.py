@@ -100,19 +100,36 @@ def train_shardings(graphdef, state, mesh):
     return state_shardings(state, mesh, tensor_parallel_dims(model))
 
 
-def init_state(cfg, vocab_size: int, mesh, dense: bool = False):
+def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
     """(graphdef, state) of a fresh (model, optimizer), each array created directly in its
     sharding on `mesh` (a jit with out_shardings): no whole copy on one device, and the same
-    on every process of a multi-host run. dense: dense fine-tuning switched on."""
+    on every process of a multi-host run. dense: dense fine-tuning switched on.
+
+    like: a state of the same config built on another mesh, to be resharded onto this one
+    instead (the init program of GPT-2 774M took 100 s to compile on an H200; benchmarks
+    that try several meshes pay it once)."""
     def make():
-        model, optimizer = build(cfg, vocab_size, mesh)
+        # masks searched after the jit, one compiled search per weight shape: inlined into
+        # it, the 72 searches of GPT-2 774M made that compile slower still (SR-STE's init
+        # did not finish in 170 s on an H200, where the dense one took 100 s)
+        with s24nnx.deferred_mask_search():
+            model, optimizer = build(cfg, vocab_size, mesh)
         if dense:
             s24nnx.set_dense(model)
         return model, optimizer
 
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     shardings = train_shardings(graphdef, abstract, mesh)
-    return graphdef, jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+    if like is not None:
+        if jax.tree.structure(like) != jax.tree.structure(abstract):
+            raise ValueError("init_state(like=...): that state is not of this config's model and "
+                             "optimizer (its tree differs); build it with the same config")
+        return graphdef, jax.device_put(jax.tree.unflatten(jax.tree.structure(abstract), jax.tree.leaves(like)),
+                                        shardings)
+    state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+    model, optimizer = nnx.merge(graphdef, state)
+    s24nnx.search_masks(model)
+    return graphdef, nnx.state((model, optimizer))
 
 
 def _jit_on_first_call(fn, in_shardings_of, **jit_kwargs):
