@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import logging
 import sys
@@ -53,14 +54,15 @@ def layout_name(layout: str, n: int) -> str:
     return "1 device" if layout == "one" else f"{layout} {n}"
 
 
-def prepare(cfg, seed: int = 0):
+def prepare(cfg, seed: int = 0, like=None):
     """What one timed step needs, built as sparse24_train builds it: (mesh, graphdef, state,
-    step, xs, ys), with a fresh state on cfg's mesh and one batch of random tokens (vocab
+    step, xs, ys), with a fresh state on cfg's mesh (or `like`, a state of the same method
+    from another layout, resharded: init_state's like=) and one batch of random tokens (vocab
     padded from 256 when cfg.vocab_size is 0) already on the devices. Also used by
     benchmarks/step_profile.py."""
     mesh = make_mesh(cfg, ffn_hidden(cfg))
     vocab = padded_vocab(cfg, 256)
-    graphdef, state = init_state(cfg, vocab, mesh)
+    graphdef, state = init_state(cfg, vocab, mesh, like=like)
     step = make_train_step(graphdef, mesh, cfg)
     rng = np.random.default_rng(seed)
     shape = (cfg.grad_accum, cfg.batch_size, cfg.block_size)
@@ -70,11 +72,21 @@ def prepare(cfg, seed: int = 0):
     return mesh, graphdef, state, step, xs, ys
 
 
-def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
-    """tok/s of cfg's training step on cfg's mesh, random tokens."""
-    mesh, _, state, step, xs, ys = prepare(cfg, seed)
+def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dict, object]:
+    """tok/s of cfg's training step on cfg's mesh, random tokens; also the state after the
+    steps (the next layout's `like`: its weights have moved a few steps, which leaves the
+    time per step as it is)."""
+    tp = time.perf_counter()
+    mesh, _, state, step, xs, ys = prepare(cfg, seed, like)
+    like = None  # resharded copy made: free the old layout's buffers before stepping
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    state, m = step(state, xs, ys)  # compiles
+    jax.block_until_ready((state, m))
+    tc = time.perf_counter()
+    print(f"  {cfg.method} on {mesh.size} device(s): state built in {t0 - tp:.1f} s, first step "
+          f"(compilation) {tc - t0:.1f} s", file=sys.stderr, flush=True)
+    for _ in range(warmup - 1):
         state, m = step(state, xs, ys)
     jax.block_until_ready((state, m))
     t1 = time.perf_counter()
@@ -83,10 +95,10 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0) -> dict:
     jax.block_until_ready((state, m))
     dt = time.perf_counter() - t1
     loss = float(m["loss"])
-    del state
     return dict(devices=mesh.size, mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names),
                 global_batch=cfg.batch_size * cfg.grad_accum, tok_per_s=steps * cfg.tokens_per_step / dt,
-                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, loss=loss)
+                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, build_s=t0 - tp, compile_s=tc - t0,
+                loss=loss), state
 
 
 def table(rows) -> str:
@@ -115,8 +127,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--fresh-state", dest="reuse_state", action="store_false",
+                   help="initialise the state again for every layout (default: once per method, then "
+                        "resharded)")
+    p.add_argument("--stack-dump", type=float, default=0, metavar="S",
+                   help="print every thread's Python stack every S seconds (0: never)")
     args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first step compiles)")
     logging.getLogger("sparse24_train").setLevel(logging.ERROR)  # "mesh uses 1 of N devices" is intended
+    if args.stack_dump:  # where a slow row spends its time (tracing, compiling, running)
+        faulthandler.dump_traceback_later(args.stack_dump, repeat=True)
 
     n = args.devices or jax.device_count()
     base = load_config(args.config, list(args.overrides))
@@ -132,7 +153,7 @@ def main(argv=None):
           flush=True)
     rows = []
     for method in methods:
-        single = None
+        single, state = None, None
         for layout in layouts:
             d, f, t = LAYOUTS[layout](n)
             size = d * f * t
@@ -140,7 +161,8 @@ def main(argv=None):
                 base, method=method, backend=args.backend or base.backend, grad_accum=args.grad_accum,
                 batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
                 max_steps=max(base.max_steps, args.steps + args.warmup + 1)).validate()
-            r = measure(cfg, args.steps, args.warmup)
+            # one init per method (it compiles slowly for big models); later layouts reshard it
+            r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None)
             if layout == "one":
                 single = r["tok_per_s"]
             r.update(method=method, backend=cfg.backend if method != "dense" else "-",
@@ -149,12 +171,12 @@ def main(argv=None):
             rows.append(r)
             print(f"{method} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
+            if args.json:  # after every row: a run cut short keeps what it measured
+                meta = dict(config=args.config, overrides=args.overrides, devices=n,
+                            device_kind=jax.devices()[0].device_kind, batch_per_device=args.batch_per_device,
+                            block_size=base.block_size, steps=args.steps)
+                Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(table(rows))
-    if args.json:
-        meta = dict(config=args.config, overrides=args.overrides, devices=n,
-                    device_kind=jax.devices()[0].device_kind, batch_per_device=args.batch_per_device,
-                    block_size=base.block_size, steps=args.steps)
-        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     return rows
 
 

@@ -158,6 +158,22 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert all(x["tok_per_s"] > 0 for x in rows)
 
 
+def test_resume_across_devices_smoke(tmp_path):
+    # saved on 2 forced CPU devices (FSDP), resumed on 1: the losses after the split are the
+    # uninterrupted 2-device run's (same data; mvue off, so only reduction order differs)
+    r = subprocess.run(
+        [sys.executable, "benchmarks/resume_across_devices.py", "--platform", "cpu", "--devices", "2",
+         "--steps", "6", "--split", "3", "--set", "n_layer=1", "--set", "n_embd=64", "--set", "n_head=2",
+         "--set", "block_size=32", "--set", "mvue=false", "--set", "eval_interval=3",
+         "--out", str(tmp_path / "r"), "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert [x["step"] for x in res["rows"]] == [4, 5, 6]
+    assert res["max_rel_train_loss_diff"] < 1e-3, res["rows"]
+    assert abs(res["final_val_loss"]["reference"] - res["final_val_loss"]["resumed"]) < 1e-3
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     # Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed through
