@@ -179,3 +179,24 @@ def test_tfds_source_packs_and_resumes(monkeypatch):
     assert next(iter(src.val_batches(2, 1)))[0].shape == (2, 16)
     with pytest.raises(DataError, match="unknown TFDS dataset 'nope'"):
         make_source(load_config("tiny", {"data": "tfds:nope", "tokenizer": "byte"}))
+
+
+def test_attention_choice(monkeypatch):
+    """'auto' is cuDNN's fused attention only on a GPU in 16-bit; 'cudnn' off the GPU is a clear error."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_train.model import attention_implementation
+
+    assert load_config("tiny").attention == "auto"
+    with pytest.raises(ConfigError, match="attention"):
+        load_config("tiny", ["attention=flash"])
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert attention_implementation("auto", jnp.bfloat16) == "xla"
+    assert attention_implementation("xla", jnp.bfloat16) == "xla"
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU.*'auto' or 'xla'"):
+        attention_implementation("cudnn", jnp.bfloat16)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_implementation("auto", jnp.bfloat16) == "cudnn"
+    assert attention_implementation("auto", jnp.float32) == "xla"  # cuDNN's flash kernels are 16-bit
+    assert attention_implementation("cudnn", jnp.float16) == "cudnn"

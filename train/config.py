@@ -35,6 +35,7 @@ class Config:
     mvue: bool = True            # MVUE-prune the output gradient of the weight-gradient GEMM
     dtype: str = "bfloat16"      # compute dtype; master weights and optimizer state stay float32
     precision: str = "bf16"      # FFN 2:4 GEMMs: "bf16" (in `dtype`) or "fp8" (S-STE's FP8 recipe, simulated)
+    attention: str = "auto"      # "auto" (cuDNN flash attention on NVIDIA GPUs in 16-bit, else XLA), "xla", "cudnn"
 
     # --- optimizer (AdamW, warm-up + cosine) ---
     learning_rate: float = 1e-3
@@ -83,6 +84,7 @@ class Config:
             "ffn": ("gelu", "swiglu"),
             "dtype": ("bfloat16", "float32"),
             "precision": ("bf16", "fp8"),
+            "attention": ("auto", "xla", "cudnn"),
             "tokenizer": ("auto", "gpt2", "byte"),
         }
         for name, allowed in choices.items():

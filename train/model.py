@@ -34,9 +34,27 @@ def ffn_hidden(cfg) -> int:
     return 4 * cfg.n_embd
 
 
+def attention_implementation(choice: str, dtype) -> str:
+    """The `implementation` of jax.nn.dot_product_attention for config field `attention`.
+
+    "auto" picks cuDNN's fused (flash) attention on an NVIDIA GPU for 16-bit inputs: XLA's
+    own attention writes the (B, heads, T, T) scores and probabilities to memory, which at
+    GPT-2 sizes costs as much GPU time as all the FFN GEMMs and hides what 2:4 saves.
+    Elsewhere (CPU, float32) it is XLA's. "cudnn" insists, with a clear error off the GPU.
+    """
+    on_gpu = jax.default_backend() == "gpu"
+    if choice == "cudnn" and not on_gpu:
+        raise ValueError(f"attention = 'cudnn' needs an NVIDIA GPU, and JAX's backend here is "
+                         f"{jax.default_backend()!r}: use attention = 'auto' or 'xla'")
+    if choice == "auto":
+        return "cudnn" if on_gpu and jnp.dtype(dtype).itemsize == 2 else "xla"
+    return choice
+
+
 class CausalSelfAttention(nnx.Module):
     def __init__(self, cfg, dtype, init, proj_init, rngs):
         self.n_head = cfg.n_head
+        self.implementation = attention_implementation(cfg.attention, dtype)
         self.c_attn = nnx.Linear(cfg.n_embd, 3 * cfg.n_embd, use_bias=False, dtype=dtype,
                                  kernel_init=init, rngs=rngs)
         self.c_proj = nnx.Linear(cfg.n_embd, cfg.n_embd, use_bias=False, dtype=dtype,
@@ -46,8 +64,8 @@ class CausalSelfAttention(nnx.Module):
         B, T, C = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         q, k, v = (t.reshape(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
-        # XLA's attention: softmax in float32 internally, causal mask, no dropout.
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        # Softmax in float32 internally (XLA and cuDNN alike), causal mask, no dropout.
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
         return self.c_proj(y.reshape(B, T, C))
 
 
