@@ -16,17 +16,21 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "FP8_DTYPES",
+    "Fp8Probe",
     "TARGETS",
     "compress",
     "compress_masked",
     "compressed_nbytes",
     "emulate_compress",
+    "fp8_name",
     "fp8_probe",
+    "fp8_spmm_trial",
     "lib_compress",
     "load",
     "load_library",
@@ -225,12 +229,15 @@ def lib_compress(a):
 
 
 def spmm(a_buf, b, *, m: int, k: int, transpose_b: bool, d_col_major: bool,
-         out_dtype: Any = None, alpha: float = 1.0):
+         out_dtype: Any = None, alpha: float = 1.0, a_dtype: Any = None):
     """``D = alpha * A @ op(B)`` with A (m x k) compressed in ``a_buf``.
 
     ``b`` is (n, k) with ``transpose_b`` (op = T), else (k, n). The result is
     (m, n), returned as the row-major array D.T of shape (n, m) when
     ``d_col_major`` (cuSPARSELt writes D column-major), else as (m, n).
+    ``a_dtype``: the element type A was compressed from (``a_buf`` is uint8),
+    default ``b.dtype``; fp8 operands may mix e4m3 and e5m2, where cuSPARSELt
+    takes the pair (:func:`fp8_probe`). ``out_dtype`` defaults to ``b.dtype``.
     """
     import jax
     import jax.numpy as jnp
@@ -239,17 +246,30 @@ def spmm(a_buf, b, *, m: int, k: int, transpose_b: bool, d_col_major: bool,
         raise ValueError(f"dense operand must be 2-D, got shape {tuple(b.shape)}")
     n = b.shape[0] if transpose_b else b.shape[1]
     out_dtype = b.dtype if out_dtype is None else jnp.dtype(out_dtype)
+    a_code = _dt_code(b.dtype if a_dtype is None else a_dtype, "the sparse operand (a_dtype)")
     shape = (n, m) if d_col_major else (m, n)
     out = jax.ShapeDtypeStruct(shape, out_dtype)
     d, _ = jax.ffi.ffi_call(_PREFIX + "spmm", (out, _workspace(m, n)))(
         a_buf, b, m=np.int64(m), k=np.int64(k), transpose_b=np.int64(transpose_b),
-        d_col_major=np.int64(d_col_major), alpha=np.float32(alpha),
+        d_col_major=np.int64(d_col_major), a_dtype=np.int64(a_code), alpha=np.float32(alpha),
     )
     return d
 
 
-_DT_CODES = {"bfloat16": 0, "float16": 1, "float8_e4m3fn": 2}
+# dtype codes of the library (its kBF16 ... kE5M2): the compression kernels'
+# emulation and s24_spmm's a_dtype attribute
+_DT_CODES = {"bfloat16": 0, "float16": 1, "float8_e4m3fn": 2, "float8_e5m2": 3}
 _MODES = {"plain": 0, "mask": 1, "mvue": 2}
+
+
+def _dt_code(dtype, what: str) -> int:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
+    if name not in _DT_CODES:
+        raise ValueError(f"{what} must be one of {', '.join(_DT_CODES)}, not {name}")
+    return _DT_CODES[name]
 
 
 def emulate_compress(a: np.ndarray, *, mode: str = "plain", transpose: bool = False,
@@ -257,11 +277,10 @@ def emulate_compress(a: np.ndarray, *, mode: str = "plain", transpose: bool = Fa
     """Run the CUDA compression kernel's code on the CPU (host emulation in
     the same library): the exact index arithmetic of the GPU kernel, for
     tests without a GPU. ``a`` is a numpy array of ml_dtypes bfloat16 /
-    float8_e4m3fn or numpy float16."""
+    float8_e4m3fn / float8_e5m2 or numpy float16."""
     lib = load_library()
     dt_name = np.dtype(a.dtype).name
-    if dt_name not in _DT_CODES:
-        raise ValueError(f"emulate_compress takes bfloat16, float16 or float8_e4m3fn, not {dt_name}")
+    code = _dt_code(a.dtype, "emulate_compress's input")
     src = _aligned_copy(a)
     m, k = _operand_shape(src, transpose)
     out = _aligned_empty(compressed_nbytes(m, k, a.dtype))
@@ -273,7 +292,7 @@ def emulate_compress(a: np.ndarray, *, mode: str = "plain", transpose: bool = Fa
         mk = _aligned_copy(np.asarray(mask).astype(np.uint8))
     sd = np.asarray(seed, dtype=np.uint32).reshape(2)
     rc = lib.s24_emulate_compress(
-        _DT_CODES[dt_name], _MODES[mode], int(transpose), src.ctypes.data,
+        code, _MODES[mode], int(transpose), src.ctypes.data,
         None if mk is None else mk.ctypes.data, sd.ctypes.data, out.ctypes.data, m, k,
     )
     if rc != 0:
@@ -295,43 +314,115 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-_FP8_PROBE: tuple[bool, str] | None = None
+#: the fp8 element types of cuSPARSELt's 2:4 GEMM we can compress and ask for
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+_FP8_ALIASES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 
 
-def fp8_probe() -> tuple[bool, str]:
-    """Whether cuSPARSELt runs an e4m3 x e4m3 -> bfloat16 2:4 GEMM here (the
-    forward of the FP8 recipe: A = W_s row-major, B = X with op T, i.e.
-    K-contiguous), checked once per process on a 64 x 64 x 64 product against
-    numpy, and why not. ``SPARSE24_CUSPARSELT_FP8=0`` turns it off. Safe to
-    call while tracing (it evaluates eagerly)."""
-    global _FP8_PROBE
-    if os.environ.get("SPARSE24_CUSPARSELT_FP8", "1") in ("0", "false", ""):
-        return False, "SPARSE24_CUSPARSELT_FP8=0"
-    with _LOCK:
-        if _FP8_PROBE is not None:
-            return _FP8_PROBE
+class Fp8Probe(NamedTuple):
+    """Result of :func:`fp8_probe`: truthy iff the GEMM ran and was right.
+
+    Unpacks as ``ok, reason`` (the probe's historical ``(bool, str)``).
+    ``reason`` is empty when ``ok``; otherwise it says why not: cuSPARSELt's
+    refusal (its ``CUSPARSE_STATUS_...`` text and the types asked for), a
+    wrong product, or ``SPARSE24_CUSPARSELT_FP8=0``."""
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return bool(self.ok)
+
+
+def fp8_name(dtype) -> str:
+    """``np.dtype(dtype).name`` of an fp8 type (``"e4m3"``/``"e5m2"`` accepted);
+    ValueError for any other type."""
+    import ml_dtypes  # noqa: F401 - registers the fp8 names with numpy
+
+    name = _FP8_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    try:
+        name = np.dtype(name).name
+    except TypeError:
+        name = repr(dtype)
+    if name not in FP8_DTYPES:
+        raise ValueError(f"an fp8 2:4 GEMM operand is one of {', '.join(FP8_DTYPES)}, not {name}")
+    return name
+
+
+def fp8_spmm_trial(sparse_dtype, dense_dtype, m: int = 64, n: int = 64, k: int = 64, *,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One fp8 2:4 GEMM on the GPU, in the FP8 recipe's layout: ``D (m, n) =
+    A @ B.T`` with A (m, k) 2:4 in ``sparse_dtype`` (compressed by our kernel,
+    row-major) and B (n, k) in ``dense_dtype`` (K-contiguous, opB = T: the only
+    fp8 layout cuSPARSELt takes), output bfloat16, compute float32.
+
+    Returns ``(got, want)``: the product as float32 and the float64 numpy
+    product of the same quantized values. Raises what the call raises (a
+    refusal of the type pair carries cuSPARSELt's status and both types).
+    Evaluates eagerly, also while tracing. m must be a multiple of 32 and k of
+    64 (fp8 layout), n of 8."""
     import jax
     import jax.numpy as jnp
     import ml_dtypes
 
-    try:
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((64, 64)).astype(np.float32)
-        keep = np.argsort(-np.abs(a.reshape(64, 16, 4)), axis=-1)[..., :2]
-        mask = np.zeros((64, 16, 4), bool)
-        np.put_along_axis(mask, keep, True, axis=-1)
-        a = np.where(mask.reshape(64, 64), a, 0).astype(ml_dtypes.float8_e4m3fn)
-        b = rng.standard_normal((64, 64)).astype(ml_dtypes.float8_e4m3fn)
-        with jax.ensure_compile_time_eval():
-            buf = compress(jnp.asarray(a))
-            d = spmm(buf, jnp.asarray(b), m=64, k=64, transpose_b=True, d_col_major=False,
-                     out_dtype=jnp.bfloat16)
-            got = np.asarray(jax.device_get(d)).astype(np.float32)
-        want = a.astype(np.float32) @ b.astype(np.float32).T
-        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        result = (True, "") if err < 1e-2 else (False, f"wrong e4m3 product (max rel err {err:.2e})")
-    except Exception as e:  # noqa: BLE001 - any failure means: use the bf16 GEMM
-        result = (False, f"{type(e).__name__}: {str(e)[:300]}")
+    sa = getattr(ml_dtypes, fp8_name(sparse_dtype))
+    sb = getattr(ml_dtypes, fp8_name(dense_dtype))
+    load()  # registers the FFI targets (RuntimeError without a CUDA GPU)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    keep = np.argsort(-np.abs(a.reshape(m, k // 4, 4)), axis=-1)[..., :2]
+    mask = np.zeros((m, k // 4, 4), bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    a = np.where(mask.reshape(m, k), a, 0).astype(sa)
+    b = rng.standard_normal((n, k)).astype(sb)
+    with jax.ensure_compile_time_eval():
+        buf = compress(jnp.asarray(a))
+        d = spmm(buf, jnp.asarray(b), m=m, k=k, transpose_b=True, d_col_major=False,
+                 out_dtype=jnp.bfloat16, a_dtype=a.dtype)
+        got = np.asarray(jax.device_get(d)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64).T
+    return got, want
+
+
+_FP8_PROBES: dict[tuple[str, str], Fp8Probe] = {}
+
+
+def fp8_probe(sparse_dtype: Any = "float8_e4m3fn", dense_dtype: Any = "float8_e4m3fn") -> Fp8Probe:
+    """Whether cuSPARSELt runs a ``sparse_dtype`` x ``dense_dtype`` -> bfloat16
+    2:4 GEMM here, and why not: one 64 x 64 x 64 :func:`fp8_spmm_trial`
+    checked against numpy, once per process and type pair. The dtypes are
+    anything ``np.dtype`` takes (``jnp.float8_e5m2``, ``"float8_e5m2"``) or
+    ``"e4m3"`` / ``"e5m2"``; both default to e4m3, the forward of the FP8
+    recipe (A = W_s row-major, B = X with op T). The gradient GEMMs would pair
+    e4m3 with e5m2 (issue #11; ``benchmarks/fp8_types.py`` tabulates all four
+    pairs).
+
+    Returns an :class:`Fp8Probe`: ``if fp8_probe(...)`` tests it, ``ok, why =
+    fp8_probe(...)`` unpacks it. A refused pair is False with cuSPARSELt's
+    status text in ``.reason``, never an exception (but ValueError for a type
+    that is not fp8). ``SPARSE24_CUSPARSELT_FP8=0`` turns every pair off.
+    Safe to call while tracing (it evaluates eagerly)."""
+    key = (fp8_name(sparse_dtype), fp8_name(dense_dtype))
+    if os.environ.get("SPARSE24_CUSPARSELT_FP8", "1") in ("0", "false", ""):
+        return Fp8Probe(False, "SPARSE24_CUSPARSELT_FP8=0")
     with _LOCK:
-        _FP8_PROBE = result
+        if key in _FP8_PROBES:
+            return _FP8_PROBES[key]
+    pair = f"{key[0]} x {key[1]}"
+    try:
+        got, want = fp8_spmm_trial(*key)
+        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+        result = (Fp8Probe(True, "") if err < 1e-2 else
+                  Fp8Probe(False, f"wrong {pair} product (max rel err {err:.2e})"))
+    except Exception as e:  # noqa: BLE001 - any failure means: do not use this pair
+        result = Fp8Probe(False, f"{pair}: {type(e).__name__}: {_short(str(e))}")
+    with _LOCK:
+        _FP8_PROBES[key] = result
     return result
+
+
+def _short(msg: str, limit: int = 1000) -> str:
+    """An error message, bounded (the handler's refusals fit: status, then
+    the types asked for)."""
+    msg = msg.strip()
+    return msg if len(msg) <= limit else msg[:limit] + " ..."

@@ -6,9 +6,11 @@
 //
 // Contents
 //   * s24_spmm            D = A_sparse @ op(B): cuSPARSELt matmul, A given in
-//                         cuSPARSELt's compressed 2:4 format. Plan cache keyed by
-//                         (device, m, n, k, dtypes, layouts); algorithm search
-//                         once per key, never under CUDA-graph capture.
+//                         cuSPARSELt's compressed 2:4 format (a uint8 buffer; its
+//                         element type comes in the a_dtype attribute, B's from
+//                         its buffer, so fp8 A and B may differ). Plan cache keyed
+//                         by (device, m, n, k, A/B/D dtypes, layouts); algorithm
+//                         search once per key, never under CUDA-graph capture.
 //   * s24_compress        our fused kernel writing cuSPARSELt's compressed format
 //                         of a 2:4 matrix A (or of the transpose of the input).
 //   * s24_compress_masked the same with a mask applied first (prune + compress).
@@ -21,6 +23,9 @@
 //   bytes = m*k/2*es (values, row-major (m, k/2), kept pair in column order)
 //         + Mr*Kc/8  (metadata: one nibble idx0 | idx1 << 2 per group)
 //   Mr = ceil(m/64)*64, Kc = k (16-bit) or ceil(k/64)*64 (fp8); padding = 0xE.
+//   fp8 is e4m3 or e5m2: the layout depends on the element size only (the
+//   e5m2 identity with the library's compression is checked on the GPU,
+//   tests/gpu/test_cusparselt.py).
 //   nibble q in byte q/2, high nibble when q is odd, with
 //   16-bit: q = (r/64)*16*Kc + (g/8)*512 + ((r%64)/16)*128 + (r%8)*16
 //              + (r%16)/8 + (g%4)*4 + ((g%8)/4)*2
@@ -150,8 +155,10 @@ __host__ __device__ inline int64_t CompressedBytes(int64_t m, int64_t k, int es)
   return ValueBytes(m, k, es) + RoundUp(m, 64) * MetaCols(k, es) / 8;
 }
 
-// Dtype codes of the compression kernels.
-enum : int { kBF16 = 0, kF16 = 1, kE4M3 = 2 };
+// Dtype codes of the compression kernels, and of the sparse operand of
+// s24_spmm (its `a_dtype` attribute: the compressed buffer itself is uint8).
+// ops.py's _DT_CODES mirrors them.
+enum : int { kBF16 = 0, kF16 = 1, kE4M3 = 2, kE5M2 = 3, kNumDtypes = 4 };
 
 template <int DT>
 struct DTraits;
@@ -194,6 +201,21 @@ struct DTraits<kE4M3> {
   }
   static __host__ __device__ inline uint32_t FromFloat(float f) {
     return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3));
+  }
+};
+// e5m2 (the FP8 recipe's gradient type): sign-magnitude like e4m3, so the
+// same kMag ordering picks the two largest magnitudes; MVUE values saturate to
+// +-57344 instead of becoming inf (as e4m3 saturates to 448).
+template <>
+struct DTraits<kE5M2> {
+  using Bits = uint8_t;
+  static constexpr uint32_t kMag = 0x7Fu;
+  static __host__ __device__ inline float ToFloat(uint32_t b) {
+    const __half_raw hr = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E5M2);
+    return __half2float(__half(hr));
+  }
+  static __host__ __device__ inline uint32_t FromFloat(float f) {
+    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E5M2));
   }
 };
 
@@ -722,7 +744,8 @@ template <int DT, int MODE, bool TRANS>
 static cudaError_t LaunchOrEmulate(cudaStream_t stream, bool emulate, const void* src,
                                    const uint8_t* mask, const uint32_t* seed, uint8_t* out,
                                    int64_t m, int64_t k) {
-  if constexpr (MODE == kModeMvue && TRANS && DT != kE4M3) {
+  // the dedicated MVUE kernel moves 16-bit pairs as 32-bit words: 16-bit types only
+  if constexpr (MODE == kModeMvue && TRANS && sizeof(typename DTraits<DT>::Bits) == 2) {
     using K = MvueTransposed<DT>;
     if (K::Takes(m, k)) {
       typename K::Args args{static_cast<const uint32_t*>(src), seed, out, m, k};
@@ -761,8 +784,12 @@ static cudaError_t LaunchCompress(cudaStream_t stream, int dt, bool trans, const
       return LaunchCompressT<kBF16, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
     case kF16:
       return LaunchCompressT<kF16, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
-    default:
+    case kE4M3:
       return LaunchCompressT<kE4M3, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
+    case kE5M2:
+      return LaunchCompressT<kE5M2, MODE>(stream, emulate, trans, src, mask, seed, out, m, k);
+    default:
+      return cudaErrorInvalidValue;  // callers validate dt first (KernelDtype)
   }
 }
 
@@ -784,8 +811,56 @@ static bool KernelDtype(ffi::DataType t, int* dt, int* es) {
       *dt = kE4M3;
       *es = 1;
       return true;
+    case ffi::DataType::F8E5M2:
+      *dt = kE5M2;
+      *es = 1;
+      return true;
     default:
       return false;
+  }
+}
+
+static int KernelDtypeBytes(int dt) { return dt == kE4M3 || dt == kE5M2 ? 1 : 2; }
+
+static const char* KernelDtypeName(int dt) {
+  switch (dt) {
+    case kBF16:
+      return "bfloat16";
+    case kF16:
+      return "float16";
+    case kE4M3:
+      return "float8_e4m3fn";
+    case kE5M2:
+      return "float8_e5m2";
+    default:
+      return "unknown dtype code";
+  }
+}
+
+static cudaDataType KernelCudaDtype(int dt) {
+  switch (dt) {
+    case kBF16:
+      return CUDA_R_16BF;
+    case kF16:
+      return CUDA_R_16F;
+    case kE4M3:
+      return CUDA_R_8F_E4M3;
+    default:
+      return CUDA_R_8F_E5M2;
+  }
+}
+
+// The numpy / JAX name of a buffer's dtype, for error messages.
+static std::string FfiDtypeName(ffi::DataType t) {
+  int dt, es;
+  if (KernelDtype(t, &dt, &es)) return KernelDtypeName(dt);
+  switch (t) {
+    case ffi::DataType::F32:
+      return "float32";
+    case ffi::DataType::U8:
+      return "uint8";
+    default:
+      return "dtype #" + std::to_string(static_cast<int>(t));
   }
 }
 
@@ -799,6 +874,9 @@ static bool CudaDtype(ffi::DataType t, cudaDataType* out) {
       return true;
     case ffi::DataType::F8E4M3FN:
       *out = CUDA_R_8F_E4M3;
+      return true;
+    case ffi::DataType::F8E5M2:
+      *out = CUDA_R_8F_E5M2;
       return true;
     case ffi::DataType::F32:
       *out = CUDA_R_32F;
@@ -830,12 +908,14 @@ static ffi::Error CheckCompress(const ffi::AnyBuffer& src, const ffi::AnyBuffer&
                                 bool trans, int* dt, int64_t* m, int64_t* k) {
   int es = 0;
   if (!KernelDtype(src.element_type(), dt, &es)) {
-    return InvalidArg("compression supports bfloat16, float16 and float8_e4m3fn inputs");
+    return InvalidArg("compression supports bfloat16, float16, float8_e4m3fn and float8_e5m2 "
+                      "inputs, got " + FfiDtypeName(src.element_type()));
   }
   auto d = src.dimensions();
   if (d.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
   *m = trans ? d[1] : d[0];
   *k = trans ? d[0] : d[1];
+  // every 1-byte (fp8) type: rows a multiple of 32 (SPEC.md)
   const int64_t m_mult = es == 2 ? 8 : 32;
   if (*k % 32 != 0 || *m % m_mult != 0) {
     return InvalidArg("compressed operand A is " + std::to_string(*m) + " x " +
@@ -920,13 +1000,15 @@ static ffi::Error MvueCompressImpl(cudaStream_t stream, int32_t device, ffi::Any
 // cuSPARSELt state: one handle per device, plans cached per key
 // ---------------------------------------------------------------------------
 
+// type_a / type_b: cudaDataType of the sparse A and the dense B, separately
+// (fp8 recipes mix e4m3 and e5m2 operands).
 struct PlanKey {
   int64_t m, n, k;
-  int type_ab, type_d;
+  int type_a, type_b, type_d;
   bool transpose_b, d_col_major;
   bool operator==(const PlanKey& o) const {
-    return m == o.m && n == o.n && k == o.k && type_ab == o.type_ab && type_d == o.type_d &&
-           transpose_b == o.transpose_b && d_col_major == o.d_col_major;
+    return m == o.m && n == o.n && k == o.k && type_a == o.type_a && type_b == o.type_b &&
+           type_d == o.type_d && transpose_b == o.transpose_b && d_col_major == o.d_col_major;
   }
 };
 
@@ -937,7 +1019,8 @@ struct PlanKeyHash {
     mix(static_cast<uint64_t>(p.m));
     mix(static_cast<uint64_t>(p.n));
     mix(static_cast<uint64_t>(p.k));
-    mix(static_cast<uint64_t>(p.type_ab));
+    mix(static_cast<uint64_t>(p.type_a));
+    mix(static_cast<uint64_t>(p.type_b));
     mix(static_cast<uint64_t>(p.type_d));
     mix(p.transpose_b ? 1u : 0u);
     mix(p.d_col_major ? 1u : 0u);
@@ -1003,18 +1086,19 @@ static ffi::Error GetDeviceState(int device, DeviceState** out) {
 // (k, n) with op = N. D is (m, n), column-major when d_col_major (that is,
 // the row-major (n, m) array D^T), else row-major.
 static ffi::Error CreatePlan(const cusparseLtHandle_t* h, const PlanKey& key, Plan* p) {
-  const auto tab = static_cast<cudaDataType>(key.type_ab);
+  const auto ta = static_cast<cudaDataType>(key.type_a);
+  const auto tb = static_cast<cudaDataType>(key.type_b);
   const auto td = static_cast<cudaDataType>(key.type_d);
   const uint32_t align = 16;
-  S24_LT_CHECK(cusparseLtStructuredDescriptorInit(h, &p->mat_a, key.m, key.k, key.k, align, tab,
-                                                  CUSPARSE_ORDER_ROW,
-                                                  CUSPARSELT_SPARSITY_50_PERCENT));
-  cusparseStatus_t s;
+  cusparseStatus_t s = cusparseLtStructuredDescriptorInit(
+      h, &p->mat_a, key.m, key.k, key.k, align, ta, CUSPARSE_ORDER_ROW,
+      CUSPARSELT_SPARSITY_50_PERCENT);
+  if (s != CUSPARSE_STATUS_SUCCESS) return LtError("cusparseLtStructuredDescriptorInit(A)", s);
   if (key.transpose_b) {
-    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.n, key.k, key.k, align, tab,
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.n, key.k, key.k, align, tb,
                                       CUSPARSE_ORDER_ROW);
   } else {
-    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.k, key.n, key.n, align, tab,
+    s = cusparseLtDenseDescriptorInit(h, &p->mat_b, key.k, key.n, key.n, align, tb,
                                       CUSPARSE_ORDER_ROW);
   }
   if (s != CUSPARSE_STATUS_SUCCESS) {
@@ -1088,21 +1172,57 @@ static ffi::Error TakeWorkspace(ffi::Result<ffi::AnyBuffer>& ws, size_t bytes, v
   return ffi::Error::Success();
 }
 
+// What a matmul asked cuSPARSELt for, appended to its errors: a refusal of a
+// type combination (NOT_SUPPORTED, INVALID_VALUE, ...) must say which types.
+static std::string SpmmRequestText(int a_dt, ffi::DataType tb, ffi::DataType td, int64_t m,
+                                   int64_t n, int64_t k, bool transpose_b, bool d_col_major) {
+  return std::string("sparse A ") + KernelDtypeName(a_dt) + " x dense B " + FfiDtypeName(tb) +
+         " -> D " + FfiDtypeName(td) + ", compute float32, m=" + std::to_string(m) +
+         ", n=" + std::to_string(n) + ", k=" + std::to_string(k) +
+         (transpose_b ? ", opB=T" : ", opB=N") + (d_col_major ? ", D column-major" : ", D row-major");
+}
+
+static ffi::Error WithRequest(ffi::Error e, const std::string& request) {
+  if (e.success()) return e;
+  return ffi::Error(e.errc().value_or(ffi::ErrorCode::kInternal),
+                    e.message() + " [asked for: " + request + "]");
+}
+
 // D = A_sparse @ op(B) (see CreatePlan for the layouts); alpha scales the
-// product (beta = 0).
+// product (beta = 0). a_dtype: the kernel dtype code (kBF16 ...) of the values
+// in the compressed buffer `a`; B's type is its buffer's. cuSPARSELt decides
+// which (A, B) fp8 pairs it runs; its refusals come back as errors naming the
+// status and both types.
 static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
                            ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> d,
-                           ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
-                           float alpha) {
-  cudaDataType tab, td;
-  if (!CudaDtype(b.element_type(), &tab) || b.element_type() == ffi::DataType::F32) {
-    return InvalidArg("the dense operand must be bfloat16, float16 or float8_e4m3fn");
+                           ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
+                           int64_t transpose_b, int64_t d_col_major, int64_t a_dtype, float alpha) {
+  if (a_dtype < 0 || a_dtype >= kNumDtypes) {
+    return InvalidArg("a_dtype = " + std::to_string(a_dtype) + " is not a dtype code of the "
+                      "sparse operand (0 bfloat16, 1 float16, 2 float8_e4m3fn, 3 float8_e5m2); "
+                      "call ops.spmm(..., a_dtype=...)");
   }
+  const int a_dt = static_cast<int>(a_dtype);
+  const int es = KernelDtypeBytes(a_dt);
+  int b_dt, b_es;
+  if (!KernelDtype(b.element_type(), &b_dt, &b_es)) {
+    return InvalidArg("the dense operand must be bfloat16, float16, float8_e4m3fn or float8_e5m2, "
+                      "got " + FfiDtypeName(b.element_type()));
+  }
+  // Mixed types only among the fp8 ones (the question of e4m3 x e5m2 GEMMs);
+  // a 16-bit A with another B has no cuSPARSELt kernel, and the buffer layout
+  // follows A's element size.
+  if (b_es != es || (es == 2 && b_dt != a_dt)) {
+    return InvalidArg(std::string("the sparse operand is ") + KernelDtypeName(a_dt) +
+                      " but the dense one is " + FfiDtypeName(b.element_type()) +
+                      ": 16-bit operands must have the same type, fp8 ones may mix e4m3 and "
+                      "e5m2 (cast one operand)");
+  }
+  cudaDataType td;
   if (!CudaDtype(d->element_type(), &td)) {
-    return InvalidArg("the output must be bfloat16, float16, float8_e4m3fn or float32");
+    return InvalidArg("the output must be bfloat16, float16, float8_e4m3fn, float8_e5m2 or "
+                      "float32, got " + FfiDtypeName(d->element_type()));
   }
-  int kdt, es;
-  KernelDtype(b.element_type(), &kdt, &es);
   auto bd = b.dimensions();
   if (bd.size() != 2) return InvalidArg("dense operand must be 2-D, got " + DimsText(b));
   const int64_t n = transpose_b ? bd[0] : bd[1];
@@ -1121,7 +1241,8 @@ static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
       static_cast<int64_t>(a.element_count()) != CompressedBytes(m, k, es)) {
     return InvalidArg("compressed operand must be uint8 of shape (" +
                       std::to_string(CompressedBytes(m, k, es)) + ",) for a " + std::to_string(m) +
-                      " x " + std::to_string(k) + " matrix, got " + DimsText(a));
+                      " x " + std::to_string(k) + " " + KernelDtypeName(a_dt) + " matrix, got " +
+                      DimsText(a));
   }
   if (k % 32 != 0 || m % 8 != 0 || n % 8 != 0) {
     return InvalidArg("shapes m=" + std::to_string(m) + ", n=" + std::to_string(n) +
@@ -1143,14 +1264,18 @@ static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
   S24_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
 
+  cudaDataType tb;
+  CudaDtype(b.element_type(), &tb);  // cannot fail: KernelDtype took it
+  const std::string request = SpmmRequestText(a_dt, b.element_type(), d->element_type(), m, n, k,
+                                              transpose_b != 0, d_col_major != 0);
   std::lock_guard<std::mutex> lock(state->mu);
-  const PlanKey key{m, n, k, static_cast<int>(tab), static_cast<int>(td), transpose_b != 0,
-                    d_col_major != 0};
+  const PlanKey key{m, n, k, static_cast<int>(KernelCudaDtype(a_dt)), static_cast<int>(tb),
+                    static_cast<int>(td), transpose_b != 0, d_col_major != 0};
   Plan* plan = nullptr;
   auto it = state->plans.find(key);
   if (it == state->plans.end()) {
     auto fresh = std::make_unique<Plan>();
-    S24_RETURN_IF_ERROR(CreatePlan(&state->handle, key, fresh.get()));
+    S24_RETURN_IF_ERROR(WithRequest(CreatePlan(&state->handle, key, fresh.get()), request));
     plan = fresh.get();
     state->plans.emplace(key, std::move(fresh));
     g_num_plans.fetch_add(1);
@@ -1161,7 +1286,8 @@ static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
     return ffi::Error::Internal(
         "sparse24 cuSPARSELt: this cuSPARSELt expects a compressed buffer of " +
         std::to_string(plan->compressed_size) + " bytes for a " + std::to_string(m) + " x " +
-        std::to_string(k) + " matrix but sparse24 writes " + std::to_string(a.element_count()) +
+        std::to_string(k) + " " + KernelDtypeName(a_dt) + " matrix but sparse24 writes " +
+        std::to_string(a.element_count()) +
         ": the compressed layout this library assumes (verified on cuSPARSELt 0.8) does not "
         "hold for this version; use backend='xla' or 'triton'");
   }
@@ -1173,17 +1299,26 @@ static ffi::Error SpmmImpl(cudaStream_t stream, int32_t device,
     void* ws = nullptr;
     S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
     cudaStream_t streams[1] = {stream};
-    S24_LT_CHECK(cusparseLtMatmulSearch(&state->handle, &plan->plan, &alpha, a.untyped_data(),
-                                        b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
-    S24_LT_CHECK(cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace));
+    cusparseStatus_t s = cusparseLtMatmulSearch(&state->handle, &plan->plan, &alpha,
+                                                a.untyped_data(), b.untyped_data(), &beta, d_ptr,
+                                                d_ptr, ws, streams, 1);
+    if (s != CUSPARSE_STATUS_SUCCESS) {
+      return WithRequest(LtError("cusparseLtMatmulSearch", s), request);
+    }
+    s = cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace);
+    if (s != CUSPARSE_STATUS_SUCCESS) {
+      return WithRequest(LtError("cusparseLtMatmulGetWorkspace", s), request);
+    }
     plan->searched = true;
     g_num_searches.fetch_add(1);
   }
   void* ws = nullptr;
   S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
   cudaStream_t streams[1] = {stream};
-  S24_LT_CHECK(cusparseLtMatmul(&state->handle, &plan->plan, &alpha, a.untyped_data(),
-                                b.untyped_data(), &beta, d_ptr, d_ptr, ws, streams, 1));
+  const cusparseStatus_t s = cusparseLtMatmul(&state->handle, &plan->plan, &alpha,
+                                              a.untyped_data(), b.untyped_data(), &beta, d_ptr,
+                                              d_ptr, ws, streams, 1);
+  if (s != CUSPARSE_STATUS_SUCCESS) return WithRequest(LtError("cusparseLtMatmul", s), request);
   g_num_matmuls.fetch_add(1);
   return ffi::Error::Success();
 }
@@ -1196,7 +1331,8 @@ static ffi::Error LibCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyB
   cudaDataType t;
   int kdt, es;
   if (!KernelDtype(src.element_type(), &kdt, &es) || !CudaDtype(src.element_type(), &t)) {
-    return InvalidArg("compression supports bfloat16, float16 and float8_e4m3fn inputs");
+    return InvalidArg("compression supports bfloat16, float16, float8_e4m3fn and float8_e5m2 "
+                      "inputs, got " + FfiDtypeName(src.element_type()));
   }
   auto sd = src.dimensions();
   if (sd.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
@@ -1259,6 +1395,7 @@ static ffi::Error LibCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyB
       .Attr<int64_t>("k")                         \
       .Attr<int64_t>("transpose_b")               \
       .Attr<int64_t>("d_col_major")               \
+      .Attr<int64_t>("a_dtype")                   \
       .Attr<float>("alpha")
 
 // The default: XLA runs it as a plain custom call (never inside its CUDA graphs).
@@ -1333,7 +1470,7 @@ __attribute__((visibility("default"))) int64_t s24_num_matmuls(void) {
 }
 
 // Host emulation of the compression kernels (the same code, run block by
-// block on the CPU) for tests without a GPU. dt: 0 bf16, 1 f16, 2 e4m3;
+// block on the CPU) for tests without a GPU. dt: 0 bf16, 1 f16, 2 e4m3, 3 e5m2;
 // mode: 0 plain, 1 masked, 2 MVUE; src (and mask) as the kernels take them,
 // 16-byte aligned; out must hold s24_compressed_bytes(m, k, es) bytes.
 // Returns 0, or -1 for shapes the kernels do not take.
@@ -1343,11 +1480,10 @@ __attribute__((visibility("default"))) int s24_emulate_compress(int dt, int mode
                                                                 const uint32_t* seed,
                                                                 uint8_t* out, int64_t m,
                                                                 int64_t k) {
-  const int64_t m_mult = dt == s24::kE4M3 ? 32 : 8;
-  if (dt < 0 || dt > 2 || mode < 0 || mode > 2 || m < 0 || k < 0 || k % 32 != 0 ||
-      m % m_mult != 0) {
-    return -1;
-  }
+  if (dt < 0 || dt >= s24::kNumDtypes || mode < 0 || mode > 2 || m < 0 || k < 0) return -1;
+  // as CheckCompress: rows a multiple of 32 for every 1-byte (fp8) type
+  const int64_t m_mult = s24::KernelDtypeBytes(dt) == 1 ? 32 : 8;
+  if (k % 32 != 0 || m % m_mult != 0) return -1;
   if (m == 0 || k == 0) return 0;
   cudaError_t e;
   switch (mode) {

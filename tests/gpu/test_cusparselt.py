@@ -4,7 +4,9 @@ nvidia-cusparselt wheel; the library is built on first use).
 Byte identity of our compression kernels (W, W^T, masked, MVUE) with the
 numpy reference and with cuSPARSELt's own compression; the three products
 against jnp.dot on the decompressed operands; jit + grad through
-sparse24_linear; shard_map; the plan cache; errors for bad input.
+sparse24_linear; shard_map; the plan cache; errors for bad input; which fp8
+pairs (e4m3 / e5m2, sparse x dense) cuSPARSELt runs, and that the others are
+refused by name, never answered with wrong numbers (issue #11).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sparse24_jax_kernels.cusparselt import layout  # noqa: E402
 from _random24 import random_24  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E5M2 = np.dtype(ml_dtypes.float8_e5m2)
+FP8_IDS = {E4M3: "e4m3", E5M2: "e5m2"}
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +100,48 @@ def test_masked_compress_matches_library(ops):
     )
 
 
-def test_fp8_compress_matches_library(ops):
-    e4m3 = np.dtype(ml_dtypes.float8_e4m3fn)
-    a = random_24(np.random.default_rng(3), 128, 256, e4m3)
+@pytest.mark.parametrize("dtype", [E4M3, E5M2], ids=FP8_IDS.get)
+def test_fp8_compress_matches_library(ops, dtype):
+    a = random_24(np.random.default_rng(3), 128, 256, dtype)
     ours = as_np(ops.compress(jnp.asarray(a)))
     assert np.array_equal(ours, layout.compress(a))
     try:
         lib = as_np(ops.lib_compress(jnp.asarray(a)))
     except Exception as err:  # noqa: BLE001
-        pytest.skip(f"cuSPARSELt does not compress e4m3 here: {err}")
+        pytest.skip(f"cuSPARSELt does not compress {dtype.name} here: {err}")
+    # for e5m2 this checks the assumption that the fp8 layout is e4m3's
     assert np.array_equal(ours, lib)
+
+
+def _same_pruned(back, want):
+    """Bits equal where ``want`` is non-zero; zeros (+0 or -0) come back as zeros."""
+    wb, bb = want.view(np.uint8), back.view(np.uint8)
+    nz = (wb & 0x7F) != 0
+    return np.array_equal(wb[nz], bb[nz]) and np.all((bb[~nz] & 0x7F) == 0)
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (128, 256), (3072, 768)])
+def test_e5m2_compress_roundtrip(ops, m, k):
+    """e5m2 (the gradients' fp8 type): compress, transposed compress and
+    prune + compress of a masked dense matrix, decompressed, give back the
+    pruned input exactly."""
+    rng = np.random.default_rng(m + k)
+    a = random_24(rng, m, k, E5M2)
+    buf = as_np(jax.jit(ops.compress)(jnp.asarray(a)))
+    assert _same_pruned(layout.decompress(buf, m, k, E5M2), a)
+    assert np.array_equal(buf, ops.emulate_compress(a))  # the host emulation agrees
+    at = jnp.asarray(np.ascontiguousarray(a.T))
+    assert np.array_equal(as_np(ops.compress(at, transpose=True)), buf)
+    # dense, then masked: the kernel prunes and compresses in one pass
+    x = (rng.standard_normal((m, k)) * 1000).astype(E5M2)
+    mask = np.zeros((m, k // 4, 4), bool)
+    np.put_along_axis(mask, rng.permuted(np.tile(np.arange(4), (m, k // 4, 1)), axis=-1)[..., :2],
+                      True, axis=-1)
+    mask = mask.reshape(m, k)
+    pruned = np.where(mask, x, np.zeros((), E5M2))
+    got = as_np(ops.compress_masked(jnp.asarray(x), jnp.asarray(mask)))
+    assert _same_pruned(layout.decompress(got, m, k, E5M2), pruned)
+    assert np.array_equal(got, layout.compress(pruned))
 
 
 @pytest.mark.parametrize("m_tok,n", [(1024, 256), (16384, 768)])
@@ -265,6 +302,77 @@ def test_fp8_probe(ops):
     print(f"e4m3 2:4 GEMM: {'yes' if ok else 'no: ' + why}")
     if _hopper():
         assert ok, f"cuSPARSELt ran no e4m3 2:4 GEMM on this Hopper GPU: {why}"
+
+
+FP8_PAIRS = [(E4M3, E4M3), (E4M3, E5M2), (E5M2, E4M3), (E5M2, E5M2)]
+
+
+def _fp8_pair_id(pair):
+    return f"{FP8_IDS[pair[0]]}x{FP8_IDS[pair[1]]}"
+
+
+@pytest.mark.parametrize("pair", FP8_PAIRS, ids=_fp8_pair_id)
+@pytest.mark.parametrize("m,n,k", [(64, 64, 64), (1024, 512, 768)])
+def test_fp8_pair_right_or_refused_by_name(ops, pair, m, n, k):
+    """Sparse A x dense B for each fp8 pair, in the recipe's layout (opB = T,
+    output bf16). e4m3 x e4m3 must run and be right on Hopper; any pair either
+    matches the float64 product of the same quantized values or raises an
+    error naming cuSPARSELt's status and both types, never wrong numbers. The
+    probe must say the same."""
+    sparse, dense = pair
+    rng = np.random.default_rng(m + n + k)
+    a = random_24(rng, m, k, sparse)
+    b = rng.standard_normal((n, k)).astype(dense)
+    f = jax.jit(lambda buf, b: ops.spmm(buf, b, m=m, k=k, transpose_b=True, d_col_major=False,
+                                        out_dtype=jnp.bfloat16, a_dtype=sparse))
+    probe = ops.fp8_probe(sparse, dense)
+    try:
+        d = as_np(f(ops.compress(jnp.asarray(a)), jnp.asarray(b)))
+    except Exception as err:  # noqa: BLE001 - a refusal is allowed, if it says what and why
+        msg = str(err)
+        print(f"{sparse.name} x {dense.name}: refused: {msg[:400]}")
+        if sparse == dense == E4M3 and _hopper():
+            raise AssertionError(f"cuSPARSELt refused e4m3 x e4m3 on this Hopper GPU: {msg}") from err
+        assert "CUSPARSE_STATUS_" in msg, msg
+        assert f"sparse A {sparse.name}" in msg and f"dense B {dense.name}" in msg, msg
+        assert not probe and "CUSPARSE_STATUS_" in probe.reason, probe
+        return
+    want = a.astype(np.float64) @ b.astype(np.float64).T
+    got = d.astype(np.float64)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    print(f"{sparse.name} x {dense.name}: ran, max rel err {err:.2e}")
+    # bf16 output of a float32 accumulation of exact fp8 products: <= 2^-8 relative
+    assert err < 1e-2, f"{sparse.name} x {dense.name}: accepted but wrong (max rel err {err:.2e})"
+    assert probe, probe.reason
+
+
+def test_fp8_plan_key_has_both_types(ops):
+    """A plan per (A, B) type pair at one shape: a plan built for e4m3 x e4m3
+    is never reused for a mixed pair (it would read B's bytes as e4m3)."""
+    m, n, k = 96, 128, 192  # a shape no other test plans in fp8
+    rng = np.random.default_rng(1)
+    plans = ops.stats()["plans"]
+    ran = 0
+    for sparse, dense in FP8_PAIRS:
+        a = random_24(rng, m, k, sparse)
+        b = rng.standard_normal((n, k)).astype(dense)
+        try:
+            d = ops.spmm(ops.compress(jnp.asarray(a)), jnp.asarray(b), m=m, k=k, transpose_b=True,
+                         d_col_major=False, out_dtype=jnp.bfloat16, a_dtype=sparse)
+            d.block_until_ready()
+        except Exception as err:  # noqa: BLE001 - a refused pair builds no plan
+            assert "CUSPARSE_STATUS_" in str(err), err
+            continue
+        ran += 1
+        assert ops.stats()["plans"] == plans + ran, (sparse.name, dense.name)
+    assert ran >= 1 or not _hopper()
+
+
+def test_spmm_mixed_16bit_and_fp8_rejected(ops):
+    buf = ops.compress(jnp.zeros((64, 64), jnp.float8_e4m3fn))
+    with pytest.raises(Exception, match="sparse operand is float8_e4m3fn but the dense one is bfloat16"):
+        ops.spmm(buf, jnp.zeros((64, 64), jnp.bfloat16), m=64, k=64, transpose_b=True,
+                 d_col_major=False, a_dtype=jnp.float8_e4m3fn).block_until_ready()
 
 
 @pytest.mark.parametrize("m,n,k", [(200, 128, 128), (16384, 3072, 768)])
