@@ -46,6 +46,13 @@ for s in "$@"; do
     conv) stage conv bash -c 'python3 -m train.prepare_text --out /tmp/pystdlib && python3 -m train --config gpt2-conv-gpu --set data=/tmp/pystdlib --compare ${CONV_METHODS:-dense,srste,sste,ste} --out /tmp/conv --no-progress ${CONV_ARGS:-}; r=$?; cp /tmp/conv/compare.png "$OUT/" 2>/dev/null; (cd /tmp && tar -czf "$OUT/conv.tgz" --exclude=checkpoints conv); exit $r' ;;
     # issue 11: S-STE in FP8 on the same data and steps (compare with conv's sste run)
     conv8) stage conv8 bash -c '[ -f /tmp/pystdlib/train.bin ] || python3 -m train.prepare_text --out /tmp/pystdlib; python3 -m train --config gpt2-conv-gpu --set data=/tmp/pystdlib --set method=sste --set precision=fp8 --out /tmp/conv8 --no-progress ${CONV_ARGS:-}; r=$?; (cd /tmp && tar -czf "$OUT/conv8.tgz" --exclude=checkpoints conv8); exit $r' ;;
+    model) stage model python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_model_gpu.py ;;
+    # issue 11: which FP8 type pairs cuSPARSELt takes for the 2:4 GEMM on this GPU
+    fp8types) stage fp8types bash -c 'python3 benchmarks/fp8_types.py --json "$OUT/fp8_types.json"; r=$?; python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/gpu/test_cusparselt.py -k "fp8 or e5m2 or e4m3" || r=1; exit $r' ;;
+    # issue 9: train_scaling on 1 GPU and on all GPUs; MULTI_CONFIGS: config:batch_per_device ...
+    multi) stage multi bash -c 'for spec in ${MULTI_CONFIGS:-gpt2-774m:8}; do IFS=: read c b <<< "$spec"; XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 python3 benchmarks/train_scaling.py --config $c --methods ${MULTI_METHODS:-dense,srste} --backend cusparselt --layouts ${MULTI_LAYOUTS:-one,data,fsdp} --batch-per-device $b --steps ${MULTI_STEPS:-8} --warmup 2 --json "$OUT/scaling_$c${MULTI_TAG:-}.json" ${MULTI_ARGS:-} || echo "FAILED $spec"; done' ;;
+    # issue 9: a checkpoint saved on all GPUs (FSDP), resumed on 1 GPU, against an uninterrupted run
+    resume) stage resume bash -c '[ -f /tmp/pystdlib/train.bin ] || python3 -m train.prepare_text --out /tmp/pystdlib; python3 benchmarks/resume_across_devices.py --config gpt2-conv-gpu --set data=/tmp/pystdlib --steps ${RESUME_STEPS:-60} --split ${RESUME_SPLIT:-30} --set eval_interval=${RESUME_SPLIT:-30} --json "$OUT/resume.json" ${RESUME_ARGS:-}' ;;
     mvue) stage mvue bash -c 'python3 benchmarks/mvue_kernel.py --n 4096 && python3 benchmarks/mvue_kernel.py --n 1024 && ncu --clock-control none --kernel-name regex:Mvue --launch-skip 2 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats python3 benchmarks/mvue_kernel.py --calls 3' ;;
     *) echo "unknown stage $s"; rc=1 ;;
   esac

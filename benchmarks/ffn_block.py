@@ -150,7 +150,7 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
     m1 = jnp.asarray(tiled_mask(rows, d))
     m2 = jnp.asarray(tiled_mask(d, h))
     g = jax.random.normal(jax.random.fold_in(key, 4), (m, d), jnp.bfloat16)
-    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode="loop")
+    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode=opts.mode)
     args = (x, w1, w2, m1, m2, g, jax.random.fold_in(key, 5))
     row = {"model": name, "act": act, "M": m, "d": d, "h": h}
     row["ours_ms"] = 1e3 * time_jax(jax_block(act, backend), args, **kw)
@@ -226,6 +226,10 @@ def main(argv=None) -> int:
     p.add_argument("--act", choices=["gelu", "swiglu", "both"], default="both")
     p.add_argument("--backend", default="cusparselt")
     p.add_argument("--m", type=int, default=16384, help="tokens")
+    p.add_argument("--mode", choices=["loop", "pipelined"], default="pipelined",
+                   help="JAX timing (sparse_gemm.time_jax): R calls enqueued back to back (pipelined), or "
+                        "a jitted loop of R calls (loop; adds about a copy of the first operand per call "
+                        "around our custom calls, docs/BENCHMARKS.md)")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -238,7 +242,7 @@ def main(argv=None) -> int:
     import jax
 
     dev = jax.devices()[0]
-    print(f"# device: {dev.device_kind}; jax {jax.__version__}; backend {opts.backend}; M = {opts.m}", flush=True)
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; backend {opts.backend}; M = {opts.m}; timing mode {opts.mode}", flush=True)
     acts = ["gelu", "swiglu"] if opts.act == "both" else [opts.act]
     rows = []
     for name in opts.shapes:
@@ -251,7 +255,7 @@ def main(argv=None) -> int:
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
             if opts.json:
                 with open(opts.json, "w") as fh:
-                    json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
+                    json.dump({"device": dev.device_kind, "jax": jax.__version__, "mode": opts.mode, "rows": rows}, fh, indent=1)
     print("\n" + markdown(rows))
     if opts.fp8:
         print("\nFP8 (S-STE recipe), forward + backward:\n" + markdown_fp8(rows))
