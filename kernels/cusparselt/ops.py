@@ -262,11 +262,15 @@ _DT_CODES = {"bfloat16": 0, "float16": 1, "float8_e4m3fn": 2, "float8_e5m2": 3}
 _MODES = {"plain": 0, "mask": 1, "mvue": 2}
 
 
-def _dt_code(dtype, what: str) -> int:
+def _dtype_name(dtype) -> str:
     try:
-        name = np.dtype(dtype).name
+        return np.dtype(dtype).name
     except TypeError:
-        name = repr(dtype)
+        return repr(dtype)
+
+
+def _dt_code(dtype, what: str) -> int:
+    name = _dtype_name(dtype)
     if name not in _DT_CODES:
         raise ValueError(f"{what} must be one of {', '.join(_DT_CODES)}, not {name}")
     return _DT_CODES[name]
@@ -339,11 +343,7 @@ def fp8_name(dtype) -> str:
     ValueError for any other type."""
     import ml_dtypes  # noqa: F401 - registers the fp8 names with numpy
 
-    name = _FP8_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    try:
-        name = np.dtype(name).name
-    except TypeError:
-        name = repr(dtype)
+    name = _dtype_name(_FP8_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
     if name not in FP8_DTYPES:
         raise ValueError(f"an fp8 2:4 GEMM operand is one of {', '.join(FP8_DTYPES)}, not {name}")
     return name

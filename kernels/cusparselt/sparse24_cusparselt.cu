@@ -191,33 +191,25 @@ struct DTraits<kF16> {
     return r.x;
   }
 };
-template <>
-struct DTraits<kE4M3> {
+// The 1-byte types, e4m3 and e5m2 (the FP8 recipe's gradient type): both are
+// sign-magnitude, so the same kMag ordering picks the two largest magnitudes;
+// conversions saturate (+-448, +-57344) instead of producing inf or NaN.
+template <__nv_fp8_interpretation_t KIND>
+struct Fp8Traits {
   using Bits = uint8_t;
   static constexpr uint32_t kMag = 0x7Fu;
   static __host__ __device__ inline float ToFloat(uint32_t b) {
-    const __half_raw hr = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+    const __half_raw hr = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), KIND);
     return __half2float(__half(hr));
   }
   static __host__ __device__ inline uint32_t FromFloat(float f) {
-    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3));
+    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, KIND));
   }
 };
-// e5m2 (the FP8 recipe's gradient type): sign-magnitude like e4m3, so the
-// same kMag ordering picks the two largest magnitudes; MVUE values saturate to
-// +-57344 instead of becoming inf (as e4m3 saturates to 448).
 template <>
-struct DTraits<kE5M2> {
-  using Bits = uint8_t;
-  static constexpr uint32_t kMag = 0x7Fu;
-  static __host__ __device__ inline float ToFloat(uint32_t b) {
-    const __half_raw hr = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E5M2);
-    return __half2float(__half(hr));
-  }
-  static __host__ __device__ inline uint32_t FromFloat(float f) {
-    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E5M2));
-  }
-};
+struct DTraits<kE4M3> : Fp8Traits<__NV_E4M3> {};
+template <>
+struct DTraits<kE5M2> : Fp8Traits<__NV_E5M2> {};
 
 // Nibble index inside one (64 rows x 32 groups) tile, relative to the tile's
 // first nibble; r, g are tile-local (the tile starts at a row that is a
