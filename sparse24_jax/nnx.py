@@ -329,7 +329,11 @@ def search_masks(model: nnx.Module) -> None:
     per (method, backend, weight shape), each mask kept in its sharding."""
     for _, layer in sparse_layers(model):
         old = _get(layer.mask)
-        new = _jitted_search(layer.method, layer.backend)(_get(layer.weight))
+        try:
+            search = _jitted_search(layer.method, layer.backend)
+        except TypeError:  # an unhashable Backend object: no cache, same result
+            search = jax.jit(functools.partial(search_mask, layer.method, layer.backend))
+        new = search(_get(layer.weight))
         sharding = getattr(old, "sharding", None)
         _set(layer.mask, new if sharding is None else jax.device_put(new, sharding))
 
