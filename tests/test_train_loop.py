@@ -113,3 +113,33 @@ def test_init_state_like_reshards_instead_of_initialising():
     other = load_config("tiny", ["n_layer=2", "method=srste"])
     with pytest.raises(ValueError, match="same config"):
         init_state(other, vocab, mesh, like=state)
+
+
+def test_init_uses_threefry_kernel_lowering_on_gpu_and_falls_back(monkeypatch, caplog):
+    """On a GPU the init program runs with jax_threefry_gpu_kernel_lowering on (then restored);
+    if that path fails, it runs again the usual way, with a warning."""
+    from sparse24_train import train as train_mod
+
+    seen = []
+
+    def init():
+        seen.append(jax.config.jax_threefry_gpu_kernel_lowering)
+        return "state"
+
+    assert train_mod._run_init(init) == "state" and seen == [False]  # CPU: untouched
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    seen.clear()
+    assert train_mod._run_init(init) == "state" and seen == [True]
+    assert jax.config.jax_threefry_gpu_kernel_lowering is False
+
+    def flaky():
+        seen.append(jax.config.jax_threefry_gpu_kernel_lowering)
+        if seen[-1]:
+            raise RuntimeError("no cu_threefry2x32 here")
+        return "state"
+
+    seen.clear()
+    with caplog.at_level("WARNING", logger="sparse24_train"):
+        assert train_mod._run_init(flaky) == "state"
+    assert seen == [True, False] and "threefry GPU kernel lowering failed" in caplog.text
+    assert jax.config.jax_threefry_gpu_kernel_lowering is False
