@@ -39,8 +39,9 @@ for s in "$@"; do
     ffn) stage ffn python3 benchmarks/ffn_block.py --json "$OUT/ffn_block.json" ${FFN_ARGS:-} ;;
     hoist) stage hoist python3 benchmarks/check_hoist.py --backend cusparselt ;;
     scaling) stage scaling python3 benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt --layouts one --batch-per-device 16 --json "$OUT/scaling.json" ${SCALING_ARGS:-} ;;
-    # PROFILES: config:method:batch ... (one step_profile run each, JSON per run in $OUT)
-    profile) stage profile bash -c 'for spec in ${PROFILES:-gpt2-124m:dense:16 gpt2-124m:srste:16}; do IFS=: read c m b <<< "$spec"; XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python3 benchmarks/step_profile.py --config $c --method $m --backend cusparselt --batch $b --steps 10 --profile-steps 3 --json "$OUT/prof_${c}_${m}.json" || echo "FAILED $spec"; done' ;;
+    # PROFILES: config:method:batch ... (one step_profile run each, JSON per run in $OUT); all GPUs
+    # unless PROFILE_ARGS="--set mesh_data=1" (one GPU of a multi-GPU machine)
+    profile) stage profile bash -c 'for spec in ${PROFILES:-gpt2-124m:dense:16 gpt2-124m:srste:16}; do IFS=: read c m b <<< "$spec"; XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python3 benchmarks/step_profile.py --config $c --method $m --backend cusparselt --batch $b --steps 10 --profile-steps 3 --json "$OUT/prof_${c}_${m}.json" ${PROFILE_ARGS:-} || echo "FAILED $spec"; done' ;;
     # issue 8: dense vs SR-STE vs S-STE vs plain STE on the stdlib corpus (configs/gpt2-conv-gpu.toml);
     # small files only come back (conv.tgz, compare.png): checkpoints stay on the machine
     conv) stage conv bash -c 'python3 -m train.prepare_text --out /tmp/pystdlib && python3 -m train --config gpt2-conv-gpu --set data=/tmp/pystdlib --compare ${CONV_METHODS:-dense,srste,sste,ste} --out /tmp/conv --no-progress ${CONV_ARGS:-}; r=$?; cp /tmp/conv/compare.png "$OUT/" 2>/dev/null; (cd /tmp && tar -czf "$OUT/conv.tgz" --exclude=checkpoints conv); exit $r' ;;
