@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "FP8_DTYPES",
+    "FP8_REL_TOL",
     "Fp8Probe",
     "TARGETS",
     "compress",
@@ -30,6 +31,7 @@ __all__ = [
     "emulate_compress",
     "fp8_name",
     "fp8_probe",
+    "fp8_rel_err",
     "fp8_spmm_trial",
     "lib_compress",
     "load",
@@ -320,6 +322,10 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
 
 #: the fp8 element types of cuSPARSELt's 2:4 GEMM we can compress and ask for
 FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+#: an fp8 product is right when fp8_rel_err is below this: its bf16 output (8
+#: significant bits) of a float32 accumulation is off by about 2^-8 of the
+#: largest |D| at most, with room to spare
+FP8_REL_TOL = 1e-2
 _FP8_ALIASES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 
 
@@ -384,6 +390,11 @@ def fp8_spmm_trial(sparse_dtype, dense_dtype, m: int = 64, n: int = 64, k: int =
     return got, want
 
 
+def fp8_rel_err(got, want) -> float:
+    """max |got - want| / max |want| (of :func:`fp8_spmm_trial`'s pair)."""
+    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
+
+
 _FP8_PROBES: dict[tuple[str, str], Fp8Probe] = {}
 
 
@@ -411,8 +422,8 @@ def fp8_probe(sparse_dtype: Any = "float8_e4m3fn", dense_dtype: Any = "float8_e4
     pair = f"{key[0]} x {key[1]}"
     try:
         got, want = fp8_spmm_trial(*key)
-        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        result = (Fp8Probe(True, "") if err < 1e-2 else
+        err = fp8_rel_err(got, want)
+        result = (Fp8Probe(True, "") if err < FP8_REL_TOL else
                   Fp8Probe(False, f"wrong {pair} product (max rel err {err:.2e})"))
     except Exception as e:  # noqa: BLE001 - any failure means: do not use this pair
         result = Fp8Probe(False, f"{pair}: {type(e).__name__}: {_short(str(e))}")
