@@ -124,8 +124,7 @@ def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
         if jax.tree.structure(like) != jax.tree.structure(abstract):
             raise ValueError("init_state(like=...): that state is not of this config's model and "
                              "optimizer (its tree differs); build it with the same config")
-        return graphdef, jax.device_put(jax.tree.unflatten(jax.tree.structure(abstract), jax.tree.leaves(like)),
-                                        shardings)
+        return graphdef, jax.device_put(like, shardings)
     state = _run_init(jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings))
     model, optimizer = nnx.merge(graphdef, state)
     s24nnx.search_masks(model)
@@ -138,8 +137,9 @@ def _run_init(init):
     XLA inlines one copy of the threefry random-bit generator per parameter, and on a GPU
     those copies compile slowly: GPT-2 774M's init took 100 s on an H200, four times its
     training step. jax_threefry_gpu_kernel_lowering (a JAX switch, off by default) calls
-    one CUDA kernel instead: the same bits, far less to compile. Should a JAX build lack
-    that kernel, the init compiles the usual way, with a warning."""
+    one CUDA kernel instead, with the same bits, which should compile faster (not yet
+    timed on a GPU). Should a JAX build lack that kernel, the init compiles the usual
+    way, with a warning."""
     flag = "jax_threefry_gpu_kernel_lowering"
     if jax.default_backend() != "gpu" or not hasattr(jax.config, flag):
         return init()
