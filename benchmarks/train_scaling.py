@@ -78,7 +78,6 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dic
     time per step as it is)."""
     tp = time.perf_counter()
     mesh, _, state, step, xs, ys = prepare(cfg, seed, like)
-    like = None  # resharded copy made: free the old layout's buffers before stepping
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     state, m = step(state, xs, ys)  # compiles
@@ -152,6 +151,8 @@ def main(argv=None):
           f"{args.batch_per_device} x {base.block_size} tokens per device, {args.steps} timed steps",
           flush=True)
     rows = []
+    meta = dict(config=args.config, overrides=args.overrides, devices=n, device_kind=jax.devices()[0].device_kind,
+                batch_per_device=args.batch_per_device, block_size=base.block_size, steps=args.steps)
     for method in methods:
         single, state = None, None
         for layout in layouts:
@@ -172,9 +173,6 @@ def main(argv=None):
             print(f"{method} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
             if args.json:  # after every row: a run cut short keeps what it measured
-                meta = dict(config=args.config, overrides=args.overrides, devices=n,
-                            device_kind=jax.devices()[0].device_kind, batch_per_device=args.batch_per_device,
-                            block_size=base.block_size, steps=args.steps)
                 Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(table(rows))
     return rows
