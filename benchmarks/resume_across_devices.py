@@ -15,7 +15,7 @@ The resumed run's logged train losses (and validation loss) after the split are 
 the reference's at the same steps. They are not bit-identical in general: the reductions of
 1 and N devices differ in order, and with mvue=true the MVUE draws depend on the layout
 (docs/training.md). The table shows how far apart they are; the exit status is 1 only if a run
-fails or the resumed run did not start at --split.
+fails or the resumed run logged no train loss after --split.
 
 GPU: the 1-device run sees only the first GPU (CUDA_VISIBLE_DEVICES=0). CPU: XLA_FLAGS forces
 N host devices, then 1.
@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,13 +88,11 @@ def main(argv=None) -> dict:
         p.error(f"needs at least 2 devices for the first runs; found {n}")
     out = Path(args.out)
     for d in ("reference", "split"):
-        if (out / d).exists():
-            import shutil
-            shutil.rmtree(out / d)
+        shutil.rmtree(out / d, ignore_errors=True)
 
     wall = dict(reference=run_train(args, out / "reference", n),
                 first=run_train(args, out / "split", n, "--stop-after", str(args.split)),
-                resumed=run_train(args, out / "split", 1, "--resume", "--config", args.config))
+                resumed=run_train(args, out / "split", 1, "--resume"))
     ref, res = read_metrics(out / "reference"), read_metrics(out / "split")
     rows, worst = [], 0.0
     for step in sorted(s for s in ref if s > args.split):
@@ -105,7 +104,6 @@ def main(argv=None) -> dict:
         rows.append(dict(step=step, reference=float(a), resumed=float(b), diff=diff))
     val = {k: float(m[max(m)]["val_loss"]) if m[max(m)].get("val_loss") else None
            for k, m in (("reference", ref), ("resumed", res))}
-    first_step_after = min((s for s in res if s > args.split), default=None)
     result = dict(config=args.config, overrides=args.overrides, layout=args.layout, devices=n,
                   steps=args.steps, split=args.split, platform=args.platform, wall_s=wall, rows=rows,
                   max_rel_train_loss_diff=worst, final_val_loss=val)
@@ -121,7 +119,7 @@ def main(argv=None) -> dict:
     print("wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    if first_step_after is None or not rows:
+    if not rows:
         sys.exit("resume_across_devices: the resumed run logged nothing after the split")
     return result
 
