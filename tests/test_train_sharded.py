@@ -158,6 +158,16 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert all(x["tok_per_s"] > 0 for x in rows)
 
 
+@pytest.mark.parametrize("script,args,message", [
+    ("train_scaling.py", ["--warmup", "0"], "--warmup must be >= 1"),
+    ("resume_across_devices.py", ["--platform", "cpu", "--steps", "10", "--split", "10"], "--split must be between"),
+])
+def test_benchmark_scripts_refuse_bad_arguments(script, args, message):
+    r = subprocess.run([sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=env_with(1))
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+
+
 def test_resume_across_devices_smoke(tmp_path):
     # saved on 2 forced CPU devices (FSDP), resumed on 1: the losses after the split are the
     # uninterrupted 2-device run's (same data; mvue off, so only reduction order differs)
