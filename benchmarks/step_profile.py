@@ -308,6 +308,43 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hlo_fusions(hlo_text: str, names) -> dict:
+    """For each kernel name (e.g. ``loop_convert_multiply_fusion_35``), the fusion instruction
+    of that name in the optimized HLO (output shape, the JAX op in its metadata) and the
+    opcodes of the computation it calls. Kernel names are HLO names with '.' -> '_'."""
+    instr = {}
+    comps, cur = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
+        head = re.match(r"\s*%?([\w.\-]+) [(].*[)] -> .* {$", line)
+        if head and not line.startswith(" "):
+            cur = comps.setdefault(head.group(1), [])
+            continue
+        if line.startswith("}"):
+            cur = None
+            continue
+        if m:
+            if cur is not None:
+                op = re.search(r"\b([a-z][\w\-]*)\(", m.group(2))
+                cur.append(op.group(1) if op else "?")
+            if " fusion(" in m.group(2):
+                instr[m.group(1).replace(".", "_")] = m.group(2)
+    out = {}
+    for n in names:
+        rhs = instr.get(n)
+        if rhs is None:
+            continue
+        calls = re.search(r"calls=%?([\w.\-]+)", rhs)
+        meta = re.search(r'op_name="([^"]*)"', rhs)
+        ops = comps.get(calls.group(1), []) if calls else []
+        counts = defaultdict(int)
+        for o in ops:
+            counts[o] += 1
+        out[n] = dict(shape=rhs.split(" fusion(")[0], op_name=meta.group(1) if meta else "",
+                      ops=dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+    return out
+
+
 def run_steps(step, state, xs, ys, n):
     for _ in range(n):
         state, m = step(state, xs, ys)
@@ -328,6 +365,9 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps recorded by the profiler (0: no trace)")
     p.add_argument("--trace-dir", help="where jax.profiler writes (default: a new temporary directory)")
+    p.add_argument("--hlo-fusions", type=int, default=0, metavar="N",
+                   help="print what the N slowest XLA fusions of the profile compute (their HLO: shape, "
+                        "JAX op, opcodes); lowers and compiles the step once more")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s of one device for MFU (default: the config's peak_tflops)")
     p.add_argument("--top", type=int, default=15, help="kernels listed by time")
@@ -407,9 +447,15 @@ def main(argv=None) -> dict:
                 prof["why"] = ("no process named /device:GPU:* in the trace" if not prof["gpu_processes"]
                                else "the GPU processes hold no kernel events")
         result["profile"] = prof
+        if args.hlo_fusions and prof.get("has_gpu"):
+            names = [k["name"] for k in prof["top_kernels"] if k["category"] == OTHER][: args.hlo_fusions]
+            hlo = step.lower(state, xs, ys).compile().as_text()
+            result["hlo_fusions"] = hlo_fusions(hlo, names)
 
     text = report(result)
     print(text)
+    for name, f in result.get("hlo_fusions", {}).items():
+        print(f"- `{name}`: {f['shape']}; op {f['op_name'] or '?'}; ops {f['ops']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))

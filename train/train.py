@@ -159,11 +159,17 @@ def _jit_on_first_call(fn, in_shardings_of, **jit_kwargs):
     """jax.jit(fn) with shardings that depend on the state's shapes: built at the first call."""
     jitted = None
 
-    def call(state, *args):
+    def jitted_for(state):
         nonlocal jitted
         if jitted is None:
             jitted = jax.jit(fn, **in_shardings_of(state), **jit_kwargs)
-        return jitted(state, *args)
+        return jitted
+
+    def call(state, *args):
+        return jitted_for(state)(state, *args)
+
+    # the compiled program's text, for benchmarks/step_profile.py --hlo-fusions
+    call.lower = lambda state, *args: jitted_for(state).lower(state, *args)
     return call
 
 
