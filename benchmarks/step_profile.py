@@ -45,7 +45,8 @@ jax 0.10/0.11 write; checked on CPU, where the only process is ``/host:CPU``):
   taken and skipped, to check this on a new jax version.
 
 Per step = summed over the profiled steps, divided by --profile-steps and by the number of
-GPUs seen. "GPU busy" is the union of the kernel intervals (kernels of several streams that
+GPUs seen. "GPU idle before" charges each gap in a GPU's timeline (between its first and
+last kernel) to the category of the kernel that ends the gap: where the GPU waited. "GPU busy" is the union of the kernel intervals (kernels of several streams that
 overlap count once); the per-category times are sums of kernel durations, and their % is of
 the summed kernel time (equal to busy time when nothing overlaps, as on one compute stream).
 
@@ -222,18 +223,41 @@ def gpu_breakdown(trace, steps: int, top: int = 15) -> dict:
         cat_n[cat] += 1
         per_name[(name, cat)][0] += dur
         per_name[(name, cat)][1] += 1
-        by_pid[e.get("pid")].append((float(e.get("ts", 0.0)), float(e.get("ts", 0.0)) + dur))
+        by_pid[e.get("pid")].append((float(e.get("ts", 0.0)), float(e.get("ts", 0.0)) + dur, cat))
     total_us = sum(cat_us.values())
-    busy_us = sum(_union_us(iv) for iv in by_pid.values())
+    busy_us = sum(_union_us([iv[:2] for iv in ivs]) for ivs in by_pid.values())
+    idle_us = _idle_before(by_pid.values())
+    per_step = max(steps, 1) * n_gpu
+
+    def row(n, c, us, k):
+        return dict(name=n, category=c, ms_per_step=us / div, calls_per_step=k / per_step,
+                    pct=100.0 * us / total_us if total_us else 0.0)
+
+    ranked = sorted(per_name.items(), key=lambda kv: -kv[1][0])
     out.update(
         kernel_ms_per_step=total_us / div, busy_ms_per_step=busy_us / div,
-        kernels_per_step=len(kernels) / (max(steps, 1) * n_gpu),
+        kernels_per_step=len(kernels) / per_step,
+        idle_ms_per_step=sum(idle_us.values()) / div,
         categories={c: dict(ms_per_step=cat_us[c] / div, pct=100.0 * cat_us[c] / total_us if total_us else 0.0,
-                            kernels_per_step=cat_n[c] / (max(steps, 1) * n_gpu)) for c in CATEGORIES},
-        top_kernels=[dict(name=n, category=c, ms_per_step=us / div, calls_per_step=k / (max(steps, 1) * n_gpu),
-                          pct=100.0 * us / total_us if total_us else 0.0)
-                     for (n, c), (us, k) in sorted(per_name.items(), key=lambda kv: -kv[1][0])[:top]])
+                            kernels_per_step=cat_n[c] / per_step, idle_before_ms_per_step=idle_us[c] / div,
+                            top=[row(n, cc, us, k) for (n, cc), (us, k) in ranked if cc == c][:3])
+                    for c in CATEGORIES},
+        top_kernels=[row(n, c, us, k) for (n, c), (us, k) in ranked[:top]])
     return out
+
+
+def _idle_before(timelines) -> dict:
+    """GPU idle time (us) between the first and last kernel of each GPU, each gap charged to
+    the category of the kernel that ends it: a gap before a sparse GEMM is time the GPU waited
+    for that launch (host-side work of the custom call, a cross-stream wait, ...)."""
+    idle = defaultdict(float)
+    for ivs in timelines:
+        end = None
+        for s, e, cat in sorted(ivs):
+            if end is not None and s > end:
+                idle[cat] += s - end
+            end = e if end is None else max(end, e)
+    return idle
 
 
 def find_trace_file(trace_dir) -> tuple[Path | None, list[str]]:
@@ -293,13 +317,21 @@ def report(result: dict) -> str:
               f"on {p['n_gpus']} GPU(s), streams: {', '.join(p['threads'])}",
               f"* trace: {p['trace_file']}",
               "",
-              "| category | ms/step | % of GPU kernel time | kernels/step |",
-              "|---|---:|---:|---:|"]
+              "| category | ms/step | % of GPU kernel time | kernels/step | GPU idle before, ms/step |",
+              "|---|---:|---:|---:|---:|"]
     for c in CATEGORIES:
         x = p["categories"][c]
-        lines.append(f"| {c} | {x['ms_per_step']:.3f} | {x['pct']:.1f} | {x['kernels_per_step']:.0f} |")
+        lines.append(f"| {c} | {x['ms_per_step']:.3f} | {x['pct']:.1f} | {x['kernels_per_step']:.0f} "
+                     f"| {x.get('idle_before_ms_per_step', 0.0):.3f} |")
     lines.append(f"| **total (GPU busy: {p['busy_ms_per_step']:.3f}; wall step: {t['step_ms']:.3f})** | "
-                 f"{p['kernel_ms_per_step']:.3f} | 100.0 | {p['kernels_per_step']:.0f} |")
+                 f"{p['kernel_ms_per_step']:.3f} | 100.0 | {p['kernels_per_step']:.0f} "
+                 f"| {p.get('idle_ms_per_step', 0.0):.3f} |")
+    lines += ["", "Slowest kernels of each category (ms/step, calls/step):", ""]
+    for c in CATEGORIES:
+        tops = p["categories"][c].get("top", [])
+        if tops:
+            lines.append(f"* {c}: " + "; ".join(f"`{_short(k['name'], 60)}` {k['ms_per_step']:.3f} "
+                                                 f"({k['calls_per_step']:.0f})" for k in tops))
     lines += ["", f"Top {len(p['top_kernels'])} kernels by time:", "",
               "| kernel | category | ms/step | calls/step | % |", "|---|---|---:|---:|---:|"]
     for k in p["top_kernels"]:

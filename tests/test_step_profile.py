@@ -158,3 +158,17 @@ def test_script_smoke_cpu(tmp_path):
     res = json.loads((tmp_path / "p.json").read_text())
     assert res["timing"]["tok_per_s"] > 0 and res["mfu"] > 0 and res["tokens_per_step"] == 4 * 32
     assert res["profile"]["has_gpu"] is False and res["profile"]["trace_file"].endswith("perfetto_trace.json.gz")
+
+
+def test_idle_charged_to_the_kernel_that_ends_the_gap():
+    """Each step's kernels run back to back; the only gap is between the steps (step 0 ends at
+    436 us, step 1 starts at 1000 us) and ends at step 1's first kernel, the sparse GEMM."""
+    sp = load_step_profile()
+    out = sp.gpu_breakdown(synthetic_trace(), steps=2)
+    gap_ms = (1000.0 - 436.0) / 1e3 / 2  # per step
+    assert out["idle_ms_per_step"] == pytest.approx(gap_ms)
+    for c in sp.CATEGORIES:
+        want = gap_ms if c == "sparse GEMM (cuSPARSELt)" else 0.0
+        assert out["categories"][c]["idle_before_ms_per_step"] == pytest.approx(want, abs=1e-12), c
+    dense = out["categories"]["dense GEMM"]["top"]
+    assert [k["name"][:5] for k in dense] == ["nvjet", "sm90_"] and dense[0]["ms_per_step"] == pytest.approx(0.2)
