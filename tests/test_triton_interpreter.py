@@ -219,6 +219,55 @@ def test_compress_edges(K):
     assert_packed_equal(run_compress(K, x, mask), s24.compress_24(xj, jnp.asarray(mask)))
 
 
+def run_compress_both(K, x, mask=None, dtype=None, block_n=16, block_chunks=2):
+    """compress24_both_kernel: W and W.T packed from one read (small blocks, so
+    the odd shapes below span several programs in both directions)."""
+    n, k = x.shape
+    dt = dtype or x.dtype
+    outs = (empty((n, k // 2), dt), empty((n, cdiv(k, 8)), jnp.uint8),
+            empty((k, n // 2), dt), empty((k, cdiv(n, 8)), jnp.uint8))
+    keep = x if mask is None else np.asarray(mask).astype(np.uint8)
+    K.compress.compress24_both_kernel[(cdiv(n, block_n), cdiv(k, 8 * block_chunks))](
+        T(x), T(keep), *outs, N=n, K=k, HAS_MASK=mask is not None, BLOCK_N=block_n, BLOCK_CHUNKS=block_chunks,
+    )
+    return (N(outs[0]), N(outs[1])), (N(outs[2]), N(outs[3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(8, 16), (12, 20), (20, 36), (40, 72)])
+def test_compress_both_matches_two_references(K, dtype, shape):
+    """N or K = 4 mod 8 (a last chunk of one group, meta padding) in both outputs."""
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.standard_normal(shape), dtype)
+    mask = s24.transposable_mask_24(w)
+    got_w, got_t = run_compress_both(K, w, mask)
+    assert_packed_equal(got_w, s24.compress_24(w, mask))
+    assert_packed_equal(got_t, s24.compress_24(w.T, mask.T))
+    w_s = jnp.where(mask, w, 0)  # from the non-zeros
+    got_w, got_t = run_compress_both(K, w_s)
+    assert_packed_equal(got_w, s24.compress_24(w_s, w_s != 0))
+    assert_packed_equal(got_t, s24.compress_24(w_s.T, w_s.T != 0))
+    if dtype == jnp.float32:  # float32 master -> bfloat16 packed
+        got_w, got_t = run_compress_both(K, w, mask, dtype=jnp.bfloat16, block_n=8, block_chunks=1)
+        wb = w.astype(jnp.bfloat16)
+        assert_packed_equal(got_w, s24.compress_24(wb, mask), cast_slack=True)
+        assert_packed_equal(got_t, s24.compress_24(wb.T, mask.T), cast_slack=True)
+
+
+def test_compress_both_edges(K):
+    """Groups with 0, 1 or 3 non-zeros along either axis, -0, huge values."""
+    x = np.zeros((8, 12), np.float32)
+    x[0, 7] = 5
+    x[1, [0, 6]] = [1, 2]
+    x[2, [2, 4, 5, 11]] = [7, 8, 9, 3e38]
+    x[3, 1] = -0.0
+    x[5:8, 3] = [1, 2, 3]  # three non-zeros in one column group of W.T: the first two are kept
+    got_w, got_t = run_compress_both(K, x, block_n=8, block_chunks=1)
+    xj = jnp.asarray(x)
+    assert_packed_equal(got_w, s24.compress_24(xj, xj != 0))
+    assert_packed_equal(got_t, s24.compress_24(xj.T, xj.T != 0))
+
+
 # ---------------------------------------------------------------------------
 # soft threshold + compress
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -63,15 +63,7 @@ def load_chunk8(
             ptr + rows[:, None] * STRIDE_ROW + q[None, :],
             mask=row_ok & (q < N_Q)[None, :], other=0.0,
         ).to(tl.float32)
-        # element j = 4a + 2b + c of a chunk sits at [..., a, b, c]
-        t = tl.reshape(t, (BLOCK_ROWS, BLOCK_CHUNKS, 2, 2, 2))
-        even, odd = tl.split(t)  # c = 0 / 1: (.., a, b)
-        e0, e1 = tl.split(even)  # b = 0 / 1: (.., a)
-        o0, o1 = tl.split(odd)
-        x0, x4 = tl.split(e0)
-        x2, x6 = tl.split(e1)
-        x1, x5 = tl.split(o0)
-        x3, x7 = tl.split(o1)
+        x0, x1, x2, x3, x4, x5, x6, x7 = split_chunk8(t, BLOCK_ROWS, BLOCK_CHUNKS)
     else:
         chunks = chunk_start + tl.arange(0, BLOCK_CHUNKS)
         q = (chunks * 8)[None, :]
@@ -85,6 +77,45 @@ def load_chunk8(
         x6 = tl.load(base + 6 * STRIDE_Q, mask=row_ok & (q + 6 < N_Q), other=0.0).to(tl.float32)
         x7 = tl.load(base + 7 * STRIDE_Q, mask=row_ok & (q + 7 < N_Q), other=0.0).to(tl.float32)
     return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def split_chunk8(t, BLOCK_ROWS: tl.constexpr, BLOCK_CHUNKS: tl.constexpr):
+    """A ``(BLOCK_ROWS, 8 BLOCK_CHUNKS)`` register tile, contiguous along the
+    2:4 axis, as the eight ``(BLOCK_ROWS, BLOCK_CHUNKS)`` tiles ``x0 .. x7``
+    (element ``j`` of every chunk of 8), split in registers."""
+    # element j = 4a + 2b + c of a chunk sits at [..., a, b, c]
+    t = tl.reshape(t, (BLOCK_ROWS, BLOCK_CHUNKS, 2, 2, 2))
+    even, odd = tl.split(t)  # c = 0 / 1: (.., a, b)
+    e0, e1 = tl.split(even)  # b = 0 / 1: (.., a)
+    o0, o1 = tl.split(odd)
+    x0, x4 = tl.split(e0)
+    x2, x6 = tl.split(e1)
+    x1, x5 = tl.split(o0)
+    x3, x7 = tl.split(o1)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def pack_chunk8(
+    val_ptr, meta_ptr, rows, chunk_start, t, keep,
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_CHUNKS: tl.constexpr,
+):
+    """Prune and pack a ``(BLOCK_ROWS, 8 BLOCK_CHUNKS)`` register tile ``t``
+    (float32, contiguous along the 2:4 axis) with its kept flags ``keep``
+    (same shape, bool): the rows are ``rows``, the chunks of 8
+    ``chunk_start + arange(BLOCK_CHUNKS)``; written with ``store_packed``."""
+    t = tl.where(keep, t, 0.0)  # an unkept position that still gets named stores +0 (reference)
+    x0, x1, x2, x3, x4, x5, x6, x7 = split_chunk8(t, BLOCK_ROWS, BLOCK_CHUNKS)
+    k0, k1, k2, k3, k4, k5, k6, k7 = split_chunk8(keep.to(tl.int8), BLOCK_ROWS, BLOCK_CHUNKS)
+    ia0, ia1 = positions(k0 != 0, k1 != 0, k2 != 0, k3 != 0)
+    ib0, ib1 = positions(k4 != 0, k5 != 0, k6 != 0, k7 != 0)
+    store_packed(
+        val_ptr, meta_ptr, rows, chunk_start,
+        pick(ia0, x0, x1, x2, x3), pick(ia1, x0, x1, x2, x3), ia0, ia1,
+        pick(ib0, x4, x5, x6, x7), pick(ib1, x4, x5, x6, x7), ib0, ib1,
+        N_ROWS, N_Q, BLOCK_CHUNKS,
+    )
 
 
 @triton.jit

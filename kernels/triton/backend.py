@@ -7,8 +7,9 @@ summation order, and up to the random stream for MVUE).
 ============  =================================================================
 method        what runs
 ============  =================================================================
-prepare       ``compress`` kernel on ``W_s`` (2:4 along K) and, if transposable,
-              on ``W_s.T`` (read in place, 2:4 along N)
+prepare       ``compress`` kernel on ``W_s`` (2:4 along K); if transposable,
+              ``compress_both``: ``W_s`` and ``W_s.T`` (2:4 along N) from one
+              read of ``W_s``
 matmul_fwd    ``sparse24_matmul(W_s packed, X.T) -> Z.T`` written as ``Z``
 matmul_dx     transposable: ``sparse24_matmul(W_s.T packed, dZ.T) -> dX``;
               otherwise (S-STE, 2:4 along K only) a dense XLA dot on ``W_s``
@@ -84,10 +85,10 @@ class TritonBackend:
 
     # -- weights ------------------------------------------------------------
     def prepare_weight(self, w_s: jax.Array, *, transposable: bool) -> dict:
-        vals, meta = _compress.compress(w_s)
-        if transposable:
-            t_vals, t_meta = _compress.compress(w_s, transpose=True)
+        if transposable:  # W and W.T from one read of W_s
+            (vals, meta), (t_vals, t_meta) = _compress.compress_both(w_s)
             return {"w_vals": vals, "w_meta": meta, "wt_vals": t_vals, "wt_meta": t_meta}
+        vals, meta = _compress.compress(w_s)
         # W_s is 2:4 along K only (S-STE): dX = dZ @ W_s reduces over N, where
         # W_s is dense, so the input gradient is a dense dot.
         return {"w_vals": vals, "w_meta": meta, "w_dense": w_s}
@@ -97,13 +98,13 @@ class TritonBackend:
     ) -> dict:
         """Fast path outside the protocol: prune the master weight ``w`` with
         ``mask`` and pack ``W_s`` (and ``W_s.T``) in ``dtype`` straight from
-        ``w`` (one pass each, no dense ``W_s``). Same result as
+        ``w`` (one pass for both, no dense ``W_s``). Same result as
         ``prepare_weight(where(mask, w, 0).astype(dtype), ...)``."""
-        vals, meta = _compress.compress(w, mask, dtype=dtype)
         if not transposable:
+            vals, meta = _compress.compress(w, mask, dtype=dtype)
             w_s = jnp.where(mask, w, jnp.zeros((), w.dtype)).astype(dtype)
             return {"w_vals": vals, "w_meta": meta, "w_dense": w_s}
-        t_vals, t_meta = _compress.compress(w, mask, transpose=True, dtype=dtype)
+        (vals, meta), (t_vals, t_meta) = _compress.compress_both(w, mask, dtype=dtype)
         return {"w_vals": vals, "w_meta": meta, "wt_vals": t_vals, "wt_meta": t_meta}
 
     def prepare_sste_weight(self, w: jax.Array, beta: jax.Array, dtype: Any) -> dict:

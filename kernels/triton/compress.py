@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from ._pack import load_chunk8, packed_launch, pick, positions, store_packed
-from ._runtime import jt
+from ._pack import load_chunk8, pack_chunk8, packed_launch, pick, positions, store_packed
+from ._runtime import cdiv, jt
 
 
 @triton.jit
@@ -112,3 +112,65 @@ def compress(
         BLOCK_CHUNKS=BLOCK_CHUNKS,
         num_warps=4,
     )
+
+
+@triton.jit
+def compress24_both_kernel(
+    x_ptr, keep_ptr,  # inputs: (N, K) row-major values, and kept flags (uint8) if HAS_MASK
+    val_ptr, meta_ptr,  # outputs: W packed along K: (N, K/2), (N, ceil(K/8)) uint8
+    tval_ptr, tmeta_ptr,  # W.T packed along N: (K, N/2), (K, ceil(N/8)) uint8
+    N: tl.constexpr, K: tl.constexpr,  # constexpr: aligned, vectorised accesses
+    HAS_MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # rows of W per program (a multiple of 8: whole chunks of W.T)
+    BLOCK_CHUNKS: tl.constexpr,  # chunks of 8 along K per program
+):
+    """Pack ``where(keep, W, 0)`` 2:4 along K *and* along N from one read of a
+    ``(BLOCK_N, 8 BLOCK_CHUNKS)`` tile: the W.T half transposes the tile in
+    registers. Reference: ``compress_24(W, keep)`` and ``compress_24(W.T, keep.T)``."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    chunk_start = tl.program_id(1) * BLOCK_CHUNKS
+    cols = chunk_start * 8 + tl.arange(0, 8 * BLOCK_CHUNKS)
+    ok = (rows < N)[:, None] & (cols < K)[None, :]
+    offs = rows[:, None] * K + cols[None, :]
+    t = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_MASK:
+        keep = tl.load(keep_ptr + offs, mask=ok, other=0) != 0
+    else:
+        keep = t != 0.0
+    pack_chunk8(val_ptr, meta_ptr, rows, chunk_start, t, keep, N, K, BLOCK_N, BLOCK_CHUNKS)
+    t_chunks: tl.constexpr = BLOCK_N // 8
+    pack_chunk8(tval_ptr, tmeta_ptr, cols, tl.program_id(0) * t_chunks, tl.trans(t), tl.trans(keep),
+                K, N, 8 * BLOCK_CHUNKS, t_chunks)
+
+
+BOTH_BLOCK_N = 64
+BOTH_BLOCK_CHUNKS = 8
+
+
+def compress_both(
+    x: jax.Array, mask: jax.Array | None = None, *, dtype=None
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """``(compress(x, mask), compress(x, mask, transpose=True))`` in one pass
+    over ``x`` (and ``mask``): what a transposable 2:4 weight needs every
+    optimizer step (W for the forward, W.T for the input gradient). Same
+    bytes as the two calls; ``x`` is (N, K) with N and K multiples of 4."""
+    if x.ndim != 2 or x.shape[0] % 4 or x.shape[1] % 4:
+        raise ValueError(f"compress_both takes an (N, K) array with N and K multiples of 4, got shape {x.shape}")
+    n, k = x.shape
+    dt = x.dtype if dtype is None else dtype
+    keep = x if mask is None else mask.astype(jnp.uint8)
+    w_out = packed_launch(n, k, dt, BOTH_BLOCK_N, BOTH_BLOCK_CHUNKS)["out_shape"]
+    t_out = packed_launch(k, n, dt, 1, 1)["out_shape"]
+    vals, meta, t_vals, t_meta = jt().triton_call(
+        x, keep,
+        kernel=compress24_both_kernel,
+        out_shape=(*w_out, *t_out),
+        grid=(cdiv(n, BOTH_BLOCK_N), cdiv(k, 8 * BOTH_BLOCK_CHUNKS)),
+        N=n,
+        K=k,
+        HAS_MASK=mask is not None,
+        BLOCK_N=BOTH_BLOCK_N,
+        BLOCK_CHUNKS=BOTH_BLOCK_CHUNKS,
+        num_warps=4,
+    )
+    return (vals, meta), (t_vals, t_meta)

@@ -103,6 +103,27 @@ def test_compress(kt, dtype, shape):
         assert_packed_equal(c(w, mask, dtype=jnp.bfloat16), s24.compress_24(w.astype(jnp.bfloat16), mask))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ODD_SHAPES + FFN_SHAPES)
+def test_compress_both(kt, dtype, shape):
+    """W and W.T from one read equal the two single compressions' references."""
+    w = _inputs("normal", shape, dtype)
+    mask = s24.transposable_mask_24(w)
+    w_s = jnp.where(mask, w, 0)
+    c = jax.jit(kt.compress.compress_both, static_argnames=("dtype",))
+    got_w, got_t = c(w, mask)
+    assert_packed_equal(got_w, s24.compress_24(w, mask))
+    assert_packed_equal(got_t, s24.compress_24(w.T, mask.T))
+    got_w, got_t = c(w_s)
+    assert_packed_equal(got_w, s24.compress_24(w_s, w_s != 0))
+    assert_packed_equal(got_t, s24.compress_24(w_s.T, w_s.T != 0))
+    if dtype == jnp.float32:
+        wb = w.astype(jnp.bfloat16)
+        got_w, got_t = c(w, mask, dtype=jnp.bfloat16)
+        assert_packed_equal(got_w, s24.compress_24(wb, mask))
+        assert_packed_equal(got_t, s24.compress_24(wb.T, mask.T))
+
+
 def test_compress_edges(kt):
     x = jnp.asarray(
         [[0, 0, 0, 0, 0, 0, 0, 5, -0.0, 3, 0, 0],
@@ -111,6 +132,10 @@ def test_compress_edges(kt):
          [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], jnp.float32)
     assert_packed_equal(kt.compress.compress(x), s24.compress_24(x, x != 0))
     assert_packed_equal(kt.compress.compress(x, transpose=True), s24.compress_24(x.T, x.T != 0))
+    both_w, both_t = kt.compress.compress_both(x[:, :8].T)  # (8, 4): W.T's groups are x's rows
+    xt = x[:, :8].T
+    assert_packed_equal(both_w, s24.compress_24(xt, xt != 0))
+    assert_packed_equal(both_t, s24.compress_24(xt.T, xt.T != 0))
 
 
 # ---------------------------------------------------------------------------
