@@ -65,8 +65,9 @@ this order (RULES below):
 3. "collectives/memcpy": nccl, memcpy, memset and the collective names (all-reduce,
    all-gather, reduce-scatter, all-to-all, collective-permute, sendrecv). XLA's own copy
    and transpose kernels (``copy_fusion`` ...) are not memcpys: they stay in "other".
-4. "attention": flash, fmha, sdpa, attention, attn, softmax, cudnn. This model's attention
-   is ``jax.nn.dot_product_attention`` with XLA's implementation: two batched GEMMs (cuBLAS
+4. "attention": flash, fmha, sdpa, attention, attn, softmax, cudnn. On a GPU in bf16 the
+   model's attention is cuDNN's fused kernel (``attention = "auto"``: ``cudnn_generated_...
+   sdpa...`` kernels, counted here). With ``attention = "xla"`` it is two batched GEMMs (cuBLAS
    kernels, which therefore count as "dense GEMM") plus mask/softmax fusions (named after
    their HLO ops, e.g. ``loop_*_fusion``/``input_reduce_fusion``, counted as "other"). Only
    when a kernel name says so (a Triton softmax fusion, cuDNN/flash kernels) or when the
