@@ -104,12 +104,32 @@ def pack_chunk8(
     """Prune and pack a ``(BLOCK_ROWS, 8 BLOCK_CHUNKS)`` register tile ``t``
     (float32, contiguous along the 2:4 axis) with its kept flags ``keep``
     (same shape, bool): the rows are ``rows``, the chunks of 8
-    ``chunk_start + arange(BLOCK_CHUNKS)``; written with ``store_packed``."""
+    ``chunk_start + arange(BLOCK_CHUNKS)``; written with ``pack_groups``."""
     t = tl.where(keep, t, 0.0)  # an unkept position that still gets named stores +0 (reference)
     x0, x1, x2, x3, x4, x5, x6, x7 = split_chunk8(t, BLOCK_ROWS, BLOCK_CHUNKS)
     k0, k1, k2, k3, k4, k5, k6, k7 = split_chunk8(keep.to(tl.int8), BLOCK_ROWS, BLOCK_CHUNKS)
-    ia0, ia1 = positions(k0 != 0, k1 != 0, k2 != 0, k3 != 0)
-    ib0, ib1 = positions(k4 != 0, k5 != 0, k6 != 0, k7 != 0)
+    pack_groups(
+        val_ptr, meta_ptr, rows, chunk_start,
+        x0, x1, x2, x3, x4, x5, x6, x7,
+        k0 != 0, k1 != 0, k2 != 0, k3 != 0, k4 != 0, k5 != 0, k6 != 0, k7 != 0,
+        N_ROWS, N_Q, BLOCK_CHUNKS,
+    )
+
+
+@triton.jit
+def pack_groups(
+    val_ptr, meta_ptr, rows, chunk_start,
+    x0, x1, x2, x3, x4, x5, x6, x7,
+    k0, k1, k2, k3, k4, k5, k6, k7,
+    N_ROWS: tl.constexpr, N_Q: tl.constexpr, BLOCK_CHUNKS: tl.constexpr,
+):
+    """Pack one tile of chunks given as its eight element tiles ``x0 .. x7``
+    (float32, already pruned: 0 where not kept) and their kept flags
+    ``k0 .. k7`` (bool), with ``store_packed``: each group's two named
+    positions (``positions``) and their values."""
+    ia0, ia1 = positions(k0, k1, k2, k3)
+    ib0, ib1 = positions(k4, k5, k6, k7)
+    # Values went through float32 (exact for bf16/fp16/fp32) and are cast back.
     store_packed(
         val_ptr, meta_ptr, rows, chunk_start,
         pick(ia0, x0, x1, x2, x3), pick(ia1, x0, x1, x2, x3), ia0, ia1,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from ._pack import load_chunk8, pack_chunk8, packed_launch, pick, positions, store_packed
+from ._pack import load_chunk8, pack_chunk8, pack_groups, packed_launch
 from ._runtime import cdiv, jt
 
 
@@ -64,13 +64,9 @@ def compress24_kernel(
     x5 = tl.where(k5, x5, 0.0)
     x6 = tl.where(k6, x6, 0.0)
     x7 = tl.where(k7, x7, 0.0)
-    ia0, ia1 = positions(k0, k1, k2, k3)
-    ib0, ib1 = positions(k4, k5, k6, k7)
-    # Values went through float32 (exact for bf16/fp16/fp32) and are cast back.
-    store_packed(
+    pack_groups(
         val_ptr, meta_ptr, rows, chunk_start,
-        pick(ia0, x0, x1, x2, x3), pick(ia1, x0, x1, x2, x3), ia0, ia1,
-        pick(ib0, x4, x5, x6, x7), pick(ib1, x4, x5, x6, x7), ib0, ib1,
+        x0, x1, x2, x3, x4, x5, x6, x7, k0, k1, k2, k3, k4, k5, k6, k7,
         N_ROWS, N_Q, BLOCK_CHUNKS,
     )
 
