@@ -80,8 +80,7 @@ def per_call(fn, *args, copies=8):
     it once (both timed with bench_stream), so the fixed cost of dispatching a
     program (tens of us, more than these kernels take) cancels out. Copies, not
     the same arrays, so XLA cannot merge the calls."""
-    many = [tuple(a + 0 if hasattr(a, "dtype") and a.dtype != jnp.bool_ else a | False for a in args)
-            for _ in range(copies)]
+    many = [tuple(jnp.array(a, copy=True) for a in args) for _ in range(copies)]
     jax.block_until_ready(many)
     run_many = jax.jit(lambda *flat: [fn(*flat[i:i + len(args)]) for i in range(0, len(flat), len(args))])
     flat = [a for group in many for a in group]
