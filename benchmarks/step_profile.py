@@ -46,8 +46,9 @@ jax 0.10/0.11 write; checked on CPU, where the only process is ``/host:CPU``):
 
 Per step = summed over the profiled steps, divided by --profile-steps and by the number of
 GPUs seen. "GPU idle before" charges each gap in a GPU's timeline (between its first and
-last kernel) to the category of the kernel that ends the gap: where the GPU waited. "GPU busy" is the union of the kernel intervals (kernels of several streams that
-overlap count once); the per-category times are sums of kernel durations, and their % is of
+last kernel) to the category of the kernel that ends the gap: where the GPU waited. "GPU
+busy" is the union of the kernel intervals (kernels of several streams that overlap count
+once); the per-category times are sums of kernel durations, and their % is of
 the summed kernel time (equal to busy time when nothing overlaps, as on one compute stream).
 
 Categories: the first rule whose substring occurs in the lower-cased kernel name wins, in
@@ -209,7 +210,8 @@ def gpu_breakdown(trace, steps: int, top: int = 15) -> dict:
     """
     kernels, info = device_kernel_events(trace)
     n_gpu = max(len(info["gpu_processes"]), 1)
-    div = 1e3 * max(steps, 1) * n_gpu  # us summed over steps and GPUs -> ms per step per GPU
+    per_step = max(steps, 1) * n_gpu
+    div = 1e3 * per_step  # us summed over steps and GPUs -> ms per step per GPU
     out = dict(info, steps=steps, n_gpus=len(info["gpu_processes"]), n_kernels=len(kernels),
                has_gpu=bool(kernels))
     if not kernels:
@@ -228,7 +230,6 @@ def gpu_breakdown(trace, steps: int, top: int = 15) -> dict:
     total_us = sum(cat_us.values())
     busy_us = sum(_union_us([iv[:2] for iv in ivs]) for ivs in by_pid.values())
     idle_us = _idle_before(by_pid.values())
-    per_step = max(steps, 1) * n_gpu
 
     def row(n, c, us, k):
         return dict(name=n, category=c, ms_per_step=us / div, calls_per_step=k / per_step,
