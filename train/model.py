@@ -129,7 +129,8 @@ def lm_head(x, w):
     Why: autodiff of ``einsum(..., preferred_element_type=float32)`` multiplies
     the float32 cotangent with the bf16 operands, so XLA runs both gradient
     GEMMs in float32 (TF32 on a GPU): on an H100 at GPT-2 774M and 16k tokens
-    they took 14 ms of a 206 ms step (docs/RESULTS.md). With float32 x and w this is the plain einsum's VJP.
+    they took 14 ms of a 206 ms step (docs/RESULTS.md). With float32 x and w
+    this is the plain einsum's VJP.
     """
     return jnp.einsum("btc,vc->btv", x, w, preferred_element_type=jnp.float32)
 
