@@ -560,6 +560,20 @@ def test_wrappers_match_references(W):
     assert gv.shape == (20, 12) and gm.shape == (20, 3)
 
 
+def test_compress_wrappers_reject_bad_shapes(W):
+    """Shapes the packed format cannot hold: a clear error naming the fix, before any launch."""
+    with pytest.raises(ValueError, match="N and K multiples of 4"):
+        W.compress.compress_both(jnp.ones((6, 8), jnp.float32))
+    with pytest.raises(ValueError, match="N and K multiples of 4"):
+        W.compress.compress_both(jnp.ones((8, 10), jnp.float32))
+    with pytest.raises(ValueError, match="N and K multiples of 4"):
+        W.compress.compress_both(jnp.ones((2, 4, 8), jnp.float32))
+    with pytest.raises(ValueError, match="pad it to a multiple of 4"):
+        W.compress.compress(jnp.ones((8, 10), jnp.float32))
+    with pytest.raises(ValueError, match="2-D array"):
+        W.compress.compress(jnp.ones((8,), jnp.float32))
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")  # saturated gates
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
