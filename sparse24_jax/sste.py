@@ -8,7 +8,20 @@ import jax.numpy as jnp
 from . import _checks
 from .masks import _groups_last, _ungroup
 
-__all__ = ["soft_threshold_24", "sste_scale"]
+__all__ = ["second_smallest_of_4", "soft_threshold_24", "sste_scale"]
+
+
+def second_smallest_of_4(a: jax.Array) -> jax.Array:
+    """The 2nd smallest of the 4 entries of the last axis (exactly one of them).
+
+    A min/max network instead of a sort: with ``(lo1, hi1)`` and ``(lo2, hi2)``
+    the two sorted pairs, the 2nd smallest is ``min(max(lo1, lo2), min(hi1,
+    hi2))``. Five elementwise ops that XLA fuses with their neighbours; a
+    ``jnp.sort`` of (..., 4) compiles to a sort kernel over the whole tensor,
+    once per layer and step in S-STE's forward."""
+    lo1, hi1 = jnp.minimum(a[..., 0], a[..., 1]), jnp.maximum(a[..., 0], a[..., 1])
+    lo2, hi2 = jnp.minimum(a[..., 2], a[..., 3]), jnp.maximum(a[..., 2], a[..., 3])
+    return jnp.minimum(jnp.maximum(lo1, lo2), jnp.minimum(hi1, hi2))
 
 
 def soft_threshold_24(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -28,7 +41,7 @@ def soft_threshold_24(x: jax.Array, axis: int = -1) -> jax.Array:
     _checks.check_multiple(x.shape[axis], 4, f"axis {axis} of x")
     g = _groups_last(x, axis).astype(jnp.float32)
     mag = jnp.abs(g)
-    t = jnp.sort(mag, axis=-1)[..., 1:2]
+    t = second_smallest_of_4(mag)[..., None]
     out = jnp.sign(g) * jnp.maximum(mag - t, 0.0)
     return _ungroup(out.astype(x.dtype), axis, x.ndim)
 

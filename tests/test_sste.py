@@ -49,3 +49,19 @@ def test_sste_scale_formula_and_zero():
     assert float(s24.sste_scale(w)) == pytest.approx((wn * s).sum() / (s * s).sum(), rel=1e-5)
     assert float(s24.sste_scale(w)) > 1.0  # restores the magnitude lost by thresholding
     assert float(s24.sste_scale(jnp.zeros((4, 4)))) == 1.0
+
+
+def test_second_smallest_of_4_is_the_sorted_entry_for_every_order_and_tie():
+    # all 4^4 assignments of the values {0, 1, 2, 3}: every ordering, with every kind of tie
+    import itertools
+
+    a = np.array(list(itertools.product(range(4), repeat=4)), np.float32)
+    got = np.asarray(s24.sste.second_smallest_of_4(jnp.asarray(a)))
+    np.testing.assert_array_equal(got, np.sort(a, -1)[:, 1])
+
+
+def test_soft_threshold_compiles_without_a_sort():
+    # a sort of (..., 4) groups was a whole-tensor sort kernel per layer and step on the GPU
+    w = jnp.ones((64, 128), jnp.float32)
+    text = jax.jit(s24.soft_threshold_24).lower(w).as_text()
+    assert "sort" not in text
