@@ -57,12 +57,16 @@ class SparseLinear(nn.Module):
             if self.method != "dense" and v % 4:
                 raise ValueError(f"{name}={v} is not a multiple of 4: choose a size divisible by 4")
         w = self.param("weight", self.kernel_init, (self.features, k), self.param_dtype)
+        if self.method == "dense":
+            # no mask at all: refresh_masks and decay_masks find layers by their mask,
+            # and a dense layer must get neither a transposable mask nor masked decay
+            return sparse24_linear(x.astype(self.dtype or x.dtype), w, method="dense", precision=self.precision)
         mask = self.variable(COLLECTION, "mask", lambda: search_mask(self.method, self.backend, w))
         beta = None
         if self.method == "sste":
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
         x = x.astype(self.dtype or x.dtype)
-        if self.dense or self.method == "dense":
+        if self.dense:
             return sparse24_linear(x, w, method="dense", precision=self.precision)
         key = None
         if self.mvue:
@@ -99,7 +103,7 @@ class SparseGatedMLP(nn.Module):
     d_hidden: int
     activation: str = "swiglu"
     linear_kwargs: dict = None
-    fused_activation: bool | None = None
+    fused_activation: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -113,7 +117,8 @@ class SparseGatedMLP(nn.Module):
 
 def _layers(params, sparse_state):
     """(path, weight, layer_state) for every layer with a ``mask`` in the
-    sparse24 collection."""
+    sparse24 collection: the 2:4 layers (``method="dense"`` layers keep none;
+    ``beta`` marks S-STE's, the others are hard-masked SR-STE/STE layers)."""
     flat_p = flatten_dict(params)
     flat_s = flatten_dict(sparse_state)
     for path, m in flat_s.items():

@@ -69,3 +69,20 @@ def test_linen_training_with_helpers():
     )
     dm = s24linen.decay_masks(params, sparse)
     assert dm["Dense_0"]["kernel"] is True and dm["SparseMLP_0"]["proj"]["weight"].dtype == jnp.bool_
+
+
+def test_linen_dense_layers_get_no_mask_and_no_decay():
+    # the helpers find 2:4 layers by their mask: a dense layer holding one got a
+    # transposable mask from refresh_masks and masked decay on half its weights
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+    v = Net(method="dense").init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
+    params, sparse = v["params"], v.get("sparse24", {})
+    assert sparse == {}
+    dm = s24linen.decay_masks(params, sparse)
+    assert all(leaf is True for leaf in jax.tree.leaves(dm, is_leaf=lambda a: a is True))
+    new_sparse, fr = s24linen.refresh_masks(params, sparse, 40, mask_interval=40)
+    assert new_sparse == {} and float(fr) == 0.0
+    y = Net(method="dense").apply(v, x)
+    h = jax.nn.gelu(x @ params["SparseMLP_0"]["fc"]["weight"].T, approximate=False)
+    ref = h @ params["SparseMLP_0"]["proj"]["weight"].T @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
