@@ -7,7 +7,8 @@ here; the Flax modules are in :mod:`sparse24_jax.nnx` and
 """
 
 from .activations import gated_activation
-from .backend import Backend, BackendUnavailableError, available_backends, get_backend, register_backend
+from .backend import (Backend, BackendUnavailableError, Capabilities, available_backends, capabilities, get_backend,
+                      register_backend)
 from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, project_weight, sparse24_linear
 from .masks import TRANSPOSABLE_PATTERNS, flip_rate, mask_24, transposable_mask_24
 from .mvue import mvue_24, mvue_inclusion_probs
@@ -24,6 +25,8 @@ __all__ = [
     "check_tensor_parallel",
     "sharded_sparse24_linear",
     "BackendUnavailableError",
+    "Capabilities",
+    "capabilities",
     "METHODS",
     "PRECISIONS",
     "TRANSPOSABLE_PATTERNS",

@@ -6,21 +6,19 @@ last axis); the FFN continues with ``x * act(gate)``.
 * :func:`gated_activation` is the pure-JAX reference (float32 inside, result
   in ``h``'s dtype); XLA fuses it on any device.
 * :func:`gated` is what the modules call: it runs a backend's fused kernels
-  when the backend offers them (and the switch is on), else the reference.
+  when the backend offers them (and ``fused``, the module's own setting), else
+  the reference.
 
-Backend hook protocol (optional, looked up with ``getattr``, so a backend
-without it, like ``"xla"``, simply runs the reference):
-
-``backend.gated_activation(h, kind) -> y``
-    the forward, ``h`` of any leading dims, ``y`` in ``h``'s dtype.
-``backend.gated_activation_bwd(h, dy, kind) -> dh`` (optional too)
-    the backward from ``h`` (the activation recomputed) and ``dy``.
-
-:func:`gated` wraps them in one ``jax.custom_vjp``: forward by the first hook,
-backward by the second (without it: ``jax.vjp`` of the reference). The
-``triton`` backend provides both (``sparse24_jax_kernels.triton.gated``).
-Nothing here imports a backend: ``get_backend`` loads one only when a module
-names it, so ``import sparse24_jax`` needs no Triton.
+The backend side is the optional capability
+:class:`~sparse24_jax.backend.FusedGatedActivation` (``gated_activation(h,
+kind)``, and optionally ``gated_activation_bwd(h, dy, kind)``, the backward
+with the activation recomputed); a backend without it, like ``"xla"``, simply
+runs the reference. :func:`gated` wraps the two in one ``jax.custom_vjp``:
+forward by the first, backward by the second (without it: ``jax.vjp`` of the
+reference). The ``triton`` backend provides both
+(``sparse24_jax_kernels.triton.gated``). Nothing here imports a backend:
+``get_backend`` loads one only when a module names it, so ``import
+sparse24_jax`` needs no Triton.
 """
 
 from __future__ import annotations
@@ -33,25 +31,9 @@ import jax.numpy as jnp
 
 from ._vma import match_varying
 
-__all__ = ["gated_activation", "gated", "GATED_KINDS", "set_fused_gated", "fused_gated_enabled"]
+__all__ = ["gated_activation", "gated", "GATED_KINDS"]
 
 GATED_KINDS = ("swiglu", "geglu")
-
-_FUSED = {"on": True}
-
-
-def set_fused_gated(enabled: bool) -> bool:
-    """Turn the backends' fused gated kernels on or off process-wide (the
-    default for :func:`gated`'s ``fused=None``); returns the previous setting.
-    Read at trace time: already-jitted functions keep what they traced."""
-    prev = _FUSED["on"]
-    _FUSED["on"] = bool(enabled)
-    return prev
-
-
-def fused_gated_enabled() -> bool:
-    """The current process-wide default (see :func:`set_fused_gated`)."""
-    return _FUSED["on"]
 
 
 def _check(h: jax.Array, kind: str) -> None:
@@ -61,14 +43,15 @@ def _check(h: jax.Array, kind: str) -> None:
         raise ValueError(f"the last axis of h is {h.shape[-1]}, not even: it must hold [x, gate]")
 
 
-def gated_activation(h: jax.Array, kind: str) -> jax.Array:
+def gated_activation(h: jax.Array, kind: str, out_dtype: Any = None) -> jax.Array:
     """``x * silu(gate)`` (swiglu) or ``x * gelu_tanh(gate)`` (geglu), with
     ``x, gate = split(h, 2, axis=-1)``. Computed in float32, returned in
-    ``h``'s dtype. The pure-JAX reference (twin of the fused kernels)."""
+    ``out_dtype`` (default ``h``'s dtype). The pure-JAX reference (twin of the
+    fused kernels)."""
     _check(h, kind)
     x, gate = jnp.split(h.astype(jnp.float32), 2, axis=-1)
     act = jax.nn.silu(gate) if kind == "swiglu" else jax.nn.gelu(gate, approximate=True)
-    return (x * act).astype(h.dtype)
+    return (x * act).astype(out_dtype or h.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -82,9 +65,10 @@ def _fused_fwd(h, kind, be):
 
 
 def _fused_bwd(kind, be, h, dy):
-    bwd = getattr(be, "gated_activation_bwd", None)
-    if bwd is not None:
-        return (match_varying(bwd(h, dy.astype(h.dtype), kind), h),)
+    from .backend import capabilities  # noqa: PLC0415
+
+    if capabilities(be).gated_activation_bwd:
+        return (match_varying(be.gated_activation_bwd(h, dy.astype(h.dtype), kind), h),)
     _, vjp = jax.vjp(lambda a: gated_activation(a, kind), h)
     return vjp(dy)
 
@@ -93,14 +77,13 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _fused_backend(backend: Any):
-    """The backend object if it has the forward hook, else None."""
+    """The backend object if it has the fused gated kernels, else None."""
     if backend is None:
         return None
-    if isinstance(backend, str):
-        from .backend import get_backend  # noqa: PLC0415  (no import cycle at load time)
+    from .backend import capabilities, get_backend  # noqa: PLC0415  (no import cycle at load time)
 
-        backend = get_backend(backend)
-    return backend if callable(getattr(backend, "gated_activation", None)) else None
+    be = get_backend(backend)
+    return be if capabilities(be).gated_activation else None
 
 
 def gated(
@@ -108,7 +91,7 @@ def gated(
     kind: str,
     *,
     backend: Any = None,
-    fused: bool | None = None,
+    fused: bool = True,
     shard: Any = None,
 ) -> jax.Array:
     """``x * act(gate)`` for ``h = [x, gate]`` (last axis), differentiable:
@@ -120,8 +103,7 @@ def gated(
       kind: "swiglu" or "geglu".
       backend: a name or Backend (the gated MLP's ``gate_up.backend``);
         ``None`` (or a backend without the hook, like "xla"): the reference.
-      fused: ``False`` forces the reference; ``None`` follows
-        :func:`set_fused_gated` (on by default).
+      fused: ``False`` forces the reference (the modules' ``fused_activation``).
       shard: the layers' :class:`~sparse24_jax.ShardConfig`, if any. The
         kernels are custom calls that XLA cannot split, so with a mesh they run
         per device inside ``shard_map`` over ``shard.batch_axes`` (``h``'s
@@ -129,8 +111,6 @@ def gated(
         slices of ``x`` and ``gate``, so the reference runs (XLA moves data).
     """
     _check(h, kind)
-    if fused is None:
-        fused = fused_gated_enabled()
     be = _fused_backend(backend) if fused else None
     if be is None or (shard is not None and shard.tensor_axis is not None):
         return gated_activation(h, kind)

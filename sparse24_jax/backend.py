@@ -26,19 +26,27 @@ anywhere) is built in; the GPU backends live in the separate
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import threading
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "Capabilities",
+    "FusedActivationGradPrune",
+    "FusedGatedActivation",
     "NativeFp8Forward",
+    "PrepareFromMaster",
+    "QuantizePrunedGrad",
     "available_backends",
+    "capabilities",
     "get_backend",
     "register_backend",
 ]
@@ -89,14 +97,22 @@ class Backend(Protocol):
         :func:`sparse24_jax.transposable_mask_24`)."""
 
 
+# -- optional capabilities ----------------------------------------------------
+#
+# A backend may offer more than the six methods above: each extra is one of the
+# protocols below, and `capabilities(backend)` is the one place that asks which
+# a backend has. The layers above (sparse24_linear, the FFN block, the gated
+# activation) take the fast path a capability gives and otherwise compose the
+# same result from the six methods, so a third-party backend needs none of them.
+
+
 @runtime_checkable
 class NativeFp8Forward(Protocol):
-    """Optional: a backend that runs the *forward* GEMM of
-    ``precision="fp8"`` as a real FP8 2:4 GEMM (e4m3 operands, float32
-    accumulation) instead of multiplying upcast fp8 values. Only the forward:
-    the recipe's input- and weight-gradient GEMMs mix e5m2 with e4m3, which
-    the backends here run on the exactly upcast values (module doc of
-    :mod:`sparse24_jax.linear`)."""
+    """Runs the *forward* GEMM of ``precision="fp8"`` as a real FP8 2:4 GEMM
+    (e4m3 operands, float32 accumulation) instead of multiplying upcast fp8
+    values. Only the forward: the recipe's input- and weight-gradient GEMMs mix
+    e5m2 with e4m3, which the backends here run on the exactly upcast values
+    (:mod:`sparse24_jax.linear_fp8`)."""
 
     def fp8_forward_available(self) -> tuple[bool, str]:
         """Whether this machine runs the FP8 forward, and why not. Called at
@@ -108,6 +124,109 @@ class NativeFp8Forward(Protocol):
     def matmul_fwd_fp8(self, qx: Array, w8: Any, out_dtype: Any) -> Array:
         """``q_x @ q_w.T`` for e4m3 ``q_x`` (M, K): (M, N) in ``out_dtype``,
         unscaled (the caller multiplies by both scales)."""
+
+
+@runtime_checkable
+class QuantizePrunedGrad(Protocol):
+    """Quantizes the kept values of its own compressed ``S_z(dZ.T)`` to fp8
+    in place (FP8 recipe), so the MVUE pruning stays in the backend's kernel."""
+
+    def quantize_pruned_grad(self, g: Any, fp8_dtype: Any) -> tuple[Any, Array] | None:
+        """``(g', scale)`` with ``g``'s kept values quantized per tensor to
+        ``fp8_dtype`` (stored as exactly upcast compute-dtype values), or None
+        for an unpruned ``g`` (the caller then quantizes the dense one)."""
+
+
+@runtime_checkable
+class PrepareFromMaster(Protocol):
+    """Projects, casts and compresses the float32 master weight in one pass
+    (no dense ``W_s`` written and read back)."""
+
+    def prepare_projected(self, w: Array, mask: Array | None, beta: Array | None, *,
+                          method: str, dtype: Any) -> Any:
+        """The same operands as ``prepare_weight(project_weight(w, mask, beta,
+        method).astype(dtype), transposable=...)``, bit for bit."""
+
+
+@runtime_checkable
+class FusedGatedActivation(Protocol):
+    """Fused kernels of the gated activations (:mod:`sparse24_jax.activations`).
+    A method ``gated_activation_bwd(h, dy, kind) -> dh`` (the backward from
+    ``h``, the activation recomputed) is optional beside it; without it (or
+    with it set to ``None``) the backward is the reference's VJP."""
+
+    def gated_activation(self, h: Array, kind: str) -> Array:
+        """``x * act(gate)`` for ``h = [x, gate]`` (last axis, any leading dims)."""
+
+
+@runtime_checkable
+class FusedActivationGradPrune(Protocol):
+    """The FFN's activation backward fused with the MVUE pruning of its
+    result: one pass reads ``dA`` and the saved pre-activation ``Z`` and writes
+    ``dZ`` (for the input-gradient GEMM) and ``S_z(dZ.T)`` compressed (for the
+    weight-gradient GEMM) (:mod:`sparse24_jax.ffn`)."""
+
+    def activation_grad_prune_kinds(self) -> tuple[str, ...]:
+        """The activations (``"gelu"``, ``"swiglu"``, ...) it fuses here."""
+
+    def activation_grad_prune(self, kind: str, da: Array, z: Array, key: Array) -> tuple[Array, Any]:
+        """``(dZ, prune_grad(key, dZ))`` with ``dZ`` the activation's VJP of
+        ``da`` at ``z`` (2-D, tokens first), computed in float32 and rounded
+        once to ``z``'s dtype (:func:`sparse24_jax.ffn.activation_vjp`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond the :class:`Backend` protocol.
+
+    Attributes:
+      compute_dtypes: the dtypes its GEMMs take (``check`` enforces them);
+        ``float32`` among them lets ``precision="fp8"`` multiply the fp8
+        values upcast exactly to float32.
+      native_fp8_forward: :class:`NativeFp8Forward`.
+      quantize_pruned_grad: :class:`QuantizePrunedGrad`.
+      prepare_projected: :class:`PrepareFromMaster`.
+      gated_activation / gated_activation_bwd: :class:`FusedGatedActivation`.
+      activation_grad_prune: the kinds of :class:`FusedActivationGradPrune`.
+    """
+
+    compute_dtypes: tuple[Any, ...]
+    native_fp8_forward: bool = False
+    quantize_pruned_grad: bool = False
+    prepare_projected: bool = False
+    gated_activation: bool = False
+    gated_activation_bwd: bool = False
+    activation_grad_prune: tuple[str, ...] = ()
+
+    @property
+    def float32_operands(self) -> bool:
+        return jnp.dtype(jnp.float32) in self.compute_dtypes
+
+
+#: what a backend that declares no ``compute_dtypes`` is assumed to take
+DEFAULT_COMPUTE_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def capabilities(backend: str | Backend) -> Capabilities:
+    """The optional capabilities of ``backend`` (a name or a Backend), from
+    the protocols above and its ``compute_dtypes`` attribute. Cheap: a few
+    attribute lookups, no GPU work (``native_fp8_forward`` says the methods
+    exist; whether this machine runs them is ``fp8_forward_available()``)."""
+    be = get_backend(backend)
+    gated = isinstance(be, FusedGatedActivation) and callable(getattr(be, "gated_activation", None))
+    fused_kinds: tuple[str, ...] = ()
+    if isinstance(be, FusedActivationGradPrune):
+        fused_kinds = tuple(be.activation_grad_prune_kinds())
+    dtypes = getattr(be, "compute_dtypes", None)
+    return Capabilities(
+        compute_dtypes=tuple(jnp.dtype(d) for d in dtypes) if dtypes else DEFAULT_COMPUTE_DTYPES,
+        native_fp8_forward=isinstance(be, NativeFp8Forward),
+        quantize_pruned_grad=isinstance(be, QuantizePrunedGrad),
+        prepare_projected=isinstance(be, PrepareFromMaster),
+        gated_activation=gated,
+        gated_activation_bwd=gated and callable(getattr(be, "gated_activation_bwd", None)),
+        activation_grad_prune=fused_kinds,
+    )
 
 
 # name -> "module:attribute" of a zero-argument factory, imported on first use.

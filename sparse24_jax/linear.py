@@ -12,26 +12,12 @@ The weight gradient goes straight through the projection to the dense master
 weight ``W`` (it is *not* masked), so pruned weights keep learning and can
 come back when the mask is recomputed. The three products and the
 compression of their sparse operands come from a backend (see
-:mod:`sparse24_jax.backend`); everything else is here.
+:mod:`sparse24_jax.backend`); everything else is here. docs/algorithms.md
+derives the three formulas.
 
-``precision="fp8"`` runs the three products in S-STE's FP8 recipe
-(:mod:`sparse24_jax.fp8`: per-tensor amax scaling, ``X``/``W_s`` e4m3,
-``dZ``/``S_z(dZ.T)`` e5m2, float32 accumulation, result times both scales).
-The operands are quantized here and the scale product multiplies each result
-here. A backend with a native FP8 forward
-(:class:`~sparse24_jax.backend.NativeFp8Forward`: cuSPARSELt's e4m3 2:4 GEMM
-on Hopper, when its probe passes) runs the forward on the e4m3 values
-themselves; every other product is *simulated*: the backend multiplies the fp8
-values upcast exactly to float32 (to the compute dtype for a backend that
-rejects float32, e.g. cuSPARSELt, whose output then rounds before the
-scaling). The gradient GEMMs are always simulated: they mix e5m2 with e4m3. With backend
-"xla" that is exactly :func:`sparse24_jax.fp8.fp8_dot` of the same operands.
-The MVUE pruning of ``dZ.T`` then uses the reference :func:`~sparse24_jax.mvue_24`
-(identical to the "xla" backend's) on the compute-dtype ``dZ``, and the pruned
-tensor is quantized and passed to the backend as an unpruned (dense) operand,
-unless the backend has ``quantize_pruned_grad(g, fp8_dtype)``: then its own
-MVUE kernel prunes and compresses ``dZ.T`` and the kept values are quantized
-in the compressed operand (cuSPARSELt: a sparse weight-gradient GEMM).
+This module is the computation in the input's dtype (``precision="bf16"``);
+``precision="fp8"`` (S-STE's FP8 recipe) is a custom_vjp of its own,
+:mod:`sparse24_jax.linear_fp8`, which :func:`sparse24_linear` dispatches to.
 """
 
 from __future__ import annotations
@@ -45,15 +31,14 @@ import jax.numpy as jnp
 from . import _checks
 from . import fp8 as _fp8
 from ._vma import match_varying
-from .backend import Backend, NativeFp8Forward, get_backend
+from .backend import Backend, capabilities, get_backend
 from .masks import mask_24
-from .mvue import mvue_24
 from .sste import soft_threshold_24
 
 __all__ = ["sparse24_linear", "prepare_sparse24_weight", "project_weight", "METHODS", "PRECISIONS"]
 
 #: "bf16": compute in the input's dtype (the default); "fp8": S-STE's FP8
-#: recipe, simulated (module doc).
+#: recipe, simulated (:mod:`sparse24_jax.linear_fp8`).
 PRECISIONS = _fp8.PRECISIONS
 
 #: srste: transposable hard mask (with masked decay in the optimizer);
@@ -85,7 +70,18 @@ def search_mask(method: str, backend: str | Backend, w):
     return jnp.ones(w.shape, bool)
 
 
-def _validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
+def prepare(w, mask, beta, method: str, backend: Backend, dtype):
+    """The backend's operands of ``W_s`` in ``dtype``: straight from the
+    master weight in one pass when the backend can (``prepare_projected``),
+    else projected here and handed to ``prepare_weight``. Same bits either way."""
+    if capabilities(backend).prepare_projected:
+        return backend.prepare_projected(w, mask, beta, method=method, dtype=dtype)
+    w_s, transposable = project_weight(w, mask, beta, method=method)
+    return backend.prepare_weight(w_s.astype(dtype), transposable=transposable)
+
+
+def validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
+    """The argument checks of :func:`sparse24_linear` (and the FFN block)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
     if precision not in PRECISIONS:
@@ -119,80 +115,44 @@ def _validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _sparse_linear_2d(x, w, mask, beta, key, prepared, method: str, backend: Backend,
-                      precision: str = "bf16"):
-    return _fwd(x, w, mask, beta, key, prepared, method, backend, precision)[0]
+def tokens_2d(x, k: int):
+    """``x`` as ``(M, K)`` with M padded to a multiple of 4 (an MVUE group is 4
+    tokens; zero tokens add nothing to ``dW``), and a function that takes an
+    ``(M_padded, N)`` result back to ``x``'s leading dims."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    pad = (-m) % 4
+    if pad:
+        x2 = jnp.pad(x2, ((0, pad), (0, 0)))
+
+    def restore(z):
+        return (z[:m] if pad else z).reshape(*lead, z.shape[-1])
+
+    return x2, restore
 
 
-def _sim_dtype(backend: Backend, n: int, k: int, dtype) -> Any:
-    """The dtype that carries fp8 values into a backend's GEMMs: float32 (so
-    the products are the recipe's exactly) unless the backend rejects it."""
-    try:
-        backend.check(n, k, jnp.float32)
-    except ValueError:
-        return dtype
-    return jnp.float32
+# ---------------------------------------------------------------------------
+# The custom_vjp: one algorithm, in the input's dtype
+# ---------------------------------------------------------------------------
 
 
-def _native_fp8(backend: Backend) -> bool:
-    """Whether ``backend`` runs the FP8 forward natively here."""
-    return isinstance(backend, NativeFp8Forward) and backend.fp8_forward_available()[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _linear(x, w, mask, beta, key, prepared, method: str, backend: Backend):
+    return _linear_fwd(x, w, mask, beta, key, prepared, method, backend)[0]
 
 
-def _prepare(w, mask, beta, method, backend: Backend, dtype):
-    """Project ``W`` to ``W_s`` and let the backend compress it (in ``dtype``)."""
-    w_s, transposable = project_weight(w, mask, beta, method=method)
-    return backend.prepare_weight(w_s.astype(dtype), transposable=transposable)
-
-
-def _fwd(x, w, mask, beta, key, prepared, method, backend, precision="bf16"):
-    # a 0-d array of w's dtype (and shard_map axes): the cotangent of w must come back in them
-    w_proto = match_varying(jnp.zeros((), w.dtype), w)
-    if precision == "fp8":
-        w_s, transposable = project_weight(w, mask, beta, method=method)
-        sim = _sim_dtype(backend, *w.shape, x.dtype)
-        qw, sw = _fp8.quantize(w_s, _fp8.E4M3)
-        qx, sx = _fp8.quantize(x, _fp8.E4M3)
-        w_op = backend.prepare_weight(qw.astype(sim), transposable=transposable)
-        if _native_fp8(backend):
-            # a real e4m3 2:4 GEMM (w_op then only feeds the input gradient)
-            z = backend.matmul_fwd_fp8(qx, backend.prepare_weight_fp8(qw), x.dtype)
-        else:
-            z = backend.matmul_fwd(qx.astype(sim), w_op)
-        z = z.astype(jnp.float32) * (sx * sw)
-        # residuals: X in e4m3 (reused by the weight-gradient GEMM) and W_s's
-        # prepared e4m3 values (input-gradient GEMM), with their scales
-        protos = (w_proto, match_varying(jnp.zeros((), x.dtype), x), jnp.zeros((), sim))
-        return match_varying(z.astype(x.dtype), x, w), (qx, sx, w_op, sw, key, protos)
+def _linear_fwd(x, w, mask, beta, key, prepared, method, backend):
     # prepared: compressed once per optimizer step by the caller (gradient accumulation)
-    w_op = _prepare(w, mask, beta, method, backend, x.dtype) if prepared is None else prepared
+    w_op = prepare(w, mask, beta, method, backend, x.dtype) if prepared is None else prepared
     # under shard_map a custom call's result is typed invariant: give it the operands' axes
     z = match_varying(backend.matmul_fwd(x, w_op), x, w)
+    # a 0-d array of w's dtype (and shard_map axes): the cotangent of w must come back in them
+    w_proto = match_varying(jnp.zeros((), w.dtype), w)
     return z, (x, w_op, key, w_proto)
 
 
-def _bwd(method, backend, precision, res, dz):
-    if precision == "fp8":
-        qx, sx, w_op, sw, key, (w_proto, x_proto, sim_proto) = res
-        sim = sim_proto.dtype
-        qdz, sdz = _fp8.quantize(dz, _fp8.E5M2)
-        dx = backend.matmul_dx(qdz.astype(sim), w_op).astype(jnp.float32) * (sdz * sw)
-        pruned = None
-        quantize_pruned = getattr(backend, "quantize_pruned_grad", None)
-        if key is not None and quantize_pruned is not None:
-            # the backend's MVUE kernel, then its kept values quantized in place
-            pruned = quantize_pruned(backend.prune_grad(key, dz), _fp8.E5M2)
-        if pruned is not None:
-            g_op, sg = pruned
-        else:
-            g = dz.T if key is None else mvue_24(key, dz.T, axis=-1)  # S_z(dZ.T), (N, M)
-            qg, sg = _fp8.quantize(g, _fp8.E5M2)
-            g_op = backend.prune_grad(None, qg.astype(sim).T)  # already pruned: pass it dense
-        dw = backend.matmul_dw(g_op, qx.astype(sim)).astype(jnp.float32) * (sg * sx)
-        # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
-        dx, dw = match_varying(dx.astype(x_proto.dtype), x_proto), match_varying(dw.astype(w_proto.dtype), w_proto)
-        return dx, dw, None, None, None, None
+def _linear_bwd(method, backend, res, dz):
     x, w_op, key, w_proto = res
     dx = backend.matmul_dx(dz, w_op)
     dw = backend.matmul_dw(backend.prune_grad(key, dz), x).astype(w_proto.dtype)
@@ -202,7 +162,7 @@ def _bwd(method, backend, precision, res, dz):
     return dx, dw, None, None, None, None
 
 
-_sparse_linear_2d.defvjp(_fwd, _bwd)
+_linear.defvjp(_linear_fwd, _linear_bwd)
 
 
 def prepare_sparse24_weight(
@@ -220,17 +180,18 @@ def prepare_sparse24_weight(
     With gradient accumulation the weights do not change between the
     micro-batches of one optimizer step, but ``sparse24_linear`` projects and
     compresses ``W_s`` (and ``W_s.T``) on every call, and XLA does not hoist
-    those custom calls out of the micro-batch loop (checked on an H100 with
-    ``benchmarks/check_hoist.py``). Call this once per step, outside the loop,
-    and pass the result to every micro-batch's call: the products are the
-    same. ``dtype`` must be the compute dtype (``x.dtype``) of those calls.
+    those custom calls out of the micro-batch loop
+    (``benchmarks/check_hoist.py`` shows where they land). Call this once per
+    step, outside the loop, and pass the result to every micro-batch's call:
+    the products are the same. ``dtype`` must be the compute dtype
+    (``x.dtype``) of those calls.
     """
     if method == "dense":
         raise ValueError("method='dense' has nothing to prepare: call sparse24_linear without prepared=")
     be = get_backend(backend)
     _checks.check_rank2(w, "w")
     be.check(*w.shape, dtype)
-    return _prepare(w, mask, beta, method, be, dtype)
+    return prepare(w, mask, beta, method, be, dtype)
 
 
 def sparse24_linear(
@@ -246,7 +207,7 @@ def sparse24_linear(
     precision: str = "bf16",
     prepared: Any = None,
 ) -> jax.Array:
-    """``Z = X @ W_s.T`` with SPEC's 2:4 forward and backward (module doc).
+    """``Z = X @ W_s.T`` with the 2:4 forward and backward of the module doc.
 
     Args:
       x: ``(..., K)`` input; its dtype is the compute dtype (the weight is
@@ -265,10 +226,10 @@ def sparse24_linear(
       mvue: prune ``dZ.T`` with MVUE for the weight gradient; ``False`` uses
         the dense ``dZ.T``.
       precision: "bf16" (default): the GEMMs compute in ``x``'s dtype; "fp8":
-        S-STE's FP8 recipe for all three GEMMs (:mod:`sparse24_jax.fp8`),
-        simulated through the backend (module doc). The output and ``dX`` keep
-        ``x``'s dtype, ``dW`` ``w``'s. With ``method="dense"`` the dense
-        product runs the same recipe on the "xla" backend.
+        S-STE's FP8 recipe for all three GEMMs (:mod:`sparse24_jax.linear_fp8`).
+        The output and ``dX`` keep ``x``'s dtype, ``dW`` ``w``'s. With
+        ``method="dense"`` the dense product runs the same recipe on the "xla"
+        backend.
       prepared: the result of :func:`prepare_sparse24_weight` for this
         ``w``, ``mask``, ``beta``, ``method``, ``backend`` and ``x.dtype``,
         computed once per optimizer step (gradient accumulation); ``None``
@@ -278,16 +239,17 @@ def sparse24_linear(
     multiple of 4 (MVUE groups 4 tokens), zero rows are appended for the
     products and dropped again; zero tokens add nothing to ``dW``.
     """
-    _validate(x, w, mask, beta, key, method, mvue, precision)
+    validate(x, w, mask, beta, key, method, mvue, precision)
     if prepared is not None and (precision != "bf16" or method == "dense"):
         raise ValueError(
             f"prepared= works with precision='bf16' and a sparse method, not precision={precision!r}, "
             f"method={method!r}: drop prepared= (the call then compresses the weight itself)"
         )
-    if method == "dense" and precision == "fp8":
-        # dense fine-tuning in FP8: the same recipe, dense W, no MVUE
-        backend, key, mvue = "xla", None, False
-    elif method == "dense":
+    if precision == "fp8":
+        from .linear_fp8 import sparse24_linear_fp8  # noqa: PLC0415  (it imports this module)
+
+        return sparse24_linear_fp8(x, w, mask, beta, key if mvue else None, method=method, backend=backend)
+    if method == "dense":
         # No preferred_element_type=float32 here: its cotangent would be
         # float32 and make XLA run the backward GEMMs in float32, 2x slower
         # than bf16 on an H100 (GPUs accumulate bf16 dots in float32 anyway).
@@ -295,13 +257,5 @@ def sparse24_linear(
     be = get_backend(backend)
     n, k = w.shape
     be.check(n, k, x.dtype)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
-    pad = (-m) % 4
-    if pad:
-        x2 = jnp.pad(x2, ((0, pad), (0, 0)))
-    z = _sparse_linear_2d(x2, w, mask, beta, key if mvue else None, prepared, method, be, precision)
-    if pad:
-        z = z[:m]
-    return z.reshape(*lead, n)
+    x2, restore = tokens_2d(x, k)
+    return restore(_linear(x2, w, mask, beta, key if mvue else None, prepared, method, be))

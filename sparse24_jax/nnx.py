@@ -15,10 +15,17 @@ usual ones::
 
 Each layer keeps an ``nnx.RngStream`` for its MVUE keys, so the stream's
 counter is model state that changes on every call. Inside ``jax.grad`` under
-``lax.scan`` (gradient accumulation), rebuild the model from split state with
-``nnx.merge(graphdef, params, rest, copy=True)`` and return the advanced
-``rest``: merging without ``copy`` reuses Variables created at an outer trace
-level and raises ``TraceContextError`` (see ``train/train.py``).
+``lax.scan`` (gradient accumulation) use :func:`value_and_grad`: it rebuilds
+the model from split state with ``nnx.merge(graphdef, params, rest,
+copy=True)`` and returns the advanced ``rest`` (merging without ``copy``
+reuses Variables created at an outer trace level and raises
+``TraceContextError``).
+
+State a layer holds, all of it explicit ``nnx.Variable``s: the master weight
+(``nnx.Param``), the mask (:class:`Sparse24Mask`), S-STE's scale
+(:class:`Sparse24Scale`) and, within one optimizer step only, the weight's
+operands compressed once for all micro-batches (:class:`Sparse24Prepared`, set
+by :func:`prepare_weights`, emptied by :func:`clear_prepared`).
 
 The weight is stored ``(out_features, in_features)`` (PyTorch's layout, not
 flax's ``(in, out)``) because the 2:4 groups run along the input axis K, which
@@ -27,16 +34,15 @@ must be the contiguous one for the sparse tensor cores.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .activations import GATED_KINDS, gated
+from .ffn import Sparse24Weight, sparse24_ffn
 from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
@@ -44,18 +50,20 @@ from .sste import sste_scale
 __all__ = [
     "Sparse24Mask",
     "Sparse24Scale",
+    "Sparse24Prepared",
     "SparseLinear",
     "SparseMLP",
     "SparseGatedMLP",
     "sparse_layers",
     "prepare_weights",
-    "using_prepared",
+    "clear_prepared",
+    "value_and_grad",
     "refresh_masks",
-    "deferred_mask_search",
     "search_masks",
     "decay_masks",
     "set_dense",
     "init_sste_scales",
+    "path_keys",
 ]
 
 
@@ -65,6 +73,14 @@ class Sparse24Mask(nnx.Variable):
 
 class Sparse24Scale(nnx.Variable):
     """S-STE's per-tensor scale beta (computed once, then frozen)."""
+
+
+class Sparse24Prepared(nnx.Variable):
+    """The layer's weight operands, compressed once per optimizer step
+    (:func:`prepare_weights`), or ``None``: then each call compresses the
+    weight itself. Derived from the weight, never trained or saved: a training
+    step that prepares clears it (:func:`clear_prepared`) before it returns
+    the model's state."""
 
 
 #: Fan-in scaled init for the (out, in) layout (flax's defaults assume (in, out)).
@@ -105,18 +121,23 @@ class SparseLinear(nnx.Module):
         "ste" (same mask, no decay), "sste" (beta * soft threshold), "dense".
       backend: "xla", "triton", "cusparselt" or a Backend.
       mask_interval: recompute the mask every this many optimizer steps (see
-        :func:`refresh_masks`); SPEC's recipe uses 40.
+        :func:`refresh_masks`); the papers' recipe uses 40.
       mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.
       precision: "bf16" (GEMMs in the compute dtype) or "fp8" (S-STE's FP8
-        recipe, simulated; see :mod:`sparse24_jax.fp8`). Also applies in
+        recipe, simulated; see :mod:`sparse24_jax.linear_fp8`). Also applies in
         dense fine-tuning. Under ``shard`` the per-tensor scales are per
         shard (each device's own amax).
       dtype: compute dtype (inputs and the projected weight are cast to it),
         ``None`` for the input's dtype.
       param_dtype: master weight dtype (float32).
+      search_mask: search the mask from the initial weight now (the default);
+        ``False`` starts from an all-True placeholder for :func:`search_masks`
+        to fill later (building a big model inside one ``jit``: the searches
+        inlined into that program make it slow to compile).
       shard: run per device inside ``shard_map`` on this mesh (needed for
-        the GPU backends when training on several devices; see
-        :mod:`sparse24_jax.parallel`). ``None``: plain jit sharding.
+        the GPU backends when training under plain jit sharding on several
+        devices; see :mod:`sparse24_jax.parallel`). ``None``: as on one device
+        (also inside a ``shard_map`` the caller wraps around the whole step).
       tp_mode: tensor-parallel split of the weight with ``shard``:
         "column" (split N), "row" (split K) or ``None``.
     """
@@ -134,6 +155,7 @@ class SparseLinear(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Any = default_kernel_init,
+        search_mask: bool = True,
         shard: ShardConfig | None = None,
         tp_mode: str | None = None,
         rngs: nnx.Rngs,
@@ -155,15 +177,19 @@ class SparseLinear(nnx.Module):
             check_tensor_parallel(out_features, in_features, shard.size(shard.tensor_axis if tp_mode else None), tp_mode)
         w = kernel_init(rngs.params(), (out_features, in_features), param_dtype)
         self.weight = nnx.Param(w)
-        # deferred (inside deferred_mask_search): a placeholder, set later by search_masks
-        self.mask = Sparse24Mask(jnp.ones(w.shape, bool) if _DEFER_SEARCH.get() else self._search_mask(w))
+        self.mask = Sparse24Mask(self._search_mask(w) if search_mask else jnp.ones(w.shape, bool))
         self.beta = Sparse24Scale(sste_scale(w) if method == "sste" else jnp.ones((), jnp.float32))
+        self.prepared = Sparse24Prepared(None)
         self.rngs = rngs["sparse24"].fork()
         #: dense fine-tuning: a static switch, so flipping it retraces once.
         self.dense = method == "dense"
 
     def _search_mask(self, w):
         return search_mask(self.method, self.backend, w)
+
+    def operands(self) -> Sparse24Weight:
+        """This layer's weight for :func:`~sparse24_jax.ffn.sparse24_ffn`."""
+        return Sparse24Weight(_get(self.weight), _get(self.mask), _get(self.beta), _get(self.prepared))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
@@ -174,25 +200,48 @@ class SparseLinear(nnx.Module):
         args = (x, _get(self.weight), _get(self.mask), _get(self.beta), key)
         kwargs = dict(method=self.method, backend=self.backend, mvue=self.mvue, precision=self.precision)
         if self.shard is not None:
+            # prepare_weights leaves sharded layers out (each shard compresses its own slice)
             return sharded_sparse24_linear(*args, shard=self.shard, mode=self.tp_mode, **kwargs)
-        prepared = (_PREPARED.get() or {}).get(id(self))
-        return sparse24_linear(*args, prepared=prepared, **kwargs)
+        return sparse24_linear(*args, prepared=_get(self.prepared), **kwargs)
+
+
+def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: str, fused: bool):
+    """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one
+    custom_vjp where the two layers allow it (same sparse method, backend and
+    dtype, bf16 precision, no per-layer shard_map), else ``None``. The MVUE
+    keys are drawn in the order the two layer calls would draw them."""
+    same = (fc.method, fc.backend, fc.mvue, fc.dtype) == (proj.method, proj.backend, proj.mvue, proj.dtype)
+    if not same or fc.dense or proj.dense or fc.precision != "bf16" or proj.precision != "bf16":
+        return None
+    if fc.shard is not None or proj.shard is not None:
+        return None
+    x = x.astype(fc.dtype or x.dtype)
+    keys = (fc.rngs(), proj.rngs()) if fc.mvue else (None, None)
+    return sparse24_ffn(x, fc.operands(), proj.operands(), activation=activation, keys=keys, method=fc.method,
+                        backend=fc.backend, mvue=fc.mvue, fused=fused)
 
 
 class SparseMLP(nnx.Module):
     """GPT-2's FFN: ``proj(gelu(fc(x)))`` with both linears 2:4 sparse.
-    ``fc``: d_model -> d_hidden, exact GELU, ``proj``: d_hidden -> d_model."""
+    ``fc``: d_model -> d_hidden, exact GELU, ``proj``: d_hidden -> d_model.
+
+    The two linears run as one FFN block (:func:`~sparse24_jax.ffn.sparse24_ffn`),
+    where the backend fuses the GELU backward with the MVUE pruning of its
+    result; ``fused_activation=False`` composes the reference instead (the
+    same numbers as two separate layers)."""
 
     def __init__(
         self,
         d_model: int,
         d_hidden: int,
         *,
+        fused_activation: bool = True,
         kernel_init: Any = default_kernel_init,
         out_kernel_init: Any = None,
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ):
+        self.fused_activation = fused_activation
         tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
         self.fc = SparseLinear(
             d_model, d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs, **linear_kwargs
@@ -203,6 +252,9 @@ class SparseMLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        y = _ffn_block(self.fc, self.proj, x, "gelu", self.fused_activation)
+        if y is not None:
+            return y
         return self.proj(jax.nn.gelu(self.fc(x), approximate=False))
 
 
@@ -210,10 +262,11 @@ class SparseGatedMLP(nnx.Module):
     """LLaMA-style FFN: ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``,
     ``act`` silu (``activation="swiglu"``) or tanh-GELU ("geglu").
 
-    The activation goes through :func:`sparse24_jax.activations.gated`: the
-    backend's fused forward and backward kernels when it has them (``"triton"``),
-    else the pure-JAX reference (``"xla"``). ``fused_activation=False`` forces
-    the reference; ``None`` follows :func:`~sparse24_jax.activations.set_fused_gated`."""
+    The activation runs the backend's fused kernels when it has them
+    (``"triton"``; :func:`sparse24_jax.activations.gated`), and the block's
+    backward fuses it with the MVUE pruning where the backend can
+    (:mod:`sparse24_jax.ffn`); ``fused_activation=False`` forces the pure-JAX
+    reference."""
 
     def __init__(
         self,
@@ -221,7 +274,7 @@ class SparseGatedMLP(nnx.Module):
         d_hidden: int,
         *,
         activation: str = "swiglu",
-        fused_activation: bool | None = None,
+        fused_activation: bool = True,
         kernel_init: Any = default_kernel_init,
         out_kernel_init: Any = None,
         rngs: nnx.Rngs,
@@ -245,6 +298,9 @@ class SparseGatedMLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        y = _ffn_block(self.gate_up, self.proj, x, self.activation, self.fused_activation)
+        if y is not None:
+            return y
         h = self.gate_up(x)
         a = gated(
             h, self.activation, backend=self.gate_up.backend, fused=self.fused_activation, shard=self.gate_up.shard
@@ -252,70 +308,70 @@ class SparseGatedMLP(nnx.Module):
         return self.proj(a)
 
 
-# id(layer) -> the layer's prepared operands, while `using_prepared` is active
-_PREPARED: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
-    "sparse24_prepared", default=None
-)
+# ---------------------------------------------------------------------------
+# Functions over a model's sparse layers
+# ---------------------------------------------------------------------------
 
 
-def prepare_weights(model: nnx.Module) -> dict[tuple, Any]:
-    """Compress every sparse layer's weight once: ``{path: operands}``.
-
-    For gradient accumulation: call it once per optimizer step, outside the
-    micro-batch loop, and run each micro-batch's forward inside
-    :func:`using_prepared`, so the weights are projected and compressed once
-    per step instead of once per micro-batch (XLA does not hoist the
-    compression out of the loop by itself). Layers that compress on every
-    call anyway are left out: dense mode, tensor-parallel (``shard``),
-    ``precision="fp8"``, and layers without a fixed ``dtype``.
-    """
-    out = {}
-    for path, layer in sparse_layers(model):
-        if layer.dense or layer.shard is not None or layer.precision != "bf16" or layer.dtype is None:
-            continue
-        out[path] = prepare_sparse24_weight(
-            _get(layer.weight), _get(layer.mask), _get(layer.beta),
-            method=layer.method, backend=layer.backend, dtype=layer.dtype,
-        )
-    return out
+def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
+    """``(path, layer)`` for every :class:`SparseLinear` in ``model``."""
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, SparseLinear):
+            yield tuple(path), node
 
 
-@contextlib.contextmanager
-def using_prepared(model: nnx.Module, prepared: dict[tuple, Any] | None):
-    """Within the block, ``model``'s sparse layers use ``prepared`` (from
-    :func:`prepare_weights` on a model with the same structure and weights:
-    layers are matched by path) instead of compressing their weights.
-    ``prepared=None`` does nothing. Trace-time only: the operands are not
-    stored in the model, so they never reach its state or a checkpoint."""
-    if not prepared:
-        yield
-        return
-    by_id = {id(layer): prepared[path] for path, layer in sparse_layers(model) if path in prepared}
-    token = _PREPARED.set(by_id)
-    try:
-        yield
-    finally:
-        _PREPARED.reset(token)
+def _preparable(layer: SparseLinear) -> bool:
+    """Whether a layer's operands can be computed once per step: not dense,
+    bf16 precision, a fixed compute dtype, and not under a per-layer shard_map
+    (each device there compresses its own slice, inside)."""
+    return not layer.dense and layer.shard is None and layer.precision == "bf16" and layer.dtype is not None
 
 
-_DEFER_SEARCH = contextvars.ContextVar("sparse24_defer_mask_search", default=False)
+def prepare_weights(model: nnx.Module) -> None:
+    """Compress every sparse layer's weight once, into its
+    :class:`Sparse24Prepared` Variable, for all calls until
+    :func:`clear_prepared`.
+
+    For gradient accumulation: call it once per optimizer step, before the
+    micro-batch loop, so the weights are projected and compressed once per
+    step instead of once per micro-batch (XLA does not hoist the compression
+    out of the loop by itself). Layers that compress on every call anyway are
+    left as they are: dense mode, per-layer ``shard``, ``precision="fp8"``,
+    and layers without a fixed ``dtype``. The operands are derived from the
+    current weights: update the weights, and they are stale until prepared
+    again."""
+    for _, layer in sparse_layers(model):
+        if _preparable(layer):
+            _set(layer.prepared, prepare_sparse24_weight(
+                _get(layer.weight), _get(layer.mask), _get(layer.beta),
+                method=layer.method, backend=layer.backend, dtype=layer.dtype,
+            ))
 
 
-@contextlib.contextmanager
-def deferred_mask_search():
-    """Layers built inside the block start with an all-True placeholder mask;
-    call :func:`search_masks` on the model afterwards.
+def clear_prepared(model: nnx.Module) -> None:
+    """Empty every layer's :class:`Sparse24Prepared` (after the step that used
+    it, before the model's state is returned or saved)."""
+    for _, layer in sparse_layers(model):
+        _set(layer.prepared, None)
 
-    For building a big model under one ``jit`` (sharded init): the mask
-    search of every layer would otherwise be inlined into that program, which
-    is slow to compile on a GPU already (GPT-2 774M, 72 weights: dense 100 s
-    on an H200, SR-STE not done in 170 s). :func:`search_masks` runs one
-    jitted search per weight shape instead."""
-    token = _DEFER_SEARCH.set(True)
-    try:
-        yield
-    finally:
-        _DEFER_SEARCH.reset(token)
+
+def value_and_grad(fn: Callable[..., jax.Array], graphdef, params, rest, *args, wrt: Any = nnx.Param):
+    """``(fn(model, *args), grads, rest')`` for ``model = merge(graphdef,
+    params, rest)``, differentiating with respect to ``params`` only.
+
+    For a loss over a model whose layers change state when called (their MVUE
+    key streams) inside ``jax.grad`` and ``lax.scan``: the model is rebuilt
+    with fresh Variables at this trace level (``copy=True``), and its other
+    state after the call comes back as ``rest'`` (apply it with
+    ``nnx.update(model, rest')``, or carry it to the next micro-batch).
+    ``graphdef, params, rest`` are ``nnx.split(model, wrt, ...)``."""
+
+    def f(params, rest):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        return fn(m, *args), nnx.split(m, wrt, ...)[2]
+
+    (value, rest), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
+    return value, grads, rest
 
 
 @functools.lru_cache(maxsize=64)
@@ -325,8 +381,9 @@ def _jitted_search(method: str, backend: Any):
 
 def search_masks(model: nnx.Module) -> None:
     """Set every sparse layer's mask from its current weight, as its
-    constructor does (see :func:`deferred_mask_search`): one compiled search
-    per (method, backend, weight shape), each mask kept in its sharding."""
+    constructor does (after building with ``search_mask=False``): one
+    compiled search per (method, backend, weight shape), each mask kept in its
+    sharding."""
     for _, layer in sparse_layers(model):
         old = _get(layer.mask)
         try:
@@ -338,36 +395,65 @@ def search_masks(model: nnx.Module) -> None:
         _set(layer.mask, new if sharding is None else jax.device_put(new, sharding))
 
 
-def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
-    """``(path, layer)`` for every :class:`SparseLinear` in ``model``."""
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, SparseLinear):
-            yield tuple(path), node
+def refresh_masks(model: nnx.Module, step: Any = None) -> tuple[jax.Array, jax.Array]:
+    """Recompute from their current fp32 weights the masks of the layers whose
+    ``mask_interval`` divides ``step``; call it after each optimizer update
+    with the new step count. Layers in dense mode are skipped.
 
-
-def refresh_masks(model: nnx.Module, step: Any) -> tuple[jax.Array, jax.Array]:
-    """Recompute the masks of the layers whose ``mask_interval`` divides
-    ``step`` (an int or a traced scalar: jit-able) from their current fp32
-    weights. Call it after each optimizer update with the new step count.
+    ``step`` is an int (the layers due are picked here: no conditional in the
+    program), a traced scalar (one ``lax.cond`` per distinct mask_interval,
+    not one per layer: on a GPU each conditional copies its predicate to the
+    host and waits), or ``None``: every layer now (for a loop that decides on
+    the host when a refresh is due, keeping the training step free of
+    conditionals).
 
     Returns ``(flip_rate, refreshed)``: the fraction of mask entries that
     changed, over all sparse weights of refreshed layers, and whether any
-    layer refreshed. Layers in dense mode are skipped.
+    layer refreshed.
     """
+    layers = [layer for _, layer in sparse_layers(model) if not layer.dense]
+    concrete = step is None or _concrete_int(step) is not None
+    groups: dict[int, list[SparseLinear]] = {}
+    for layer in layers:
+        groups.setdefault(layer.mask_interval, []).append(layer)
     flips = jnp.zeros((), jnp.float32)
     total = jnp.zeros((), jnp.float32)
     refreshed = jnp.zeros((), bool)
-    for _, layer in sparse_layers(model):
-        if layer.dense:
-            continue
-        due = jnp.asarray(step) % layer.mask_interval == 0
-        old = _get(layer.mask)
-        new = jax.lax.cond(due, layer._search_mask, lambda _: old, _get(layer.weight))
-        _set(layer.mask, new)
-        flips += jnp.sum(new != old, dtype=jnp.float32)
-        total += jnp.where(due, float(old.size), 0.0)
+    for interval, group in groups.items():
+        old = [_get(layer.mask) for layer in group]
+        weights = [_get(layer.weight) for layer in group]
+
+        def search(ws, group=group):
+            return [layer._search_mask(w) for layer, w in zip(group, ws)]
+
+        if concrete:
+            if step is not None and _concrete_int(step) % interval:
+                continue
+            new, due = search(weights), jnp.ones((), bool)
+        else:
+            due = jnp.asarray(step) % interval == 0
+            new = jax.lax.cond(due, search, lambda _, old=old: old, weights)
+        for layer, o, n in zip(group, old, new):
+            _set(layer.mask, n)
+            flips += jnp.sum(n != o, dtype=jnp.float32)
+            total += jnp.where(due, float(o.size), 0.0)
         refreshed |= due
     return jnp.where(total > 0, flips / jnp.maximum(total, 1.0), 0.0), refreshed
+
+
+def _concrete_int(step) -> int | None:
+    """``step`` as a Python int, or None while it is traced."""
+    try:
+        return int(step)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def path_keys(path) -> tuple:
+    """A pytree path of ``nnx.state(...)`` as plain keys (dict keys, attribute
+    names, list indices), without the Variable's own ``value`` entry."""
+    keys = tuple(getattr(p, "key", getattr(p, "name", getattr(p, "idx", None))) for p in path)
+    return keys[:-1] if keys and keys[-1] == "value" else keys
 
 
 def decay_masks(model: nnx.Module, wrt: Any = nnx.Param):
@@ -381,14 +467,7 @@ def decay_masks(model: nnx.Module, wrt: Any = nnx.Param):
         if layer.method in ("srste", "ste") and not layer.dense
     }
     state = nnx.state(model, wrt)
-
-    def pick(path, _leaf):
-        keys = tuple(getattr(p, "key", getattr(p, "name", getattr(p, "idx", None))) for p in path)
-        # drop the Variable's own `value` attribute from the pytree path
-        keys = keys[:-1] if keys and keys[-1] == "value" else keys
-        return masked.get(keys, True)
-
-    return jax.tree_util.tree_map_with_path(pick, state)
+    return jax.tree_util.tree_map_with_path(lambda path, _leaf: masked.get(path_keys(path), True), state)
 
 
 def set_dense(model: nnx.Module, dense: bool = True) -> None:

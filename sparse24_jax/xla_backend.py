@@ -21,9 +21,10 @@ class XlaBackend:
     """Dense XLA dots on explicitly masked operands (the reference)."""
 
     name = "xla"
+    compute_dtypes = tuple(jnp.dtype(d) for d in _checks.FLOAT_DTYPES)
 
     def check(self, n: int, k: int, dtype: Any) -> None:
-        if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _checks.FLOAT_DTYPES]:
+        if jnp.dtype(dtype) not in self.compute_dtypes:
             raise ValueError(
                 f"backend 'xla' computes in float32, bfloat16 or float16, not {jnp.dtype(dtype)}: "
                 "cast the input"

@@ -141,16 +141,50 @@ def test_bad_module_arguments():
 
 @pytest.mark.parametrize("method", ["srste", "sste", "dense"])
 def test_deferred_mask_search_gives_the_constructor_masks(method):
-    from sparse24_jax.nnx import deferred_mask_search, search_masks
-
     eager = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
-    with deferred_mask_search():
-        late = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
+    late = s24nnx.SparseMLP(32, 64, method=method, search_mask=False, rngs=nnx.Rngs(0, sparse24=1))
     assert bool(late.fc.mask[...].all()) and bool(late.proj.mask[...].all())  # placeholders
-    search_masks(late)
+    s24nnx.search_masks(late)
     for a, b in ((eager.fc, late.fc), (eager.proj, late.proj)):
         np.testing.assert_array_equal(np.asarray(a.weight[...]), np.asarray(b.weight[...]))
         np.testing.assert_array_equal(np.asarray(a.mask[...]), np.asarray(b.mask[...]))
-    # the block ends the deferral
-    again = s24nnx.SparseMLP(32, 64, method=method, rngs=nnx.Rngs(0, sparse24=1))
-    np.testing.assert_array_equal(np.asarray(again.fc.mask[...]), np.asarray(eager.fc.mask[...]))
+
+
+def test_refresh_masks_with_a_traced_step_has_one_conditional_per_interval():
+    # each lax.cond on a GPU copies its predicate to the host and waits: one per
+    # distinct mask_interval, not one per layer
+    class Deep(nnx.Module):
+        def __init__(self, rngs):
+            self.blocks = nnx.List([s24nnx.SparseMLP(16, 32, mask_interval=4, rngs=rngs) for _ in range(3)])
+            self.odd = s24nnx.SparseLinear(16, 16, mask_interval=6, rngs=rngs)
+
+    model = Deep(nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+
+    def refresh(state, step):
+        m = nnx.merge(graphdef, state)
+        return s24nnx.refresh_masks(m, step)
+
+    text = jax.jit(refresh).lower(state, 8).as_text()
+    assert text.count("stablehlo.case") + text.count("mhlo.case") + text.count(" case(") == 2
+    # an int step, or None (every layer now), puts no conditional in the program
+    for step in (8, None):
+        text = jax.jit(lambda state: refresh(state, step)).lower(state).as_text()
+        assert "case" not in text
+    fr, refreshed = jax.jit(refresh)(state, 12)  # 12: both intervals due
+    fr_int, refreshed_int = refresh(state, 12)
+    assert bool(refreshed) and bool(refreshed_int) and float(fr) == float(fr_int)
+
+
+def test_prepared_weights_are_explicit_state_and_cleared():
+    m = s24nnx.SparseMLP(32, 64, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert m.fc.prepared.get_value() is None
+    s24nnx.prepare_weights(m)
+    ws = jnp.where(m.fc.mask[...], m.fc.weight[...], 0).astype(jnp.bfloat16)  # the xla backend's operand
+    np.testing.assert_array_equal(np.asarray(m.fc.prepared.get_value()), np.asarray(ws))
+    assert m.proj.prepared.get_value() is not None
+    # a state of its own kind: not among the trained parameters
+    assert len(jax.tree.leaves(nnx.state(m, nnx.Param))) == 2
+    assert len(jax.tree.leaves(nnx.state(m, s24nnx.Sparse24Prepared))) == 2
+    s24nnx.clear_prepared(m)
+    assert m.fc.prepared.get_value() is None and not jax.tree.leaves(nnx.state(m, s24nnx.Sparse24Prepared))

@@ -1,5 +1,5 @@
 """Weights compressed once per optimizer step: ``prepare_sparse24_weight`` /
-``sparse24_linear(prepared=)`` and the NNX ``prepare_weights`` / ``using_prepared``."""
+``sparse24_linear(prepared=)`` and the NNX ``prepare_weights`` / ``clear_prepared``."""
 
 import sys
 from pathlib import Path
@@ -72,16 +72,13 @@ def test_weights_compressed_outside_the_micro_batch_loop(prepare):
 
     def step(state, xs):
         m = nnx.merge(graphdef, state)
-        prepared = s24nnx.prepare_weights(m) if prepare else None
+        if prepare:
+            s24nnx.prepare_weights(m)
         gdef, params, rest = nnx.split(m, nnx.Param, ...)
 
-        def loss_fn(params, x):
-            mm = nnx.merge(gdef, params, rest, copy=True)
-            with s24nnx.using_prepared(mm, prepared):
-                return jnp.mean(mm(x).astype(jnp.float32) ** 2)
-
         def micro(acc, x):
-            return jax.tree.map(jnp.add, acc, jax.grad(loss_fn)(params, x)), None
+            _, g, _ = s24nnx.value_and_grad(lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2), gdef, params, rest)
+            return jax.tree.map(jnp.add, acc, g), None
 
         return jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), xs)[0]
 
@@ -96,10 +93,30 @@ def test_weights_compressed_outside_the_micro_batch_loop(prepare):
         assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(g))
 
 
+def _prepared_paths(model):
+    return {path for path, layer in s24nnx.sparse_layers(model) if layer.prepared.get_value() is not None}
+
+
 def test_prepare_weights_skips_what_compresses_itself():
     m = s24nnx.SparseMLP(32, 64, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    assert set(s24nnx.prepare_weights(m)) == {("fc",), ("proj",)}
+    s24nnx.prepare_weights(m)
+    assert _prepared_paths(m) == {("fc",), ("proj",)}
+    s24nnx.clear_prepared(m)
     s24nnx.set_dense(m)
-    assert s24nnx.prepare_weights(m) == {}
+    s24nnx.prepare_weights(m)
+    assert _prepared_paths(m) == set()
     m2 = s24nnx.SparseMLP(32, 64, rngs=nnx.Rngs(0))  # no fixed dtype: the call's x decides
-    assert s24nnx.prepare_weights(m2) == {}
+    s24nnx.prepare_weights(m2)
+    assert _prepared_paths(m2) == set()
+
+
+def test_prepared_model_gives_the_same_output_and_grads():
+    m = s24nnx.SparseMLP(32, 64, dtype=jnp.bfloat16, mvue=False, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (4, 8, 32), jnp.bfloat16)
+    loss = lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2)
+    l0, g0 = nnx.value_and_grad(loss)(m)
+    s24nnx.prepare_weights(m)
+    l1, g1 = nnx.value_and_grad(loss)(m)
+    assert float(l0) == float(l1)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

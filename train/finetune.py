@@ -35,6 +35,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from sparse24_jax import nnx as s24nnx
+
 from . import metrics as M
 from .config import ConfigError
 from .data import DataError, get_tokenizer
@@ -99,13 +101,9 @@ def make_steps(graphdef, kind):
     def train_step(state, ids, lengths, labels, weights):
         model, optimizer = nnx.merge(graphdef, state)
         gdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def f(params, rest):
-            m = nnx.merge(gdef, params, rest, copy=True)
-            loss = loss_of(m(ids, lengths), lengths, labels, weights)
-            return loss, nnx.split(m, nnx.Param, ...)[2]  # the MVUE stream, advanced
-
-        (loss, rest), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
+        # `rest` comes back with the layers' MVUE key streams advanced
+        loss, grads, rest = s24nnx.value_and_grad(
+            lambda m: loss_of(m(ids, lengths), lengths, labels, weights), gdef, params, rest)
         nnx.update(model, rest)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
@@ -175,7 +173,6 @@ def finetune(task_name: str, checkpoint, *, data_dir=None, data_format="auto", o
                           f"tokenizer files were found: put vocab.json and merges.txt in "
                           f"$SPARSE24_TOKENIZER_DIR or ~/.cache/sparse24_jax/gpt2/ (see sparse24_train/data.py)")
 
-    from sparse24_jax import nnx as s24nnx
     if weights == "auto":
         weights = "sparse" if cfg.method == "sste" else "dense"
     if weights not in ("dense", "sparse"):

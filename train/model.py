@@ -71,7 +71,7 @@ class CausalSelfAttention(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg, dtype, rngs, shard=None):
+    def __init__(self, cfg, dtype, rngs, shard=None, search_masks=True):
         init = nnx.initializers.normal(0.02)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since every layer adds
         # two of them to the residual stream (nanoGPT's c_proj init).
@@ -82,7 +82,7 @@ class Block(nnx.Module):
         self.ln_2 = nnx.LayerNorm(cfg.n_embd, use_bias=False, rngs=rngs)
         common = dict(method=cfg.method, backend=cfg.backend, mask_interval=cfg.mask_interval,
                       mvue=cfg.mvue, precision=cfg.precision, dtype=dtype, param_dtype=jnp.float32,
-                      kernel_init=init, out_kernel_init=proj_init, rngs=rngs)
+                      kernel_init=init, out_kernel_init=proj_init, search_mask=search_masks, rngs=rngs)
         if shard is not None:  # several devices: the 2:4 linears run per shard (train/sharding.py)
             common["shard"] = shard
         if cfg.ffn == "swiglu":
@@ -98,13 +98,16 @@ class Block(nnx.Module):
 
 
 class GPT(nnx.Module):
-    def __init__(self, cfg, vocab_size: int, *, rngs: nnx.Rngs, shard=None):
+    """search_masks=False: the 2:4 layers start with placeholder masks, for
+    sparse24_jax.nnx.search_masks to fill after the (jitted) init."""
+
+    def __init__(self, cfg, vocab_size: int, *, rngs: nnx.Rngs, shard=None, search_masks: bool = True):
         dtype = jnp.dtype(cfg.dtype)
         self.dtype = dtype
         init = nnx.initializers.normal(0.02)
         self.wte = nnx.Embed(vocab_size, cfg.n_embd, embedding_init=init, rngs=rngs)
         self.wpe = nnx.Embed(cfg.block_size, cfg.n_embd, embedding_init=init, rngs=rngs)
-        self.h = nnx.List([Block(cfg, dtype, rngs, shard) for _ in range(cfg.n_layer)])
+        self.h = nnx.List([Block(cfg, dtype, rngs, shard, search_masks) for _ in range(cfg.n_layer)])
         self.ln_f = nnx.LayerNorm(cfg.n_embd, use_bias=False, rngs=rngs)
         self.block_size = cfg.block_size
 

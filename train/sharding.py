@@ -33,6 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from sparse24_jax.nnx import path_keys
+
 from .config import ConfigError
 
 log = logging.getLogger("sparse24_train")
@@ -141,11 +143,6 @@ def tensor_parallel_dims(model) -> dict[tuple, int]:
             for path, layer in s24nnx.sparse_layers(model) if getattr(layer, "tp_mode", None)}
 
 
-def _keys(path) -> tuple:
-    keys = tuple(getattr(p, "key", getattr(p, "name", getattr(p, "idx", None))) for p in path)
-    return keys[:-1] if keys and keys[-1] == "value" else keys
-
-
 def leaf_spec(shape, fsdp: int, tp_dim: int | None = None, tensor: int = 1) -> P:
     """One array's PartitionSpec: "tensor" on tp_dim (a tensor-parallel FFN weight, its mask
     and its optimizer moments), then "fsdp" on the largest other axis divisible by fsdp."""
@@ -178,7 +175,7 @@ def state_shardings(state, mesh, tp_dims: dict[tuple, int] | None = None):
 
     def one(path, leaf):
         shape = getattr(leaf, "shape", ())
-        return NamedSharding(mesh, leaf_spec(shape, fsdp, tp_dim(_keys(path)), tensor))
+        return NamedSharding(mesh, leaf_spec(shape, fsdp, tp_dim(path_keys(path)), tensor))
 
     return jax.tree_util.tree_map_with_path(one, state)
 

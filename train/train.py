@@ -7,8 +7,10 @@ One optimizer step, inside a single jit:
   compress the 2:4 weights once (sparse24_jax.nnx.prepare_weights)
   -> for each of grad_accum micro-batches (lax.scan): forward in bf16, backward (the 2:4
   layers MVUE-prune their output gradient), sum the fp32 gradients
-  -> clip to global norm 1 -> SR-STE masked decay g += alpha*W*(1-mask) -> AdamW
-  -> recompute the 2:4 masks of layers whose mask_interval divides the new step.
+  -> clip to global norm 1 -> SR-STE masked decay g += alpha*W*(1-mask) -> AdamW.
+Every mask_interval steps the loop then recomputes the 2:4 masks from the new weights, in a
+jitted program of its own: decided on the host, so the step itself has no conditional (on a
+GPU every lax.cond copies its predicate to the host and waits).
 Dense fine-tuning switches every sparse layer to dense at `dense_step`; that changes the
 model's static structure, so the step is re-jitted once then.
 
@@ -84,12 +86,13 @@ def make_optimizer(cfg):
     return optax.chain(*parts)
 
 
-def build(cfg, vocab_size: int, mesh=None):
+def build(cfg, vocab_size: int, mesh=None, search_masks: bool = True):
     """A fresh (model, optimizer). Params are initialised from cfg.seed; the MVUE keys of
     the 2:4 layers come from their own stream, so changing the method leaves init alone.
-    `mesh` (of more than one device): the FFNs run per shard on it (train/sharding.py)."""
+    `mesh` (of more than one device): the FFNs run per shard on it (train/sharding.py).
+    search_masks=False: placeholder masks, for s24nnx.search_masks after a jitted init."""
     rngs = nnx.Rngs(cfg.seed, sparse24=cfg.seed + 1)
-    model = GPT(cfg, vocab_size, rngs=rngs, shard=ffn_shard(mesh))
+    model = GPT(cfg, vocab_size, rngs=rngs, shard=ffn_shard(mesh), search_masks=search_masks)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
     return model, optimizer
 
@@ -112,8 +115,7 @@ def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
         # masks searched after the jit, one compiled search per weight shape: inlined into
         # it, the 72 searches of GPT-2 774M made that compile slower still (SR-STE's init
         # did not finish in 170 s on an H200, where the dense one took 100 s)
-        with s24nnx.deferred_mask_search():
-            model, optimizer = build(cfg, vocab_size, mesh)
+        model, optimizer = build(cfg, vocab_size, mesh, search_masks=False)
         if dense:
             s24nnx.set_dense(model)
         return model, optimizer
@@ -192,30 +194,25 @@ def make_train_step(graphdef, mesh, cfg):
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
         # the 2:4 weights compressed once per step, not once per micro-batch
-        prepared = s24nnx.prepare_weights(model)
+        s24nnx.prepare_weights(model)
         gdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def loss_fn(params, rest, x, y):
-            m = nnx.merge(gdef, params, rest, copy=True)  # fresh Variables at this trace level
-            with s24nnx.using_prepared(m, prepared):
-                loss = cross_entropy(m(x), y)
-            return loss, nnx.split(m, nnx.Param, ...)[2]  # `rest` with the MVUE stream advanced
 
         def micro(carry, xy):
             grads, loss_sum, rest = carry
-            (loss, rest), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, *xy)
+            # `rest` comes back with the layers' MVUE key streams advanced
+            loss, g, rest = s24nnx.value_and_grad(lambda m, x, y: cross_entropy(m(x), y), gdef, params, rest, *xy)
             return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, rest), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (grads, loss_sum, rest), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32), rest), (xs, ys))
         nnx.update(model, rest)
+        s24nnx.clear_prepared(model)  # derived from this step's weights: not state to keep
         n = xs.shape[0]
         grads = jax.tree.map(lambda g: g / n, grads)
         grad_norm = optax.tree.norm(grads)
         lr = lr_schedule(cfg)(optimizer.step[...])  # the rate this update uses, for the log
         optimizer.update(model, grads, masks=s24nnx.decay_masks(model))
-        flip_rate, refreshed = s24nnx.refresh_masks(model, optimizer.step[...])
-        metrics = dict(loss=loss_sum / n, grad_norm=grad_norm, lr=lr, flip_rate=flip_rate, refreshed=refreshed)
+        metrics = dict(loss=loss_sum / n, grad_norm=grad_norm, lr=lr)
         return nnx.state((model, optimizer)), metrics
 
     def shardings(state):
@@ -223,6 +220,24 @@ def make_train_step(graphdef, mesh, cfg):
         return dict(in_shardings=(sh, batch, batch), out_shardings=(sh, replicated))
 
     return _jit_on_first_call(step, shardings, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def make_refresh_step(graphdef, mesh):
+    """The jitted mask refresh, run by the loop after the steps where it is due: every
+    sparse layer's mask searched again from its current weights. Returns (state, flip rate)."""
+    replicated = NamedSharding(mesh, P())
+
+    def refresh(state):
+        model, optimizer = nnx.merge(graphdef, state)
+        flip_rate, _ = s24nnx.refresh_masks(model)  # every layer, now
+        return nnx.state((model, optimizer)), flip_rate
+
+    def shardings(state):
+        sh = train_shardings(graphdef, state, mesh)
+        return dict(in_shardings=(sh,), out_shardings=(sh, replicated))
+
+    return _jit_on_first_call(refresh, shardings, donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -347,6 +362,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     flops_token = flops_per_token(cfg, n_params)
     metrics_log = MetricsLog(out, start) if primary else _NoLog()
     train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
+    refresh_step, refresh_compiled = make_refresh_step(graphdef, mesh), False
 
     def evaluate(state):
         losses = [eval_step(state, global_batch(x, eval_sharding), global_batch(y, eval_sharding))
@@ -382,8 +398,13 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
         xs = global_batch(np.stack([b[0] for b in batches]), micro_sharding)
         ys = global_batch(np.stack([b[1] for b in batches]), micro_sharding)
         state, m = train_step(state, xs, ys)
-        pending.append((step + 1, m))
         compiled = t_timer is None
+        if cfg.method != "dense" and not dense and (step + 1) % cfg.mask_interval == 0:
+            state, flip_rate = refresh_step(state)  # masks searched again from the updated weights
+            m = dict(m, flip_rate=flip_rate)
+            if not refresh_compiled:  # its first call compiled: time from after it
+                compiled, refresh_compiled = True, True
+        pending.append((step + 1, m))
         if compiled:  # the first step compiled: time from after it
             jax.block_until_ready(state)
             t_timer, timed_steps = time.time(), 0
@@ -396,7 +417,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
             for ps, pm in jax.device_get(pending):
                 losses_since_row.append(float(pm["loss"]))
                 row = {}
-                if bool(pm["refreshed"]):
+                if "flip_rate" in pm:
                     row["flip_rate"] = float(pm["flip_rate"])
                 if ps % cfg.log_interval == 0 or ps == s:
                     row.update(train_loss=float(np.mean(losses_since_row)), lr=float(pm["lr"]),

@@ -105,6 +105,7 @@ class CusparseltBackend:
     """
 
     name = "cusparselt"
+    compute_dtypes = _DTYPES
 
     def __init__(self, *, dw_dtype: Any = None):
         ops.load()

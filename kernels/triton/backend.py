@@ -52,6 +52,7 @@ class TritonBackend:
     """2:4 GEMMs on Triton kernels (see the module doc)."""
 
     name = "triton"
+    compute_dtypes = _DTYPES
 
     def __init__(self) -> None:
         # Fail at construction (get_backend turns these into a clear
@@ -93,28 +94,23 @@ class TritonBackend:
         # W_s is dense, so the input gradient is a dense dot.
         return {"w_vals": vals, "w_meta": meta, "w_dense": w_s}
 
-    def prepare_masked_weight(
-        self, w: jax.Array, mask: jax.Array, dtype: Any, *, transposable: bool = True
-    ) -> dict:
-        """Fast path outside the protocol: prune the master weight ``w`` with
-        ``mask`` and pack ``W_s`` (and ``W_s.T``) in ``dtype`` straight from
-        ``w`` (one pass for both, no dense ``W_s``). Same result as
-        ``prepare_weight(where(mask, w, 0).astype(dtype), ...)``."""
-        if not transposable:
-            vals, meta = _compress.compress(w, mask, dtype=dtype)
-            w_s = jnp.where(mask, w, jnp.zeros((), w.dtype)).astype(dtype)
+    def prepare_projected(self, w: jax.Array, mask: Any, beta: Any, *, method: str, dtype: Any) -> dict:
+        """``prepare_weight`` of ``W_s`` in ``dtype``, straight from the float32
+        master weight (capability :class:`sparse24_jax.backend.PrepareFromMaster`):
+        SR-STE/STE prune with ``mask`` and pack ``W_s`` and ``W_s.T`` from one
+        read of ``w`` (no dense ``W_s``); S-STE packs ``beta * soft_threshold(w)``
+        in one pass (its dense copy stays, for ``matmul_dx``). The same bits as
+        the two-pass path."""
+        if method in ("srste", "ste"):
+            (vals, meta), (t_vals, t_meta) = _compress.compress_both(w, mask, dtype=dtype)
+            return {"w_vals": vals, "w_meta": meta, "wt_vals": t_vals, "wt_meta": t_meta}
+        if method == "sste":
+            vals, meta = _soft_threshold.soft_threshold_compress(w, beta, dtype)
+            from sparse24_jax import soft_threshold_24  # noqa: PLC0415
+
+            w_s = (beta.astype(w.dtype) * soft_threshold_24(w, axis=-1)).astype(dtype)
             return {"w_vals": vals, "w_meta": meta, "w_dense": w_s}
-        (vals, meta), (t_vals, t_meta) = _compress.compress_both(w, mask, dtype=dtype)
-        return {"w_vals": vals, "w_meta": meta, "wt_vals": t_vals, "wt_meta": t_meta}
-
-    def prepare_sste_weight(self, w: jax.Array, beta: jax.Array, dtype: Any) -> dict:
-        """Fast path outside the protocol: S-STE's ``beta * soft_threshold(w)``
-        packed in ``dtype`` in one pass (the dense copy stays for ``matmul_dx``)."""
-        vals, meta = _soft_threshold.soft_threshold_compress(w, beta, dtype)
-        from sparse24_jax import soft_threshold_24  # noqa: PLC0415
-
-        w_s = (beta.astype(w.dtype) * soft_threshold_24(w, axis=-1)).astype(dtype)
-        return {"w_vals": vals, "w_meta": meta, "w_dense": w_s}
+        raise ValueError(f"method {method!r} has no 2:4 weight to prepare")
 
     # -- products -----------------------------------------------------------
     def matmul_fwd(self, x: jax.Array, w_op: dict) -> jax.Array:

@@ -253,16 +253,20 @@ def test_backend_fast_paths(kt):
     be = s24.get_backend("triton")
     w = _inputs("normal", (256, 512), jnp.float32)
     mask = s24.transposable_mask_24(w)
-    fast = be.prepare_masked_weight(w, mask, jnp.bfloat16)
+    assert s24.capabilities(be).prepare_projected
+    fast = be.prepare_projected(w, mask, None, method="srste", dtype=jnp.bfloat16)
     slow = be.prepare_weight(jnp.where(mask, w, 0).astype(jnp.bfloat16), transposable=True)
+    assert set(fast) == set(slow)
     for key in slow:
         np.testing.assert_array_equal(_bits(fast[key]), _bits(slow[key]))
     beta = s24.sste_scale(w)
-    fast = be.prepare_sste_weight(w, beta, jnp.bfloat16)
+    fast = be.prepare_projected(w, None, beta, method="sste", dtype=jnp.bfloat16)
     w_s = (beta * s24.soft_threshold_24(w)).astype(jnp.bfloat16)
     slow = be.prepare_weight(w_s, transposable=False)
+    assert set(fast) == set(slow)
     np.testing.assert_array_equal(np.asarray(fast["w_meta"]), np.asarray(slow["w_meta"]))
-    np.testing.assert_array_equal(_bits(fast["w_vals"]), _bits(slow["w_vals"]))
+    for key in ("w_vals", "w_dense"):
+        np.testing.assert_array_equal(_bits(fast[key]), _bits(slow[key]))
 
 
 @pytest.mark.parametrize("method", ["srste", "sste"])

@@ -1,0 +1,194 @@
+"""The 2:4 FFN block as one ``jax.custom_vjp``: two sparse linears around an activation.
+
+    Z1 = X @ W1_s.T        A = act(Z1)        Y = A @ W2_s.T
+
+``act`` is GPT-2's exact GELU (``"gelu"``) or a gated activation
+(``"swiglu"``, ``"geglu"``: ``Z1 = [x, gate]``, ``A = x * act(gate)``).
+
+Why one rule for the block rather than two :func:`~sparse24_jax.sparse24_linear`
+calls with autodiff of ``act`` between them: the backward of the first linear
+starts from ``dZ1 = act'(Z1) * dA``, and its weight-gradient GEMM needs
+``S_z(dZ1.T)``, the MVUE pruning of that same tensor. Composed, ``dZ1`` is
+written by the activation's backward and read back by the pruning kernel; a
+backend with the capability
+:class:`~sparse24_jax.backend.FusedActivationGradPrune` does both in one pass
+over memory (it reads ``dA`` and the saved ``Z1``, writes ``dZ1`` and the
+compressed ``S_z(dZ1.T)``). Backends without it get the composition, with the
+very numbers of the two-linear path (same keys, same ops), so the block is a
+drop-in for every backend.
+
+Backward, with ``g`` the pruned operands and ``w_op`` the compressed weights::
+
+    dA      = matmul_dx(dY, W2)                     input grad of the second linear
+    dW2     = matmul_dw(prune_grad(k2, dY), A)      its weight grad (MVUE of dY.T)
+    dZ1, g1 = activation_grad_prune(dA, Z1, k1)     fused, or vjp(act) then prune_grad
+    dX      = matmul_dx(dZ1, W1)
+    dW1     = matmul_dw(g1, X)
+
+Residuals: ``X``, ``Z1``, ``A`` and both compressed weights (the two-linear
+path keeps the same tensors).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._vma import match_varying
+from .activations import GATED_KINDS, gated_activation
+from .backend import Backend, capabilities, get_backend
+from .linear import prepare, tokens_2d, validate
+
+__all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_vjp", "sparse24_ffn"]
+
+#: "gelu": exact (erf) GELU, GPT-2's; the gated kinds of sparse24_jax.activations
+ACTIVATIONS = ("gelu", *GATED_KINDS)
+
+
+class Sparse24Weight(NamedTuple):
+    """One linear of the block: the master weight ``w`` (N, K), its mask
+    (SR-STE/STE) or beta (S-STE), and optionally its operands prepared once
+    per optimizer step (:func:`~sparse24_jax.prepare_sparse24_weight`)."""
+
+    w: jax.Array
+    mask: jax.Array | None = None
+    beta: jax.Array | None = None
+    prepared: Any = None
+
+
+def activation(kind: str, z: jax.Array, backend: Backend | None = None, fused: bool = True) -> jax.Array:
+    """The block's forward activation of ``z``: GELU as ``jax.nn.gelu``
+    (exact) in ``z``'s dtype, the gated kinds through the backend's fused
+    kernel when it has one (and ``fused``), else
+    :func:`~sparse24_jax.activations.gated_activation`."""
+    if kind == "gelu":
+        return jax.nn.gelu(z, approximate=False)
+    if fused and backend is not None and capabilities(backend).gated_activation:
+        return match_varying(backend.gated_activation(z, kind), z)
+    return gated_activation(z, kind)
+
+
+def _gelu_grad_f32(z):
+    """d/dz of z * Phi(z) = Phi(z) + z * phi(z), in float32."""
+    phi = jnp.exp(-0.5 * z * z) * (1.0 / jnp.sqrt(2.0 * jnp.pi))
+    cdf = 0.5 * (1.0 + jax.lax.erf(z * (1.0 / jnp.sqrt(2.0))))
+    return cdf + z * phi
+
+
+def activation_vjp(kind: str, z: jax.Array, da: jax.Array) -> jax.Array:
+    """``dZ``, the VJP of the activation at ``z`` applied to ``da``, computed in
+    float32 and rounded once to ``z``'s dtype: what a fused
+    ``activation_grad_prune`` kernel writes (its pure-JAX twin).
+
+    gelu: ``da * (Phi(z) + z phi(z))``. Gated, ``z = [x, gate]``:
+    ``[da * act(gate), da * x * act'(gate)]`` with ``act`` silu (swiglu) or
+    tanh-GELU (geglu)."""
+    if kind == "gelu":
+        return (da.astype(jnp.float32) * _gelu_grad_f32(z.astype(jnp.float32))).astype(z.dtype)
+    _, vjp = jax.vjp(lambda a: gated_activation(a, kind, out_dtype=jnp.float32), z.astype(jnp.float32))
+    return vjp(da.astype(jnp.float32))[0].astype(z.dtype)
+
+
+def _act_grad_and_prune(kind, backend, fused, z, da, key):
+    """``(dZ1, S_z(dZ1.T) operands)``: one fused pass where the backend has it,
+    else the activation's backward (the backend's gated kernel, or autodiff of
+    the forward) followed by ``prune_grad``."""
+    caps = capabilities(backend)
+    if fused and key is not None and kind in caps.activation_grad_prune:
+        dz, g = backend.activation_grad_prune(kind, da, z, key)
+        return match_varying(dz, z, da), g
+    if fused and kind in GATED_KINDS and caps.gated_activation_bwd:
+        dz = match_varying(backend.gated_activation_bwd(z, da.astype(z.dtype), kind), z, da)
+    else:
+        dz = jax.vjp(lambda a: activation(kind, a), z)[1](da)[0]
+    return dz, backend.prune_grad(key, dz)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))
+def _ffn(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend, fused):
+    return _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend,
+                    fused)[0]
+
+
+def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend, fused):
+    w1_op = prepare(w1, mask1, beta1, method, backend, x.dtype) if prep1 is None else prep1
+    w2_op = prepare(w2, mask2, beta2, method, backend, x.dtype) if prep2 is None else prep2
+    # custom calls are typed invariant under shard_map: give results their operands' axes
+    z1 = match_varying(backend.matmul_fwd(x, w1_op), x, w1)
+    a = activation(kind, z1, backend, fused)
+    y = match_varying(backend.matmul_fwd(a, w2_op), a, w2)
+    protos = (match_varying(jnp.zeros((), w1.dtype), w1), match_varying(jnp.zeros((), w2.dtype), w2))
+    return y, (x, z1, a, w1_op, w2_op, key1, key2, protos)
+
+
+def _ffn_bwd(kind, method, backend, fused, res, dy):
+    x, z1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
+    da = match_varying(backend.matmul_dx(dy, w2_op), dy)
+    dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
+    dz1, g1 = _act_grad_and_prune(kind, backend, fused, z1, da, key1)
+    dx = backend.matmul_dx(dz1, w1_op)
+    dw1 = backend.matmul_dw(g1, x)
+    # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
+    dx = match_varying(dx, x)
+    dw1 = match_varying(dw1.astype(p1.dtype), p1)
+    dw2 = match_varying(dw2.astype(p2.dtype), p2)
+    # no cotangents for masks, betas (frozen), keys and prepared operands
+    return (dx, dw1, dw2) + (None,) * 8
+
+
+_ffn.defvjp(_ffn_fwd, _ffn_bwd)
+
+
+def sparse24_ffn(
+    x: jax.Array,
+    fc: Sparse24Weight,
+    proj: Sparse24Weight,
+    *,
+    activation: str = "gelu",
+    keys: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    method: str = "srste",
+    backend: str | Backend = "xla",
+    mvue: bool = True,
+    fused: bool = True,
+) -> jax.Array:
+    """``proj(act(fc(x)))`` with both linears 2:4, as one custom_vjp (module doc).
+
+    Args:
+      x: ``(..., d)``; its dtype is the compute dtype.
+      fc: the first linear, ``w`` of shape ``(h, d)`` (``(2h, d)`` for a gated
+        activation: ``[x, gate]`` along its output axis).
+      proj: the second linear, ``w`` of shape ``(d, h)``.
+      activation: "gelu" (exact), "swiglu" or "geglu".
+      keys: the MVUE keys of ``fc`` and ``proj`` (needed if ``mvue``); the
+        same keys give the same pruning as two ``sparse24_linear`` calls.
+      method, backend, mvue: as in :func:`~sparse24_jax.sparse24_linear`
+        (a sparse method; "dense" has no block: compose plain layers).
+      fused: use the backend's fused activation kernels where it has them;
+        ``False`` composes the reference activation with the six products.
+
+    The output, like each linear's, is in ``x``'s dtype; the weight gradients
+    in their weights' dtypes.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: use one of {ACTIVATIONS}")
+    if method == "dense":
+        raise ValueError("sparse24_ffn is the 2:4 block: for method='dense' compose plain dense layers")
+    key1, key2 = keys
+    h_out = fc.w.shape[0] // 2 if activation in GATED_KINDS else fc.w.shape[0]
+    validate(x, fc.w, fc.mask, fc.beta, key1, method, mvue)
+    if activation in GATED_KINDS and fc.w.shape[0] % 2:
+        raise ValueError(f"a gated activation needs fc's out_features even ([x, gate]), got {fc.w.shape[0]}")
+    a_proto = jax.ShapeDtypeStruct((*x.shape[:-1], h_out), x.dtype)
+    validate(a_proto, proj.w, proj.mask, proj.beta, key2, method, mvue)
+    be = get_backend(backend)
+    be.check(*fc.w.shape, x.dtype)
+    be.check(*proj.w.shape, x.dtype)
+    x2, restore = tokens_2d(x, fc.w.shape[1])
+    if not mvue:
+        key1 = key2 = None
+    y = _ffn(x2, fc.w, proj.w, fc.mask, proj.mask, fc.beta, proj.beta, key1, key2, fc.prepared, proj.prepared,
+             activation, method, be, fused)
+    return restore(y)
