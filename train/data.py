@@ -89,15 +89,17 @@ EOT = b"<|endoftext|>"
 
 
 class GPT2Tokenizer:
-    """GPT-2 byte-level BPE, encoded by tiktoken (Rust; the pure-Python loop it replaced
-    needed hours for a 400 MB corpus, tests/_bpe_reference.py keeps it as the reference).
+    """GPT-2 byte-level BPE, encoded by tiktoken (Rust, parallel in threads; the pure-Python
+    loop it replaced is kept as the reference in tests/_bpe_reference.py).
 
     `encoder` maps each token's bytes to its id (with b"<|endoftext|>" if the files have it).
     `merges` is merges.txt's ordered list of pairs; None means the ids are tiktoken ranks
     (a gpt2.tiktoken file). tiktoken merges the adjacent pair whose concatenation has the
     lowest rank, so a merges list becomes ranks: the 256 bytes first (in id order), then
     each merge's product in merge order. For GPT-2 these ranks are its ids; any other
-    numbering is mapped back through a lookup table.
+    numbering is mapped back through a lookup table. The two rules give the same ids on
+    GPT-2's files (tests compare them); only a vocabulary in which a token can be formed
+    from a pair other than its own merge could tell them apart.
     """
     name = "gpt2"
 
