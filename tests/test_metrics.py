@@ -29,7 +29,6 @@ def test_pearson_spearman():
     assert M.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5): 4 / 5
     assert M.pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    np.testing.assert_array_equal(M.rankdata([10, 20, 20, 5]), [2, 3.5, 3.5, 1])
     # ranks (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): 4.5 / sqrt(4.5 * 5)
     assert M.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
     assert M.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # monotonic, not linear
@@ -67,9 +66,14 @@ def test_squad_em_f1():
     assert M.squad_metrics({}, refs) == {"exact_match": 0.0, "f1": 0.0}  # missing answers score 0
 
 
-def test_against_scipy_if_present():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 5, 40).astype(float), rng.normal(size=40)
-    assert M.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
-    assert M.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+def test_undefined_correlations_are_zero():
+    # a constant prediction (a collapsed regression head): 0, not NaN, and no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.pearson([1, 1, 1], [1, 2, 3]) == 0.0
+        assert M.spearman([1, 2, 3], [5, 5, 5]) == 0.0
+        assert M.pearson([1], [2]) == 0.0
+        assert M.matthews_corrcoef([0, 0, 0], [1, 0, 1]) == 0.0
+    assert M.f1_binary([], []) == 0.0 and M.accuracy([], []) == 0.0

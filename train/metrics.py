@@ -1,14 +1,18 @@
-"""The official metrics of GLUE and SQuAD v1.1, in plain numpy/Python.
+"""The official metrics of GLUE and SQuAD v1.1.
 
-GLUE (as the benchmark and Hugging Face's `evaluate` glue metric report them):
+GLUE (as the benchmark and Hugging Face's `evaluate` glue metric report them), computed by
+scikit-learn and scipy, the libraries `evaluate` itself calls:
   CoLA          Matthews correlation
   SST-2, QNLI, RTE, WNLI   accuracy
   MRPC, QQP     F1 (positive class 1) and accuracy
   STS-B         Pearson and Spearman correlation
   MNLI          accuracy on validation_matched and validation_mismatched
-SQuAD v1.1 (the official evaluate-v1.1.py): exact match and token F1 after
-normalising both answers (lowercase, punctuation removed, articles a/an/the removed,
-whitespace collapsed), the maximum over the gold answers, averaged, in percent.
+A correlation that is undefined (a constant input, an empty marginal) is 0 here, as
+scikit-learn's Matthews correlation already is, instead of NaN and a warning.
+SQuAD v1.1 (the official evaluate-v1.1.py, which no maintained library packages without
+a network download): exact match and token F1 after normalising both answers (lowercase,
+punctuation removed, articles a/an/the removed, whitespace collapsed), the maximum over
+the gold answers, averaged, in percent.
 """
 
 from __future__ import annotations
@@ -16,8 +20,18 @@ from __future__ import annotations
 import collections
 import re
 import string
+import warnings
 
 import numpy as np
+
+
+def _sklearn_metrics():
+    try:
+        import sklearn.metrics
+    except ImportError:
+        raise ImportError("the GLUE metrics need scikit-learn: pip install 'sparse24-jax[train]' "
+                          "(or pip install scikit-learn scipy)") from None
+    return sklearn.metrics
 
 
 # ----------------------------------------------------------------------------- classification
@@ -28,52 +42,43 @@ def accuracy(preds, labels) -> float:
 
 
 def f1_binary(preds, labels, positive=1) -> float:
-    """F1 of the positive class; 0 when there are no true positives (sklearn's convention)."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    tp = np.sum((preds == positive) & (labels == positive))
-    fp = np.sum((preds == positive) & (labels != positive))
-    fn = np.sum((preds != positive) & (labels == positive))
-    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+    """F1 of the positive class; 0 when there are no true positives."""
+    if not len(labels):
+        return 0.0
+    return float(_sklearn_metrics().f1_score(labels, preds, pos_label=positive, average="binary",
+                                             zero_division=0.0))
 
 
 def matthews_corrcoef(preds, labels) -> float:
-    """Binary Matthews correlation (tp*tn - fp*fn) / sqrt(...); 0 when a marginal is empty."""
-    preds, labels = np.asarray(preds).astype(bool), np.asarray(labels).astype(bool)
-    tp = float(np.sum(preds & labels))
-    tn = float(np.sum(~preds & ~labels))
-    fp = float(np.sum(preds & ~labels))
-    fn = float(np.sum(~preds & labels))
-    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    return float((tp * tn - fp * fn) / np.sqrt(den)) if den > 0 else 0.0
+    """Binary Matthews correlation; 0 when a marginal is empty."""
+    if not len(labels):
+        return 0.0
+    with warnings.catch_warnings():  # a constant input: sklearn warns, then returns 0
+        warnings.simplefilter("ignore")
+        return float(_sklearn_metrics().matthews_corrcoef(np.asarray(labels).astype(bool),
+                                                          np.asarray(preds).astype(bool)))
 
 
 # ----------------------------------------------------------------------------- regression
 
-def pearson(x, y) -> float:
+def _correlation(fn, x, y) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    den = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    return float(np.sum(x * y) / den) if den > 0 else 0.0
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0  # undefined (scipy: NaN and a warning)
+    return float(fn(x, y)[0])
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank (scipy.stats.rankdata's default)."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+def pearson(x, y) -> float:
+    from scipy import stats
+
+    return _correlation(stats.pearsonr, x, y)
 
 
 def spearman(x, y) -> float:
-    return pearson(rankdata(x), rankdata(y))
+    """Pearson correlation of the ranks, ties sharing their average rank."""
+    from scipy import stats
+
+    return _correlation(stats.spearmanr, x, y)
 
 
 # ----------------------------------------------------------------------------- GLUE
