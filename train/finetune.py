@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import sparse24_jax as s24
 from sparse24_jax import nnx as s24nnx
 
 from . import metrics as M
@@ -89,9 +90,9 @@ def make_optimizer(lr: float, total_steps: int, warmup: float, weight_decay: flo
     steps, then cosine to 0 at total; AdamW (decay on matrices only), gradients clipped at 1."""
     warm = int(math.ceil(warmup * total_steps))
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(total_steps, warm + 1), end_value=0.0)
-    return optax.chain(optax.clip_by_global_norm(clip),
-                       optax.adamw(sched, weight_decay=weight_decay,
-                                   mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+    # clip -> AdamW with optax's default betas (Hugging Face's Trainer), decay on matrices only
+    return s24.sste_optimizer(sched, weight_decay=weight_decay, b1=0.9, b2=0.999, clip_norm=clip,
+                              weight_decay_mask=s24.decay_matrices_only)
 
 
 def make_steps(graphdef, kind):
