@@ -216,15 +216,37 @@ static ffi::Error WithRequest(ffi::Error e, const std::string& request) {
                     e.message() + " [asked for: " + request + "]");
 }
 
-// D = A_sparse @ op(B) (see CreatePlan for the layouts); alpha scales the
-// product (beta = 0). a_dtype: the kernel dtype code (kBF16 ...) of the values
-// in the compressed buffer `a`; B's type is its buffer's. cuSPARSELt decides
-// which (A, B) fp8 pairs it runs; its refusals come back as errors naming the
-// status and both types.
-ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::AnyBuffer b,
-                    ffi::Result<ffi::AnyBuffer> d, ffi::Result<ffi::AnyBuffer> workspace,
-                    int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
-                    int64_t a_dtype, float alpha) {
+// ---------------------------------------------------------------------------
+// The matmul: validate, get or create the plan, search once, run
+// ---------------------------------------------------------------------------
+
+// One matmul's validated shapes and types.
+struct SpmmCall {
+  int a_dt;  // kernel dtype code of A's values
+  int64_t m, n, k;
+  cudaDataType tb, td;
+  bool transpose_b, d_col_major;
+
+  PlanKey Key() const {
+    return PlanKey{m, n, k, static_cast<int>(KernelCudaDtype(a_dt)), static_cast<int>(tb),
+                   static_cast<int>(td), transpose_b, d_col_major};
+  }
+};
+
+// The operands of one cusparseLtMatmul (or its search).
+struct MatmulOperands {
+  cudaStream_t stream;
+  const void* a;
+  const void* b;
+  void* d;
+  float alpha;
+};
+
+// The element types of s24_spmm's operands: A's code (a_dtype), B's and D's
+// cudaDataType.
+static ffi::Error CheckSpmmTypes(const ffi::AnyBuffer& b, const ffi::AnyBuffer& d,
+                                 int64_t a_dtype, int* a_dt_out, cudaDataType* tb_out,
+                                 cudaDataType* td_out) {
   if (a_dtype < 0 || a_dtype >= kNumDtypes) {
     return InvalidArg("a_dtype = " + std::to_string(a_dtype) + " is not a dtype code of the "
                       "sparse operand (0 bfloat16, 1 float16, 2 float8_e4m3fn, 3 float8_e5m2); "
@@ -246,11 +268,20 @@ ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::
                       ": 16-bit operands must have the same type, fp8 ones may mix e4m3 and "
                       "e5m2 (cast one operand)");
   }
-  cudaDataType td;
-  if (!CudaDtype(d->element_type(), &td)) {
+  if (!CudaDtype(d.element_type(), td_out)) {
     return InvalidArg("the output must be bfloat16, float16, float8_e4m3fn, float8_e5m2 or "
-                      "float32, got " + FfiDtypeName(d->element_type()));
+                      "float32, got " + FfiDtypeName(d.element_type()));
   }
+  CudaDtype(b.element_type(), tb_out);  // cannot fail: KernelDtype took it
+  *a_dt_out = a_dt;
+  return ffi::Error::Success();
+}
+
+// The shapes and alignment of s24_spmm's operands (A's values of a_dt); n out.
+static ffi::Error CheckSpmmShapes(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                                  const ffi::AnyBuffer& d, int64_t m, int64_t k, bool transpose_b,
+                                  bool d_col_major, int a_dt, int64_t* n_out) {
+  const int es = KernelDtypeBytes(a_dt);
   auto bd = b.dimensions();
   if (bd.size() != 2) return InvalidArg("dense operand must be 2-D, got " + DimsText(b));
   const int64_t n = transpose_b ? bd[0] : bd[1];
@@ -259,11 +290,11 @@ ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::
     return InvalidArg("dense operand " + DimsText(b) + " does not match the sparse operand's k = " +
                       std::to_string(k) + (transpose_b ? " (expected (n, k))" : " (expected (k, n))"));
   }
-  auto dd = d->dimensions();
+  auto dd = d.dimensions();
   const int64_t d0 = d_col_major ? n : m, d1 = d_col_major ? m : n;
   if (dd.size() != 2 || dd[0] != d0 || dd[1] != d1) {
     return InvalidArg("output must have shape (" + std::to_string(d0) + ", " + std::to_string(d1) +
-                      "), got " + DimsText(*d));
+                      "), got " + DimsText(d));
   }
   if (a.element_type() != ffi::DataType::U8 || a.dimensions().size() != 1 ||
       static_cast<int64_t>(a.element_count()) != CompressedBytes(m, k, es)) {
@@ -278,77 +309,125 @@ ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::
                       "m and n of 8 (pad, or use backend='xla' or 'triton')");
   }
   if (!Aligned16(a.untyped_data()) || !Aligned16(b.untyped_data()) ||
-      !Aligned16(d->untyped_data())) {
+      !Aligned16(d.untyped_data())) {
     return InvalidArg("buffers must be 16-byte aligned");
   }
-  if (m == 0 || n == 0) return ffi::Error::Success();
+  *n_out = n;
+  return ffi::Error::Success();
+}
+
+// Checks the operands of s24_spmm (see SpmmImpl): types first, then shapes.
+static ffi::Error ValidateSpmm(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                               const ffi::AnyBuffer& d, int64_t m, int64_t k, bool transpose_b,
+                               bool d_col_major, int64_t a_dtype, SpmmCall* call) {
+  int a_dt;
+  cudaDataType tb, td;
+  S24_RETURN_IF_ERROR(CheckSpmmTypes(b, d, a_dtype, &a_dt, &tb, &td));
+  int64_t n;
+  S24_RETURN_IF_ERROR(CheckSpmmShapes(a, b, d, m, k, transpose_b, d_col_major, a_dt, &n));
+  *call = SpmmCall{a_dt, m, n, k, tb, td, transpose_b, d_col_major};
+  return ffi::Error::Success();
+}
+
+// The plan of `key`, created (and cached) on first use. Call with state->mu held.
+static ffi::Error GetOrCreatePlan(DeviceState* state, const PlanKey& key,
+                                  const std::string& request, Plan** out) {
+  auto it = state->plans.find(key);
+  if (it != state->plans.end()) {
+    *out = it->second.get();
+    return ffi::Error::Success();
+  }
+  auto fresh = std::make_unique<Plan>();
+  S24_RETURN_IF_ERROR(WithRequest(CreatePlan(&state->handle, key, fresh.get()), request));
+  *out = fresh.get();
+  state->plans.emplace(key, std::move(fresh));
+  g_num_plans.fetch_add(1);
+  return ffi::Error::Success();
+}
+
+// Our kernels' buffer size (CompressedBytes) must be the plan's: otherwise
+// this cuSPARSELt's layout is not the one we write.
+static ffi::Error CheckCompressedSize(const Plan& plan, const SpmmCall& call, int64_t a_bytes) {
+  if (plan.compressed_size == static_cast<size_t>(a_bytes)) return ffi::Error::Success();
+  return ffi::Error::Internal(
+      "sparse24 cuSPARSELt: this cuSPARSELt expects a compressed buffer of " +
+      std::to_string(plan.compressed_size) + " bytes for a " + std::to_string(call.m) + " x " +
+      std::to_string(call.k) + " " + KernelDtypeName(call.a_dt) + " matrix but sparse24 writes " +
+      std::to_string(a_bytes) +
+      ": the compressed layout this library assumes (verified on cuSPARSELt 0.8) does not "
+      "hold for this version; use backend='xla' or 'triton'");
+}
+
+// Once per key, outside graph capture: time the algorithms on the real
+// operands (D is overwritten by the matmul that follows anyway). Extra
+// workspace for safety. Call with state->mu held.
+static ffi::Error SearchOnce(DeviceState* state, Plan* plan, const MatmulOperands& op,
+                             ffi::Result<ffi::AnyBuffer>& workspace, bool capturing,
+                             const std::string& request) {
+  if (plan->searched || capturing || !SearchEnabled()) return ffi::Error::Success();
+  const float beta = 0.f;
+  void* ws = nullptr;
+  S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
+  cudaStream_t streams[1] = {op.stream};
+  cusparseStatus_t s = cusparseLtMatmulSearch(&state->handle, &plan->plan, &op.alpha, op.a, op.b,
+                                              &beta, op.d, op.d, ws, streams, 1);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    return WithRequest(LtError("cusparseLtMatmulSearch", s), request);
+  }
+  s = cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    return WithRequest(LtError("cusparseLtMatmulGetWorkspace", s), request);
+  }
+  plan->searched = true;
+  g_num_searches.fetch_add(1);
+  return ffi::Error::Success();
+}
+
+// The matmul with the plan's algorithm (beta = 0). Call with state->mu held.
+static ffi::Error RunMatmul(DeviceState* state, Plan* plan, const MatmulOperands& op,
+                            ffi::Result<ffi::AnyBuffer>& workspace, const std::string& request) {
+  const float beta = 0.f;
+  void* ws = nullptr;
+  S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
+  cudaStream_t streams[1] = {op.stream};
+  const cusparseStatus_t s = cusparseLtMatmul(&state->handle, &plan->plan, &op.alpha, op.a, op.b,
+                                              &beta, op.d, op.d, ws, streams, 1);
+  if (s != CUSPARSE_STATUS_SUCCESS) return WithRequest(LtError("cusparseLtMatmul", s), request);
+  g_num_matmuls.fetch_add(1);
+  return ffi::Error::Success();
+}
+
+// D = A_sparse @ op(B) (see CreatePlan for the layouts); alpha scales the
+// product (beta = 0). a_dtype: the kernel dtype code (kBF16 ...) of the values
+// in the compressed buffer `a`; B's type is its buffer's. cuSPARSELt decides
+// which (A, B) fp8 pairs it runs; its refusals come back as errors naming the
+// status and both types.
+ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                    ffi::Result<ffi::AnyBuffer> d, ffi::Result<ffi::AnyBuffer> workspace,
+                    int64_t m, int64_t k, int64_t transpose_b, int64_t d_col_major,
+                    int64_t a_dtype, float alpha) {
+  SpmmCall call;
+  S24_RETURN_IF_ERROR(
+      ValidateSpmm(a, b, *d, m, k, transpose_b != 0, d_col_major != 0, a_dtype, &call));
+  if (call.m == 0 || call.n == 0) return ffi::Error::Success();
 
   DeviceScope scope(device);
   S24_CUDA_CHECK(scope.status());
   DeviceState* state = nullptr;
   S24_RETURN_IF_ERROR(GetDeviceState(device, &state));
-
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   S24_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
 
-  cudaDataType tb;
-  CudaDtype(b.element_type(), &tb);  // cannot fail: KernelDtype took it
-  const std::string request = SpmmRequestText(a_dt, b.element_type(), d->element_type(), m, n, k,
-                                              transpose_b != 0, d_col_major != 0);
+  const std::string request = SpmmRequestText(call.a_dt, b.element_type(), d->element_type(), m,
+                                              call.n, k, call.transpose_b, call.d_col_major);
   std::lock_guard<std::mutex> lock(state->mu);
-  const PlanKey key{m, n, k, static_cast<int>(KernelCudaDtype(a_dt)), static_cast<int>(tb),
-                    static_cast<int>(td), transpose_b != 0, d_col_major != 0};
   Plan* plan = nullptr;
-  auto it = state->plans.find(key);
-  if (it == state->plans.end()) {
-    auto fresh = std::make_unique<Plan>();
-    S24_RETURN_IF_ERROR(WithRequest(CreatePlan(&state->handle, key, fresh.get()), request));
-    plan = fresh.get();
-    state->plans.emplace(key, std::move(fresh));
-    g_num_plans.fetch_add(1);
-  } else {
-    plan = it->second.get();
-  }
-  if (plan->compressed_size != static_cast<size_t>(a.element_count())) {
-    return ffi::Error::Internal(
-        "sparse24 cuSPARSELt: this cuSPARSELt expects a compressed buffer of " +
-        std::to_string(plan->compressed_size) + " bytes for a " + std::to_string(m) + " x " +
-        std::to_string(k) + " " + KernelDtypeName(a_dt) + " matrix but sparse24 writes " +
-        std::to_string(a.element_count()) +
-        ": the compressed layout this library assumes (verified on cuSPARSELt 0.8) does not "
-        "hold for this version; use backend='xla' or 'triton'");
-  }
-  const float beta = 0.f;
-  void* d_ptr = d->untyped_data();
-  if (!plan->searched && !capturing && SearchEnabled()) {
-    // Once per key, outside graph capture: time the algorithms on the real
-    // operands (D is overwritten below anyway). Extra workspace for safety.
-    void* ws = nullptr;
-    S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
-    cudaStream_t streams[1] = {stream};
-    cusparseStatus_t s = cusparseLtMatmulSearch(&state->handle, &plan->plan, &alpha,
-                                                a.untyped_data(), b.untyped_data(), &beta, d_ptr,
-                                                d_ptr, ws, streams, 1);
-    if (s != CUSPARSE_STATUS_SUCCESS) {
-      return WithRequest(LtError("cusparseLtMatmulSearch", s), request);
-    }
-    s = cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace);
-    if (s != CUSPARSE_STATUS_SUCCESS) {
-      return WithRequest(LtError("cusparseLtMatmulGetWorkspace", s), request);
-    }
-    plan->searched = true;
-    g_num_searches.fetch_add(1);
-  }
-  void* ws = nullptr;
-  S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
-  cudaStream_t streams[1] = {stream};
-  const cusparseStatus_t s = cusparseLtMatmul(&state->handle, &plan->plan, &alpha,
-                                              a.untyped_data(), b.untyped_data(), &beta, d_ptr,
-                                              d_ptr, ws, streams, 1);
-  if (s != CUSPARSE_STATUS_SUCCESS) return WithRequest(LtError("cusparseLtMatmul", s), request);
-  g_num_matmuls.fetch_add(1);
-  return ffi::Error::Success();
+  S24_RETURN_IF_ERROR(GetOrCreatePlan(state, call.Key(), request, &plan));
+  S24_RETURN_IF_ERROR(CheckCompressedSize(*plan, call, static_cast<int64_t>(a.element_count())));
+  const MatmulOperands op{stream, a.untyped_data(), b.untyped_data(), d->untyped_data(), alpha};
+  S24_RETURN_IF_ERROR(SearchOnce(state, plan, op, workspace,
+                                 capture != cudaStreamCaptureStatusNone, request));
+  return RunMatmul(state, plan, op, workspace, request);
 }
 
 // ---------------------------------------------------------------------------
