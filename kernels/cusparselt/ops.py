@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .layout import compressed_nbytes  # the one size formula (also ops.compressed_nbytes)
+
 __all__ = [
     "FP8_DTYPES",
     "FP8_REL_TOL",
@@ -136,18 +138,6 @@ def stats() -> dict[str, int]:
         "searches": int(lib.s24_num_searches()),
         "matmuls": int(lib.s24_num_matmuls()),
     }
-
-
-def _es(dtype) -> int:
-    return np.dtype(dtype).itemsize
-
-
-def compressed_nbytes(m: int, k: int, dtype) -> int:
-    """Bytes of the compressed buffer of an m x k matrix (as layout.compressed_nbytes)."""
-    es = _es(dtype)
-    mr = -(-m // 64) * 64
-    kc = -(-k // 64) * 64 if es == 1 else k
-    return m * (k // 2) * es + mr * kc // 8
 
 
 def _operand_shape(a, transpose: bool) -> tuple[int, int]:
