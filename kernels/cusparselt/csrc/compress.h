@@ -10,7 +10,8 @@
 
 namespace s24 {
 
-// What a compression does to A before it writes the compressed format.
+// What a compression does to A before it writes the compressed format
+// (emulation.py's MODES mirrors them).
 enum : int { kModePlain = 0, kModeMask = 1, kModeMvue = 2 };
 
 // Rows of A per block (one metadata row block): the grid's y dimension

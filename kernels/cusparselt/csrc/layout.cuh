@@ -72,7 +72,7 @@ __host__ __device__ inline int LocalNibble(int r, int g) {
 
 // Dtype codes of the compression kernels, and of the sparse operand of
 // s24_spmm (its `a_dtype` attribute: the compressed buffer itself is uint8).
-// ops.py's _DT_CODES mirrors them.
+// _library.py's DT_CODES mirrors them.
 enum : int { kBF16 = 0, kF16 = 1, kE4M3 = 2, kE5M2 = 3, kNumDtypes = 4 };
 
 __host__ __device__ inline int KernelDtypeBytes(int dt) {
