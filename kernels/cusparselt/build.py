@@ -9,8 +9,8 @@ directory:
 ``$SPARSE24_CACHE_DIR`` or ``~/.cache/sparse24_jax``, else ``build/`` beside
 this file, else the system temp dir. The output name carries a hash of every
 file in ``csrc/``, the flags, nvcc and library paths, so a changed input
-rebuilds. The
-backend runs this automatically on first use when nvcc is present.
+rebuilds. The backend runs this automatically on first use when nvcc is
+present.
 
 Environment:
   SPARSE24_CUSPARSELT_LIB      path of libcusparseLt.so.0 (or its directory)
@@ -43,6 +43,7 @@ __all__ = [
     "find_cusparselt",
     "find_nvcc",
     "library_path",
+    "sources",
 ]
 
 HERE = Path(__file__).resolve().parent
