@@ -222,6 +222,8 @@ def _fingerprint(nvcc: str, lib: str, inc: str, archs: list[str]) -> str:
     h.update(os.path.realpath(nvcc).encode())
     h.update(lib.encode())
     h.update(";".join(archs).encode())
+    # the command itself (minus the output path): its flags and its list of units
+    h.update("\0".join(_command(nvcc, "", lib, inc, archs)).encode())
     h.update(str(_has_toolkit_cusparse(nvcc)).encode())
     return h.hexdigest()[:16]
 
