@@ -1,6 +1,6 @@
 """Static cost report of the cuSPARSELt compression kernels (no GPU needed).
 
-Compiles ``sparse24_cusparselt.cu`` for sm_90 to a cubin and prints, per
+Compiles the library's device units (``csrc/*.cu``) for sm_90 to cubins and prints, per
 compression kernel, ptxas's registers / shared memory / stack and the number of
 SASS instructions (total, and of a few kinds that decide a streaming kernel's
 speed: 64-bit multiplies, MUFU special functions, calls to the IEEE division
@@ -43,27 +43,30 @@ def main() -> None:
         sys.exit("nvcc not found")
     lib, inc = build.find_cusparselt()
     cmd = build._command(nvcc, "OUT", lib, inc, [args.arch])
-    # compile only the device code of the one arch, to a cubin
-    keep = [c for c in cmd[: cmd.index(str(build.SOURCE))] if c not in ("-shared",)]
+    units = build.sources()
+    # compile only the device code of the one arch, to a cubin per .cu unit
+    keep = [c for c in cmd[: cmd.index(str(units[0]))] if c not in ("-shared",)]
     keep = [c for c in keep if not c.startswith("arch=compute_") or c.endswith(f"sm_{args.arch}")]
+    flags = [c for c in keep if c not in ("-gencode",) and not c.startswith("arch=")]
+    res = {}
+    sass = ""
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
-        flags = [c for c in keep if c not in ("-gencode",) and not c.startswith("arch=")]
-        c = flags + ["-cubin", f"-arch=sm_{args.arch}", "-Xptxas", "-v", str(build.SOURCE), "-o", cubin]
-        r = subprocess.run(c, capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(r.stderr)
-        res = {}
-        cur = None
-        for line in r.stderr.splitlines():
-            m = re.search(r"Compiling entry function '(\w+)'", line)
-            if m:
-                cur = m.group(1)
-            m = re.search(r"Used (\d+) registers", line)
-            if m and cur:
-                res[cur] = line.split("ptxas info    :")[-1].strip()
-        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", cubin], capture_output=True,
-                              text=True).stdout
+        for unit in (u for u in units if u.suffix == ".cu"):
+            cubin = os.path.join(tmp, unit.stem + ".cubin")
+            c = flags + ["-cubin", f"-arch=sm_{args.arch}", "-Xptxas", "-v", str(unit), "-o", cubin]
+            r = subprocess.run(c, capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(r.stderr)
+            cur = None
+            for line in r.stderr.splitlines():
+                m = re.search(r"Compiling entry function '(\w+)'", line)
+                if m:
+                    cur = m.group(1)
+                m = re.search(r"Used (\d+) registers", line)
+                if m and cur:
+                    res[cur] = line.split("ptxas info    :")[-1].strip()
+            sass += subprocess.run([_tool("cuobjdump"), "--dump-sass", cubin], capture_output=True,
+                                   text=True).stdout
     funcs = re.split(r"\n\s*Function : ", sass)
     names = subprocess.run([shutil.which("cu++filt") or "c++filt"], input="\n".join(f.split("\n", 1)[0] for f in funcs[1:]),
                            capture_output=True, text=True).stdout.splitlines() if funcs[1:] else []

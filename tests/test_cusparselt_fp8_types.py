@@ -31,12 +31,13 @@ def ops(cusparselt_host_ops):
 
 @pytest.fixture
 def fresh_probes(monkeypatch):
-    """The probe's per-pair cache, emptied for the test (and restored after)."""
-    from sparse24_jax_kernels.cusparselt import ops
+    """The probe's module (ops re-exports its functions), with its per-pair cache
+    emptied for the test (and restored after): the tests replace its trial there."""
+    from sparse24_jax_kernels.cusparselt import fp8_probe
 
-    monkeypatch.setattr(ops, "_FP8_PROBES", {})
+    monkeypatch.setattr(fp8_probe, "_FP8_PROBES", {})
     monkeypatch.delenv("SPARSE24_CUSPARSELT_FP8", raising=False)
-    return ops
+    return fp8_probe
 
 
 # ---------------------------------------------------------------------------

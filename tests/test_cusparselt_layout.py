@@ -212,6 +212,20 @@ def ops(cusparselt_host_ops):
     return cusparselt_host_ops
 
 
+def test_library_size_is_the_layout_size(ops):
+    """The C++ size formula (CompressedBytes, exported as s24_compressed_bytes), which
+    the handlers check every buffer against, is layout.compressed_nbytes, which the
+    JAX wrappers allocate with: for both element sizes, aligned shapes or not."""
+    lib = ops.load_library()
+    ms = [0, 1, 8, 32, 40, 63, 64, 65, 96, 128, 200, 1000, 3072, 11008, 65535 * 64]
+    ks = [0, 4, 8, 32, 36, 60, 64, 68, 96, 100, 128, 192, 768, 1000, 4096, 11008]
+    for dtype in (BF16, F16, E4M3, E5M2):
+        es = dtype.itemsize
+        for m in ms:
+            for k in ks:
+                assert lib.s24_compressed_bytes(m, k, es) == layout.compressed_nbytes(m, k, dtype), (m, k, es)
+
+
 @pytest.mark.parametrize("dtype", [BF16, F16, E4M3])
 @pytest.mark.parametrize("m,k", [(64, 64), (32, 32), (40, 96), (128, 256), (200, 160), (96, 320)])
 def test_kernel_matches_reference(ops, dtype, m, k):

@@ -1,13 +1,16 @@
 """Build the cuSPARSELt FFI library: ``python -m sparse24_jax_kernels.cusparselt.build``.
 
-One command compiles ``sparse24_cusparselt.cu`` with nvcc against jaxlib's XLA
-FFI headers (``jax.ffi.include_dir()``) and the headers of the installed
-``nvidia-cusparselt`` wheel, links ``libcusparseLt.so.0`` from the wheel with
-an rpath, and writes ``libsparse24_cusparselt.so`` to a cache directory:
+One nvcc command compiles the units of ``csrc/`` (the ``.cu`` files with device
+code, the ``.cc`` files host-only) against jaxlib's XLA FFI headers
+(``jax.ffi.include_dir()``) and the headers of the installed
+``nvidia-cusparselt`` wheel, links them and ``libcusparseLt.so.0`` from the
+wheel (with an rpath) into ``libsparse24_cusparselt.so``, written to a cache
+directory:
 ``$SPARSE24_CACHE_DIR`` or ``~/.cache/sparse24_jax``, else ``build/`` beside
-this file, else the system temp dir. The output name carries a hash of the
-sources, flags, nvcc and library paths, so a changed input rebuilds. The
-backend runs this automatically on first use when nvcc is present.
+this file, else the system temp dir. The output name carries a hash of every
+file in ``csrc/``, the flags, nvcc and library paths, so a changed input
+rebuilds. The backend runs this automatically on first use when nvcc is
+present.
 
 Environment:
   SPARSE24_CUSPARSELT_LIB      path of libcusparseLt.so.0 (or its directory)
@@ -40,10 +43,11 @@ __all__ = [
     "find_cusparselt",
     "find_nvcc",
     "library_path",
+    "sources",
 ]
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "sparse24_cusparselt.cu"
+CSRC = HERE / "csrc"
 COMPAT_DIR = HERE / "compat"
 LIB_NAME = "libsparse24_cusparselt"
 DEFAULT_ARCHS = ("90", "80")
@@ -152,6 +156,18 @@ def _has_toolkit_cusparse(nvcc: str) -> bool:
     return any(os.path.isfile(c) for c in cands)
 
 
+def sources() -> list[Path]:
+    """The units compiled into the library: csrc's ``.cu`` files (device code:
+    each is compiled for every architecture) and ``.cc`` files (host-only, so
+    nvcc hands them to the host compiler alone). A new unit needs no change here."""
+    return sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cc"))
+
+
+def _source_tree() -> list[Path]:
+    """Every file of csrc (units and headers): what the cache key hashes."""
+    return sorted(p for p in CSRC.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
 def _command(nvcc: str, out: str, lib: str, inc: str, archs: list[str]) -> list[str]:
     import jax.ffi  # jaxlib's XLA FFI headers
 
@@ -165,7 +181,7 @@ def _command(nvcc: str, out: str, lib: str, inc: str, archs: list[str]) -> list[
     cmd += ["-I", jax.ffi.include_dir(), "-I", inc]
     if not _has_toolkit_cusparse(nvcc):
         cmd += ["-I", str(COMPAT_DIR)]  # cusparseLt.h 0.8 includes cusparse.h
-    cmd += [str(SOURCE), "-o", out]
+    cmd += [str(p) for p in sources()] + ["-o", out]
     cmd += [f"-L{libdir}", f"-l:{os.path.basename(lib)}", f"-Xlinker", f"-rpath={libdir}"]
     return cmd
 
@@ -197,7 +213,7 @@ def _fingerprint(nvcc: str, lib: str, inc: str, archs: list[str]) -> str:
     import jax.ffi
 
     h = hashlib.sha256()
-    for p in (SOURCE, COMPAT_DIR / "cusparse.h", Path(inc) / "cusparseLt.h",
+    for p in (*_source_tree(), COMPAT_DIR / "cusparse.h", Path(inc) / "cusparseLt.h",
               Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "ffi.h",
               Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"):
         h.update(str(p).encode())
@@ -206,6 +222,8 @@ def _fingerprint(nvcc: str, lib: str, inc: str, archs: list[str]) -> str:
     h.update(os.path.realpath(nvcc).encode())
     h.update(lib.encode())
     h.update(";".join(archs).encode())
+    # the command itself (minus the output path): its flags and its list of units
+    h.update("\0".join(_command(nvcc, "", lib, inc, archs)).encode())
     h.update(str(_has_toolkit_cusparse(nvcc)).encode())
     return h.hexdigest()[:16]
 
@@ -244,7 +262,7 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
         if tmp.exists():
             tmp.unlink()
         raise BuildError(
-            f"nvcc failed (exit {proc.returncode}) building {SOURCE.name}:\n"
+            f"nvcc failed (exit {proc.returncode}) building {LIB_NAME}:\n"
             f"{' '.join(cmd)}\n{proc.stdout[-4000:]}{proc.stderr[-8000:]}\nOr {FALLBACK}."
         )
     if verbose and (proc.stdout or proc.stderr):

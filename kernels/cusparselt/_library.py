@@ -1,0 +1,155 @@
+"""The cuSPARSELt library from Python: loading, FFI registration, counters.
+
+``load_library()`` builds the library on first use (:mod:`.build`) and loads
+it with ctypes; it needs no GPU (the CPU tests' host emulation uses it).
+``load()`` also registers its XLA FFI handlers for the CUDA platform, which
+needs a CUDA GPU visible to JAX. Also here: the codes the library's calls take
+(dtype codes, the compressed operand's shape), shared by :mod:`.ops` and
+:mod:`.emulation`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+__all__ = [
+    "DT_CODES",
+    "PREFIX",
+    "TARGETS",
+    "dt_code",
+    "dtype_name",
+    "load",
+    "load_library",
+    "operand_shape",
+    "stats",
+    "version",
+]
+
+PREFIX = "sparse24_cusparselt_"
+#: FFI target name -> exported symbol
+TARGETS = {
+    PREFIX + "spmm": "s24_spmm",
+    PREFIX + "compress": "s24_compress",
+    PREFIX + "compress_masked": "s24_compress_masked",
+    PREFIX + "mvue_compress": "s24_mvue_compress",
+    PREFIX + "lib_compress": "s24_lib_compress",
+}
+
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_REGISTERED = False
+
+
+def load_library() -> ctypes.CDLL:
+    """Build if needed and ctypes-load the library (no GPU needed for this)."""
+    global _LIB
+    with _LOCK:
+        if _LIB is None:
+            from .build import library_path
+
+            path = library_path()
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as err:
+                raise RuntimeError(
+                    f"could not load {path}: {err}. Rebuild with "
+                    "`python -m sparse24_jax_kernels.cusparselt.build --force`, or use "
+                    "backend='xla' or 'triton'"
+                ) from err
+            lib.s24_cusparselt_version.restype = ctypes.c_int
+            for name in ("s24_num_plans", "s24_num_searches", "s24_num_matmuls"):
+                getattr(lib, name).restype = ctypes.c_int64
+            lib.s24_compressed_bytes.restype = ctypes.c_int64
+            lib.s24_compressed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+            lib.s24_emulate_compress.restype = ctypes.c_int
+            lib.s24_emulate_compress.argtypes = [
+                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+            ]
+            _LIB = lib
+        return _LIB
+
+
+def _has_cuda_device() -> bool:
+    import jax
+
+    try:
+        return any(d.platform == "gpu" for d in jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def load() -> ctypes.CDLL:
+    """Load the library and register its FFI targets for CUDA (once).
+
+    Raises RuntimeError (naming the fallback backends) when JAX has no CUDA
+    GPU, or the library cannot be built or loaded.
+    """
+    global _REGISTERED
+    if not _has_cuda_device():
+        raise RuntimeError(
+            "the cusparselt backend needs an NVIDIA GPU visible to JAX (jax[cuda13]); "
+            "none found: use backend='xla' (runs anywhere)"
+        )
+    lib = load_library()
+    with _LOCK:
+        if not _REGISTERED:
+            import jax
+
+            graphs = os.environ.get("SPARSE24_CUSPARSELT_CMD_BUFFER", "0") not in ("", "0", "false")
+            for target, symbol in TARGETS.items():
+                if symbol == "s24_spmm" and graphs:
+                    symbol = "s24_spmm_graph"
+                jax.ffi.register_ffi_target(
+                    target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
+                )
+            _REGISTERED = True
+    return lib
+
+
+def version() -> int:
+    """cuSPARSELt's version, major*1000 + minor*100 + patch."""
+    return int(load_library().s24_cusparselt_version())
+
+
+def stats() -> dict[str, int]:
+    """Counters of the library: plans built, algorithm searches, matmuls."""
+    lib = load_library()
+    return {
+        "plans": int(lib.s24_num_plans()),
+        "searches": int(lib.s24_num_searches()),
+        "matmuls": int(lib.s24_num_matmuls()),
+    }
+
+
+# dtype codes of the library (csrc/layout.cuh's kBF16 ... kE5M2): the
+# compression kernels' emulation and s24_spmm's a_dtype attribute
+DT_CODES = {"bfloat16": 0, "float16": 1, "float8_e4m3fn": 2, "float8_e5m2": 3}
+
+
+def dtype_name(dtype) -> str:
+    """``np.dtype(dtype).name``, or the repr of what numpy does not take."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return repr(dtype)
+
+
+def dt_code(dtype, what: str) -> int:
+    """The library's code of ``dtype``; ValueError naming ``what`` otherwise."""
+    name = dtype_name(dtype)
+    if name not in DT_CODES:
+        raise ValueError(f"{what} must be one of {', '.join(DT_CODES)}, not {name}")
+    return DT_CODES[name]
+
+
+def operand_shape(a, transpose: bool) -> tuple[int, int]:
+    """(m, k) of the compressed operand A: ``a``'s shape, or its transpose's."""
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got shape {tuple(a.shape)}")
+    r, c = a.shape
+    return (c, r) if transpose else (r, c)

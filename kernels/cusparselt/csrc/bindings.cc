@@ -1,0 +1,256 @@
+// sparse24-jax: 2:4 sparse tensor-core GEMMs for JAX through XLA FFI + cuSPARSELt.
+//
+// A plain shared library (no Python ABI): Python loads it with ctypes and
+// registers the handler symbols below with jax.ffi.register_ffi_target(...,
+// platform="CUDA"). Built by `python -m sparse24_jax_kernels.cusparselt.build`
+// from the units of this directory (README.md beside it says what is where).
+//
+// This unit binds them: the compression handlers (operand checks, then
+// compress.cu's launch), the XLA FFI handler symbols, and plain C exports.
+//   * s24_spmm            D = A_sparse @ op(B): cuSPARSELt matmul, A given in
+//                         cuSPARSELt's compressed 2:4 format (a uint8 buffer; its
+//                         element type comes in the a_dtype attribute, B's from
+//                         its buffer, so fp8 A and B may differ). Plan cache keyed
+//                         by (device, m, n, k, A/B/D dtypes, layouts); algorithm
+//                         search once per key, never under CUDA-graph capture
+//                         (spmm.cc).
+//   * s24_compress        our fused kernel writing cuSPARSELt's compressed format
+//                         of a 2:4 matrix A (or of the transpose of the input).
+//   * s24_compress_masked the same with a mask applied first (prune + compress).
+//   * s24_mvue_compress   MVUE 2:4 (unbiased random pruning) + compress, with a
+//                         counter-based RNG seeded from a uint32[2] operand.
+//   * s24_lib_compress    cuSPARSELt's own cusparseLtSpMMACompress2, for tests.
+// A new kernel family adds its unit (a .cu with its launch), a handler here
+// (operand checks + launch) and its symbol below.
+
+#include <cuda_runtime.h>
+#include <cusparseLt.h>
+
+#include <cstdint>
+#include <string>
+
+#include "compress.h"
+#include "ffi_util.h"
+#include "layout.cuh"
+#include "spmm.h"
+
+namespace s24 {
+
+// ---------------------------------------------------------------------------
+// Compression handlers
+// ---------------------------------------------------------------------------
+
+// Validates the operands of a compression and returns A's (m, k).
+static ffi::Error CheckCompress(const ffi::AnyBuffer& src, const ffi::AnyBuffer& out,
+                                bool trans, int* dt, int64_t* m, int64_t* k) {
+  int es = 0;
+  if (!KernelDtype(src.element_type(), dt, &es)) {
+    return InvalidArg("compression supports bfloat16, float16, float8_e4m3fn and float8_e5m2 "
+                      "inputs, got " + FfiDtypeName(src.element_type()));
+  }
+  auto d = src.dimensions();
+  if (d.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
+  *m = trans ? d[1] : d[0];
+  *k = trans ? d[0] : d[1];
+  const int64_t m_mult = CompressRowMultiple(es);
+  if (*k % 32 != 0 || *m % m_mult != 0) {
+    return InvalidArg("compressed operand A is " + std::to_string(*m) + " x " +
+                      std::to_string(*k) + " (rows x 2:4 axis): the 2:4 axis must be a multiple "
+                      "of 32 and the rows a multiple of " + std::to_string(m_mult) +
+                      " (pad, or use backend='xla' or 'triton')");
+  }
+  if (*m / kTileRows >= 65535) return InvalidArg("compressed operand has too many rows");
+  if (out.element_type() != ffi::DataType::U8 || out.dimensions().size() != 1 ||
+      static_cast<int64_t>(out.element_count()) != CompressedBytes(*m, *k, es)) {
+    return InvalidArg("compressed output must be uint8 of shape (" +
+                      std::to_string(CompressedBytes(*m, *k, es)) + ",), got " + DimsText(out));
+  }
+  if (!Aligned16(src.untyped_data()) || !Aligned16(out.untyped_data())) {
+    return InvalidArg("buffers must be 16-byte aligned");
+  }
+  return ffi::Error::Success();
+}
+
+static ffi::Error CompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                               ffi::Result<ffi::AnyBuffer> out, int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress(kModePlain, stream, dt, transpose != 0, src.untyped_data(),
+                                nullptr, nullptr, static_cast<uint8_t*>(out->untyped_data()), m,
+                                k, false));
+  return ffi::Error::Success();
+}
+
+static ffi::Error CompressMaskedImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                                     ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> out,
+                                     int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  const auto mt = mask.element_type();
+  if (!(mt == ffi::DataType::PRED || mt == ffi::DataType::U8 || mt == ffi::DataType::S8) ||
+      mask.dimensions().size() != 2 || mask.dimensions()[0] != src.dimensions()[0] ||
+      mask.dimensions()[1] != src.dimensions()[1]) {
+    return InvalidArg("mask must be bool (or uint8) with the input's shape " + DimsText(src) +
+                      ", got " + DimsText(mask));
+  }
+  if (!Aligned16(mask.untyped_data())) return InvalidArg("mask must be 16-byte aligned");
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress(kModeMask, stream, dt, transpose != 0, src.untyped_data(),
+                                static_cast<const uint8_t*>(mask.untyped_data()), nullptr,
+                                static_cast<uint8_t*>(out->untyped_data()), m, k, false));
+  return ffi::Error::Success();
+}
+
+static ffi::Error MvueCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer src,
+                                   ffi::AnyBuffer seed, ffi::Result<ffi::AnyBuffer> out,
+                                   int64_t transpose) {
+  int dt;
+  int64_t m, k;
+  S24_RETURN_IF_ERROR(CheckCompress(src, *out, transpose != 0, &dt, &m, &k));
+  if (seed.element_type() != ffi::DataType::U32 || seed.element_count() < 2) {
+    return InvalidArg("seed must be uint32 with at least 2 elements, got " + DimsText(seed));
+  }
+  if (m * (k / 4) > 0xFFFFFFFFll) {
+    return InvalidArg("MVUE of a " + std::to_string(m) + " x " + std::to_string(k) +
+                      " matrix: more than 2^32 groups (the RNG counter is 32-bit); split the "
+                      "tokens into micro-batches");
+  }
+  if (m == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchCompress(kModeMvue, stream, dt, transpose != 0, src.untyped_data(),
+                                nullptr, static_cast<const uint32_t*>(seed.untyped_data()),
+                                static_cast<uint8_t*>(out->untyped_data()), m, k, false));
+  return ffi::Error::Success();
+}
+
+}  // namespace s24
+
+// ---------------------------------------------------------------------------
+// Exported symbols
+// ---------------------------------------------------------------------------
+
+#define S24_SPMM_BINDING                          \
+  ffi::Ffi::Bind()                                \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()   \
+      .Ctx<ffi::DeviceOrdinal>()                  \
+      .Arg<ffi::AnyBuffer>()                      \
+      .Arg<ffi::AnyBuffer>()                      \
+      .Ret<ffi::AnyBuffer>()                      \
+      .Ret<ffi::AnyBuffer>()                      \
+      .Attr<int64_t>("m")                         \
+      .Attr<int64_t>("k")                         \
+      .Attr<int64_t>("transpose_b")               \
+      .Attr<int64_t>("d_col_major")               \
+      .Attr<int64_t>("a_dtype")                   \
+      .Attr<float>("alpha")
+
+// The default: XLA runs it as a plain custom call (never inside its CUDA graphs).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_spmm, s24::SpmmImpl, S24_SPMM_BINDING);
+
+// Experimental (SPARSE24_CUSPARSELT_CMD_BUFFER=1): may be captured into XLA's
+// command buffers; under capture no search runs (the default algorithm is
+// used for keys not searched before).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_spmm_graph, s24::SpmmImpl, S24_SPMM_BINDING,
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_compress, s24::CompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_compress_masked, s24::CompressMaskedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_mvue_compress, s24::MvueCompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_lib_compress, s24::LibCompressImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+// Plain C diagnostics for ctypes.
+extern "C" {
+
+// cuSPARSELt's version as major*1000 + minor*100 + patch, or -1.
+__attribute__((visibility("default"))) int s24_cusparselt_version(void) {
+  int major = 0, minor = 0, patch = 0;
+  if (cusparseLtGetProperty(MAJOR_VERSION, &major) != CUSPARSE_STATUS_SUCCESS ||
+      cusparseLtGetProperty(MINOR_VERSION, &minor) != CUSPARSE_STATUS_SUCCESS ||
+      cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
+    return -1;
+  }
+  return major * 1000 + minor * 100 + patch;
+}
+
+// Plans built, algorithm searches run, matmuls launched (all devices).
+__attribute__((visibility("default"))) int64_t s24_num_plans(void) {
+  return s24::NumPlans();
+}
+__attribute__((visibility("default"))) int64_t s24_num_searches(void) {
+  return s24::NumSearches();
+}
+__attribute__((visibility("default"))) int64_t s24_num_matmuls(void) {
+  return s24::NumMatmuls();
+}
+
+// Host emulation of the compression kernels (the same code, run block by
+// block on the CPU) for tests without a GPU. dt: 0 bf16, 1 f16, 2 e4m3, 3 e5m2;
+// mode: 0 plain, 1 masked, 2 MVUE; src (and mask) as the kernels take them,
+// 16-byte aligned; out must hold s24_compressed_bytes(m, k, es) bytes.
+// Returns 0, or -1 for shapes the kernels do not take.
+__attribute__((visibility("default"))) int s24_emulate_compress(int dt, int mode, int trans,
+                                                                const void* src,
+                                                                const uint8_t* mask,
+                                                                const uint32_t* seed,
+                                                                uint8_t* out, int64_t m,
+                                                                int64_t k) {
+  if (dt < 0 || dt >= s24::kNumDtypes || mode < 0 || mode > 2 || m < 0 || k < 0) return -1;
+  // as CheckCompress
+  const int64_t m_mult = s24::CompressRowMultiple(s24::KernelDtypeBytes(dt));
+  if (k % 32 != 0 || m % m_mult != 0) return -1;
+  if (m == 0 || k == 0) return 0;
+  // each mode reads only its own operands (the kernels take the others as null)
+  const uint8_t* mk = mode == s24::kModeMask ? mask : nullptr;
+  const uint32_t* sd = mode == s24::kModeMvue ? seed : nullptr;
+  const cudaError_t e =
+      s24::LaunchCompress(mode, nullptr, dt, trans != 0, src, mk, sd, out, m, k, /*emulate=*/true);
+  return e == cudaSuccess ? 0 : -1;
+}
+
+// Bytes of the compressed buffer for an m x k matrix of es-byte elements.
+__attribute__((visibility("default"))) int64_t s24_compressed_bytes(int64_t m, int64_t k,
+                                                                      int es) {
+  return s24::CompressedBytes(m, k, es);
+}
+
+}  // extern "C"

@@ -1,0 +1,61 @@
+"""Host emulation of the CUDA compression kernels, for tests without a GPU.
+
+The library compiles the kernels' code (``csrc/compress_kernels.cuh``) for the
+host too: ``s24_emulate_compress`` runs it block by block and thread by thread
+on the CPU, with exactly the index arithmetic of the GPU kernels. It needs
+nvcc and cuSPARSELt's headers to build the library, no GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _library
+from .layout import compressed_nbytes
+
+__all__ = ["MODES", "emulate_compress"]
+
+#: compression modes (csrc/compress.h's kModePlain ... kModeMvue)
+MODES = {"plain": 0, "mask": 1, "mvue": 2}
+
+
+def emulate_compress(a: np.ndarray, *, mode: str = "plain", transpose: bool = False,
+                     mask: np.ndarray | None = None, seed=(0, 0)) -> np.ndarray:
+    """Run the CUDA compression kernel's code on the CPU (host emulation in
+    the same library): the exact index arithmetic of the GPU kernel, for
+    tests without a GPU. ``a`` is a numpy array of ml_dtypes bfloat16 /
+    float8_e4m3fn / float8_e5m2 or numpy float16."""
+    lib = _library.load_library()
+    dt_name = np.dtype(a.dtype).name
+    code = _library.dt_code(a.dtype, "emulate_compress's input")
+    src = _aligned_copy(a)
+    m, k = _library.operand_shape(src, transpose)
+    out = _aligned_empty(compressed_nbytes(m, k, a.dtype))
+    out[:] = 0xAA  # poison: every byte must be written
+    mk = None
+    if mode == "mask":
+        if mask is None or mask.shape != a.shape:
+            raise ValueError("mode='mask' needs a mask of a's shape")
+        mk = _aligned_copy(np.asarray(mask).astype(np.uint8))
+    sd = np.asarray(seed, dtype=np.uint32).reshape(2)
+    rc = lib.s24_emulate_compress(
+        code, MODES[mode], int(transpose), src.ctypes.data,
+        None if mk is None else mk.ctypes.data, sd.ctypes.data, out.ctypes.data, m, k,
+    )
+    if rc != 0:
+        raise ValueError(f"the compression kernels do not take a {m} x {k} {dt_name} operand")
+    return out
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + nbytes]
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    buf = _aligned_empty(a.nbytes)
+    out = buf.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
