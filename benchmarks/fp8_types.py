@@ -49,7 +49,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"shape {text!r} is not MxNxK (e.g. 1024x1024x1024)") from None
     if m % 32 or k % 64 or n % 8:
         raise argparse.ArgumentTypeError(
-            f"shape {text}: fp8 needs m a multiple of 32, k of 64, n of 8 (SPEC.md)")
+            f"shape {text}: fp8 needs m a multiple of 32, k of 64, n of 8 (docs/algorithms.md, section 7)")
     return m, n, k
 
 

@@ -53,7 +53,7 @@ SHAPES = {
 }
 NOMINAL_HBM_GBS = {"H100": 3350.0, "H200": 4800.0}
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
-# The recipe (SPEC.md, configs/gpt2-*.toml mask_interval): the transposable
+# The recipe (docs/algorithms.md, configs/gpt2-*.toml mask_interval): the transposable
 # mask is searched every 40 optimizer steps, W and W.T are compressed every step.
 MASK_INTERVAL = 40
 

@@ -1,7 +1,7 @@
 """The backend interface: who runs the three GEMMs of a 2:4 linear layer.
 
 A 2:4 linear layer ``Z = X @ W_s.T`` does three matrix products per training
-step (SPEC.md):
+step (docs/algorithms.md):
 
 =============  ==========================  =================================
 GEMM           formula                     sparse operand (2:4 axis)

@@ -1,4 +1,4 @@
-"""FP8 GEMMs with per-tensor amax scaling (S-STE's recipe, SPEC.md).
+"""FP8 GEMMs with per-tensor amax scaling (S-STE's recipe, docs/algorithms.md).
 
 Every GEMM of a 2:4 linear layer quantizes both operands per tensor to an
 8-bit float format, multiplies with float32 accumulation and rescales the
@@ -43,7 +43,7 @@ accumulation (every product of two fp8 values is exact in float32; only the
 sum rounds, in the dot's own order); the scale product ``s_a * s_b`` is
 rounded to float32 once and the result multiplied by it (one more rounding).
 The result is float32. ``s`` here is the *dequantization* scale (``amax / F``),
-so "divide by both quantization scales ``F / amax``" in SPEC's wording is the
+so "divide by both quantization scales ``F / amax``" in the paper's wording is the
 same as this product.
 
 This module is the reference. :func:`~sparse24_jax.sparse24_linear` with

@@ -43,7 +43,7 @@ def mvue_inclusion_probs(a: jax.Array) -> jax.Array:
 
 
 def mvue_24(key: jax.Array, x: jax.Array, axis: int = -1) -> jax.Array:
-    """SPEC's unbiased 2-of-4 sampler along ``axis``.
+    """The unbiased 2-of-4 sampler (docs/algorithms.md, section 3) along ``axis``.
 
     Per group of 4: ``a_i = |x_i| + 1.19209e-07``, ``S = sum(a)``; draw ``i1``
     with probability ``a_i / S``, then ``i2`` among the other three with

@@ -41,7 +41,7 @@ def _decay_leaf(g, w, m, alpha):
 
 
 def masked_decay(alpha: float, *, dense_step: int | None = None) -> optax.GradientTransformationExtraArgs:
-    """SR-STE's masked decay on gradients (SPEC, paper 1)::
+    """SR-STE's masked decay on gradients (paper 1; docs/algorithms.md)::
 
         g <- g + alpha * W * (1 - mask)         while count < dense_step
         g <- g                                  from dense_step on (dense fine-tuning)
@@ -54,7 +54,7 @@ def masked_decay(alpha: float, *, dense_step: int | None = None) -> optax.Gradie
     ``clip_by_global_norm`` and before ``adamw``.
 
     Args:
-      alpha: decay factor (SPEC: 6e-5 for GPT-2 124M, 2e-4 for 350M).
+      alpha: decay factor (the papers: 6e-5 for GPT-2 124M, 2e-4 for 350M).
       dense_step: first optimizer step of dense fine-tuning (see
         :func:`dense_finetune_step`); ``None`` never stops.
     """
@@ -89,7 +89,7 @@ def masked_decay(alpha: float, *, dense_step: int | None = None) -> optax.Gradie
 
 
 def dense_finetune_step(total_steps: int, fraction: float = 5 / 6) -> int:
-    """First step of dense fine-tuning: SPEC's recipe switches at 250k of 300k
+    """First step of dense fine-tuning: the papers' recipe switches at 250k of 300k
     iterations, i.e. ``fraction=5/6`` of training."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction={fraction} must be in [0, 1] (5/6 in the papers)")

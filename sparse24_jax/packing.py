@@ -10,7 +10,7 @@ For ``x`` of shape ``(..., K)`` and a 2:4 ``mask`` along the last axis:
   byte ``g // 2``: the low nibble for even ``g``, the high nibble for odd ``g``.
   If K/4 is odd the last high nibble is padding, 0xE.
 
-These are cuSPARSELt's per-group codes (SPEC.md); cuSPARSELt's own buffer
+These are cuSPARSELt's per-group codes (docs/algorithms.md, section 7); cuSPARSELt's own buffer
 interleaves them in a tiled order, which the GPU backends write themselves.
 
 A group with fewer than two kept elements still stores two positions (as

@@ -291,7 +291,7 @@ def test_soft_threshold_matches_reference(K, dtype):
 # ---------------------------------------------------------------------------
 # MVUE + compress
 def inclusion_probs64(x):
-    """SPEC's p_i in float64, S - a_j summed from the others (exact enough to
+    """MVUE's p_i (docs/algorithms.md) in float64, S - a_j summed from the others (exact enough to
     judge the float32 kernel, also for groups like (0, 0, 5, 0))."""
     a = np.abs(np.asarray(x, np.float64)) + 1.19209e-07
     s = a.sum(-1, keepdims=True)

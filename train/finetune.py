@@ -4,7 +4,7 @@
     sparse24-finetune --task squad --checkpoint runs/124m/sste --out runs/124m/sste/squad
     sparse24-finetune --task glue/sst2 --checkpoint runs/tiny --data-dir tests/fixtures --max-steps 2
 
-The recipe (SPEC.md): AdamW, lr 5e-6, linear warm-up over the first 10% of the steps,
+The recipe (docs/algorithms.md, section 8): AdamW, lr 5e-6, linear warm-up over the first 10% of the steps,
 then cosine to 0; batch 32; 3 epochs (5 for MRPC and WNLI); GLUE sequences of at most
 128 tokens, SQuAD windows of 384 tokens with a stride of 128 (both capped at the model's
 block_size). The head: GLUE a linear layer on the hidden state of the last non-pad token

@@ -1,7 +1,7 @@
 """GPT-2 as nanoGPT builds it, in Flax NNX, with 2:4 sparse FFN weights.
 
 Pre-LayerNorm blocks, learned position embeddings, causal self-attention, tied
-input/output embeddings, no biases, no dropout (the papers' recipe, SPEC.md).
+input/output embeddings, no biases, no dropout (the papers' recipe, docs/algorithms.md).
 Only the two FFN linears are sparse (SparseMLP / SparseGatedMLP from sparse24_jax):
 attention, embeddings and the LM head stay dense, as in the papers.
 
@@ -38,10 +38,9 @@ def attention_implementation(choice: str, dtype) -> str:
     """The `implementation` of jax.nn.dot_product_attention for config field `attention`.
 
     "auto" picks cuDNN's fused (flash) attention on an NVIDIA GPU for 16-bit inputs: XLA's
-    own attention writes the (B, heads, T, T) scores and probabilities to memory (in the
-    774M profile on an H100, docs/RESULTS.md, the largest kernel, 13 ms of a 114 ms step,
-    was most likely that softmax). Elsewhere (CPU, float32) it is XLA's. "cudnn" insists,
-    with a clear error off the GPU.
+    own attention writes the (B, heads, T, T) scores and probabilities to memory (its
+    softmax was the largest kernel of an early 774M profile, docs/RESULTS.md). Elsewhere
+    (CPU, float32) it is XLA's. "cudnn" insists, with a clear error off the GPU.
     """
     on_gpu = jax.default_backend() == "gpu"
     if choice == "cudnn" and not on_gpu:
@@ -131,9 +130,8 @@ def lm_head(x, w):
 
     Why: autodiff of ``einsum(..., preferred_element_type=float32)`` multiplies
     the float32 cotangent with the bf16 operands, so XLA runs both gradient
-    GEMMs in float32 (TF32 on a GPU): on an H100 at GPT-2 774M and 16k tokens
-    they took 14 ms of a 206 ms step (docs/RESULTS.md). With float32 x and w
-    this is the plain einsum's VJP.
+    GEMMs in float32 (TF32 on a GPU), about 7% of a GPT-2 774M step
+    (docs/RESULTS.md). With float32 x and w this is the plain einsum's VJP.
     """
     return jnp.einsum("btc,vc->btv", x, w, preferred_element_type=jnp.float32)
 

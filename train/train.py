@@ -113,12 +113,11 @@ def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
     on every process of a multi-host run. dense: dense fine-tuning switched on.
 
     like: a state of the same config built on another mesh, to be resharded onto this one
-    instead (the init program of GPT-2 774M took 100 s to compile on an H200; benchmarks
+    instead (the init program of a big model is slow to compile, docs/RESULTS.md; benchmarks
     that try several meshes pay it once)."""
     def make():
         # masks searched after the jit, one compiled search per weight shape: inlined into
-        # it, the 72 searches of GPT-2 774M made that compile slower still (SR-STE's init
-        # did not finish in 170 s on an H200, where the dense one took 100 s)
+        # it, the searches of every layer made that compile much slower still (docs/RESULTS.md)
         model, optimizer = build(cfg, vocab_size, mesh, search_masks=False)
         if dense:
             s24nnx.set_dense(model)
@@ -141,11 +140,10 @@ def _run_init(init):
     """Run the jitted init program; on a GPU with JAX's threefry kernel lowering.
 
     XLA inlines one copy of the threefry random-bit generator per parameter, and on a GPU
-    those copies compile slowly: GPT-2 774M's init took 100 s on an H200, four times its
-    training step. jax_threefry_gpu_kernel_lowering (a JAX switch, off by default) calls
-    one CUDA kernel instead, with the same bits, which should compile faster (not yet
-    timed on a GPU). Should a JAX build lack that kernel, the init compiles the usual
-    way, with a warning."""
+    those copies compile slowly (a big model's init compiled for several times longer than
+    its training step, docs/RESULTS.md). jax_threefry_gpu_kernel_lowering (a JAX switch, off
+    by default) calls one CUDA kernel instead, with the same bits. Should a JAX build lack
+    that kernel, the init compiles the usual way, with a warning."""
     flag = "jax_threefry_gpu_kernel_lowering"
     if jax.default_backend() != "gpu" or not hasattr(jax.config, flag):
         return init()
