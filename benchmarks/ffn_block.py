@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from sparse_gemm import SHAPES, tiled_mask, time_jax, time_torch
+from shapes import SHAPES, tiled_mask
+from sparse_gemm import time_jax, time_torch
 
 HIDDEN = {"llama-7b": 11008}
 

@@ -28,15 +28,7 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
-SHAPES = {
-    "gpt2-124m": (768, 3072),
-    "gpt2-350m": (1024, 4096),
-    "gpt2-774m": (1280, 5120),
-    "gpt2-1558m": (1600, 6400),
-    "llama-7b": (4096, 11008),
-}
+from shapes import SHAPES, tiled_mask
 
 
 # ---------------------------------------------------------------------------
@@ -131,18 +123,6 @@ def time_torch(fn, *, reps: int, rounds: int, warmup: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3 / reps)
     return statistics.median(times)
-
-
-# ---------------------------------------------------------------------------
-# operands
-# ---------------------------------------------------------------------------
-
-# a transposable 2:4 pattern (two ones in every row and column of each 4x4 block)
-_BLOCK = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], bool)
-
-
-def tiled_mask(n: int, k: int) -> np.ndarray:
-    return np.tile(_BLOCK, (n // 4, k // 4))
 
 
 def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
