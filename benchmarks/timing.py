@@ -1,7 +1,8 @@
 """How the benchmarks time things: every timing harness, once.
 
-The benchmark scripts (sparse_gemm.py, ffn_block.py, mvue_kernel.py, kernels.py) import
-these instead of each keeping a loop of its own, so two tables that say "pipelined" or "per call" were measured by the same code.
+The benchmark scripts (sparse_gemm.py, ffn_block.py, mvue_kernel.py, kernels.py,
+train_scaling.py, step_profile.py) import these instead of each keeping a loop of its own,
+so two tables that say "pipelined" or "per call" were measured by the same code.
 
 * ``time_jax(mode="pipelined")`` and ``bench_stream``: jitted calls issued back to back,
   blocking once on the last. The host's dispatch overlaps the device's work, as in a
@@ -12,6 +13,7 @@ these instead of each keeping a loop of its own, so two tables that say "pipelin
 * ``per_call``: the device time of a kernel shorter than dispatching a program, as the
   slope between a program of several calls and a program of one.
 * ``time_torch``: PyTorch, with CUDA events around R back-to-back calls.
+* ``run_steps`` / ``time_steps``: N training steps back to back, blocked on the last.
 
 Times are seconds; the per-call ones are the median over rounds of (round time / calls).
 JAX and PyTorch are imported inside the functions: the scripts parse their arguments (and
@@ -161,3 +163,24 @@ def time_torch(fn, *, reps: int, rounds: int, warmup: int) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3 / reps)
     return statistics.median(times)
+
+
+def run_steps(step, state, xs, ys, n: int, metrics=None):
+    """``n`` training steps ``state, metrics = step(state, xs, ys)`` issued back to back on
+    the same batch (already on the devices: no host input in the loop), then block until the
+    last one's state and metrics are ready. Returns (state, metrics); ``metrics`` is what to
+    return when n is 0 (the previous step's)."""
+    import jax
+
+    for _ in range(n):
+        state, metrics = step(state, xs, ys)
+    jax.block_until_ready((state, metrics))
+    return state, metrics
+
+
+def time_steps(step, state, xs, ys, n: int, metrics=None):
+    """Wall seconds of ``run_steps`` (n steps, blocked on the last), with its (state, metrics):
+    returns (seconds, state, metrics). Throughput is n * tokens per step / seconds."""
+    t0 = time.perf_counter()
+    state, metrics = run_steps(step, state, xs, ys, n, metrics)
+    return time.perf_counter() - t0, state, metrics

@@ -43,6 +43,16 @@ def test_per_call_is_a_nonnegative_slope():
     assert timing.per_call(lambda a: a * 2, jnp.ones(64), copies=3) >= 0.0
 
 
+def test_run_steps_and_time_steps():
+    def step(state, xs, ys):
+        return state + 1, {"loss": state * 0.5}
+
+    state, m = timing.run_steps(step, jnp.int32(0), None, None, 0, metrics="before")
+    assert int(state) == 0 and m == "before"  # no steps: the metrics passed in come back
+    dt, state, m = timing.time_steps(step, jnp.int32(0), None, None, 3)
+    assert int(state) == 3 and float(m["loss"]) == 1.0 and dt >= 0.0
+
+
 def test_tiled_mask_is_transposable_24():
     m = tiled_mask(8, 12)
     assert m.shape == (8, 12)
