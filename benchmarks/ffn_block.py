@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from sparse_gemm import SHAPES, tiled_mask, time_jax, time_torch
+from shapes import SHAPES, tiled_mask
+from timing import time_jax, time_torch
 
 HIDDEN = {"llama-7b": 11008}
 
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="cusparselt")
     p.add_argument("--m", type=int, default=16384, help="tokens")
     p.add_argument("--mode", choices=["loop", "pipelined"], default="pipelined",
-                   help="JAX timing (sparse_gemm.time_jax): R calls enqueued back to back (pipelined), or "
+                   help="JAX timing (timing.time_jax): R calls enqueued back to back (pipelined), or "
                         "a jitted loop of R calls (loop; adds about a copy of the first operand per call "
                         "around our custom calls, docs/BENCHMARKS.md)")
     p.add_argument("--reps", type=int, default=10)

@@ -19,6 +19,7 @@ Every time is per call with calls issued back to back (``bench_stream``): the
 device time a training step pays, without a host round trip per call. The mask
 search and the compressions take less time than dispatching a jitted program,
 so they are timed as the slope over 8 calls in one program (``per_call``).
+Both are in benchmarks/timing.py, with the other benchmarks' harnesses.
 GB/s counts the bytes a kernel must move (inputs read once, outputs written
 once); % of bandwidth divides by the device's nominal HBM bandwidth (H100
 SXM 3.35 TB/s, H200 4.8 TB/s; --hbm-gbs to override) and by a measured copy.
@@ -34,14 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
 import sparse24_jax as s24
+
+from timing import bench_stream, per_call  # benchmarks/timing.py, beside this script
 
 # name: (d_model, d_ff, n_layer, params)
 SHAPES = {
@@ -56,37 +57,6 @@ NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 # The recipe (docs/algorithms.md, configs/gpt2-*.toml mask_interval): the transposable
 # mask is searched every 40 optimizer steps, W and W.T are compressed every step.
 MASK_INTERVAL = 40
-
-
-def bench_stream(fn, *args, warmup=3, reps=20, rounds=5):
-    """Seconds per call of ``fn(*args)`` issued back to back (the host's
-    dispatch overlaps the device's work, as in a training step), median of
-    ``rounds`` rounds of ``reps`` calls."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)  # one stream: the last call ends after all the others
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t) / reps)
-    return statistics.median(times)
-
-
-def per_call(fn, *args, copies=8):
-    """Device seconds of one ``fn(*args)``: the slope between one jitted program
-    that calls fn on ``copies`` distinct copies of the inputs and one that calls
-    it once (both timed with bench_stream), so the fixed cost of dispatching a
-    program (tens of us, more than these kernels take) cancels out. Copies, not
-    the same arrays, so XLA cannot merge the calls."""
-    many = [tuple(jnp.array(a, copy=True) for a in args) for _ in range(copies)]
-    jax.block_until_ready(many)
-    run_many = jax.jit(lambda *flat: [fn(*flat[i:i + len(args)]) for i in range(0, len(flat), len(args))])
-    flat = [a for group in many for a in group]
-    t_many = bench_stream(run_many, *flat)
-    t_one = bench_stream(run_many, *flat[: len(args)])
-    return max(t_many - t_one, 0.0) / (copies - 1)
 
 
 def bench_gated(m, f, dt, key):

@@ -12,11 +12,11 @@ Per FFN shape (d, 4d) both linears are timed: "up" (W: 4d x d) and "down"
     dX   dX = dZ @ W_s        (M, K)   sparse W_s.T
     dW   dW = S(dZ.T) @ X     (N, K)   sparse MVUE-pruned dZ.T
 
-JAX timing: by default a jitted loop of R calls (each call's operands pass
-through an optimization barrier so XLA can neither hoist nor drop it),
-divided by R, median over rounds: no dispatch overhead. ``--mode pipelined``
-instead enqueues R jitted calls and blocks once. PyTorch: CUDA events around R
-back-to-back calls. Compression (ours: W and W.T; MVUE + compress of dZ.T) is
+JAX timing (benchmarks/timing.py, ``time_jax``): by default a jitted loop of
+R calls (``looped``: a one-element update of each call's first float operand
+keeps XLA from hoisting or dropping it), divided by R, median over rounds: no
+dispatch overhead. ``--mode pipelined`` instead enqueues R jitted calls and
+blocks once. PyTorch (``time_torch``): CUDA events around R back-to-back calls. Compression (ours: W and W.T; MVUE + compress of dZ.T) is
 timed separately; "dW+prune" is the per-step cost of the weight gradient.
 """
 
@@ -24,125 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
-import numpy as np
-
-SHAPES = {
-    "gpt2-124m": (768, 3072),
-    "gpt2-350m": (1024, 4096),
-    "gpt2-774m": (1280, 5120),
-    "gpt2-1558m": (1600, 6400),
-    "llama-7b": (4096, 11008),
-}
+from shapes import SHAPES, tiled_mask
+from timing import time_jax, time_torch
 
 
 # ---------------------------------------------------------------------------
-# timing
+# benchmark
 # ---------------------------------------------------------------------------
-
-
-def looped(fn, reps: int):
-    """jit(args -> run fn(*args) reps times in a fori_loop).
-
-    Every iteration's output is carried (so none is dead) and one element of
-    it, times zero, is added into one element of the first floating-point
-    array operand of the next call (so the call is not loop-invariant and
-    cannot be hoisted). The extra work is a one-element update.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    def first_float(tree):
-        leaves = jax.tree_util.tree_leaves(tree)
-        for i, leaf in enumerate(leaves):
-            if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim >= 1:
-                return i
-        raise ValueError("looped timing needs a floating-point array operand")
-
-    @jax.jit
-    def run(args):
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        i = first_float(args)
-        out0 = jax.eval_shape(lambda a: fn(*a), args)
-        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out0)
-
-        def body(_, carry):
-            leaves, _out = carry
-            out = fn(*jax.tree_util.tree_unflatten(treedef, leaves))
-            o = jax.tree_util.tree_leaves(out)[0]
-            tie = o.reshape(-1)[0].astype(jnp.float32) * 0.0
-            x = leaves[i]
-            idx = (0,) * x.ndim
-            x = x.at[idx].add(tie.astype(x.dtype))
-            return leaves[:i] + [x] + leaves[i + 1:], out
-
-        return jax.lax.fori_loop(0, reps, body, (leaves, zeros))
-
-    return run
-
-
-def time_jax(fn, args, *, reps: int, rounds: int, warmup: int, mode: str) -> float:
-    """Median seconds per call of fn(*args)."""
-    import jax
-
-    if mode == "loop":
-        run = looped(fn, reps)
-        jax.block_until_ready(run(args))
-        for _ in range(warmup):
-            jax.block_until_ready(run(args))
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            jax.block_until_ready(run(args))
-            times.append((time.perf_counter() - t0) / reps)
-        return statistics.median(times)
-    jf = jax.jit(fn)
-    jax.block_until_ready(jf(*args))
-    for _ in range(warmup * reps):
-        out = jf(*args)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = jf(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
-
-
-def time_torch(fn, *, reps: int, rounds: int, warmup: int) -> float:
-    import torch
-
-    for _ in range(warmup * reps):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / reps)
-    return statistics.median(times)
-
-
-# ---------------------------------------------------------------------------
-# operands
-# ---------------------------------------------------------------------------
-
-# a transposable 2:4 pattern (two ones in every row and column of each 4x4 block)
-_BLOCK = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], bool)
-
-
-def tiled_mask(n: int, k: int) -> np.ndarray:
-    return np.tile(_BLOCK, (n // 4, k // 4))
 
 
 def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:

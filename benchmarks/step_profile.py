@@ -9,12 +9,12 @@
 What it does, in order:
 
 1. Builds the model, optimizer and jitted step exactly as benchmarks/train_scaling.py does
-   (its ``prepare``: sparse24_train's init_state + make_train_step on cfg's mesh; random
-   tokens, already on the devices). --batch is the global batch of one micro-batch
-   (``batch_size``); a step is grad_accum micro-batches. The mesh is the config's (by default
-   data parallel over all devices).
+   (benchmarks/train_step.py's ``prepare``: sparse24_train's init_state + make_train_step on
+   cfg's mesh; random tokens, already on the devices). --batch is the global batch of one
+   micro-batch (``batch_size``); a step is grad_accum micro-batches. The mesh is the config's
+   (by default data parallel over all devices).
 2. Runs --warmup steps (the first compiles), then times --steps steps with
-   ``block_until_ready``: ms/step, tokens/s and
+   ``block_until_ready`` (benchmarks/timing.py's ``time_steps``): ms/step, tokens/s and
 
        MFU = flops_per_token * tokens/s / (peak_tflops * 1e12 * devices)
 
@@ -104,13 +104,10 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_scaling.py
-import train_scaling  # noqa: E402  (also puts the repo root on sys.path for a bare checkout)
-
-try:
-    from sparse24_train.model import flops_per_token, num_params
-except ImportError:  # a checkout without `pip install -e .`: train/ is the package
-    from train.model import flops_per_token, num_params
+# benchmarks/ itself: a script's directory is on sys.path already, but tests load this file by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import time_steps  # noqa: E402
+from train_step import flops_per_token, load_config, num_params, prepare  # noqa: E402  (the repo root too)
 
 CATEGORIES = ("sparse GEMM (cuSPARSELt)", "2:4 per-step kernels", "dense GEMM", "attention",
               "collectives/memcpy", "other (XLA fusions)")
@@ -379,13 +376,6 @@ def hlo_fusions(hlo_text: str, names) -> dict:
     return out
 
 
-def run_steps(step, state, xs, ys, n):
-    for _ in range(n):
-        state, m = step(state, xs, ys)
-    jax.block_until_ready((state, m))
-    return state, m
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="config name (tiny, gpt2-124m, ...) or .toml path")
@@ -409,7 +399,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     logging.getLogger("sparse24_train").setLevel(logging.ERROR)
 
-    base = train_scaling.load_config(args.config, list(args.overrides))
+    base = load_config(args.config, list(args.overrides))
     total = args.warmup + args.steps + args.profile_steps
     cfg = dataclasses.replace(
         base, method=args.method or base.method, backend=args.backend or base.backend,
@@ -417,7 +407,7 @@ def main(argv=None) -> dict:
         max_steps=max(base.max_steps, total + 1)).validate()
     peak = args.peak_tflops or cfg.peak_tflops
 
-    mesh, graphdef, state, step, xs, ys = train_scaling.prepare(cfg)
+    mesh, graphdef, state, step, xs, ys = prepare(cfg)
     from flax import nnx
     n_params = num_params(nnx.merge(graphdef, state)[0])
     fpt = flops_per_token(cfg, n_params)
@@ -426,13 +416,10 @@ def main(argv=None) -> dict:
           f"{cfg.tokens_per_step:,} tokens/step, {devices} device(s) of {jax.devices()[0].device_kind}",
           file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
-    state, m = run_steps(step, state, xs, ys, args.warmup)
-    t1 = time.perf_counter()
-    state, m = run_steps(step, state, xs, ys, args.steps)
-    dt = time.perf_counter() - t1
+    warmup_s, state, m = time_steps(step, state, xs, ys, args.warmup)
+    dt, state, m = time_steps(step, state, xs, ys, args.steps, m)
     tok_s = args.steps * cfg.tokens_per_step / dt if args.steps else float("nan")
-    timing = dict(steps=args.steps, warmup=args.warmup, warmup_s=t1 - t0,
+    timing = dict(steps=args.steps, warmup=args.warmup, warmup_s=warmup_s,
                   step_ms=1e3 * dt / max(args.steps, 1), tok_per_s=tok_s, loss=float(m["loss"]))
     print(f"compile + warm-up {timing['warmup_s']:.1f} s; {timing['step_ms']:.2f} ms/step, {tok_s:,.0f} tok/s",
           file=sys.stderr, flush=True)

@@ -9,7 +9,9 @@
 Weak scaling: every device gets --batch-per-device sequences of block_size random tokens, so
 the global batch grows with the device count. Each row times --steps optimizer steps of
 sparse24_train's jitted step (after --warmup steps, which include compilation), excluding the
-host: tokens are generated once and already on the devices. Prints a markdown table with
+host: tokens are generated once and already on the devices (benchmarks/train_step.py builds
+the step as step_profile.py does, benchmarks/timing.py's time_steps times it). Prints a
+markdown table with
 
     scaling efficiency = tok/s(N devices) / (N * tok/s(1 device))
 
@@ -31,20 +33,9 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
-
-try:
-    from sparse24_train.config import load_config
-    from sparse24_train.model import ffn_hidden, padded_vocab
-    from sparse24_train.sharding import batch_sharding, global_batch, make_mesh
-    from sparse24_train.train import init_state, make_train_step
-except ImportError:  # a checkout without `pip install -e .`: train/ is the package
-    from train.config import load_config
-    from train.model import ffn_hidden, padded_vocab
-    from train.sharding import batch_sharding, global_batch, make_mesh
-    from train.train import init_state, make_train_step
+from timing import run_steps, time_steps
+from train_step import load_config, prepare
 
 LAYOUTS = {"one": lambda n: (1, 1, 1), "data": lambda n: (n, 1, 1), "fsdp": lambda n: (1, n, 1),
            "tensor": lambda n: (1, 1, n)}
@@ -52,24 +43,6 @@ LAYOUTS = {"one": lambda n: (1, 1, 1), "data": lambda n: (n, 1, 1), "fsdp": lamb
 
 def layout_name(layout: str, n: int) -> str:
     return "1 device" if layout == "one" else f"{layout} {n}"
-
-
-def prepare(cfg, seed: int = 0, like=None):
-    """What one timed step needs, built as sparse24_train builds it: (mesh, graphdef, state,
-    step, xs, ys), with a fresh state on cfg's mesh (or `like`, a state of the same method
-    from another layout, resharded: init_state's like=) and one batch of random tokens (vocab
-    padded from 256 when cfg.vocab_size is 0) already on the devices. Also used by
-    benchmarks/step_profile.py."""
-    mesh = make_mesh(cfg, ffn_hidden(cfg))
-    vocab = padded_vocab(cfg, 256)
-    graphdef, state = init_state(cfg, vocab, mesh, like=like)
-    step = make_train_step(graphdef, mesh, cfg)
-    rng = np.random.default_rng(seed)
-    shape = (cfg.grad_accum, cfg.batch_size, cfg.block_size)
-    sh = batch_sharding(mesh, 3)
-    xs = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
-    ys = global_batch(rng.integers(0, vocab, shape, dtype=np.int32), sh)
-    return mesh, graphdef, state, step, xs, ys
 
 
 def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dict, object]:
@@ -80,23 +53,16 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dic
     mesh, _, state, step, xs, ys = prepare(cfg, seed, like)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
-    state, m = step(state, xs, ys)  # compiles
-    jax.block_until_ready((state, m))
-    tc = time.perf_counter()
+    compile_s, state, m = time_steps(step, state, xs, ys, 1)  # the first step compiles
     print(f"  {cfg.method} on {mesh.size} device(s): state built in {t0 - tp:.1f} s, first step "
-          f"(compilation) {tc - t0:.1f} s", file=sys.stderr, flush=True)
-    for _ in range(warmup - 1):
-        state, m = step(state, xs, ys)
-    jax.block_until_ready((state, m))
+          f"(compilation) {compile_s:.1f} s", file=sys.stderr, flush=True)
+    state, m = run_steps(step, state, xs, ys, warmup - 1, m)
     t1 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, xs, ys)
-    jax.block_until_ready((state, m))
-    dt = time.perf_counter() - t1
+    dt, state, m = time_steps(step, state, xs, ys, steps, m)
     loss = float(m["loss"])
     return dict(devices=mesh.size, mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names),
                 global_batch=cfg.batch_size * cfg.grad_accum, tok_per_s=steps * cfg.tokens_per_step / dt,
-                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, build_s=t0 - tp, compile_s=tc - t0,
+                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, build_s=t0 - tp, compile_s=compile_s,
                 loss=loss), state
 
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @functools.lru_cache(maxsize=None)
 def load_step_profile():
-    # benchmarks/ is not a package: load the script by path (it imports its sibling train_scaling),
-    # then leave sys.path as it was
+    # benchmarks/ is not a package: load the script by path (it puts benchmarks/ on sys.path for
+    # its sibling modules timing and train_step), then leave sys.path as it was
     path = list(sys.path)
     try:
         spec = importlib.util.spec_from_file_location("step_profile", ROOT / "benchmarks" / "step_profile.py")

@@ -1,0 +1,59 @@
+"""benchmarks/timing.py and benchmarks/shapes.py on CPU: the harnesses call what they say, as
+often as they say, and return seconds (the numbers themselves need a GPU to mean anything)."""
+
+import math
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import timing  # noqa: E402
+from shapes import tiled_mask  # noqa: E402
+
+
+def test_bench_stream_calls_warmup_then_rounds_of_reps():
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return x + 1
+
+    t = timing.bench_stream(fn, jnp.ones(4), warmup=2, reps=3, rounds=4)
+    assert len(calls) == 2 + 3 * 4 and t > 0 and math.isfinite(t)
+
+
+@pytest.mark.parametrize("mode", ["loop", "pipelined"])
+def test_time_jax_modes(mode):
+    x = jnp.ones((16, 16), jnp.float32)
+    t = timing.time_jax(lambda a, b: a @ b, (x, x), reps=3, rounds=3, warmup=1, mode=mode)
+    assert t > 0 and math.isfinite(t)
+
+
+def test_looped_leaves_the_result_unchanged():
+    # the one-element tie adds 0 * (an output element): every call still computes fn(x)
+    x = jnp.arange(8.0)
+    _, out = timing.looped(lambda a: a * 2, 5)((x,))
+    np.testing.assert_array_equal(out, x * 2)
+
+
+def test_per_call_is_a_nonnegative_slope():
+    assert timing.per_call(lambda a: a * 2, jnp.ones(64), copies=3) >= 0.0
+
+
+def test_run_steps_and_time_steps():
+    def step(state, xs, ys):
+        return state + 1, {"loss": state * 0.5}
+
+    state, m = timing.run_steps(step, jnp.int32(0), None, None, 0, metrics="before")
+    assert int(state) == 0 and m == "before"  # no steps: the metrics passed in come back
+    dt, state, m = timing.time_steps(step, jnp.int32(0), None, None, 3)
+    assert int(state) == 3 and float(m["loss"]) == 1.0 and dt >= 0.0
+
+
+def test_tiled_mask_is_transposable_24():
+    m = tiled_mask(8, 12)
+    assert m.shape == (8, 12)
+    assert (m.reshape(8, 3, 4).sum(-1) == 2).all() and (m.T.reshape(12, 2, 4).sum(-1) == 2).all()
