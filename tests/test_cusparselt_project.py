@@ -1,0 +1,216 @@
+"""CPU tests of the one-pass weight projection of the cuSPARSELt library
+(``ops.project_compress``, csrc/project.cu), run by its host emulation: its
+buffers must be byte for byte what the two-pass path writes (the XLA
+projection + cast, then the compression kernels, themselves checked against
+the numpy reference of the format). The real kernel against the real
+two-pass path: tests/gpu/test_cusparselt.py.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from sparse24_jax_kernels.cusparselt import layout
+
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+SHAPES = [(64, 64), (64, 128), (128, 64), (192, 320), (256, 512), (512, 128)]
+
+
+@pytest.fixture(scope="module")
+def ops(cusparselt_host_ops):
+    return cusparselt_host_ops
+
+
+def weights(seed: int, n: int, k: int) -> np.ndarray:
+    """Random float32 weights with the awkward cases of a projection, in groups
+    of 4 along K: ties (four equal magnitudes, two equal largest), exact zeros
+    and -0.0, magnitudes that vanish or overflow in float16, and values exactly
+    halfway between two bfloat16 or float16 numbers (round to even)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    grp = w.reshape(-1, 4)  # a view: groups along K
+    pick = rng.random(grp.shape[0])
+    grp[pick < 0.05] = [0.5, -0.5, 0.5, -0.5]
+    sel = (pick >= 0.05) & (pick < 0.10)
+    grp[sel, 1] = -grp[sel, 3]
+    sel = (pick >= 0.10) & (pick < 0.15)
+    grp[sel, :2] = [0.0, -0.0]
+    grp[(pick >= 0.15) & (pick < 0.18)] = -0.0
+    grp[(pick >= 0.18) & (pick < 0.21)] *= 1e-7  # float16: subnormal or zero
+    grp[(pick >= 0.21) & (pick < 0.23)] *= 1e5  # float16: inf
+    bits = w.view(np.uint32)
+    half = np.where(np.abs(w) > 1e-30, rng.random(w.shape), 1.0)  # zeros stay zeros, not subnormals
+    bits[half < 0.03] = (bits[half < 0.03] & 0xFFFF0000) | 0x8000  # bf16 halfway
+    sel = (half >= 0.03) & (half < 0.06)
+    bits[sel] = (bits[sel] & 0xFFFFE000) | 0x1000  # fp16 halfway
+    return w
+
+
+def numpy_soft(w, beta):
+    """beta * soft_threshold_24(w) in numpy's float32: IEEE subnormals (XLA:CPU
+    flushes them to zero, XLA:GPU and the kernel keep them)."""
+    g = w.reshape(-1, 4)
+    mag = np.abs(g)
+    lo1, hi1 = np.minimum(mag[:, 0], mag[:, 1]), np.maximum(mag[:, 0], mag[:, 1])
+    lo2, hi2 = np.minimum(mag[:, 2], mag[:, 3]), np.maximum(mag[:, 2], mag[:, 3])
+    t = np.minimum(np.maximum(lo1, lo2), np.minimum(hi1, hi2))[:, None]
+    return (np.float32(beta) * (np.sign(g) * np.maximum(mag - t, np.float32(0)))).reshape(w.shape)
+
+
+def masks(w: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    import jax.numpy as jnp
+
+    from sparse24_jax import transposable_mask_24
+
+    mask = np.array(transposable_mask_24(jnp.asarray(w)))  # writable
+    rng = np.random.default_rng(seed)
+    if kind == "sparser":  # groups keeping one or none
+        mask &= rng.random(mask.shape) > 0.3
+    elif kind == "invalid":  # some groups keep 3 or 4 (top-2 of them, as compress); uint8 values
+        grp = mask.reshape(-1, 4)
+        pick = rng.random(grp.shape[0])
+        grp[pick < 0.1] = True
+        grp[(pick >= 0.1) & (pick < 0.2), :3] = True
+        mask = mask.astype(np.uint8) * rng.integers(1, 255, mask.shape, dtype=np.uint8)
+    return mask
+
+
+def reference(w, mask=None, beta=None, *, dtype):
+    """The two-pass path's W_s: sparse24_jax's projection (on XLA), cast."""
+    import jax.numpy as jnp
+
+    from sparse24_jax import project_weight
+
+    if mask is not None:
+        w_s, _ = project_weight(jnp.asarray(w), jnp.asarray(mask).astype(bool), method="srste")
+    else:
+        w_s, _ = project_weight(jnp.asarray(w), beta=jnp.asarray(beta), method="sste")
+    return np.asarray(w_s.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("kind", ["transposable", "sparser", "invalid"])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_mask_mode_is_the_two_pass_bytes(ops, n, k, dtype, kind):
+    seed = 31 * n + k
+    w = weights(seed, n, k)
+    mask = masks(w, kind, seed)
+    w_s = reference(w, mask, dtype=dtype)
+    buf, buf_t = ops.emulate_project_compress(w, mask, dtype=dtype, transpose_too=True)
+    assert np.array_equal(buf, ops.emulate_compress(w_s)), "W_s"
+    assert np.array_equal(buf_t, ops.emulate_compress(np.ascontiguousarray(w_s.T))), "W_s^T"
+    if kind != "invalid":  # the numpy reference of the format, strict about 2:4
+        assert np.array_equal(buf, layout.compress(w_s))
+        assert np.array_equal(buf_t, layout.compress(np.ascontiguousarray(w_s.T)))
+    alone, none = ops.emulate_project_compress(w, mask, dtype=dtype, transpose_too=False)
+    assert none is None and np.array_equal(alone, buf)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("beta", [1.0, 0.7310586, -2.5])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_soft_mode_is_the_reference(ops, n, k, dtype, beta):
+    w = weights(7 * n + k, n, k)
+    w_s = reference(w, beta=np.float32(beta), dtype=dtype)
+    buf, dense = ops.emulate_project_compress(w, beta=np.float32(beta), dtype=dtype, transpose_too=False)
+    assert dense.dtype == dtype and dense.shape == (n, k)
+    # bit for bit, signed zeros included
+    np.testing.assert_array_equal(dense.view(np.uint16), w_s.view(np.uint16))
+    assert np.array_equal(buf, ops.emulate_compress(w_s))
+    assert np.array_equal(buf, layout.compress(w_s))
+
+
+def test_soft_mode_signed_zeros_by_hand(ops):
+    """Groups whose soft threshold leaves -0 where compress stores a canonical
+    zero (one non-zero: positions (i, 3) or (2, 3)), and a -0 input."""
+    w = np.zeros((64, 64), np.float32)
+    w[0, :4] = [5.0, -1.0, -1.0, -1.0]  # t = 1: (4, -0, -0, -0): kept pair (0, 3), -0 stored
+    w[1, :4] = [-1.0, -1.0, -1.0, 3.0]  # (-0, -0, -0, 2): pair (2, 3) = (-0, 2)
+    w[2, :4] = [-0.0, 0.0, -0.0, -0.0]
+    w[3, :4] = [2.0, -2.0, 2.0, -2.0]  # t = 2: all zeros, signs kept
+    w_s = reference(w, beta=np.float32(1.0), dtype=BF16)
+    assert w_s.view(np.uint16)[0, 3] == 0x8000 and w_s.view(np.uint16)[3, 1] == 0x8000
+    buf, dense = ops.emulate_project_compress(w, beta=np.float32(1.0), dtype=BF16, transpose_too=False)
+    np.testing.assert_array_equal(dense.view(np.uint16), w_s.view(np.uint16))
+    assert np.array_equal(buf, ops.emulate_compress(w_s))
+    vals = buf[: 64 * 32 * 2].view(np.uint16).reshape(64, 32)
+    assert list(vals[0, :2]) == [0x4080, 0x8000] and list(vals[1, :2]) == [0x8000, 0x4000]
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+def test_subnormal_weights_are_ieee(ops, dtype):
+    """Float32 subnormals are numbers (as on XLA:GPU, which does not flush
+    them; XLA:CPU does, so the other tests keep away from them): checked
+    against numpy, which rounds them to nearest even too."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    w.reshape(-1, 4)[::3] *= np.float32(1e-39)  # float32 subnormals
+    w.view(np.uint32).reshape(-1, 4)[1::3, :2] = [0x00008000, 0x80018000]  # bf16 halfway ties
+    mask = masks(w, "sparser", 11)
+    w_s = np.where(mask, w, np.float32(0)).astype(dtype)
+    buf, buf_t = ops.emulate_project_compress(w, mask, dtype=dtype, transpose_too=True)
+    assert np.array_equal(buf, ops.emulate_compress(w_s))
+    assert np.array_equal(buf_t, ops.emulate_compress(np.ascontiguousarray(w_s.T)))
+    w_s = numpy_soft(w, 0.9).astype(dtype)
+    buf, dense = ops.emulate_project_compress(w, beta=np.float32(0.9), dtype=dtype, transpose_too=False)
+    np.testing.assert_array_equal(dense.view(np.uint16), w_s.view(np.uint16))
+    assert np.array_equal(buf, ops.emulate_compress(w_s))
+
+
+def test_project_errors(ops):
+    import jax.numpy as jnp
+
+    w = np.zeros((64, 128), np.float32)
+    mask = np.ones((64, 128), bool)
+    with pytest.raises(ValueError, match="float32 master weight.*bfloat16"):
+        ops.project_compress(jnp.zeros((64, 128), jnp.bfloat16), mask, dtype=jnp.bfloat16, transpose_too=True)
+    with pytest.raises(ValueError, match=r"multiples of 64, got \(64, 96\): pad"):
+        ops.project_compress(np.zeros((64, 96), np.float32), np.ones((64, 96), bool), dtype=jnp.bfloat16,
+                             transpose_too=True)
+    with pytest.raises(ValueError, match="not float8_e4m3fn: for fp8, project the weight and call compress"):
+        ops.project_compress(w, mask, dtype=jnp.float8_e4m3fn, transpose_too=True)
+    with pytest.raises(ValueError, match="exactly one"):
+        ops.project_compress(w, mask, np.float32(1), dtype=jnp.bfloat16, transpose_too=False)
+    with pytest.raises(ValueError, match="exactly one"):
+        ops.project_compress(w, dtype=jnp.bfloat16, transpose_too=False)
+    with pytest.raises(ValueError, match="W_s\\^T is not 2:4.*transpose_too=False"):
+        ops.project_compress(w, beta=np.float32(1), dtype=jnp.bfloat16, transpose_too=True)
+    with pytest.raises(ValueError, match=r"mask must be bool with the weight's shape \(64, 128\)"):
+        ops.project_compress(w, mask.T, dtype=jnp.bfloat16, transpose_too=True)
+    with pytest.raises(ValueError, match="beta must be a scalar"):
+        ops.project_compress(w, beta=np.ones(2, np.float32), dtype=jnp.bfloat16, transpose_too=False)
+    # the emulation checks the same, and the library's entry point refuses what the kernel does not take
+    with pytest.raises(ValueError, match="multiples of 64"):
+        ops.emulate_project_compress(np.zeros((32, 64), np.float32), np.ones((32, 64), bool),
+                                     dtype=BF16, transpose_too=False)
+    lib = ops.load_library()
+    assert lib.s24_emulate_project(0, 0, None, None, None, None, 96, 64) == -1
+    assert lib.s24_emulate_project(0, 2, None, None, None, None, 64, 64) == -1  # fp8
+    assert lib.s24_emulate_project(1, 0, None, None, None, None, 64, 64) == -1  # soft without dense
+
+
+def test_lowering_for_cuda(ops):
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    checks = [export.DisabledSafetyCheck.custom_call(t) for t in ops.TARGETS]
+    w = jnp.zeros((128, 64), jnp.float32)
+
+    def text(f, *args):
+        return export.export(jax.jit(f), platforms=["cuda"], disabled_checks=checks)(*args).mlir_module()
+
+    t = text(lambda w, m: ops.project_compress(w, m, dtype=jnp.bfloat16, transpose_too=True),
+             w, jnp.ones(w.shape, bool))
+    call = [ln for ln in t.splitlines() if "custom_call @sparse24_cusparselt_project_compress" in ln]
+    assert len(call) == 1 and "mode = 0 : i64" in call[0] and "dtype = 0 : i64" in call[0]
+    assert f"tensor<{layout.compressed_nbytes(128, 64, BF16)}xui8>, tensor<{layout.compressed_nbytes(64, 128, BF16)}xui8>" in t
+    t = text(lambda w, b: ops.project_compress(w, beta=b, dtype=jnp.float16, transpose_too=False),
+             w, jnp.float32(1.0))
+    call = [ln for ln in t.splitlines() if "custom_call @sparse24_cusparselt_project_compress" in ln]
+    assert len(call) == 1 and "mode = 1 : i64" in call[0] and "dtype = 1 : i64" in call[0]
+    assert "tensor<128x64xf16>" in call[0]
