@@ -2,8 +2,9 @@
 (``ops.project_compress``, csrc/project.cu), run by its host emulation: its
 buffers must be byte for byte what the two-pass path writes (the XLA
 projection + cast, then the compression kernels, themselves checked against
-the numpy reference of the format). The real kernel against the real
-two-pass path: tests/gpu/test_cusparselt.py.
+the numpy reference of the format), and ``CusparseltBackend.prepare_projected``
+must hand back the operands of ``prepare_weight`` bit for bit. The real kernel
+against the real two-pass path: tests/gpu/test_cusparselt.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from sparse24_jax_kernels.cusparselt import layout
 
+from _cusparselt_host import host_ops
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -214,3 +216,100 @@ def test_lowering_for_cuda(ops):
     call = [ln for ln in t.splitlines() if "custom_call @sparse24_cusparselt_project_compress" in ln]
     assert len(call) == 1 and "mode = 1 : i64" in call[0] and "dtype = 1 : i64" in call[0]
     assert "tensor<128x64xf16>" in call[0]
+
+
+# ---------------------------------------------------------------------------
+# the backend: prepare_projected == prepare_weight(project_weight(...)), bit for bit
+# ---------------------------------------------------------------------------
+
+
+def _leaves_equal(a, b):
+    import jax
+
+    la, lb = jax.tree_util.tree_flatten(a), jax.tree_util.tree_flatten(b)
+    assert la[1] == lb[1], (la[1], lb[1])  # same structure and meta (n, k, dtype)
+    for x, y in zip(la[0], lb[0]):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("method", ["srste", "ste", "sste"])
+def test_prepare_projected_is_prepare_weight(ops, monkeypatch, method, dtype):
+    import jax
+    import jax.numpy as jnp
+
+    import sparse24_jax as s24
+    from sparse24_jax_kernels.cusparselt import backend as cb
+
+    host_ops(monkeypatch, ops)
+    calls = []
+    one_pass = ops.project_compress
+    monkeypatch.setattr(ops, "project_compress", lambda *a, **kw: calls.append(1) or one_pass(*a, **kw))
+    be = cb.CusparseltBackend()
+    assert s24.capabilities(be).prepare_projected
+    w = jnp.asarray(weights(3, 192, 128))
+    mask = s24.transposable_mask_24(w) if method != "sste" else None
+    beta = s24.sste_scale(w) if method == "sste" else None
+    fast = jax.jit(lambda w: be.prepare_projected(w, mask, beta, method=method, dtype=dtype))(w)
+    assert calls, "the one-pass kernel ran"
+    w_s, transposable = s24.project_weight(w, mask, beta, method=method)
+    slow = be.prepare_weight(w_s.astype(dtype), transposable=transposable)
+    assert (fast.wt is None) == (method == "sste") and (fast.dense is None) == (method != "sste")
+    _leaves_equal(fast, slow)
+
+
+@pytest.mark.parametrize("case", ["bf16 master", "dense"])
+def test_prepare_projected_falls_back_to_two_passes(ops, monkeypatch, case):
+    import jax.numpy as jnp
+
+    import sparse24_jax as s24
+    from sparse24_jax_kernels.cusparselt import backend as cb
+
+    host_ops(monkeypatch, ops)
+    monkeypatch.setattr(ops, "project_compress", lambda *a, **kw: pytest.fail("one-pass kernel called"))
+    be = cb.CusparseltBackend()
+    w = jnp.asarray(weights(5, 64, 128))
+    method = "dense" if case == "dense" else "srste"
+    mask = s24.transposable_mask_24(w)
+    if case == "bf16 master":
+        w = w.astype(jnp.bfloat16)
+    fast = be.prepare_projected(w, mask, None, method=method, dtype=jnp.bfloat16)
+    w_s, transposable = s24.project_weight(w, mask, method=method)
+    _leaves_equal(fast, be.prepare_weight(w_s.astype(jnp.bfloat16), transposable=transposable))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        be.prepare_projected(jnp.zeros((64, 96), jnp.float32), jnp.ones((64, 96), bool), None,
+                             method="srste", dtype=jnp.bfloat16)
+
+
+@pytest.mark.parametrize("method", ["srste", "sste"])
+def test_linear_prepares_in_one_pass(monkeypatch, method):
+    """sparse24_linear on the cusparselt backend: the weight's operands come
+    from one project_compress call (no compress of W_s, no XLA cast of W)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    import sparse24_jax as s24
+    from sparse24_jax_kernels.cusparselt import backend as cb
+    from sparse24_jax_kernels.cusparselt import ops
+
+    monkeypatch.setattr(ops, "load", lambda: None)
+    be = cb.CusparseltBackend()
+    w = jax.random.normal(jax.random.key(0), (128, 64), jnp.float32)
+    mask = s24.transposable_mask_24(w) if method == "srste" else None
+    beta = s24.sste_scale(w) if method == "sste" else None
+    x = jax.random.normal(jax.random.key(1), (64, 64), jnp.bfloat16)
+
+    def loss(x, w):
+        z = s24.sparse24_linear(x, w, mask, beta, key=jax.random.key(2), method=method, backend=be)
+        return jnp.sum(z.astype(jnp.float32) ** 2)
+
+    checks = [export.DisabledSafetyCheck.custom_call(t) for t in ops.TARGETS]
+    text = export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=["cuda"],
+                         disabled_checks=checks)(x, w).mlir_module()
+    names = sorted(ln.split("@")[1].split("(")[0] for ln in text.splitlines()
+                   if "custom_call @sparse24_cusparselt" in ln)
+    spmm = 3 if method == "srste" else 2  # S-STE's input gradient is a dense dot
+    assert names == sorted(["sparse24_cusparselt_project_compress", "sparse24_cusparselt_mvue_compress"]
+                           + ["sparse24_cusparselt_spmm"] * spmm)
