@@ -16,6 +16,7 @@ import pytest
 from sparse24_jax_kernels.cusparselt import layout
 
 from _cusparselt_host import host_ops
+from _random24 import awkward_f32 as weights
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -25,31 +26,6 @@ SHAPES = [(64, 64), (64, 128), (128, 64), (192, 320), (256, 512), (512, 128)]
 @pytest.fixture(scope="module")
 def ops(cusparselt_host_ops):
     return cusparselt_host_ops
-
-
-def weights(seed: int, n: int, k: int) -> np.ndarray:
-    """Random float32 weights with the awkward cases of a projection, in groups
-    of 4 along K: ties (four equal magnitudes, two equal largest), exact zeros
-    and -0.0, magnitudes that vanish or overflow in float16, and values exactly
-    halfway between two bfloat16 or float16 numbers (round to even)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    grp = w.reshape(-1, 4)  # a view: groups along K
-    pick = rng.random(grp.shape[0])
-    grp[pick < 0.05] = [0.5, -0.5, 0.5, -0.5]
-    sel = (pick >= 0.05) & (pick < 0.10)
-    grp[sel, 1] = -grp[sel, 3]
-    sel = (pick >= 0.10) & (pick < 0.15)
-    grp[sel, :2] = [0.0, -0.0]
-    grp[(pick >= 0.15) & (pick < 0.18)] = -0.0
-    grp[(pick >= 0.18) & (pick < 0.21)] *= 1e-7  # float16: subnormal or zero
-    grp[(pick >= 0.21) & (pick < 0.23)] *= 1e5  # float16: inf
-    bits = w.view(np.uint32)
-    half = np.where(np.abs(w) > 1e-30, rng.random(w.shape), 1.0)  # zeros stay zeros, not subnormals
-    bits[half < 0.03] = (bits[half < 0.03] & 0xFFFF0000) | 0x8000  # bf16 halfway
-    sel = (half >= 0.03) & (half < 0.06)
-    bits[sel] = (bits[sel] & 0xFFFFE000) | 0x1000  # fp16 halfway
-    return w
 
 
 def numpy_soft(w, beta):
