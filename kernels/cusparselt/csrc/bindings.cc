@@ -5,8 +5,9 @@
 // platform="CUDA"). Built by `python -m sparse24_jax_kernels.cusparselt.build`
 // from the units of this directory (README.md beside it says what is where).
 //
-// This unit binds them: the compression handlers (operand checks, then
-// compress.cu's launch), the XLA FFI handler symbols, and plain C exports.
+// This unit binds them: the compression and projection handlers (operand
+// checks, then compress.cu's or project.cu's launch), the XLA FFI handler
+// symbols, and plain C exports.
 //   * s24_spmm            D = A_sparse @ op(B): cuSPARSELt matmul, A given in
 //                         cuSPARSELt's compressed 2:4 format (a uint8 buffer; its
 //                         element type comes in the a_dtype attribute, B's from
