@@ -269,8 +269,11 @@ struct Projector {
         Mask(v[i], mk[i], &w01, &w23);
       }
       if (TRANS_TOO) {
-        *reinterpret_cast<uint2*>(&sm.tile[r][SwizzledChunk(r, g >> 1) * 8 + (g & 1) * 4]) =
-            make_uint2(w01, w23);
+        // SwizzledChunk(r, g >> 1) with r = r0 + 16i, r0 < 16: the XOR term is
+        // (r0 & 7) ^ 4 (i & 1), one constant per pass (the compiler does not
+        // know r0 < 16)
+        const int chunk = (g >> 1) ^ (r0 & 7) ^ ((i & 1) << 2);
+        *reinterpret_cast<uint2*>(&sm.tile[r][chunk * 8 + (g & 1) * 4]) = make_uint2(w01, w23);
       }
       uint32_t code;
       reinterpret_cast<uint32_t*>(a.out)[q] = SelectPacked<!kSoft>(w01, w23, sm.pairs, &code);
@@ -294,10 +297,13 @@ struct Projector {
     const int j = 2 * (warp >> 1) + (lane & 1);   // tile rows 16j .. 16j + 15
     if (16 * j >= RowsHere(a, by)) return;        // warp-uniform: whole warps idle
     uint32_t x[16];  // row 16j + t: column 2p low, 2p + 1 high
+    // SwizzledChunk(16j + t, p >> 2) = (p >> 2) ^ 4 (j & 1) ^ (t & 7) for t < 16:
+    // a per-thread base and a constant per t (immediate offsets, no index math)
+    const int c0 = (p >> 2) ^ ((j & 1) << 2);
+    const uint16_t* rows = &sm.tile[16 * j][(p & 3) * 2];
 #pragma unroll
     for (int t = 0; t < 16; ++t) {
-      const int n = 16 * j + t;
-      x[t] = *reinterpret_cast<const uint32_t*>(&sm.tile[n][SwizzledChunk(n, p >> 2) * 8 + (p & 3) * 2]);
+      x[t] = *reinterpret_cast<const uint32_t*>(rows + t * kPjCols + ((c0 ^ (t & 7)) << 3));
     }
     uint32_t lo[4], hi[4];
 #pragma unroll
@@ -364,6 +370,9 @@ struct Projector {
   }
 };
 
+// At least 4 blocks per SM (<= 64 registers; ptxas: 53-57, no spills): each
+// block has 8 x 20 bytes per thread in flight at its start, 160 KB per SM at 4
+// blocks, and the blocks' compute phases overlap each other's loads.
 template <int DT, int MODE, bool TRANS_TOO>
 __global__ void __launch_bounds__(kPjThreads, 4)
     ProjectKernel(typename Projector<DT, MODE, TRANS_TOO>::Args args) {
