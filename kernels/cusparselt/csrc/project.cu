@@ -6,6 +6,7 @@
 // per-group code (KeepTop2, CanonicalPair), the same layout (layout.cuh).
 //
 // A block owns a tile of 128 rows (N) x 64 columns (K) of W, 256 threads:
+// Phase 0 (Init): the pair table (SelectPacked) into shared memory.
 // Phase 1 (Rows): pass i (8 of them, 16 rows each) has warp w read rows
 //   16i + 2w and +1, lane l the float4 (one group of 4 along K) l % 16 of the
 //   row l / 16: 512 contiguous bytes of W (and 128 of the mask) per warp load,
@@ -23,7 +24,8 @@
 //
 // Per element: reads 4 B of W (+ 1 B of mask), writes 1 B of values and
 // 1/8 B of metadata per compressed matrix (+ 2 B of dense W_s for S-STE):
-// 7.25 B (mask, with W_s^T) or 7.125 B (soft), where the steps moved 13.25 B.
+// 7.25 B (mask, with W_s^T) or 7.125 B (soft), where the two-pass path moves
+// 13.25 B (XLA's projection + cast 7, each compression 3.125) or 9.125 B.
 
 #include "project.h"
 
@@ -43,14 +45,15 @@ static_assert(kPjPasses == 8 && kPjRows % 16 == 0, "Rows' mapping: 16 rows per p
 static_assert(kPjCols == 64, "a tile row is 8 chunks of 16 bytes (SwizzledChunk)");
 static_assert(kPjRows * 4 == 512 && kPjThreads == 256, "Cols' and Meta's thread mappings");
 
-// Where chunk c (8 elements, 16 bytes) of tile row n is stored in the row.
-// Phase 2's warp reads one 32-bit word per lane from rows n and n + 16 (lane
-// parity), 16 consecutive words of each: the bit-2 flip between those rows
-// puts them in the two halves of the 32 banks. Phase 1's 8-byte stores write
+// Where chunk c (8 elements, 16 bytes) of tile row n is stored in the row
+// (rows are 128 bytes: all 32 banks). Phase 2's warp reads one 32-bit word
+// per lane from rows n and n + 16 (lane parity), 16 consecutive words (4
+// chunks) of each: flipping chunk bit 2 in every other 16-row band puts the two
+// rows' words in the two halves of the banks. Phase 1's 8-byte stores write
 // one whole row per half-warp: any permutation of its chunks is conflict-free.
-// The n & 7 term spreads rows that are 8 apart.
+// Rows and Cols write this out for their rows (16-row bands: i & 1, j & 1).
 __host__ __device__ inline int SwizzledChunk(int n, int c) {
-  return c ^ ((n & 7) ^ (((n >> 4) & 1) << 2));
+  return c ^ (((n >> 4) & 1) << 2);
 }
 
 // prmt.b32 (host + device): byte n of the result is byte s[4n+2:4n] of the
@@ -269,10 +272,9 @@ struct Projector {
         Mask(v[i], mk[i], &w01, &w23);
       }
       if (TRANS_TOO) {
-        // SwizzledChunk(r, g >> 1) with r = r0 + 16i, r0 < 16: the XOR term is
-        // (r0 & 7) ^ 4 (i & 1), one constant per pass (the compiler does not
-        // know r0 < 16)
-        const int chunk = (g >> 1) ^ (r0 & 7) ^ ((i & 1) << 2);
+        // SwizzledChunk(r, g >> 1) with r = r0 + 16i, r0 < 16 (which the
+        // compiler does not know): a constant per pass
+        const int chunk = (g >> 1) ^ ((i & 1) << 2);
         *reinterpret_cast<uint2*>(&sm.tile[r][chunk * 8 + (g & 1) * 4]) = make_uint2(w01, w23);
       }
       uint32_t code;
@@ -297,14 +299,12 @@ struct Projector {
     const int j = 2 * (warp >> 1) + (lane & 1);   // tile rows 16j .. 16j + 15
     if (16 * j >= RowsHere(a, by)) return;        // warp-uniform: whole warps idle
     uint32_t x[16];  // row 16j + t: column 2p low, 2p + 1 high
-    // SwizzledChunk(16j + t, p >> 2) = (p >> 2) ^ 4 (j & 1) ^ (t & 7) for t < 16:
-    // a per-thread base and a constant per t (immediate offsets, no index math)
-    const int c0 = (p >> 2) ^ ((j & 1) << 2);
-    const uint16_t* rows = &sm.tile[16 * j][(p & 3) * 2];
+    // SwizzledChunk(16j + t, p >> 2) is the same for t < 16: one address,
+    // immediate offsets
+    const uint32_t* col = reinterpret_cast<const uint32_t*>(
+        &sm.tile[16 * j][SwizzledChunk(16 * j, p >> 2) * 8 + (p & 3) * 2]);
 #pragma unroll
-    for (int t = 0; t < 16; ++t) {
-      x[t] = *reinterpret_cast<const uint32_t*>(rows + t * kPjCols + ((c0 ^ (t & 7)) << 3));
-    }
+    for (int t = 0; t < 16; ++t) x[t] = col[t * (kPjCols / 2)];
     uint32_t lo[4], hi[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
