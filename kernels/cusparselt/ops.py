@@ -132,7 +132,9 @@ def project_compress(w, mask=None, beta=None, *, dtype, transpose_too: bool):
       the input gradient (``transpose_too`` must be False: ``W_s^T`` is not 2:4).
 
     The buffers are byte for byte those of :func:`compress` on that ``W_s``
-    (finite weights; NaN payloads and infinities are not matched).
+    as XLA:GPU computes it (round to nearest even, float32 subnormals kept,
+    float16 overflow to inf). Not matched: NaN weights (their payload, and
+    under the soft threshold NaN or inf weights at all, as fminf/fmaxf drop NaN).
     """
     import jax
     import jax.numpy as jnp
