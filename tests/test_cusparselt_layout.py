@@ -13,6 +13,7 @@ import pytest
 
 from sparse24_jax_kernels.cusparselt import layout
 
+from _cusparselt_host import host_ops
 from _random24 import random_24
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -344,8 +345,9 @@ def test_lowering_for_cuda(monkeypatch):
     ).mlir_module()
     calls = [ln for ln in text.splitlines() if "custom_call @sparse24_cusparselt" in ln]
     names = sorted(ln.split("@")[1].split("(")[0] for ln in calls)
+    # the weight's operands in one pass from the float32 master weight (prepare_projected)
     assert names == sorted(
-        ["sparse24_cusparselt_compress"] * 2
+        ["sparse24_cusparselt_project_compress"]
         + ["sparse24_cusparselt_mvue_compress"]
         + ["sparse24_cusparselt_spmm"] * 3
     )
@@ -377,49 +379,6 @@ def test_check_errors(monkeypatch):
         be.prepare_weight_fp8(jnp.zeros((64, 96), jnp.float8_e4m3fn))
 
 
-def _host_ops(monkeypatch, ops_mod):
-    """Replace the FFI calls by host callbacks with the same semantics: the
-    compression kernels by their emulation, the cuSPARSELt product by numpy
-    on the decompressed operand. Exercises the backend's shapes, padding and
-    layouts (not cuSPARSELt itself) on the CPU."""
-    import jax
-    import jax.numpy as jnp
-
-    def cb(fn, shape, dtype, *args):
-        return jax.pure_callback(fn, jax.ShapeDtypeStruct(shape, dtype), *args)
-
-    def compress(a, *, transpose=False):
-        m, k = (a.shape[1], a.shape[0]) if transpose else a.shape
-        n = layout.compressed_nbytes(m, k, a.dtype)
-        return cb(lambda a: ops_mod.emulate_compress(np.asarray(a), transpose=transpose),
-                  (n,), jnp.uint8, a)
-
-    def mvue_compress(key_or_seed, a, *, transpose=False):
-        seed = ops_mod.seed_from_key(key_or_seed)
-        m, k = (a.shape[1], a.shape[0]) if transpose else a.shape
-        n = layout.compressed_nbytes(m, k, a.dtype)
-        return cb(lambda s, a: ops_mod.emulate_compress(np.asarray(a), mode="mvue",
-                                                        transpose=transpose, seed=np.asarray(s)),
-                  (n,), jnp.uint8, seed, a)
-
-    def spmm(a_buf, b, *, m, k, transpose_b, d_col_major, out_dtype=None, alpha=1.0):
-        n = b.shape[0] if transpose_b else b.shape[1]
-        out_dtype = jnp.dtype(out_dtype or b.dtype)
-
-        def host(a_buf, b):
-            a = layout.decompress(np.asarray(a_buf), m, k, np.asarray(b).dtype).astype(np.float32)
-            bf = np.asarray(b).astype(np.float32)
-            d = alpha * (a @ (bf.T if transpose_b else bf))
-            return (d.T if d_col_major else d).astype(out_dtype)
-
-        return cb(host, (n, m) if d_col_major else (m, n), out_dtype, a_buf, b)
-
-    monkeypatch.setattr(ops_mod, "load", lambda: None)
-    monkeypatch.setattr(ops_mod, "compress", compress)
-    monkeypatch.setattr(ops_mod, "mvue_compress", mvue_compress)
-    monkeypatch.setattr(ops_mod, "spmm", spmm)
-
-
 @pytest.mark.parametrize("m", [128, 200])
 def test_backend_semantics_with_host_ops(ops, monkeypatch, m):
     import jax
@@ -428,7 +387,7 @@ def test_backend_semantics_with_host_ops(ops, monkeypatch, m):
     from sparse24_jax import sparse24_linear, transposable_mask_24
     from sparse24_jax_kernels.cusparselt import backend as cb
 
-    _host_ops(monkeypatch, ops)
+    host_ops(monkeypatch, ops)
     be = cb.CusparseltBackend()
     n, k = 128, 64
     w = jax.random.normal(jax.random.key(0), (n, k), jnp.float32) * 0.1
@@ -472,7 +431,7 @@ def test_fp8_forward_native_or_fallback_with_host_ops(ops, monkeypatch, native):
     from sparse24_jax import sparse24_linear, transposable_mask_24
     from sparse24_jax_kernels.cusparselt import backend as cb
 
-    _host_ops(monkeypatch, ops)
+    host_ops(monkeypatch, ops)
     seen = []
     host_spmm = ops.spmm
 
@@ -538,7 +497,7 @@ def test_fp8_weight_grad_quantized_in_the_compressed_buffer(ops, monkeypatch):
     from sparse24_jax import fp8, sparse24_linear, transposable_mask_24
     from sparse24_jax_kernels.cusparselt import backend as cb
 
-    _host_ops(monkeypatch, ops)
+    host_ops(monkeypatch, ops)
     monkeypatch.setattr(ops, "fp8_probe", lambda: (True, ""))
     be = cb.CusparseltBackend()
     m, n = 128, 64

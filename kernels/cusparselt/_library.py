@@ -19,12 +19,14 @@ import numpy as np
 __all__ = [
     "DT_CODES",
     "PREFIX",
+    "PROJECT_MODES",
     "TARGETS",
     "dt_code",
     "dtype_name",
     "load",
     "load_library",
     "operand_shape",
+    "project_mode",
     "stats",
     "version",
 ]
@@ -36,6 +38,7 @@ TARGETS = {
     PREFIX + "compress": "s24_compress",
     PREFIX + "compress_masked": "s24_compress_masked",
     PREFIX + "mvue_compress": "s24_mvue_compress",
+    PREFIX + "project_compress": "s24_project_compress",
     PREFIX + "lib_compress": "s24_lib_compress",
 }
 
@@ -69,6 +72,11 @@ def load_library() -> ctypes.CDLL:
             lib.s24_emulate_compress.argtypes = [
                 ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+            ]
+            lib.s24_emulate_project.restype = ctypes.c_int
+            lib.s24_emulate_project.argtypes = [
+                ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
             ]
             _LIB = lib
         return _LIB
@@ -153,3 +161,47 @@ def operand_shape(a, transpose: bool) -> tuple[int, int]:
         raise ValueError(f"expected a 2-D array, got shape {tuple(a.shape)}")
     r, c = a.shape
     return (c, r) if transpose else (r, c)
+
+
+#: projections of s24_project_compress (csrc/project.h's kProjectMask, kProjectSoft)
+PROJECT_MODES = {"mask": 0, "soft": 1}
+
+
+def project_mode(w, mask, beta, dtype, transpose_too: bool) -> tuple[str, int]:
+    """The checks of the one-pass projection (``ops.project_compress`` and its
+    emulation): its mode ("mask" or "soft") and the output's dtype code, or a
+    ValueError naming the fix."""
+    if w.ndim != 2 or dtype_name(w.dtype) != "float32":
+        raise ValueError(
+            f"project_compress takes the float32 master weight (N, K), got "
+            f"{dtype_name(w.dtype)} {tuple(w.shape)}: pass it in float32, or project it and call compress"
+        )
+    n, k = w.shape
+    if n % 64 or k % 64:
+        raise ValueError(
+            f"project_compress needs N and K multiples of 64, got ({n}, {k}): pad the layer's "
+            "features, or project the weight and call compress"
+        )
+    name = dtype_name(dtype)
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(
+            f"project_compress writes bfloat16 or float16, not {name}: for fp8, project the "
+            "weight and call compress"
+        )
+    if (mask is None) == (beta is None):
+        raise ValueError("project_compress takes mask= (SR-STE, STE) or beta= (S-STE): exactly one of them")
+    if mask is not None:
+        if tuple(mask.shape) != (n, k) or dtype_name(mask.dtype) not in ("bool", "uint8", "int8"):
+            raise ValueError(
+                f"mask must be bool with the weight's shape ({n}, {k}), got "
+                f"{dtype_name(mask.dtype)} {tuple(mask.shape)}"
+            )
+        return "mask", DT_CODES[name]
+    if transpose_too:
+        raise ValueError(
+            "the soft threshold's W_s^T is not 2:4: call project_compress(w, beta=beta, "
+            "dtype=..., transpose_too=False), which returns the dense W_s for the input gradient"
+        )
+    if int(np.prod(np.shape(beta))) != 1:
+        raise ValueError(f"beta must be a scalar, got shape {tuple(np.shape(beta))}")
+    return "soft", DT_CODES[name]

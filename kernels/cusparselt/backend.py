@@ -13,8 +13,9 @@ weight grad    ``dW (N,K) = S_z(dZ^T) (N,M) @ X``     A = MVUE(dZ^T), B = X (op 
 Our CUDA kernels write cuSPARSELt's compressed format directly (no call to
 the library's slow compression): ``prepare_weight`` compresses ``W_s`` and,
 when the mask is transposable, ``W_s^T`` (read in place, no transposed copy);
-``prune_grad`` does MVUE 2:4 of ``dZ^T`` along the tokens and compresses in
-one pass over ``dZ``.
+``prepare_projected`` does the same straight from the float32 master weight,
+projection and cast included, in one pass; ``prune_grad`` does MVUE 2:4 of
+``dZ^T`` along the tokens and compresses in one pass over ``dZ``.
 
 Notes:
 
@@ -149,6 +150,30 @@ class CusparseltBackend:
             wt = ops.compress(w_s, transpose=True)
             return CompressedWeight(w=w, wt=wt, dense=None, n=n, k=k, dtype=w_s.dtype.name)
         return CompressedWeight(w=w, wt=None, dense=w_s, n=n, k=k, dtype=w_s.dtype.name)
+
+    def prepare_projected(self, w: jax.Array, mask: jax.Array | None, beta: jax.Array | None, *,
+                          method: str, dtype: Any) -> CompressedWeight:
+        """``prepare_weight(project_weight(w, mask, beta, method=method)[0].astype(dtype),
+        transposable=...)`` bit for bit, in one pass over the float32 master
+        weight (capability :class:`sparse24_jax.backend.PrepareFromMaster`,
+        :func:`.ops.project_compress`): SR-STE / STE write ``W_s`` and ``W_s^T``
+        compressed, S-STE ``W_s`` compressed and dense. Other master dtypes or
+        methods take the two-pass path."""
+        dt = jnp.dtype(dtype)
+        if w.ndim == 2 and jnp.dtype(w.dtype) == jnp.dtype(jnp.float32) and dt in _DTYPES:
+            n, k = w.shape
+            if method in ("srste", "ste"):
+                self.check(n, k, dt)
+                buf, buf_t = ops.project_compress(w, mask, dtype=dt, transpose_too=True)
+                return CompressedWeight(w=buf, wt=buf_t, dense=None, n=n, k=k, dtype=dt.name)
+            if method == "sste":
+                self.check(n, k, dt)
+                buf, dense = ops.project_compress(w, beta=beta, dtype=dt, transpose_too=False)
+                return CompressedWeight(w=buf, wt=None, dense=dense, n=n, k=k, dtype=dt.name)
+        from sparse24_jax import project_weight
+
+        w_s, transposable = project_weight(w, mask, beta, method=method)
+        return self.prepare_weight(w_s.astype(dt), transposable=transposable)
 
     def matmul_fwd(self, x: jax.Array, w_op: CompressedWeight) -> jax.Array:
         self._check_x(x, w_op.k, w_op.dtype, "x")

@@ -1,19 +1,22 @@
-"""Host emulation of the CUDA compression kernels, for tests without a GPU.
+"""Host emulation of the CUDA kernels that write the compressed format, for
+tests without a GPU.
 
-The library compiles the kernels' code (``csrc/compress_kernels.cuh``) for the
-host too: ``s24_emulate_compress`` runs it block by block and thread by thread
-on the CPU, with exactly the index arithmetic of the GPU kernels. It needs
-nvcc and cuSPARSELt's headers to build the library, no GPU.
+The library compiles the kernels' code (``csrc/compress_kernels.cuh``,
+``csrc/project.cu``) for the host too: ``s24_emulate_compress`` and
+``s24_emulate_project`` run it block by block and thread by thread on the
+CPU, with exactly the index arithmetic of the GPU kernels. It needs nvcc and
+cuSPARSELt's headers to build the library, no GPU.
 """
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from . import _library
 from .layout import compressed_nbytes
 
-__all__ = ["MODES", "emulate_compress"]
+__all__ = ["MODES", "emulate_compress", "emulate_project_compress"]
 
 #: compression modes (csrc/compress.h's kModePlain ... kModeMvue)
 MODES = {"plain": 0, "mask": 1, "mvue": 2}
@@ -45,6 +48,39 @@ def emulate_compress(a: np.ndarray, *, mode: str = "plain", transpose: bool = Fa
     if rc != 0:
         raise ValueError(f"the compression kernels do not take a {m} x {k} {dt_name} operand")
     return out
+
+
+def emulate_project_compress(w: np.ndarray, mask: np.ndarray | None = None, beta=None, *,
+                             dtype, transpose_too: bool):
+    """The one-pass projection kernel (``ops.project_compress``) run on the
+    CPU: the same arguments and results, as numpy arrays (the dense ``W_s``
+    of ``beta=`` in ``dtype``, ml_dtypes bfloat16 or numpy float16)."""
+    mode, code = _library.project_mode(w, mask, beta, dtype, transpose_too)
+    lib = _library.load_library()
+    out_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[_library.dtype_name(dtype)]
+    n, k = w.shape
+    src = _aligned_copy(np.asarray(w, np.float32))
+    out = _aligned_empty(compressed_nbytes(n, k, out_dtype))
+    out2 = None
+    if mode == "mask":
+        aux = _aligned_copy(np.asarray(mask).astype(np.uint8))
+        if transpose_too:
+            out2 = _aligned_empty(compressed_nbytes(k, n, out_dtype))
+    else:
+        aux = np.asarray(beta, np.float32).reshape(1).copy()
+        out2 = _aligned_empty(n * k * 2)
+    out[:] = 0xAA  # poison: every byte must be written
+    if out2 is not None:
+        out2[:] = 0xAA
+    rc = lib.s24_emulate_project(
+        _library.PROJECT_MODES[mode], code, src.ctypes.data, aux.ctypes.data, out.ctypes.data,
+        None if out2 is None else out2.ctypes.data, n, k,
+    )
+    if rc != 0:
+        raise ValueError(f"the projection kernel does not take a {n} x {k} weight ({mode})")
+    if mode == "soft":
+        return out, out2.view(out_dtype).reshape(n, k)
+    return out, out2
 
 
 def _aligned_empty(nbytes: int) -> np.ndarray:

@@ -9,7 +9,7 @@ cuSPARSELt's format (:mod:`.layout`, whose ``compressed_nbytes`` sizes them).
 This is also the one import path of the library's Python API: it re-exports
 the loader and registration (:mod:`._library`: ``load``, ``load_library``,
 ``version``, ``stats``, ``TARGETS``), the host emulation
-(:mod:`.emulation`: ``emulate_compress``) and the FP8 probe
+(:mod:`.emulation`: ``emulate_compress``, ``emulate_project_compress``) and the FP8 probe
 (:mod:`.fp8_probe`). The backend calls everything as ``ops.<name>``, so a
 test's stand-in set here (``ops.load``, ``ops.spmm``, ...) is what it runs.
 """
@@ -21,8 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from ._library import PREFIX, TARGETS, dt_code, load, load_library, operand_shape, stats, version
-from .emulation import emulate_compress
+from ._library import (
+    PREFIX,
+    PROJECT_MODES,
+    TARGETS,
+    dt_code,
+    load,
+    load_library,
+    operand_shape,
+    project_mode,
+    stats,
+    version,
+)
+from .emulation import emulate_compress, emulate_project_compress
 from .fp8_probe import (
     FP8_DTYPES,
     FP8_REL_TOL,
@@ -43,6 +54,7 @@ __all__ = [
     "compress_masked",
     "compressed_nbytes",
     "emulate_compress",
+    "emulate_project_compress",
     "fp8_name",
     "fp8_probe",
     "fp8_rel_err",
@@ -51,6 +63,7 @@ __all__ = [
     "load",
     "load_library",
     "mvue_compress",
+    "project_compress",
     "seed_from_key",
     "spmm",
     "stats",
@@ -104,6 +117,44 @@ def mvue_compress(key_or_seed, a, *, transpose: bool = False):
     m, k = operand_shape(a, transpose)
     out = jax.ShapeDtypeStruct((compressed_nbytes(m, k, a.dtype),), jnp.uint8)
     return jax.ffi.ffi_call(PREFIX + "mvue_compress", out)(a, seed, transpose=np.int64(transpose))
+
+
+def project_compress(w, mask=None, beta=None, *, dtype, transpose_too: bool):
+    """The weight side in one pass: the float32 master weight ``w`` (N, K)
+    read once, projected, rounded to ``dtype`` (bfloat16 or float16) and
+    compressed (csrc/project.cu). N and K multiples of 64.
+
+    * ``mask=`` (SR-STE, STE): ``W_s = where(mask, w, 0).astype(dtype)``;
+      returns ``(compress(W_s), compress(W_s, transpose=True))``, the second
+      ``None`` unless ``transpose_too``.
+    * ``beta=`` (S-STE): ``W_s = (beta.astype(float32) * soft_threshold_24(w)).astype(dtype)``
+      (2:4 along K); returns ``(compress(W_s), W_s)``, the dense ``W_s`` for
+      the input gradient (``transpose_too`` must be False: ``W_s^T`` is not 2:4).
+
+    The buffers are byte for byte those of :func:`compress` on that ``W_s``
+    as XLA:GPU computes it (round to nearest even, float32 subnormals kept,
+    float16 overflow to inf). Not matched: NaN weights (their payload, and
+    under the soft threshold NaN or inf weights at all, as fminf/fmaxf drop NaN).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    mode, code = project_mode(w, mask, beta, dtype, transpose_too)
+    n, k = w.shape
+    dt = jnp.dtype(dtype)
+    buf = jax.ShapeDtypeStruct((compressed_nbytes(n, k, dt),), jnp.uint8)
+    attrs = {"mode": np.int64(PROJECT_MODES[mode]), "dtype": np.int64(code)}
+    target = PREFIX + "project_compress"
+    if mode == "soft":
+        beta32 = jnp.asarray(beta).astype(jnp.float32).reshape(1)
+        out = (buf, jax.ShapeDtypeStruct((n, k), dt))
+        w_buf, dense = jax.ffi.ffi_call(target, out)(w, beta32, **attrs)
+        return w_buf, dense
+    if not transpose_too:
+        return jax.ffi.ffi_call(target, buf)(w, mask, **attrs), None
+    buf_t = jax.ShapeDtypeStruct((compressed_nbytes(k, n, dt),), jnp.uint8)
+    w_buf, wt_buf = jax.ffi.ffi_call(target, (buf, buf_t))(w, mask, **attrs)
+    return w_buf, wt_buf
 
 
 def _workspace(m: int = 0, n: int = 0):

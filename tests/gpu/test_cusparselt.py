@@ -1,8 +1,9 @@
 """GPU tests of the cuSPARSELt backend (need an NVIDIA GPU, nvcc and the
 nvidia-cusparselt wheel; the library is built on first use).
 
-Byte identity of our compression kernels (W, W^T, masked, MVUE) with the
-numpy reference and with cuSPARSELt's own compression; the three products
+Byte identity of our compression kernels (W, W^T, masked, MVUE, and the
+one-pass projection of the float32 master weight) with the numpy reference,
+the two-pass path and cuSPARSELt's own compression; the three products
 against jnp.dot on the decompressed operands; jit + grad through
 sparse24_linear; shard_map; the plan cache; errors for bad input; which fp8
 pairs (e4m3 / e5m2, sparse x dense) cuSPARSELt runs, and that the others are
@@ -22,7 +23,7 @@ jnp = jax.numpy
 
 from sparse24_jax_kernels.cusparselt import layout  # noqa: E402
 
-from _random24 import random_24  # noqa: E402
+from _random24 import awkward_f32, random_24  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -98,6 +99,49 @@ def test_masked_compress_matches_library(ops):
     assert np.array_equal(
         as_np(ops.compress_masked(wb, mask, transpose=True)), as_np(ops.lib_compress(pruned.T))
     )
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16)], ids=["bf16", "f16"])
+@pytest.mark.parametrize("n,k", [(64, 64), (192, 320), (3072, 768), (768, 3072), (4160, 1600)])
+def test_project_compress_is_the_two_pass_bytes(ops, n, k, dtype):
+    """The one-pass kernel (float32 W read once) writes exactly what the
+    two-pass path writes: XLA's projection + cast, then our compression of W_s
+    and W_s^T (mask), or of beta * soft_threshold(W) with its dense copy (S-STE).
+    N = 192 and 4160 end in a half tile of 64 rows."""
+    from sparse24_jax import soft_threshold_24, sste_scale, transposable_mask_24
+
+    w = jnp.asarray(awkward_f32(n + 3 * k, n, k))
+    mask = transposable_mask_24(w) & (jax.random.uniform(jax.random.key(n), (n, k)) > 0.1)
+    w_s = jnp.where(mask, w, 0.0).astype(dtype)
+    buf, buf_t = jax.jit(lambda w, m: ops.project_compress(w, m, dtype=dtype, transpose_too=True))(w, mask)
+    assert np.array_equal(as_np(buf), as_np(ops.compress(w_s))), "W_s"
+    assert np.array_equal(as_np(buf_t), as_np(ops.compress(w_s, transpose=True))), "W_s^T"
+    alone, _ = jax.jit(lambda w, m: ops.project_compress(w, m, dtype=dtype, transpose_too=False))(w, mask)
+    assert np.array_equal(as_np(alone), as_np(buf))
+    if n * k <= 192 * 320:  # the host emulation of the same code, and cuSPARSELt's own compression
+        emu, emu_t = ops.emulate_project_compress(as_np(w), as_np(mask), dtype=dtype, transpose_too=True)
+        assert np.array_equal(emu, as_np(buf)) and np.array_equal(emu_t, as_np(buf_t))
+        assert np.array_equal(as_np(buf_t), as_np(ops.lib_compress(w_s.T)))
+    beta = sste_scale(w)
+    ref = (beta.astype(jnp.float32) * soft_threshold_24(w)).astype(dtype)
+    buf, dense = jax.jit(lambda w, b: ops.project_compress(w, beta=b, dtype=dtype, transpose_too=False))(w, beta)
+    np.testing.assert_array_equal(as_np(dense).view(np.uint16), as_np(ref).view(np.uint16))
+    assert np.array_equal(as_np(buf), as_np(ops.compress(ref))), "S-STE W_s"
+
+
+@pytest.mark.parametrize("method", ["srste", "sste"])
+def test_prepare_projected_is_prepare_weight(be, method):
+    from sparse24_jax import project_weight, sste_scale, transposable_mask_24
+
+    w = jnp.asarray(awkward_f32(9, 1024, 768))
+    mask = transposable_mask_24(w) if method == "srste" else None
+    beta = sste_scale(w) if method == "sste" else None
+    fast = jax.jit(lambda w: be.prepare_projected(w, mask, beta, method=method, dtype=jnp.bfloat16))(w)
+    w_s, transposable = project_weight(w, mask, beta, method=method)
+    slow = jax.jit(lambda w_s: be.prepare_weight(w_s, transposable=transposable))(w_s.astype(jnp.bfloat16))
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(slow)):
+        assert np.array_equal(as_np(a).view(np.uint8), as_np(b).view(np.uint8))
+    assert (fast.wt is None) == (slow.wt is None) and (fast.dense is None) == (slow.dense is None)
 
 
 @pytest.mark.parametrize("dtype", [E4M3, E5M2], ids=FP8_IDS.get)

@@ -5,8 +5,9 @@
 // platform="CUDA"). Built by `python -m sparse24_jax_kernels.cusparselt.build`
 // from the units of this directory (README.md beside it says what is where).
 //
-// This unit binds them: the compression handlers (operand checks, then
-// compress.cu's launch), the XLA FFI handler symbols, and plain C exports.
+// This unit binds them: the compression and projection handlers (operand
+// checks, then compress.cu's or project.cu's launch), the XLA FFI handler
+// symbols, and plain C exports.
 //   * s24_spmm            D = A_sparse @ op(B): cuSPARSELt matmul, A given in
 //                         cuSPARSELt's compressed 2:4 format (a uint8 buffer; its
 //                         element type comes in the a_dtype attribute, B's from
@@ -19,6 +20,10 @@
 //   * s24_compress_masked the same with a mask applied first (prune + compress).
 //   * s24_mvue_compress   MVUE 2:4 (unbiased random pruning) + compress, with a
 //                         counter-based RNG seeded from a uint32[2] operand.
+//   * s24_project_compress the weight side in one pass: the float32 master
+//                         weight projected (mask, or beta * soft threshold),
+//                         rounded to 16 bits and compressed, with W_s^T's buffer
+//                         or the dense W_s (project.cu).
 //   * s24_lib_compress    cuSPARSELt's own cusparseLtSpMMACompress2, for tests.
 // A new kernel family adds its unit (a .cu with its launch), a handler here
 // (operand checks + launch) and its symbol below.
@@ -27,11 +32,13 @@
 #include <cusparseLt.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "compress.h"
 #include "ffi_util.h"
 #include "layout.cuh"
+#include "project.h"
 #include "spmm.h"
 
 namespace s24 {
@@ -131,6 +138,98 @@ static ffi::Error MvueCompressImpl(cudaStream_t stream, int32_t device, ffi::Any
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------
+// The weight side in one pass (project.cu)
+// ---------------------------------------------------------------------------
+
+// One compressed output of s24_project_compress: uint8, the buffer of an m x k
+// 16-bit matrix.
+static ffi::Error CheckProjectOut(const ffi::AnyBuffer& out, int64_t m, int64_t k,
+                                  const char* what) {
+  const int64_t want = CompressedBytes(m, k, 2);
+  if (out.element_type() != ffi::DataType::U8 || out.dimensions().size() != 1 ||
+      static_cast<int64_t>(out.element_count()) != want) {
+    return InvalidArg(std::string(what) + " must be uint8 of shape (" + std::to_string(want) +
+                      ",), got " + FfiDtypeName(out.element_type()) + " " + DimsText(out));
+  }
+  if (!Aligned16(out.untyped_data())) return InvalidArg("buffers must be 16-byte aligned");
+  return ffi::Error::Success();
+}
+
+// W (N, K) float32 and `aux` (mode kProjectMask: the mask; kProjectSoft: beta)
+// in; W_s compressed in `out`; `second`: W_s^T compressed (mask mode, optional)
+// or the dense W_s in `dtype` (soft mode, required).
+static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer w,
+                              ffi::AnyBuffer aux, ffi::Result<ffi::AnyBuffer> out,
+                              std::optional<ffi::Result<ffi::AnyBuffer>> second, int64_t mode,
+                              int64_t dtype) {
+  if (w.element_type() != ffi::DataType::F32 || w.dimensions().size() != 2) {
+    return InvalidArg("project_compress reads the float32 master weight (N, K), got " +
+                      FfiDtypeName(w.element_type()) + " " + DimsText(w) +
+                      ": pass it in float32, or project it and call compress");
+  }
+  const int64_t n = w.dimensions()[0], k = w.dimensions()[1];
+  if (n % kProjectAlign != 0 || k % kProjectAlign != 0 || n > kProjectMaxRows) {
+    return InvalidArg("project_compress takes N and K multiples of " +
+                      std::to_string(kProjectAlign) + " (N at most " +
+                      std::to_string(kProjectMaxRows) + "), got N=" + std::to_string(n) +
+                      ", K=" + std::to_string(k) + ": pad the layer's features, or project the "
+                      "weight and call compress");
+  }
+  if (dtype != kBF16 && dtype != kF16) {
+    return InvalidArg("project_compress writes bfloat16 (dtype 0) or float16 (1), got dtype " +
+                      std::to_string(dtype) + ": for fp8, project the weight and call compress");
+  }
+  if (!Aligned16(w.untyped_data())) return InvalidArg("buffers must be 16-byte aligned");
+  S24_RETURN_IF_ERROR(CheckProjectOut(*out, n, k, "W_s's compressed output"));
+  void* out2 = nullptr;
+  if (mode == kProjectMask) {
+    const auto mt = aux.element_type();
+    if (!(mt == ffi::DataType::PRED || mt == ffi::DataType::U8 || mt == ffi::DataType::S8) ||
+        aux.dimensions().size() != 2 || aux.dimensions()[0] != n || aux.dimensions()[1] != k) {
+      return InvalidArg("mask must be bool (or uint8) with the weight's shape " + DimsText(w) +
+                        ", got " + FfiDtypeName(mt) + " " + DimsText(aux));
+    }
+    if (!Aligned16(aux.untyped_data())) return InvalidArg("mask must be 16-byte aligned");
+    if (second) {
+      S24_RETURN_IF_ERROR(CheckProjectOut(**second, k, n, "W_s^T's compressed output"));
+      out2 = (*second)->untyped_data();
+    }
+  } else if (mode == kProjectSoft) {
+    if (aux.element_type() != ffi::DataType::F32 || aux.element_count() != 1) {
+      return InvalidArg("beta must be one float32, got " + FfiDtypeName(aux.element_type()) +
+                        " " + DimsText(aux) + ": pass beta.astype(float32).reshape(1)");
+    }
+    const ffi::DataType want = dtype == kBF16 ? ffi::DataType::BF16 : ffi::DataType::F16;
+    if (!second || (*second)->element_type() != want ||
+        (*second)->dimensions().size() != 2 || (*second)->dimensions()[0] != n ||
+        (*second)->dimensions()[1] != k) {
+      return InvalidArg("the soft threshold also writes the dense W_s: the call's second "
+                        "output must be " + std::string(KernelDtypeName(static_cast<int>(dtype))) +
+                        " " + DimsText(w) +
+                        (second ? ", got " + FfiDtypeName((*second)->element_type()) + " " +
+                                      DimsText(**second)
+                                : std::string(", got none")));
+    }
+    if (!Aligned16((*second)->untyped_data())) return InvalidArg("buffers must be 16-byte aligned");
+    out2 = (*second)->untyped_data();
+  } else {
+    return InvalidArg("mode must be 0 (mask) or 1 (soft threshold), got " + std::to_string(mode));
+  }
+  if (n == 0 || k == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  const bool soft = mode == kProjectSoft;
+  S24_CUDA_CHECK(LaunchProject(
+      static_cast<int>(mode), stream, static_cast<int>(dtype),
+      static_cast<const float*>(w.untyped_data()),
+      soft ? nullptr : static_cast<const uint8_t*>(aux.untyped_data()),
+      soft ? static_cast<const float*>(aux.untyped_data()) : nullptr,
+      static_cast<uint8_t*>(out->untyped_data()), soft ? nullptr : static_cast<uint8_t*>(out2),
+      soft ? out2 : nullptr, n, k, false));
+  return ffi::Error::Success();
+}
+
 }  // namespace s24
 
 // ---------------------------------------------------------------------------
@@ -190,6 +289,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_mvue_compress, s24::MvueCompressImpl,
                                   .Attr<int64_t>("transpose"),
                               {ffi::Traits::kCmdBufferCompatible});
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_project_compress, s24::ProjectImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .OptionalRet<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("mode")
+                                  .Attr<int64_t>("dtype"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_lib_compress, s24::LibCompressImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
@@ -244,6 +355,30 @@ __attribute__((visibility("default"))) int s24_emulate_compress(int dt, int mode
   const uint32_t* sd = mode == s24::kModeMvue ? seed : nullptr;
   const cudaError_t e =
       s24::LaunchCompress(mode, nullptr, dt, trans != 0, src, mk, sd, out, m, k, /*emulate=*/true);
+  return e == cudaSuccess ? 0 : -1;
+}
+
+// Host emulation of the one-pass projection (project.cu), as the kernel runs
+// it. mode: 0 mask, 1 soft threshold; dt: 0 bf16, 1 f16; w: (n, k) float32;
+// aux: the mask's (n, k) bytes (mode 0) or beta, one float32 (mode 1); out:
+// s24_compressed_bytes(n, k, 2) bytes; out2: W_s^T's buffer
+// (s24_compressed_bytes(k, n, 2) bytes) or null (mode 0), the dense (n, k)
+// 16-bit W_s (mode 1). 16-byte aligned. Returns 0, or -1 for what the kernel
+// does not take (as ProjectImpl).
+__attribute__((visibility("default"))) int s24_emulate_project(int mode, int dt, const float* w,
+                                                               const void* aux, uint8_t* out,
+                                                               void* out2, int64_t n, int64_t k) {
+  if ((mode != s24::kProjectMask && mode != s24::kProjectSoft) ||
+      (dt != s24::kBF16 && dt != s24::kF16) || n < 0 || k < 0 || n % s24::kProjectAlign != 0 ||
+      k % s24::kProjectAlign != 0 || n > s24::kProjectMaxRows ||
+      (mode == s24::kProjectSoft && out2 == nullptr)) {
+    return -1;
+  }
+  const bool soft = mode == s24::kProjectSoft;
+  const cudaError_t e = s24::LaunchProject(
+      mode, nullptr, dt, w, soft ? nullptr : static_cast<const uint8_t*>(aux),
+      soft ? static_cast<const float*>(aux) : nullptr, out,
+      soft ? nullptr : static_cast<uint8_t*>(out2), soft ? out2 : nullptr, n, k, /*emulate=*/true);
   return e == cudaSuccess ? 0 : -1;
 }
 

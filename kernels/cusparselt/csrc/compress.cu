@@ -1,7 +1,7 @@
 // Instantiates the compression kernels (compress_kernels.cuh) for every
 // (dtype, mode, A or A^T) and dispatches a call to one of them, launched or
-// emulated on the host. The only unit with device code: it includes no XLA
-// header, so the device passes of the build stay small.
+// emulated on the host. Like every unit with device code (project.cu too), it
+// includes no XLA header, so the device passes of the build stay small.
 
 #include "compress.h"
 #include "compress_kernels.cuh"

@@ -76,6 +76,11 @@ struct DeviceState {
 // them down at exit could race the CUDA runtime's own teardown).
 static std::mutex g_devices_mu;
 static std::unordered_map<int, DeviceState*>* g_devices = nullptr;
+// The same states by ordinal, published once created: every matmul looks its
+// device up here with one atomic load, no lock and no hash (ordinals beyond
+// the array take the map).
+constexpr int kFastDevices = 64;
+static std::atomic<DeviceState*> g_fast_devices[kFastDevices] = {};
 static std::atomic<int64_t> g_num_plans{0};
 static std::atomic<int64_t> g_num_searches{0};
 static std::atomic<int64_t> g_num_matmuls{0};
@@ -91,11 +96,20 @@ static bool SearchEnabled() {
 // The device's state, creating the handle on first use (call with the
 // device current).
 static ffi::Error GetDeviceState(int device, DeviceState** out) {
+  const bool fast = device >= 0 && device < kFastDevices;
+  if (fast) {
+    DeviceState* known = g_fast_devices[device].load(std::memory_order_acquire);
+    if (known != nullptr) {
+      *out = known;
+      return ffi::Error::Success();
+    }
+  }
   std::lock_guard<std::mutex> lock(g_devices_mu);
   if (g_devices == nullptr) g_devices = new std::unordered_map<int, DeviceState*>();
   auto it = g_devices->find(device);
   if (it != g_devices->end()) {
     *out = it->second;
+    if (fast) g_fast_devices[device].store(it->second, std::memory_order_release);
     return ffi::Error::Success();
   }
   auto* state = new DeviceState();
@@ -105,6 +119,7 @@ static ffi::Error GetDeviceState(int device, DeviceState** out) {
     return LtError("cusparseLtInit", s);
   }
   (*g_devices)[device] = state;
+  if (fast) g_fast_devices[device].store(state, std::memory_order_release);
   *out = state;
   return ffi::Error::Success();
 }
@@ -200,22 +215,6 @@ static ffi::Error TakeWorkspace(ffi::Result<ffi::AnyBuffer>& ws, size_t bytes, v
   return ffi::Error::Success();
 }
 
-// What a matmul asked cuSPARSELt for, appended to its errors: a refusal of a
-// type combination (NOT_SUPPORTED, INVALID_VALUE, ...) must say which types.
-static std::string SpmmRequestText(int a_dt, ffi::DataType tb, ffi::DataType td, int64_t m,
-                                   int64_t n, int64_t k, bool transpose_b, bool d_col_major) {
-  return std::string("sparse A ") + KernelDtypeName(a_dt) + " x dense B " + FfiDtypeName(tb) +
-         " -> D " + FfiDtypeName(td) + ", compute float32, m=" + std::to_string(m) +
-         ", n=" + std::to_string(n) + ", k=" + std::to_string(k) +
-         (transpose_b ? ", opB=T" : ", opB=N") + (d_col_major ? ", D column-major" : ", D row-major");
-}
-
-static ffi::Error WithRequest(ffi::Error e, const std::string& request) {
-  if (e.success()) return e;
-  return ffi::Error(e.errc().value_or(ffi::ErrorCode::kInternal),
-                    e.message() + " [asked for: " + request + "]");
-}
-
 // ---------------------------------------------------------------------------
 // The matmul: validate, get or create the plan, search once, run
 // ---------------------------------------------------------------------------
@@ -226,12 +225,31 @@ struct SpmmCall {
   int64_t m, n, k;
   cudaDataType tb, td;
   bool transpose_b, d_col_major;
+  ffi::DataType b_type, d_type;  // B's and D's buffer types, for the request text
 
   PlanKey Key() const {
     return PlanKey{m, n, k, static_cast<int>(KernelCudaDtype(a_dt)), static_cast<int>(tb),
                    static_cast<int>(td), transpose_b, d_col_major};
   }
 };
+
+// What a matmul asked cuSPARSELt for, appended to its errors: a refusal of a
+// type combination (NOT_SUPPORTED, INVALID_VALUE, ...) must say which types.
+// Built only when there is an error to append it to: every call used to
+// format it (a dozen string appends and heap allocations) for nothing.
+static std::string SpmmRequestText(const SpmmCall& c) {
+  return std::string("sparse A ") + KernelDtypeName(c.a_dt) + " x dense B " +
+         FfiDtypeName(c.b_type) + " -> D " + FfiDtypeName(c.d_type) +
+         ", compute float32, m=" + std::to_string(c.m) + ", n=" + std::to_string(c.n) +
+         ", k=" + std::to_string(c.k) + (c.transpose_b ? ", opB=T" : ", opB=N") +
+         (c.d_col_major ? ", D column-major" : ", D row-major");
+}
+
+static ffi::Error WithRequest(ffi::Error e, const SpmmCall& call) {
+  if (e.success()) return e;
+  return ffi::Error(e.errc().value_or(ffi::ErrorCode::kInternal),
+                    e.message() + " [asked for: " + SpmmRequestText(call) + "]");
+}
 
 // The operands of one cusparseLtMatmul (or its search).
 struct MatmulOperands {
@@ -325,20 +343,22 @@ static ffi::Error ValidateSpmm(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
   S24_RETURN_IF_ERROR(CheckSpmmTypes(b, d, a_dtype, &a_dt, &tb, &td));
   int64_t n;
   S24_RETURN_IF_ERROR(CheckSpmmShapes(a, b, d, m, k, transpose_b, d_col_major, a_dt, &n));
-  *call = SpmmCall{a_dt, m, n, k, tb, td, transpose_b, d_col_major};
+  *call = SpmmCall{a_dt, m, n, k, tb, td, transpose_b, d_col_major, b.element_type(),
+                   d.element_type()};
   return ffi::Error::Success();
 }
 
-// The plan of `key`, created (and cached) on first use. Call with state->mu held.
-static ffi::Error GetOrCreatePlan(DeviceState* state, const PlanKey& key,
-                                  const std::string& request, Plan** out) {
+// The plan of the call's key, created (and cached) on first use. Call with
+// state->mu held.
+static ffi::Error GetOrCreatePlan(DeviceState* state, const SpmmCall& call, Plan** out) {
+  const PlanKey key = call.Key();
   auto it = state->plans.find(key);
   if (it != state->plans.end()) {
     *out = it->second.get();
     return ffi::Error::Success();
   }
   auto fresh = std::make_unique<Plan>();
-  S24_RETURN_IF_ERROR(WithRequest(CreatePlan(&state->handle, key, fresh.get()), request));
+  S24_RETURN_IF_ERROR(WithRequest(CreatePlan(&state->handle, key, fresh.get()), call));
   *out = fresh.get();
   state->plans.emplace(key, std::move(fresh));
   g_num_plans.fetch_add(1);
@@ -360,11 +380,16 @@ static ffi::Error CheckCompressedSize(const Plan& plan, const SpmmCall& call, in
 
 // Once per key, outside graph capture: time the algorithms on the real
 // operands (D is overwritten by the matmul that follows anyway). Extra
-// workspace for safety. Call with state->mu held.
+// workspace for safety. Call with state->mu held. Whether the stream is
+// being captured is asked only here, while the key is still unsearched: a
+// searched plan (every call after the first per key) skips that runtime call.
 static ffi::Error SearchOnce(DeviceState* state, Plan* plan, const MatmulOperands& op,
-                             ffi::Result<ffi::AnyBuffer>& workspace, bool capturing,
-                             const std::string& request) {
-  if (plan->searched || capturing || !SearchEnabled()) return ffi::Error::Success();
+                             ffi::Result<ffi::AnyBuffer>& workspace, const SpmmCall& call) {
+  if (plan->searched || !SearchEnabled()) return ffi::Error::Success();
+  const cudaStream_t stream = op.stream;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  S24_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return ffi::Error::Success();
   const float beta = 0.f;
   void* ws = nullptr;
   S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
@@ -372,11 +397,11 @@ static ffi::Error SearchOnce(DeviceState* state, Plan* plan, const MatmulOperand
   cusparseStatus_t s = cusparseLtMatmulSearch(&state->handle, &plan->plan, &op.alpha, op.a, op.b,
                                               &beta, op.d, op.d, ws, streams, 1);
   if (s != CUSPARSE_STATUS_SUCCESS) {
-    return WithRequest(LtError("cusparseLtMatmulSearch", s), request);
+    return WithRequest(LtError("cusparseLtMatmulSearch", s), call);
   }
   s = cusparseLtMatmulGetWorkspace(&state->handle, &plan->plan, &plan->workspace);
   if (s != CUSPARSE_STATUS_SUCCESS) {
-    return WithRequest(LtError("cusparseLtMatmulGetWorkspace", s), request);
+    return WithRequest(LtError("cusparseLtMatmulGetWorkspace", s), call);
   }
   plan->searched = true;
   g_num_searches.fetch_add(1);
@@ -385,14 +410,14 @@ static ffi::Error SearchOnce(DeviceState* state, Plan* plan, const MatmulOperand
 
 // The matmul with the plan's algorithm (beta = 0). Call with state->mu held.
 static ffi::Error RunMatmul(DeviceState* state, Plan* plan, const MatmulOperands& op,
-                            ffi::Result<ffi::AnyBuffer>& workspace, const std::string& request) {
+                            ffi::Result<ffi::AnyBuffer>& workspace, const SpmmCall& call) {
   const float beta = 0.f;
   void* ws = nullptr;
   S24_RETURN_IF_ERROR(TakeWorkspace(workspace, plan->workspace, &ws));
   cudaStream_t streams[1] = {op.stream};
   const cusparseStatus_t s = cusparseLtMatmul(&state->handle, &plan->plan, &op.alpha, op.a, op.b,
                                               &beta, op.d, op.d, ws, streams, 1);
-  if (s != CUSPARSE_STATUS_SUCCESS) return WithRequest(LtError("cusparseLtMatmul", s), request);
+  if (s != CUSPARSE_STATUS_SUCCESS) return WithRequest(LtError("cusparseLtMatmul", s), call);
   g_num_matmuls.fetch_add(1);
   return ffi::Error::Success();
 }
@@ -415,19 +440,14 @@ ffi::Error SpmmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer a, ffi::
   S24_CUDA_CHECK(scope.status());
   DeviceState* state = nullptr;
   S24_RETURN_IF_ERROR(GetDeviceState(device, &state));
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  S24_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
 
-  const std::string request = SpmmRequestText(call.a_dt, b.element_type(), d->element_type(), m,
-                                              call.n, k, call.transpose_b, call.d_col_major);
   std::lock_guard<std::mutex> lock(state->mu);
   Plan* plan = nullptr;
-  S24_RETURN_IF_ERROR(GetOrCreatePlan(state, call.Key(), request, &plan));
+  S24_RETURN_IF_ERROR(GetOrCreatePlan(state, call, &plan));
   S24_RETURN_IF_ERROR(CheckCompressedSize(*plan, call, static_cast<int64_t>(a.element_count())));
   const MatmulOperands op{stream, a.untyped_data(), b.untyped_data(), d->untyped_data(), alpha};
-  S24_RETURN_IF_ERROR(SearchOnce(state, plan, op, workspace,
-                                 capture != cudaStreamCaptureStatusNone, request));
-  return RunMatmul(state, plan, op, workspace, request);
+  S24_RETURN_IF_ERROR(SearchOnce(state, plan, op, workspace, call));
+  return RunMatmul(state, plan, op, workspace, call);
 }
 
 // ---------------------------------------------------------------------------
