@@ -9,7 +9,7 @@ cuSPARSELt's format (:mod:`.layout`, whose ``compressed_nbytes`` sizes them).
 This is also the one import path of the library's Python API: it re-exports
 the loader and registration (:mod:`._library`: ``load``, ``load_library``,
 ``version``, ``stats``, ``TARGETS``), the host emulation
-(:mod:`.emulation`: ``emulate_compress``) and the FP8 probe
+(:mod:`.emulation`: ``emulate_compress``, ``emulate_act_grad_mvue``) and the FP8 probe
 (:mod:`.fp8_probe`). The backend calls everything as ``ops.<name>``, so a
 test's stand-in set here (``ops.load``, ``ops.spmm``, ...) is what it runs.
 """
