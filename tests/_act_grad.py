@@ -6,9 +6,10 @@ import numpy as np
 
 def assert_close_to_twin(kind, dz, want, da, z, min_equal):
     """``dz`` (numpy, 16-bit) within one ulp of the twin ``want``, plus
-    2^-21 |dA| (|dA| max(1, |x|) in the gate half of swiglu): float32's
-    cancellation in 1 + erf(z / sqrt 2) in the GELU tail (z < -4), where both
-    are accurate only in absolute terms. At least ``min_equal`` of the
+    2^-20 |dA| (|dA| max(1, |x|) in the gate half of swiglu): in the GELU
+    tail (z < -4) float32's 1 + erf(z / sqrt 2) cancels, and both are
+    accurate only in absolute terms (erf: the twin's XLA 3e-7, the kernel's
+    rational 4.5e-7, half that in Phi). At least ``min_equal`` of the
     elements exactly equal."""
     k, t = dz.astype(np.float32), want.astype(np.float32)
     ulp = np.spacing(np.maximum(np.abs(k), np.abs(t)).astype(dz.dtype)).astype(np.float32)
@@ -16,7 +17,7 @@ def assert_close_to_twin(kind, dz, want, da, z, min_equal):
     if kind == "swiglu":
         f = da.shape[1]
         scale = np.concatenate([scale, scale * np.maximum(1, np.abs(z[:, :f].astype(np.float32)))], 1)
-    bad = np.abs(k - t) > ulp + 2.0**-21 * scale
+    bad = np.abs(k - t) > ulp + 2.0**-20 * scale
     i = np.argmax(bad)
     assert not bad.any(), (f"{bad.sum()} elements off, e.g. z={z.reshape(-1)[i]}: "
                            f"{k.reshape(-1)[i]} vs twin {t.reshape(-1)[i]}")

@@ -39,8 +39,8 @@ namespace s24 {
 // (sparse24_jax.ffn.activation_vjp). The elementary functions are cheaper
 // approximations of about XLA's accuracy (the kernels are instruction-bound,
 // see README): their last-bit differences from XLA's make a 16-bit result
-// differ from the twin by one ulp on rare elements, and by ~1e-7 * |dA| in
-// absolute terms where the twin's own float32 cancellation dominates (the
+// differ from the twin by one ulp on rare elements, and by up to ~4e-7 |dA|
+// in absolute terms where the twin's own float32 cancellation dominates (the
 // GELU tail, 1 + erf(z / sqrt 2) for z < -4).
 
 // 2^x: one MUFU.EX2 on the GPU (subnormal results flush to zero: e^(-z^2/2)
