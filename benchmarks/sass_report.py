@@ -76,7 +76,7 @@ def main() -> None:
         if args.filter not in name:
             continue
         body = mangled_body
-        ins = re.findall(r"/\*[0-9a-f]{4}\*/\s+([^;]+);", body)
+        ins = re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]+);", body)
         ops = [i.split()[0] if not i.startswith("@") else i.split()[1] for i in ins]
         cnt = lambda p: sum(1 for o in ops if o.startswith(p))
         wide = cnt("IMAD.WIDE") + cnt("IMAD.HI")

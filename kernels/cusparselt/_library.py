@@ -17,10 +17,12 @@ import threading
 import numpy as np
 
 __all__ = [
+    "ACT_KINDS",
     "DT_CODES",
     "PREFIX",
     "PROJECT_MODES",
     "TARGETS",
+    "act_grad_shape",
     "dt_code",
     "dtype_name",
     "load",
@@ -40,6 +42,7 @@ TARGETS = {
     PREFIX + "mvue_compress": "s24_mvue_compress",
     PREFIX + "project_compress": "s24_project_compress",
     PREFIX + "lib_compress": "s24_lib_compress",
+    PREFIX + "act_grad_mvue": "s24_act_grad_mvue",
 }
 
 _LOCK = threading.Lock()
@@ -77,6 +80,11 @@ def load_library() -> ctypes.CDLL:
             lib.s24_emulate_project.argtypes = [
                 ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+            ]
+            lib.s24_emulate_act_grad_mvue.restype = ctypes.c_int
+            lib.s24_emulate_act_grad_mvue.argtypes = [
+                ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
             ]
             _LIB = lib
         return _LIB
@@ -205,3 +213,39 @@ def project_mode(w, mask, beta, dtype, transpose_too: bool) -> tuple[str, int]:
     if int(np.prod(np.shape(beta))) != 1:
         raise ValueError(f"beta must be a scalar, got shape {tuple(np.shape(beta))}")
     return "soft", DT_CODES[name]
+
+
+#: activations of the fused backward + MVUE kernels (csrc/act_grad.h's kActGelu, kActSwiglu)
+ACT_KINDS = {"gelu": 0, "swiglu": 1}
+
+
+def act_grad_shape(kind: str, da, z) -> tuple[int, int]:
+    """(tokens M, columns of z) of a fused activation-backward + MVUE call,
+    after checking what the kernels take; ValueError naming the fix otherwise.
+    gelu: ``da`` and ``z`` (M, H); swiglu: ``z = [x | gate]`` (M, 2F), ``da`` (M, F)."""
+    if kind not in ACT_KINDS:
+        raise ValueError(f"no fused activation-gradient kernel for {kind!r}: the kinds are "
+                         f"{', '.join(ACT_KINDS)} (others: sparse24_ffn(..., fused=False))")
+    if da.ndim != 2 or z.ndim != 2:
+        raise ValueError(f"{kind}: da and z must be 2-D (tokens, features), got shapes "
+                         f"{tuple(da.shape)} and {tuple(z.shape)}")
+    dn, zn = dtype_name(da.dtype), dtype_name(z.dtype)
+    if dn != zn or zn not in ("bfloat16", "float16"):
+        raise ValueError(f"{kind}: da and z must both be bfloat16 or both float16, got {dn} and "
+                         f"{zn}: cast them to the compute dtype")
+    m, cols = z.shape
+    want = (m, cols // 2) if kind == "swiglu" else (m, cols)
+    if tuple(da.shape) != want or (kind == "swiglu" and cols % 2):
+        form = "z = [x | gate] is (M, 2F) and da (M, F)" if kind == "swiglu" else "da and z are (M, H)"
+        raise ValueError(f"{kind}: {form}, got da {tuple(da.shape)} and z {tuple(z.shape)}")
+    if m % 64:
+        raise ValueError(f"{kind}: {m} tokens, not a multiple of 64: pad them with zero rows "
+                         "(CusparseltBackend.activation_grad_prune does)")
+    feat, name = (cols // 2, "F (each half of z)") if kind == "swiglu" else (cols, "H")
+    if feat % 64:
+        raise ValueError(f"{kind}: {name} = {feat} is not a multiple of 64: pad the layer, or "
+                         "run the unfused backward (sparse24_ffn(..., fused=False))")
+    if cols * (m // 4) >= 1 << 32:
+        raise ValueError(f"{kind}: MVUE of a {cols} x {m} matrix has 2^32 groups or more (the RNG "
+                         "counter is 32-bit): split the tokens into micro-batches")
+    return m, cols

@@ -15,7 +15,9 @@ the library's slow compression): ``prepare_weight`` compresses ``W_s`` and,
 when the mask is transposable, ``W_s^T`` (read in place, no transposed copy);
 ``prepare_projected`` does the same straight from the float32 master weight,
 projection and cast included, in one pass; ``prune_grad`` does MVUE 2:4 of
-``dZ^T`` along the tokens and compresses in one pass over ``dZ``.
+``dZ^T`` along the tokens and compresses in one pass over ``dZ``; in the FFN block (:mod:`sparse24_jax.ffn`),
+``activation_grad_prune`` also computes that ``dZ`` from ``dA`` and the saved
+pre-activation in the same pass (gelu, swiglu).
 
 Notes:
 
@@ -258,6 +260,34 @@ class CusparseltBackend:
         dw = ops.spmm(g.buf, _pad_rows(x, g.mp), m=g.n, k=g.mp, transpose_b=False,
                       d_col_major=False, out_dtype=out_dtype)
         return dw.astype(jnp.float32)
+
+    # -- FFN: activation backward + MVUE (sparse24_jax.backend.FusedActivationGradPrune)
+    def activation_grad_prune_kinds(self) -> tuple[str, ...]:
+        return tuple(ops.ACT_KINDS)
+
+    def activation_grad_prune(self, kind: str, da: jax.Array, z: jax.Array,
+                              key: jax.Array) -> tuple[jax.Array, CompressedGrad]:
+        """``(dZ, prune_grad(key, dZ))`` with ``dZ`` the activation's VJP of
+        ``da`` at ``z``, in one kernel (``ops.act_grad_mvue_compress``): its
+        buffer is ``prune_grad``'s for that ``dZ``, byte for byte. Shapes the
+        kernel does not take (swiglu with F not a multiple of 64, mixed
+        dtypes) run the same math unfused."""
+        if z.ndim != 2 or da.ndim != 2:
+            raise ValueError(f"dA and Z must be 2-D (M, features), got {tuple(da.shape)} and {tuple(z.shape)}")
+        m, h = z.shape
+        feat = h // 2 if kind == "swiglu" else h
+        if kind not in ops.ACT_KINDS or feat % 64 or jnp.dtype(da.dtype) != jnp.dtype(z.dtype):
+            from sparse24_jax.ffn import activation_vjp
+
+            dz = activation_vjp(kind, z, da)
+            return dz, self.prune_grad(key, dz)
+        self.check(h, _ALIGN_NK, z.dtype)
+        mp = _padded(m)
+        # zero token rows give zero dZ rows: the padding adds nothing to dW
+        dz, buf = ops.act_grad_mvue_compress(kind, _pad_rows(da, mp), _pad_rows(z, mp),
+                                             ops.seed_from_key(key))
+        g = CompressedGrad(buf=buf, dense=None, n=h, mp=mp, dtype=z.dtype.name)
+        return (dz if mp == m else dz[:m]), g
 
     # -- mask ---------------------------------------------------------------
     def transposable_mask(self, w: jax.Array) -> jax.Array:

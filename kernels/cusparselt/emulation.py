@@ -2,8 +2,9 @@
 tests without a GPU.
 
 The library compiles the kernels' code (``csrc/compress_kernels.cuh``,
-``csrc/project.cu``) for the host too: ``s24_emulate_compress`` and
-``s24_emulate_project`` run it block by block and thread by thread on the
+``csrc/project.cu``, ``csrc/act_grad_kernels.cuh``) for the host too:
+``s24_emulate_compress``, ``s24_emulate_project`` and
+``s24_emulate_act_grad_mvue`` run it block by block and thread by thread on the
 CPU, with exactly the index arithmetic of the GPU kernels. It needs nvcc and
 cuSPARSELt's headers to build the library, no GPU.
 """
@@ -16,7 +17,7 @@ import numpy as np
 from . import _library
 from .layout import compressed_nbytes
 
-__all__ = ["MODES", "emulate_compress", "emulate_project_compress"]
+__all__ = ["MODES", "emulate_act_grad_mvue", "emulate_compress", "emulate_project_compress"]
 
 #: compression modes (csrc/compress.h's kModePlain ... kModeMvue)
 MODES = {"plain": 0, "mask": 1, "mvue": 2}
@@ -81,6 +82,28 @@ def emulate_project_compress(w: np.ndarray, mask: np.ndarray | None = None, beta
     if mode == "soft":
         return out, out2.view(out_dtype).reshape(n, k)
     return out, out2
+
+
+def emulate_act_grad_mvue(kind: str, da: np.ndarray, z: np.ndarray, *,
+                          seed=(0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Run the fused activation-backward + MVUE kernel's code on the CPU:
+    ``(dz, buf)`` as ``ops.act_grad_mvue_compress`` computes them (``kind``
+    "gelu" or "swiglu"; ``da``, ``z`` ml_dtypes bfloat16 or numpy float16)."""
+    lib = _library.load_library()
+    m, cols = _library.act_grad_shape(kind, da, z)
+    dac, zc = _aligned_copy(da), _aligned_copy(z)
+    dz = _aligned_empty(zc.nbytes).view(zc.dtype).reshape(zc.shape)
+    dz.view(np.uint8)[...] = 0xAA  # poison: every element must be written
+    out = _aligned_empty(compressed_nbytes(cols, m, z.dtype))
+    out[:] = 0xAA
+    sd = np.asarray(seed, dtype=np.uint32).reshape(2)
+    rc = lib.s24_emulate_act_grad_mvue(
+        _library.ACT_KINDS[kind], _library.dt_code(z.dtype, "z"), dac.ctypes.data, zc.ctypes.data,
+        dz.ctypes.data, sd.ctypes.data, out.ctypes.data, m, cols,
+    )
+    if rc != 0:
+        raise ValueError(f"the {kind} gradient kernel does not take z of shape {z.shape}")
+    return dz, out
 
 
 def _aligned_empty(nbytes: int) -> np.ndarray:

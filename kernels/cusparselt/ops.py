@@ -9,7 +9,8 @@ cuSPARSELt's format (:mod:`.layout`, whose ``compressed_nbytes`` sizes them).
 This is also the one import path of the library's Python API: it re-exports
 the loader and registration (:mod:`._library`: ``load``, ``load_library``,
 ``version``, ``stats``, ``TARGETS``), the host emulation
-(:mod:`.emulation`: ``emulate_compress``, ``emulate_project_compress``) and the FP8 probe
+(:mod:`.emulation`: ``emulate_compress``, ``emulate_project_compress``,
+``emulate_act_grad_mvue``) and the FP8 probe
 (:mod:`.fp8_probe`). The backend calls everything as ``ops.<name>``, so a
 test's stand-in set here (``ops.load``, ``ops.spmm``, ...) is what it runs.
 """
@@ -22,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from ._library import (
+    ACT_KINDS,
     PREFIX,
     PROJECT_MODES,
     TARGETS,
+    act_grad_shape,
     dt_code,
     load,
     load_library,
@@ -33,7 +36,7 @@ from ._library import (
     stats,
     version,
 )
-from .emulation import emulate_compress, emulate_project_compress
+from .emulation import emulate_act_grad_mvue, emulate_compress, emulate_project_compress
 from .fp8_probe import (
     FP8_DTYPES,
     FP8_REL_TOL,
@@ -46,13 +49,16 @@ from .fp8_probe import (
 from .layout import compressed_nbytes  # the one size formula
 
 __all__ = [
+    "ACT_KINDS",
     "FP8_DTYPES",
     "FP8_REL_TOL",
     "Fp8Probe",
     "TARGETS",
+    "act_grad_mvue_compress",
     "compress",
     "compress_masked",
     "compressed_nbytes",
+    "emulate_act_grad_mvue",
     "emulate_compress",
     "emulate_project_compress",
     "fp8_name",
@@ -155,6 +161,30 @@ def project_compress(w, mask=None, beta=None, *, dtype, transpose_too: bool):
     buf_t = jax.ShapeDtypeStruct((compressed_nbytes(k, n, dt),), jnp.uint8)
     w_buf, wt_buf = jax.ffi.ffi_call(target, (buf, buf_t))(w, mask, **attrs)
     return w_buf, wt_buf
+
+
+def act_grad_mvue_compress(kind: str, da, z, key_or_seed):
+    """The FFN's activation backward fused with the MVUE 2:4 + compression of
+    its result, in one pass over ``da`` and ``z``: ``(dz, buf)``.
+
+    gelu: ``da``, ``z`` (M, H), ``dz = da * gelu'(z)``; swiglu: ``z = [x |
+    gate]`` (M, 2F), ``da`` (M, F), ``dz = [da * silu(gate), da * x *
+    silu'(gate)]``; computed in float32 and rounded once to ``z``'s dtype
+    (``sparse24_jax.ffn.activation_vjp``). ``buf`` is
+    ``mvue_compress(key_or_seed, dz, transpose=True)``, byte for byte: MVUE
+    of ``dz.T`` along the tokens. M and H (F) multiples of 64, bf16 or fp16.
+    ``key_or_seed``: a JAX PRNG key, or a uint32 array of 2 words."""
+    import jax
+    import jax.numpy as jnp
+
+    m, cols = act_grad_shape(kind, da, z)
+    seed = key_or_seed
+    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
+        seed = seed_from_key(seed)
+    outs = (jax.ShapeDtypeStruct(z.shape, z.dtype),
+            jax.ShapeDtypeStruct((compressed_nbytes(cols, m, z.dtype),), jnp.uint8))
+    return jax.ffi.ffi_call(PREFIX + "act_grad_mvue", outs)(
+        da, z, seed, kind=np.int64(ACT_KINDS[kind]))
 
 
 def _workspace(m: int = 0, n: int = 0):

@@ -24,6 +24,8 @@
 //                         weight projected (mask, or beta * soft threshold),
 //                         rounded to 16 bits and compressed, with W_s^T's buffer
 //                         or the dense W_s (project.cu).
+//   * s24_act_grad_mvue   the FFN's activation backward (gelu, swiglu) fused with
+//                         the MVUE + compression of its result (act_grad.cu).
 //   * s24_lib_compress    cuSPARSELt's own cusparseLtSpMMACompress2, for tests.
 // A new kernel family adds its unit (a .cu with its launch), a handler here
 // (operand checks + launch) and its symbol below.
@@ -35,6 +37,7 @@
 #include <optional>
 #include <string>
 
+#include "act_grad.h"
 #include "compress.h"
 #include "ffi_util.h"
 #include "layout.cuh"
@@ -230,6 +233,79 @@ static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------
+// Fused activation backward + MVUE (act_grad.cu)
+// ---------------------------------------------------------------------------
+
+static const char* ActKindName(int64_t kind) {
+  return kind == kActGelu ? "gelu" : (kind == kActSwiglu ? "swiglu" : "?");
+}
+
+// dA (M, H) and z (M, H) for gelu; dA (M, F) and z = [x | gate] (M, 2F) for
+// swiglu. Outputs dz (z's shape and dtype) and the compressed S_z(dz^T).
+static ffi::Error ActGradMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer da,
+                                  ffi::AnyBuffer z, ffi::AnyBuffer seed,
+                                  ffi::Result<ffi::AnyBuffer> dz,
+                                  ffi::Result<ffi::AnyBuffer> out, int64_t kind) {
+  if (kind < 0 || kind >= kNumActKinds) {
+    return InvalidArg("activation-gradient kind " + std::to_string(kind) +
+                      " unknown (0 gelu, 1 swiglu)");
+  }
+  int dt = -1, es = 0;
+  if (!KernelDtype(z.element_type(), &dt, &es) || es != 2 ||
+      da.element_type() != z.element_type() || dz->element_type() != z.element_type()) {
+    return InvalidArg(std::string("activation gradient + MVUE needs dA, z and dz all bfloat16 or "
+                                  "all float16, got dA ") + FfiDtypeName(da.element_type()) +
+                      ", z " + FfiDtypeName(z.element_type()));
+  }
+  auto zd = z.dimensions(), dd = da.dimensions(), od = dz->dimensions();
+  if (zd.size() != 2 || dd.size() != 2 || od.size() != 2) {
+    return InvalidArg("activation gradient + MVUE takes 2-D (tokens, features) arrays, got dA " +
+                      DimsText(da) + ", z " + DimsText(z));
+  }
+  const int64_t tokens = zd[0], cols = zd[1];
+  const int64_t da_cols = kind == kActSwiglu ? cols / 2 : cols;
+  if (dd[0] != tokens || dd[1] != da_cols || (kind == kActSwiglu && cols % 2) || od[0] != tokens ||
+      od[1] != cols) {
+    return InvalidArg(std::string(ActKindName(kind)) + ": dA " + DimsText(da) + " and dz " +
+                      DimsText(*dz) + " do not match z " + DimsText(z) +
+                      (kind == kActSwiglu ? " (dA is (M, F), z and dz (M, 2F))" : " (all (M, H))"));
+  }
+  if (!ActGradTakes(static_cast<int>(kind), tokens, cols)) {
+    return InvalidArg(std::string(ActKindName(kind)) + " with z " + DimsText(z) +
+                      ": the tokens must be a multiple of 64 (pad them) and the features a "
+                      "multiple of 64 (" + (kind == kActSwiglu ? "F, each half" : "H") + ")");
+  }
+  if (cols / kTileRows >= 65535) return InvalidArg("activation gradient: too many features");
+  if (cols * (tokens / 4) > 0xFFFFFFFFll) {
+    return InvalidArg("MVUE of a " + std::to_string(cols) + " x " + std::to_string(tokens) +
+                      " matrix: more than 2^32 groups (the RNG counter is 32-bit); split the "
+                      "tokens into micro-batches");
+  }
+  if (seed.element_type() != ffi::DataType::U32 || seed.element_count() < 2) {
+    return InvalidArg("seed must be uint32 with at least 2 elements, got " + DimsText(seed));
+  }
+  if (out->element_type() != ffi::DataType::U8 || out->dimensions().size() != 1 ||
+      static_cast<int64_t>(out->element_count()) != CompressedBytes(cols, tokens, 2)) {
+    return InvalidArg("compressed output must be uint8 of shape (" +
+                      std::to_string(CompressedBytes(cols, tokens, 2)) + ",), got " +
+                      DimsText(*out));
+  }
+  if (!Aligned16(da.untyped_data()) || !Aligned16(z.untyped_data()) ||
+      !Aligned16(dz->untyped_data()) || !Aligned16(out->untyped_data())) {
+    return InvalidArg("buffers must be 16-byte aligned");
+  }
+  if (tokens == 0 || cols == 0) return ffi::Error::Success();
+  DeviceScope scope(device);
+  S24_CUDA_CHECK(scope.status());
+  S24_CUDA_CHECK(LaunchActGradMvue(static_cast<int>(kind), stream, dt, da.untyped_data(),
+                                   z.untyped_data(), dz->untyped_data(),
+                                   static_cast<const uint32_t*>(seed.untyped_data()),
+                                   static_cast<uint8_t*>(out->untyped_data()), tokens, cols,
+                                   false));
+  return ffi::Error::Success();
+}
+
 }  // namespace s24
 
 // ---------------------------------------------------------------------------
@@ -299,6 +375,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_project_compress, s24::ProjectImpl,
                                   .OptionalRet<ffi::AnyBuffer>()
                                   .Attr<int64_t>("mode")
                                   .Attr<int64_t>("dtype"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_act_grad_mvue, s24::ActGradMvueImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind"),
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(s24_lib_compress, s24::LibCompressImpl,
@@ -379,6 +467,22 @@ __attribute__((visibility("default"))) int s24_emulate_project(int mode, int dt,
       mode, nullptr, dt, w, soft ? nullptr : static_cast<const uint8_t*>(aux),
       soft ? static_cast<const float*>(aux) : nullptr, out,
       soft ? nullptr : static_cast<uint8_t*>(out2), soft ? out2 : nullptr, n, k, /*emulate=*/true);
+  return e == cudaSuccess ? 0 : -1;
+}
+
+// Host emulation of the fused activation backward + MVUE kernels: kind 0
+// gelu, 1 swiglu; dt 0 bf16, 1 f16; da (tokens, z_cols or z_cols / 2), z
+// and dz (tokens, z_cols), out s24_compressed_bytes(z_cols, tokens, 2)
+// bytes, all 16-byte aligned. Returns 0, or -1 for what the kernels do not take.
+__attribute__((visibility("default"))) int s24_emulate_act_grad_mvue(
+    int kind, int dt, const void* da, const void* z, void* dz, const uint32_t* seed, uint8_t* out,
+    int64_t tokens, int64_t z_cols) {
+  if (kind < 0 || kind >= s24::kNumActKinds || (dt != s24::kBF16 && dt != s24::kF16)) return -1;
+  if (tokens < 0 || z_cols < 0 || !s24::ActGradTakes(kind, tokens, z_cols)) return -1;
+  if (z_cols * (tokens / 4) > 0xFFFFFFFFll) return -1;
+  if (tokens == 0 || z_cols == 0) return 0;
+  const cudaError_t e = s24::LaunchActGradMvue(kind, nullptr, dt, da, z, dz, seed, out, tokens,
+                                               z_cols, /*emulate=*/true);
   return e == cudaSuccess ? 0 : -1;
 }
 

@@ -240,6 +240,42 @@ struct MvueTransposed {
     int64_t m, k;
   };
 
+  // MVUE of one group of A: its four elements are the low (half = 0) or high
+  // halves of the words x[0..3] (four consecutive tokens of a feature pair),
+  // `counter` its index in A. Writes the kept pair as one word (lo | hi << 16)
+  // and its nibble. Kernels that compute dZ before pruning it (act_grad) call
+  // this too, so that their buffers are this kernel's, byte for byte.
+  static __host__ __device__ inline void PruneGroup(const MvueKeys& keys, uint32_t counter,
+                                                    const uint32_t x[4], int half, uint32_t* vals,
+                                                    uint8_t* nib) {
+    float v[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) v[t] = Tr::ToFloat(half ? x[t] >> 16 : x[t] & 0xFFFFu);
+    float u1, u2;
+    MvueUniforms(keys, counter, &u1, &u2);
+    int lo, hi;
+    float vl, vh;
+    MvuePick(v, u1, u2, &lo, &hi, &vl, &vh);
+    uint32_t bl = Tr::FromFloat(vl), bh = Tr::FromFloat(vh);
+    uint32_t code = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 2);
+    if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {
+      // a kept value is zero: cuSPARSELt's canonical positions (rare)
+      uint32_t y[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) y[j] = j == lo ? bl : (j == hi ? bh : 0u);
+      int c0, c1;
+      CanonicalPair<Tr::kMag>(y, &c0, &c1);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j == c0) bl = y[j];
+        if (j == c1) bh = y[j];
+      }
+      code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);
+    }
+    *vals = bl | (bh << 16);
+    *nib = static_cast<uint8_t>(code);
+  }
+
   static __host__ __device__ inline void Phase1(const Args& a, Smem& sm, int bx, int by, int tid) {
     const int lane = tid & 31, warp = tid >> 5;
     const int64_t r0 = static_cast<int64_t>(by) * kMvRows;
@@ -262,32 +298,8 @@ struct MvueTransposed {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int rl = 2 * lane + half;
-        float v[4];
-#pragma unroll
-        for (int t = 0; t < 4; ++t) v[t] = Tr::ToFloat(half ? x[i][t] >> 16 : x[i][t] & 0xFFFFu);
-        float u1, u2;
-        MvueUniforms(keys, static_cast<uint32_t>((r0 + rl) * kg + g), &u1, &u2);
-        int lo, hi;
-        float vl, vh;
-        MvuePick(v, u1, u2, &lo, &hi, &vl, &vh);
-        uint32_t bl = Tr::FromFloat(vl), bh = Tr::FromFloat(vh);
-        uint32_t code = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 2);
-        if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {
-          // a kept value is zero: cuSPARSELt's canonical positions (rare)
-          uint32_t y[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) y[j] = j == lo ? bl : (j == hi ? bh : 0u);
-          int c0, c1;
-          CanonicalPair<Tr::kMag>(y, &c0, &c1);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            if (j == c0) bl = y[j];
-            if (j == c1) bh = y[j];
-          }
-          code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);
-        }
-        sm.vals[rl][gl] = bl | (bh << 16);
-        sm.nib[rl][gl] = static_cast<uint8_t>(code);
+        PruneGroup(keys, static_cast<uint32_t>((r0 + rl) * kg + g), x[i], half, &sm.vals[rl][gl],
+                   &sm.nib[rl][gl]);
       }
     }
   }
