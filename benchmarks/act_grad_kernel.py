@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-from sparse_gemm import time_jax
+from timing import time_jax
 
 
 def bench(fn, *args, calls: int) -> float:
-    """Median seconds per call of back-to-back jitted calls (sparse_gemm's "pipelined" mode)."""
+    """Median seconds per call of back-to-back jitted calls (timing.time_jax's "pipelined" mode)."""
     return time_jax(fn, args, reps=calls, rounds=5, warmup=1, mode="pipelined")
 
 

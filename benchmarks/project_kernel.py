@@ -6,7 +6,7 @@
 
 Per optimizer step and layer the backend builds the operands of the projected
 weight W_s from the float32 master weight W (N, K). Timed here, back-to-back
-jitted calls, median (sparse_gemm's "pipelined" mode):
+jitted calls, median (timing.time_jax's "pipelined" mode):
 
 * one pass (``ops.project_compress``): SR-STE's mask mode (W_s and W_s^T
   compressed) and S-STE's soft threshold (W_s compressed and dense);
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparse_gemm import time_jax
+from timing import time_jax
 
 
 def bench(fn, *args, calls: int) -> float:
