@@ -54,8 +54,11 @@ the summed kernel time (equal to busy time when nothing overlaps, as on one comp
 Categories: the first rule whose substring occurs in the lower-cased kernel name wins, in
 this order (RULES below):
 
-1. "2:4 per-step kernels": this repo's CUDA compression (``Compress24Kernel<...>``: plain,
-   masked and MVUE variants) and its Triton kernels (``compress24_kernel``, ``mvue24_kernel``,
+1. "2:4 per-step kernels": this repo's CUDA kernels (namespace ``s24::``: the compression
+   ``Compress24Kernel<...>``, plain, masked and MVUE; ``MvueTransposedKernel``; the one-pass
+   weight projection ``ProjectKernel``; the FFN block's activation backward fused with the MVUE,
+   ``ActGradMvueKernel``, which also does the activation backward that a dense step runs as
+   an XLA fusion) and its Triton kernels (``compress24_kernel``, ``mvue24_kernel``,
    ``soft_threshold24_kernel``, ``transposable_mask_kernel``, ``gated_fwd/bwd_kernel``):
    names containing compress, mask, mvue, soft_threshold or gated_. The mask *search* of the
    xla backend (every mask_interval steps, inside a lax.cond) is ordinary XLA code and lands
@@ -115,7 +118,7 @@ OTHER = CATEGORIES[-1]
 
 # First match wins, on the lower-cased kernel name (the module docstring explains each rule).
 RULES = (
-    ("2:4 per-step kernels", ("compress", "mask", "mvue", "soft_threshold", "gated_")),
+    ("2:4 per-step kernels", ("compress", "mask", "mvue", "soft_threshold", "gated_", "s24::")),
     ("sparse GEMM (cuSPARSELt)", ("cusparselt", "sparse", "spmma", "spgemm", "sp_gemm", "sm80_sp",
                                   "sm86_sp", "sm89_sp", "sm90_sp", "sm100_sp", "_sp_")),
     ("collectives/memcpy", ("nccl", "memcpy", "memset", "all-reduce", "allreduce", "all_reduce",

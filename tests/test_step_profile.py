@@ -113,7 +113,10 @@ def test_classifier_rules():
     sp = load_step_profile()
     c = sp.classify
     assert c("void Compress24Kernel<0, 1, false>(Compressor<0, 1, false>::Args)") == "2:4 per-step kernels"
-    for name in ("compress24_kernel", "soft_threshold24_kernel", "transposable_mask_kernel", "gated_bwd_kernel"):
+    for name in ("compress24_kernel", "soft_threshold24_kernel", "transposable_mask_kernel", "gated_bwd_kernel",
+                 # the cuSPARSELt library's other kernels (their names came out of a 774M profile)
+                 "void s24::ProjectKernel<0, 0, true>(s24::Projector<0, 0, true>::Args)",
+                 "void s24::ActGradMvueKernel<s24::GeluGradMvue<0> >(s24::GeluGradMvue<0>::Args)"):
         assert c(name) == "2:4 per-step kernels", name
     for name in ("sm90_sp_gemm_bf16_tn", "cusparseLt::kernel", "sparse24_matmul_kernel"):
         assert c(name) == "sparse GEMM (cuSPARSELt)", name
