@@ -57,6 +57,8 @@ class Config:
     mesh_data: int = -1          # data-parallel size; -1: all devices left after fsdp x tensor
     mesh_fsdp: int = 1           # FSDP size: batch split, parameters and optimizer state sharded
     mesh_tensor: int = 1         # tensor-parallel size of the 2:4 FFNs (attention stays data/FSDP)
+    shard_map_scope: str = "step"  # data/FSDP without tensor: "step" (one shard_map around the loss and
+                                 # gradients, model as on one device) or "layer" (one per 2:4 linear)
 
     # --- data ---
     data: str = "embedded"       # "embedded", a directory with train.bin/val.bin, or "tfds:NAME"
@@ -85,6 +87,7 @@ class Config:
             "dtype": ("bfloat16", "float32"),
             "precision": ("bf16", "fp8"),
             "attention": ("auto", "xla", "cudnn"),
+            "shard_map_scope": ("step", "layer"),
             "tokenizer": ("auto", "gpt2", "byte"),
         }
         for name, allowed in choices.items():

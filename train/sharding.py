@@ -13,9 +13,17 @@ The mesh has three axes, sizes from the config (`mesh_data`, `mesh_fsdp`, `mesh_
           weights, masks and optimizer moments are stored split the same way. Attention,
           embeddings and the head stay data/FSDP parallel (replicated over this axis).
 
-With more than one device the FFN modules get a `sparse24_jax.ShardConfig`, so the 2:4
-linears run per device inside `shard_map`: the GPU backends are opaque custom calls that
-XLA would otherwise run whole on all-gathered inputs (see sparse24_jax/parallel.py).
+The GPU backends of the 2:4 linears are opaque custom calls that XLA would run whole on
+all-gathered inputs, so on several devices the model runs inside `shard_map`, in one of two
+scopes (config `shard_map_scope`):
+
+  step    (data/FSDP, tensor = 1; the default) one shard_map around the whole loss and
+          gradient computation of a step (train.py): the model runs per device exactly as on
+          one device, its parameters all-gathered once per step; the gradient reductions are
+          those gathers' transposes (a psum, or a reduce-scatter for FSDP), one per parameter.
+  layer   (always with tensor > 1) the FFN modules get a `sparse24_jax.ShardConfig` and each
+          2:4 linear runs in its own shard_map (sparse24_jax/parallel.py); the rest of the
+          model runs under XLA's sharding.
 
 Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` when
 `JAX_COORDINATOR_ADDRESS` is set or `--distributed` is given (docs/training.md has the
@@ -121,14 +129,55 @@ def make_mesh(cfg, hidden: int | None = None) -> jax.sharding.Mesh:
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=jax.devices()[:n])
 
 
-def ffn_shard(mesh):
-    """What the FFN modules get: None on one device (plain jit), else a ShardConfig that runs the
-    2:4 linears per shard, tensor parallel when the mesh has a tensor axis of more than one."""
-    if mesh is None or mesh.size == 1:
+def ffn_shard(mesh, cfg=None):
+    """What the FFN modules get: None on one device (plain jit) or when the whole step runs in
+    one shard_map (`step_shard_map`: the model then runs as on one device), else a ShardConfig
+    that runs the 2:4 linears per shard, tensor parallel when the mesh has a tensor axis of more
+    than one."""
+    if mesh is None or mesh.size == 1 or (cfg is not None and step_shard_map(cfg, mesh)):
         return None
     from sparse24_jax.parallel import ShardConfig
 
     return ShardConfig(mesh, batch_axes=BATCH_AXES, tensor_axis="tensor" if mesh.shape["tensor"] > 1 else None)
+
+
+# ----------------------------------------------------------------------------- one shard_map per step
+
+def step_shard_map(cfg, mesh) -> bool:
+    """Whether the train and eval steps run the model inside one shard_map over the batch axes
+    (train.py): several devices, no tensor axis, and cfg.shard_map_scope == "step". Otherwise
+    (one device, tensor > 1, or scope "layer") the FFN layers get a ShardConfig and run one
+    shard_map each (sparse24_jax/parallel.py), the rest under XLA's sharding."""
+    return (mesh is not None and mesh.size > 1 and mesh.shape["tensor"] == 1
+            and getattr(cfg, "shard_map_scope", "step") == "step")
+
+
+def manual_axes(mesh) -> tuple[str, ...]:
+    """The batch axes of more than one device: those the step's shard_map splits the batch
+    over. Axes of size one are left out, so no collective runs over a single device."""
+    return tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+
+
+def shard_specs(leaves, mesh) -> list[P]:
+    """PartitionSpecs of a list of arrays: state_shardings's rule (for tensor == 1), so that
+    a shard_map's in/out specs say exactly how the state is stored."""
+    return [leaf_spec(getattr(x, "shape", ()), mesh.shape["fsdp"]) for x in leaves]
+
+
+def fsdp_dim(spec: P) -> int | None:
+    """The array axis that `spec` splits over "fsdp", if any."""
+    for dim, name in enumerate(spec):
+        if name == "fsdp" or (isinstance(name, tuple) and "fsdp" in name):
+            return dim
+    return None
+
+
+def gather_fsdp(x, spec: P):
+    """Inside the step's shard_map: the whole array from this device's FSDP shard (a tiled
+    all_gather along the split axis; autodiff transposes it into a reduce-scatter of the
+    gradient), or x itself if `spec` does not split it."""
+    dim = fsdp_dim(spec)
+    return x if dim is None else jax.lax.all_gather(x, "fsdp", axis=dim, tiled=True)
 
 
 # ----------------------------------------------------------------------------- shardings
