@@ -256,7 +256,7 @@ def phase(op_name: str, where: str) -> str:
     "prefix/(a:b:c)": its phases joined with "+"."""
     if where == "cond branch":
         return "mask refresh"
-    m = re.match(r"^(.*?)\((.*)\)$", op_name)
+    m = re.match(r"^((?:.*?/)?)\((.*)\)$", op_name)
     if m and ":" in m.group(2):
         parts = [m.group(1) + part for part in re.split(r":(?![^()]*\))", m.group(2))]
         return "+".join(sorted({_phase1(p) for p in parts}, key=["forward", "backward", "update", "mask refresh"].index))
@@ -309,8 +309,11 @@ def collectives(mod: HloModule) -> list[dict]:
                 arrays = arrays[len(arrays) // 2:]  # (operands, results) of an async start: the results
             later = body[ins.index + 1:]
             op_name = mod.full_op_name(ins)
+            ph = phase(op_name, where)
+            if ph == "update" and kind == "all-gather" and "shard_map" in op_name:
+                ph = "forward"  # the step's shard_map gathers state outside autodiff (2:4 masks)
             rows.append(dict(
-                kind=kind, name=ins.name, computation=comp, where=where, phase=phase(op_name, where),
+                kind=kind, name=ins.name, computation=comp, where=where, phase=ph,
                 arrays=[fmt_shape(dt, dims) for dt, dims in arrays],
                 dtypes=sorted({dt for dt, _ in arrays}),
                 bytes=sum(nbytes(dt, dims) for dt, dims in arrays),
@@ -427,7 +430,8 @@ def main(argv=None):
     p.add_argument("--config", default="tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--methods", default="dense,srste")
-    p.add_argument("--layouts", default="data,fsdp", help="comma-separated: data, fsdp, tensor (over --devices)")
+    p.add_argument("--layouts", default="data,fsdp",
+                   help="comma-separated: data, fsdp, tensor (over --devices) or DxFxT (data x fsdp x tensor)")
     p.add_argument("--devices", type=int, default=0, help="devices of each layout (0: all)")
     p.add_argument("--batch-per-device", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -448,11 +452,11 @@ def main(argv=None):
         n = args.devices or jax.device_count()
         base = load_config(args.config, list(args.overrides))
         for layout in args.layouts.split(","):
-            d, f, t = LAYOUTS[layout](n)
+            d, f, t = LAYOUTS[layout](n) if layout in LAYOUTS else map(int, layout.split("x"))
             for method in args.methods.split(","):
                 cfg = dataclasses.replace(base, method=method, batch_size=args.batch_per_device * d * f * t,
                                           grad_accum=args.grad_accum, mesh_data=d, mesh_fsdp=f, mesh_tensor=t).validate()
-                name = f"{method} {layout} {n}"
+                name = f"{method} {layout} {n}" if layout in LAYOUTS else f"{method} {layout}"
                 text = step_hlo(cfg, args.stage)
                 if args.save_hlo:
                     Path(args.save_hlo).mkdir(parents=True, exist_ok=True)
