@@ -34,12 +34,16 @@ pure functions of seed and position) and hands over only the rows its own device
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from sparse24_jax._vma import match_varying, to_varying, varying_axes
 
 from .config import ConfigError
 
@@ -178,6 +182,81 @@ def gather_fsdp(x, spec: P):
     gradient), or x itself if `spec` does not split it."""
     dim = fsdp_dim(spec)
     return x if dim is None else jax.lax.all_gather(x, "fsdp", axis=dim, tiled=True)
+
+
+def compute_dtype_params(model) -> dict[tuple, object]:
+    """{path of a Param: dtype} for the weights that every use in `model` casts to the
+    compute dtype first: nnx.Linear kernels with a `dtype`, and the 2:4 layers' weights
+    for SR-STE / STE / dense in bf16 precision (masked, then cast; S-STE's soft threshold and
+    the FP8 recipe's scales read the float32 values, so not those). A gather in that dtype
+    gives the model the same bits at half the bytes (`expand_param`). Embeddings stay out:
+    the token embedding is looked up in float32 (only the tied head casts it)."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Linear) and node.dtype is not None:
+            out[tuple(path) + ("kernel",)] = node.dtype
+        elif (isinstance(node, s24nnx.SparseLinear) and node.dtype is not None and node.precision == "bf16"
+              and node.method in ("srste", "ste", "dense")):
+            out[tuple(path) + ("weight",)] = node.dtype
+    return out
+
+
+def param_keys(tree) -> list[tuple]:
+    """The path of every leaf of a pytree of Params, as compute_dtype_params's keys."""
+    return [_keys(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def expand_param(x, spec: P, axes: tuple[str, ...], gather_dtype=None, reduce_dtype=None):
+    """Inside the step's shard_map: this device's stored piece of a parameter made whole and
+    cast to vary over the batch `axes`, such that its gradient's reductions are the transposes:
+    a reduce-scatter over "fsdp" if `spec` splits it there, then a psum over the axes it is
+    replicated on (the shards summed, not whole arrays).
+
+    gather_dtype: all-gather in this dtype (the result is cast back to x's dtype: exact only
+    for a weight the model casts to it anyway, see compute_dtype_params); reduce_dtype: reduce
+    the gradient in this dtype. None: x's dtype, plain autodiff of the cast and the gather;
+    otherwise a custom_vjp with the same collectives."""
+    gather_dtype = jnp.dtype(gather_dtype or x.dtype) if fsdp_dim(spec) is not None else jnp.dtype(x.dtype)
+    reduce_dtype = jnp.dtype(reduce_dtype or x.dtype)
+    if gather_dtype == x.dtype and reduce_dtype == x.dtype:
+        return _expand(x, spec, axes)
+    return _expand_cast(x, spec, axes, gather_dtype, reduce_dtype)
+
+
+def _expand(x, spec, axes, dtype=None):
+    # one cast and one gather per array: their transposes are separate collectives, which XLA
+    # may schedule as soon as each gradient is complete and combine as it sees fit
+    x = to_varying(x, [a for a in axes if a not in varying_axes(x)])
+    y = x if dtype is None else x.astype(dtype)
+    return gather_fsdp(y, spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _expand_cast(x, spec, axes, gather_dtype, reduce_dtype):
+    return _expand(x, spec, axes, gather_dtype).astype(x.dtype)
+
+
+def _expand_cast_fwd(x, spec, axes, gather_dtype, reduce_dtype):
+    # x's dtype and mesh axes, for the cotangent (custom_vjp checks both)
+    return _expand_cast(x, spec, axes, gather_dtype, reduce_dtype), match_varying(jnp.zeros((), x.dtype), x)
+
+
+def _expand_cast_bwd(spec, axes, gather_dtype, reduce_dtype, proto, ct):
+    ct = ct.astype(reduce_dtype)
+    dim = fsdp_dim(spec)
+    if dim is not None:
+        ct = jax.lax.psum_scatter(ct, "fsdp", scatter_dimension=dim, tiled=True)
+    replicated = tuple(a for a in axes if a not in varying_axes(proto))
+    if replicated:
+        ct = jax.lax.psum(ct, replicated)
+    return (ct.astype(proto.dtype),)
+
+
+_expand_cast.defvjp(_expand_cast_fwd, _expand_cast_bwd)
 
 
 # ----------------------------------------------------------------------------- shardings

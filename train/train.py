@@ -47,10 +47,11 @@ from .checkpoint import Checkpointer
 from .config import ConfigError
 from .data import make_source
 from .model import GPT, cross_entropy, ffn_hidden, flops_per_token, num_params, padded_vocab
-from sparse24_jax._vma import match_varying, to_varying, varying_axes
+from sparse24_jax._vma import match_varying
 
-from .sharding import (batch_sharding, ffn_shard, fsdp_dim, gather_fsdp, global_batch, is_primary, make_mesh,
-                       manual_axes, shard_specs, state_shardings, step_shard_map, tensor_parallel_dims)
+from .sharding import (batch_sharding, compute_dtype_params, expand_param, ffn_shard, fsdp_dim, gather_fsdp,
+                       global_batch, is_primary, make_mesh, manual_axes, param_keys, shard_specs, state_shardings,
+                       step_shard_map, tensor_parallel_dims)
 
 log = logging.getLogger("sparse24_train")
 
@@ -210,7 +211,7 @@ def mean_loss_and_grads(model, xs, ys):
     return loss_sum / n, jax.tree.map(lambda g: g / n, grads), rest
 
 
-def _per_shard(mesh, model, fn, out_specs, *batch):
+def _per_shard(mesh, model, fn, out_specs, *batch, gather_in_compute=False, reduce_in_compute=False):
     """fn(model, pull, *batch) run per device inside one shard_map over the batch axes, with
     the model as on one device: the step's own shard_map, for sharded_loss_and_grads and the
     eval step (train/sharding.py's step_shard_map says when). Returns (fn's result, the
@@ -224,8 +225,13 @@ def _per_shard(mesh, model, fn, out_specs, *batch):
     and gathers (jax.vjp), i.e. the gradient reductions. Each device folds its batch index into
     the layers' MVUE keys (RngKey), so shards draw independent samples; the stored keys stay
     the same on every device (only the streams' counts advance, identically).
+
+    gather_in_compute / reduce_in_compute: gather / reduce the weights that the model only
+    uses in its compute dtype (sharding.compute_dtype_params) in that dtype, half the bytes;
+    the gathered values are the same, the reduced ones are rounded per shard.
     """
     axes = manual_axes(mesh)
+    low = compute_dtype_params(model) if gather_in_compute or reduce_in_compute else {}
     gdef, params, keys, rest = nnx.split(model, nnx.Param, nnx.RngKey, ...)
     # flat lists of arrays through shard_map: specs by position, nothing flax-specific crosses it
     p_leaves, p_def = jax.tree.flatten(params)
@@ -233,20 +239,16 @@ def _per_shard(mesh, model, fn, out_specs, *batch):
     k_leaves, k_def = jax.tree.flatten(keys)
     p_specs, r_specs = shard_specs(p_leaves, mesh), shard_specs(r_leaves, mesh)
     batch_specs = [P(*([None] * (x.ndim - 2)), axes, None) for x in batch]
-
-    def expand(x, spec):
-        # One cast and one gather per array, so that their transposes (one psum, one
-        # reduce-scatter) are separate collectives that XLA may schedule and combine freely.
-        # Vary over the batch axes first, then gather: the transpose then reduce-scatters over
-        # "fsdp" before it sums over "data", i.e. it sums shards, not whole arrays.
-        x = to_varying(x, [a for a in axes if a not in varying_axes(x)])
-        return gather_fsdp(x, spec)
+    p_low = [low.get(k) for k in param_keys(params)]
+    p_gather = [d if gather_in_compute else None for d in p_low]
+    p_reduce = [d if reduce_in_compute else None for d in p_low]
 
     def local(p_leaves, k_leaves, r_leaves, *batch):
         idx = jax.lax.axis_index(axes)
         keys = jax.tree.unflatten(k_def, [jax.random.fold_in(k, idx) for k in k_leaves])
         rest_whole = jax.tree.unflatten(r_def, [gather_fsdp(x, s) for x, s in zip(r_leaves, r_specs)])
-        whole, pull = jax.vjp(lambda leaves: [expand(x, s) for x, s in zip(leaves, p_specs)], list(p_leaves))
+        whole, pull = jax.vjp(lambda leaves: [expand_param(*a, axes, g, r) for *a, g, r in
+                                              zip(leaves, p_specs, p_gather, p_reduce)], list(p_leaves))
         m = nnx.merge(gdef, jax.tree.unflatten(p_def, whole), keys, rest_whole)
         out = fn(m, pull, *batch)
         new_rest = jax.tree.leaves(nnx.split(m, nnx.Param, nnx.RngKey, ...)[3])
@@ -260,7 +262,7 @@ def _per_shard(mesh, model, fn, out_specs, *batch):
     return out, jax.tree.unflatten(r_def, new_rest), p_def
 
 
-def sharded_loss_and_grads(mesh, model, xs, ys):
+def sharded_loss_and_grads(mesh, model, xs, ys, **dtypes):
     """mean_loss_and_grads per device inside one shard_map over the batch axes ("data" and
     "fsdp" where larger than one; the model as on one device, so the 2:4 layers compress their
     gathered weights once per step). Returns what mean_loss_and_grads does, for the whole batch:
@@ -272,7 +274,7 @@ def sharded_loss_and_grads(mesh, model, xs, ys):
     (psum_scatter) over "fsdp" for one stored split; one per parameter, where autodiff puts
     them: after the micro-batch scan, each depending on its own gradient only, so XLA may
     start each as soon as its gradient is complete (with grad_accum = 1 the scan is inlined)
-    and combine small ones."""
+    and combine small ones. dtypes: _per_shard's gather_in_compute, reduce_in_compute."""
     axes = manual_axes(mesh)
     shards = int(np.prod([mesh.shape[a] for a in axes]))
 
@@ -283,8 +285,14 @@ def sharded_loss_and_grads(mesh, model, xs, ys):
         # each device's gradient is of its shard's mean loss: the mean over shards
         return jax.lax.pmean(loss, axes), [g / shards for g in g_leaves]
 
-    (loss, g_leaves), rest, p_def = _per_shard(mesh, model, fn, lambda p_specs: (P(), p_specs), xs, ys)
+    (loss, g_leaves), rest, p_def = _per_shard(mesh, model, fn, lambda p_specs: (P(), p_specs), xs, ys, **dtypes)
     return loss, jax.tree.unflatten(p_def, g_leaves), rest
+
+
+def _dtypes(cfg) -> dict:
+    """The step's shard_map's dtype policy from the config (see _per_shard)."""
+    return dict(gather_in_compute=cfg.shard_gather_dtype == "compute",
+                reduce_in_compute=cfg.grad_reduce_dtype == "compute")
 
 
 @functools.lru_cache(maxsize=8)
@@ -310,7 +318,7 @@ def make_train_step(graphdef, mesh, cfg):
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
         if per_shard:
-            loss, grads, rest = sharded_loss_and_grads(mesh, model, xs, ys)
+            loss, grads, rest = sharded_loss_and_grads(mesh, model, xs, ys, **_dtypes(cfg))
         else:
             loss, grads, rest = mean_loss_and_grads(model, xs, ys)
         nnx.update(model, rest)
@@ -343,7 +351,7 @@ def make_eval_step(graphdef, mesh, cfg=None):
             return cross_entropy(model(x), y)  # the advanced MVUE stream is dropped: eval has no effect
         axes = manual_axes(mesh)
         loss = lambda m, pull, x, y: jax.lax.pmean(cross_entropy(m(x), y), axes)
-        return _per_shard(mesh, model, loss, lambda _: P(), x, y)[0]
+        return _per_shard(mesh, model, loss, lambda _: P(), x, y, **_dtypes(cfg))[0]
 
     return _jit_on_first_call(evaluate, lambda state: dict(
         in_shardings=(train_shardings(graphdef, state, mesh), batch, batch), out_shardings=replicated))
