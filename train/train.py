@@ -187,8 +187,11 @@ def mean_loss_and_grads(model, xs, ys):
 
     The same code runs on one device, under XLA's sharding (tensor parallel) and per device
     inside the step's shard_map (`sharded_loss_and_grads`), where every value's type also says
-    over which mesh axes it varies: the scan's carry must keep its types, hence the zeros cast
-    to vary like what is added to them (a no-op outside shard_map)."""
+    over which mesh axes it varies and the scan's carry must keep its types: the initial loss
+    (a constant, invariant) is cast to vary like the batch, as the per-shard losses added to
+    it do (jax raises "scan body function carry input and carry output must have equal types"
+    otherwise); zeros_like keeps its argument's axes, the cast is there to say so. Both casts
+    are no-ops outside shard_map."""
     # the 2:4 weights compressed once per step, not once per micro-batch
     prepared = s24nnx.prepare_weights(model)
     gdef, params, rest = nnx.split(model, nnx.Param, ...)
