@@ -30,10 +30,14 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from ._vma import to_varying
+from ._vma import match_varying, to_varying, varying_axes
 from .linear import sparse24_linear
 
-__all__ = ["ShardConfig", "check_tensor_parallel", "sharded_sparse24_linear"]
+# match_varying, to_varying and varying_axes: shard_map's varying-axes types, public for
+# code that runs a whole step inside one shard_map (train/train.py) and must give its
+# values the axes custom_vjp and scan expect (sparse24_jax/_vma.py says why)
+__all__ = ["ShardConfig", "check_tensor_parallel", "match_varying", "sharded_sparse24_linear", "to_varying",
+           "varying_axes"]
 
 TP_MODES = (None, "column", "row")
 

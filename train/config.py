@@ -57,6 +57,12 @@ class Config:
     mesh_data: int = -1          # data-parallel size; -1: all devices left after fsdp x tensor
     mesh_fsdp: int = 1           # FSDP size: batch split, parameters and optimizer state sharded
     mesh_tensor: int = 1         # tensor-parallel size of the 2:4 FFNs (attention stays data/FSDP)
+    shard_map_scope: str = "step"  # data/FSDP without tensor: "step" (one shard_map around the loss and
+                                 # gradients, model as on one device) or "layer" (one per 2:4 linear)
+    shard_gather_dtype: str = "compute"  # step scope, FSDP: all-gather the weights that the model uses only
+                                 # in `dtype` in it ("compute": same values, half the bytes) or "float32"
+    grad_reduce_dtype: str = "float32"  # step scope: reduce those weights' gradients in "float32" or
+                                 # "compute" (half the bytes, rounded per shard, as XLA does for dense)
 
     # --- data ---
     data: str = "embedded"       # "embedded", a directory with train.bin/val.bin, or "tfds:NAME"
@@ -85,6 +91,9 @@ class Config:
             "dtype": ("bfloat16", "float32"),
             "precision": ("bf16", "fp8"),
             "attention": ("auto", "xla", "cudnn"),
+            "shard_map_scope": ("step", "layer"),
+            "shard_gather_dtype": ("compute", "float32"),
+            "grad_reduce_dtype": ("float32", "compute"),
             "tokenizer": ("auto", "gpt2", "byte"),
         }
         for name, allowed in choices.items():

@@ -13,9 +13,17 @@ The mesh has three axes, sizes from the config (`mesh_data`, `mesh_fsdp`, `mesh_
           weights, masks and optimizer moments are stored split the same way. Attention,
           embeddings and the head stay data/FSDP parallel (replicated over this axis).
 
-With more than one device the FFN modules get a `sparse24_jax.ShardConfig`, so the 2:4
-linears run per device inside `shard_map`: the GPU backends are opaque custom calls that
-XLA would otherwise run whole on all-gathered inputs (see sparse24_jax/parallel.py).
+The GPU backends of the 2:4 linears are opaque custom calls that XLA would run whole on
+all-gathered inputs, so on several devices the model runs inside `shard_map`, in one of two
+scopes (config `shard_map_scope`):
+
+  step    (data/FSDP, tensor = 1; the default) one shard_map around the whole loss and
+          gradient computation of a step (train.py): the model runs per device exactly as on
+          one device, its parameters all-gathered once per step; the gradient reductions are
+          those gathers' transposes (a psum, or a reduce-scatter for FSDP), one per parameter.
+  layer   (always with tensor > 1) the FFN modules get a `sparse24_jax.ShardConfig` and each
+          2:4 linear runs in its own shard_map (sparse24_jax/parallel.py); the rest of the
+          model runs under XLA's sharding.
 
 Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` when
 `JAX_COORDINATOR_ADDRESS` is set or `--distributed` is given (docs/training.md has the
@@ -26,13 +34,16 @@ pure functions of seed and position) and hands over only the rows its own device
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from sparse24_jax.parallel import match_varying, to_varying, varying_axes
 from sparse24_jax.nnx import path_keys
 
 from .config import ConfigError
@@ -123,14 +134,130 @@ def make_mesh(cfg, hidden: int | None = None) -> jax.sharding.Mesh:
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=jax.devices()[:n])
 
 
-def ffn_shard(mesh):
-    """What the FFN modules get: None on one device (plain jit), else a ShardConfig that runs the
-    2:4 linears per shard, tensor parallel when the mesh has a tensor axis of more than one."""
-    if mesh is None or mesh.size == 1:
+def ffn_shard(mesh, cfg=None):
+    """What the FFN modules get: None on one device (plain jit) or when the whole step runs in
+    one shard_map (`step_shard_map`: the model then runs as on one device), else a ShardConfig
+    that runs the 2:4 linears per shard, tensor parallel when the mesh has a tensor axis of more
+    than one."""
+    if mesh is None or mesh.size == 1 or (cfg is not None and step_shard_map(cfg, mesh)):
         return None
     from sparse24_jax.parallel import ShardConfig
 
     return ShardConfig(mesh, batch_axes=BATCH_AXES, tensor_axis="tensor" if mesh.shape["tensor"] > 1 else None)
+
+
+# ----------------------------------------------------------------------------- one shard_map per step
+
+def step_shard_map(cfg, mesh) -> bool:
+    """Whether the train and eval steps run the model inside one shard_map over the batch axes
+    (train.py): several devices, no tensor axis, and cfg.shard_map_scope == "step". Otherwise
+    (one device, tensor > 1, or scope "layer") the FFN layers get a ShardConfig and run one
+    shard_map each (sparse24_jax/parallel.py), the rest under XLA's sharding."""
+    return (mesh is not None and mesh.size > 1 and mesh.shape["tensor"] == 1
+            and getattr(cfg, "shard_map_scope", "step") == "step")
+
+
+def manual_axes(mesh) -> tuple[str, ...]:
+    """The batch axes of more than one device: those the step's shard_map splits the batch
+    over. Axes of size one are left out, so no collective runs over a single device."""
+    return tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+
+
+def shard_specs(leaves, mesh) -> list[P]:
+    """PartitionSpecs of a list of arrays: state_shardings's rule (for tensor == 1), so that
+    a shard_map's in/out specs say exactly how the state is stored."""
+    return [leaf_spec(getattr(x, "shape", ()), mesh.shape["fsdp"]) for x in leaves]
+
+
+def fsdp_dim(spec: P) -> int | None:
+    """The array axis that `spec` splits over "fsdp", if any."""
+    for dim, name in enumerate(spec):
+        if name == "fsdp" or (isinstance(name, tuple) and "fsdp" in name):
+            return dim
+    return None
+
+
+def gather_fsdp(x, spec: P):
+    """Inside the step's shard_map: the whole array from this device's FSDP shard (a tiled
+    all_gather along the split axis; autodiff transposes it into a reduce-scatter of the
+    gradient), or x itself if `spec` does not split it."""
+    dim = fsdp_dim(spec)
+    return x if dim is None else jax.lax.all_gather(x, "fsdp", axis=dim, tiled=True)
+
+
+def compute_dtype_params(model) -> dict[tuple, object]:
+    """{path of a Param: dtype} for the weights that every use in `model` casts to the
+    compute dtype first: nnx.Linear kernels with a `dtype`, and the 2:4 layers' weights
+    for SR-STE / STE / dense in bf16 precision (masked, then cast; S-STE's soft threshold and
+    the FP8 recipe's scales read the float32 values, so not those). A gather in that dtype
+    gives the model the same bits at half the bytes (`expand_param`). Embeddings stay out:
+    the token embedding is looked up in float32 (only the tied head casts it)."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Linear) and node.dtype is not None:
+            out[tuple(path) + ("kernel",)] = node.dtype
+        elif (isinstance(node, s24nnx.SparseLinear) and node.dtype is not None and node.precision == "bf16"
+              and node.method in ("srste", "ste", "dense")):
+            out[tuple(path) + ("weight",)] = node.dtype
+    return out
+
+
+def param_keys(tree) -> list[tuple]:
+    """The path of every leaf of a pytree of Params, as compute_dtype_params's keys."""
+    return [path_keys(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def expand_param(x, spec: P, axes: tuple[str, ...], gather_dtype=None, reduce_dtype=None):
+    """Inside the step's shard_map: this device's stored piece of a parameter made whole and
+    cast to vary over the batch `axes`, such that its gradient's reductions are the transposes:
+    a reduce-scatter over "fsdp" if `spec` splits it there, then a psum over the axes it is
+    replicated on (the shards summed, not whole arrays).
+
+    gather_dtype: all-gather in this dtype (the result is cast back to x's dtype: exact only
+    for a weight the model casts to it anyway, see compute_dtype_params); reduce_dtype: reduce
+    the gradient in this dtype. None: x's dtype, plain autodiff of the cast and the gather;
+    otherwise a custom_vjp with the same collectives."""
+    gather_dtype = jnp.dtype(gather_dtype or x.dtype) if fsdp_dim(spec) is not None else jnp.dtype(x.dtype)
+    reduce_dtype = jnp.dtype(reduce_dtype or x.dtype)
+    if gather_dtype == x.dtype and reduce_dtype == x.dtype:
+        return _expand(x, spec, axes)
+    return _expand_cast(x, spec, axes, gather_dtype, reduce_dtype)
+
+
+def _expand(x, spec, axes, dtype=None):
+    # one cast and one gather per array: their transposes are separate collectives, which XLA
+    # may schedule as soon as each gradient is complete and combine as it sees fit
+    x = to_varying(x, [a for a in axes if a not in varying_axes(x)])
+    y = x if dtype is None else x.astype(dtype)
+    return gather_fsdp(y, spec)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _expand_cast(x, spec, axes, gather_dtype, reduce_dtype):
+    return _expand(x, spec, axes, gather_dtype).astype(x.dtype)
+
+
+def _expand_cast_fwd(x, spec, axes, gather_dtype, reduce_dtype):
+    # x's dtype and mesh axes, for the cotangent (custom_vjp checks both)
+    return _expand_cast(x, spec, axes, gather_dtype, reduce_dtype), match_varying(jnp.zeros((), x.dtype), x)
+
+
+def _expand_cast_bwd(spec, axes, gather_dtype, reduce_dtype, proto, ct):
+    ct = ct.astype(reduce_dtype)
+    dim = fsdp_dim(spec)
+    if dim is not None:
+        ct = jax.lax.psum_scatter(ct, "fsdp", scatter_dimension=dim, tiled=True)
+    replicated = tuple(a for a in axes if a not in varying_axes(proto))
+    if replicated:
+        ct = jax.lax.psum(ct, replicated)
+    return (ct.astype(proto.dtype),)
+
+
+_expand_cast.defvjp(_expand_cast_fwd, _expand_cast_bwd)
 
 
 # ----------------------------------------------------------------------------- shardings

@@ -16,10 +16,12 @@ model's static structure, so the step is re-jitted once then.
 
 Devices (train/sharding.py): a ("data", "fsdp", "tensor") mesh. The batch is split over
 data x fsdp; with fsdp > 1 every parameter and optimizer-state array is stored split over
-"fsdp" (the step's in/out shardings say so and XLA inserts the gathers and reductions);
-with tensor > 1 the 2:4 FFNs run tensor parallel inside shard_map. With one device the
-mesh has one entry and the code is the same. Several hosts: each process feeds the rows
-of the global batch its devices hold.
+"fsdp". Without a tensor axis the loss and gradients run per device inside one shard_map
+(sharded_loss_and_grads: parameters gathered once per step, one reduction per gradient);
+with tensor > 1 the 2:4 FFNs run tensor parallel in their own shard_maps and XLA inserts
+the rest of the gathers and reductions. The optimizer update runs under XLA's sharding on
+the stored shardings. With one device the mesh has one entry and the code is the same.
+Several hosts: each process feeds the rows of the global batch its devices hold.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ from .checkpoint import Checkpointer
 from .config import ConfigError
 from .data import make_source
 from .model import GPT, cross_entropy, ffn_hidden, flops_per_token, num_params, padded_vocab
-from .sharding import (batch_sharding, ffn_shard, global_batch, is_primary, make_mesh,
-                       state_shardings, tensor_parallel_dims)
+from sparse24_jax.parallel import match_varying
+
+from .sharding import (batch_sharding, compute_dtype_params, expand_param, ffn_shard, fsdp_dim, gather_fsdp,
+                       global_batch, is_primary, make_mesh, manual_axes, param_keys, shard_specs, state_shardings,
+                       step_shard_map, tensor_parallel_dims)
 
 log = logging.getLogger("sparse24_train")
 
@@ -96,7 +101,7 @@ def build(cfg, vocab_size: int, mesh=None, search_masks: bool = True):
     `mesh` (of more than one device): the FFNs run per shard on it (train/sharding.py).
     search_masks=False: placeholder masks, for s24nnx.search_masks after a jitted init."""
     rngs = nnx.Rngs(cfg.seed, sparse24=cfg.seed + 1)
-    model = GPT(cfg, vocab_size, rngs=rngs, shard=ffn_shard(mesh), search_masks=search_masks)
+    model = GPT(cfg, vocab_size, rngs=rngs, shard=ffn_shard(mesh, cfg), search_masks=search_masks)
     optimizer = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
     return model, optimizer
 
@@ -179,6 +184,121 @@ def _jit_on_first_call(fn, in_shardings_of, **jit_kwargs):
 
 # ----------------------------------------------------------------------------- step functions
 
+def mean_loss_and_grads(model, xs, ys):
+    """(mean loss, mean gradients, `rest`) of `model` over the micro-batches xs, ys
+    ((grad_accum, batch, block_size)): the forward and backward of each in a lax.scan, the fp32
+    gradients summed. `rest` is the model's non-Param state with the MVUE streams advanced.
+
+    The same code runs on one device, under XLA's sharding (tensor parallel) and per device
+    inside the step's shard_map (`sharded_loss_and_grads`), where every value's type also says
+    over which mesh axes it varies and the scan's carry must keep its types: the initial loss
+    (a constant, invariant) is cast to vary like the batch, as the per-shard losses added to
+    it do (jax raises "scan body function carry input and carry output must have equal types"
+    otherwise); zeros_like keeps its argument's axes, the cast is there to say so. Both casts
+    are no-ops outside shard_map."""
+    # the 2:4 weights compressed once per step, not once per micro-batch
+    s24nnx.prepare_weights(model)
+    gdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def micro(carry, xy):
+        grads, loss_sum, rest = carry
+        # `rest` comes back with the layers' MVUE key streams advanced
+        loss, g, rest = s24nnx.value_and_grad(lambda m, x, y: cross_entropy(m(x), y), gdef, params, rest, *xy)
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, rest), None
+
+    zeros = jax.tree.map(lambda p: match_varying(jnp.zeros_like(p), p), params)
+    loss0 = match_varying(jnp.zeros((), jnp.float32), xs)
+    (grads, loss_sum, rest), _ = jax.lax.scan(micro, (zeros, loss0, rest), (xs, ys))
+    nnx.update(model, rest)
+    s24nnx.clear_prepared(model)  # derived from this step's weights: not state to return
+    n = xs.shape[0]
+    return loss_sum / n, jax.tree.map(lambda g: g / n, grads), nnx.split(model, nnx.Param, ...)[2]
+
+
+def _per_shard(mesh, model, fn, out_specs, *batch, gather_in_compute=False, reduce_in_compute=False):
+    """fn(model, pull, *batch) run per device inside one shard_map over the batch axes, with
+    the model as on one device: the step's own shard_map, for sharded_loss_and_grads and the
+    eval step (train/sharding.py's step_shard_map says when). Returns (fn's result, the
+    model's new non-Param state, the tree of the model's Params). out_specs(p_specs) gives the
+    PartitionSpecs of fn's result from those of the Params (a list, in jax.tree.leaves order).
+
+    fn's model is whole: every array split over "fsdp" is all-gathered first (once, here,
+    however many micro-batches fn runs), the others are used as stored (replicated), and the
+    Params are cast to vary over the batch axes. pull maps cotangents of the whole Params (a
+    flat list, in jax.tree.leaves order) to the stored shards': the transposes of those casts
+    and gathers (jax.vjp), i.e. the gradient reductions. Each device folds its batch index into
+    the layers' MVUE keys (RngKey), so shards draw independent samples; the stored keys stay
+    the same on every device (only the streams' counts advance, identically).
+
+    gather_in_compute / reduce_in_compute: gather / reduce the weights that the model only
+    uses in its compute dtype (sharding.compute_dtype_params) in that dtype, half the bytes;
+    the gathered values are the same, the reduced ones are rounded per shard.
+    """
+    axes = manual_axes(mesh)
+    low = compute_dtype_params(model) if gather_in_compute or reduce_in_compute else {}
+    gdef, params, keys, rest = nnx.split(model, nnx.Param, nnx.RngKey, ...)
+    # flat lists of arrays through shard_map: specs by position, nothing flax-specific crosses it
+    p_leaves, p_def = jax.tree.flatten(params)
+    r_leaves, r_def = jax.tree.flatten(rest)
+    k_leaves, k_def = jax.tree.flatten(keys)
+    p_specs, r_specs = shard_specs(p_leaves, mesh), shard_specs(r_leaves, mesh)
+    batch_specs = [P(*([None] * (x.ndim - 2)), axes, None) for x in batch]
+    p_low = [low.get(k) for k in param_keys(params)]
+    p_gather = [d if gather_in_compute else None for d in p_low]
+    p_reduce = [d if reduce_in_compute else None for d in p_low]
+
+    def local(p_leaves, k_leaves, r_leaves, *batch):
+        idx = jax.lax.axis_index(axes)
+        keys = jax.tree.unflatten(k_def, [jax.random.fold_in(k, idx) for k in k_leaves])
+        rest_whole = jax.tree.unflatten(r_def, [gather_fsdp(x, s) for x, s in zip(r_leaves, r_specs)])
+        whole, pull = jax.vjp(lambda leaves: [expand_param(*a, axes, g, r) for *a, g, r in
+                                              zip(leaves, p_specs, p_gather, p_reduce)], list(p_leaves))
+        m = nnx.merge(gdef, jax.tree.unflatten(p_def, whole), keys, rest_whole)
+        out = fn(m, pull, *batch)
+        new_rest = jax.tree.leaves(nnx.split(m, nnx.Param, nnx.RngKey, ...)[3])
+        # gathered arrays go back as the shards that came in (the model does not change them:
+        # masks and S-STE scales change only outside, in refresh_masks)
+        return out, [new if fsdp_dim(s) is None else old for new, old, s in zip(new_rest, r_leaves, r_specs)]
+
+    f = jax.shard_map(local, mesh=mesh, in_specs=(p_specs, [P()] * len(k_leaves), r_specs, *batch_specs),
+                      out_specs=(out_specs(p_specs), r_specs))
+    out, new_rest = f(p_leaves, k_leaves, r_leaves, *batch)
+    return out, jax.tree.unflatten(r_def, new_rest), p_def
+
+
+def sharded_loss_and_grads(mesh, model, xs, ys, **dtypes):
+    """mean_loss_and_grads per device inside one shard_map over the batch axes ("data" and
+    "fsdp" where larger than one; the model as on one device, so the 2:4 layers compress their
+    gathered weights once per step). Returns what mean_loss_and_grads does, for the whole batch:
+    the loss averaged over the shards (pmean), the gradients in the parameters' stored
+    shardings, and the advanced non-Param state.
+
+    The gradient reductions are the transposes of what made each device's whole parameter
+    (`_per_shard`'s expand): a psum over the axes a parameter is replicated on, a reduce-scatter
+    (psum_scatter) over "fsdp" for one stored split; one per parameter, where autodiff puts
+    them: after the micro-batch scan, each depending on its own gradient only, so XLA may
+    start each as soon as its gradient is complete (with grad_accum = 1 the scan is inlined)
+    and combine small ones. dtypes: _per_shard's gather_in_compute, reduce_in_compute."""
+    axes = manual_axes(mesh)
+    shards = int(np.prod([mesh.shape[a] for a in axes]))
+
+    def fn(m, pull, xs, ys):
+        loss, grads, rest = mean_loss_and_grads(m, xs, ys)
+        nnx.update(m, rest)
+        (g_leaves,) = pull(jax.tree.leaves(grads))
+        # each device's gradient is of its shard's mean loss: the mean over shards
+        return jax.lax.pmean(loss, axes), [g / shards for g in g_leaves]
+
+    (loss, g_leaves), rest, p_def = _per_shard(mesh, model, fn, lambda p_specs: (P(), p_specs), xs, ys, **dtypes)
+    return loss, jax.tree.unflatten(p_def, g_leaves), rest
+
+
+def _dtypes(cfg) -> dict:
+    """The step's shard_map's dtype policy from the config (see _per_shard)."""
+    return dict(gather_in_compute=cfg.shard_gather_dtype == "compute",
+                reduce_in_compute=cfg.grad_reduce_dtype == "compute")
+
+
 @functools.lru_cache(maxsize=8)
 def make_train_step(graphdef, mesh, cfg):
     """The jitted optimizer step for this graphdef (a new one after set_dense).
@@ -189,32 +309,27 @@ def make_train_step(graphdef, mesh, cfg):
     state: nnx.State of (model, optimizer), sharded as train_shardings says (replicated
     without fsdp/tensor axes); donated, so it is updated in place.
     xs, ys: (grad_accum, batch, block_size) int32, batch split over data x fsdp.
+
+    Several devices without a tensor axis (sharding.step_shard_map): the loss and gradients
+    run per device inside one shard_map (sharded_loss_and_grads); otherwise under XLA's
+    sharding, the 2:4 FFNs in their own shard_maps. The optimizer update and the mask refresh
+    run under XLA's sharding either way.
     """
     replicated = NamedSharding(mesh, P())
     batch = batch_sharding(mesh, 3)
+    per_shard = step_shard_map(cfg, mesh)
 
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
-        # the 2:4 weights compressed once per step, not once per micro-batch
-        s24nnx.prepare_weights(model)
-        gdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def micro(carry, xy):
-            grads, loss_sum, rest = carry
-            # `rest` comes back with the layers' MVUE key streams advanced
-            loss, g, rest = s24nnx.value_and_grad(lambda m, x, y: cross_entropy(m(x), y), gdef, params, rest, *xy)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, rest), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, rest), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32), rest), (xs, ys))
+        if per_shard:
+            loss, grads, rest = sharded_loss_and_grads(mesh, model, xs, ys, **_dtypes(cfg))
+        else:
+            loss, grads, rest = mean_loss_and_grads(model, xs, ys)
         nnx.update(model, rest)
-        s24nnx.clear_prepared(model)  # derived from this step's weights: not state to keep
-        n = xs.shape[0]
-        grads = jax.tree.map(lambda g: g / n, grads)
         grad_norm = optax.tree.norm(grads)
         lr = lr_schedule(cfg)(optimizer.step[...])  # the rate this update uses, for the log
         optimizer.update(model, grads, masks=s24nnx.decay_masks(model))
-        metrics = dict(loss=loss_sum / n, grad_norm=grad_norm, lr=lr)
+        metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr)
         return nnx.state((model, optimizer)), metrics
 
     def shardings(state):
@@ -227,7 +342,8 @@ def make_train_step(graphdef, mesh, cfg):
 @functools.lru_cache(maxsize=8)
 def make_refresh_step(graphdef, mesh):
     """The jitted mask refresh, run by the loop after the steps where it is due: every
-    sparse layer's mask searched again from its current weights. Returns (state, flip rate)."""
+    sparse layer's mask searched again from its current weights (under XLA's sharding: the
+    search is plain XLA code). Returns (state, flip rate)."""
     replicated = NamedSharding(mesh, P())
 
     def refresh(state):
@@ -243,13 +359,21 @@ def make_refresh_step(graphdef, mesh):
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_step(graphdef, mesh):
+def make_eval_step(graphdef, mesh, cfg=None):
+    """The jitted validation loss. With cfg and sharding.step_shard_map, per device inside the
+    step's shard_map (as the train step), so that a GPU backend's custom calls run on each
+    device's shard of the batch; otherwise under XLA's sharding."""
     replicated = NamedSharding(mesh, P())
     batch = batch_sharding(mesh, 2)
+    per_shard = cfg is not None and step_shard_map(cfg, mesh)
 
     def evaluate(state, x, y):
         model, _ = nnx.merge(graphdef, state)
-        return cross_entropy(model(x), y)  # the advanced MVUE stream is dropped: eval has no effect
+        if not per_shard:
+            return cross_entropy(model(x), y)  # the advanced MVUE stream is dropped: eval has no effect
+        axes = manual_axes(mesh)
+        loss = lambda m, pull, x, y: jax.lax.pmean(cross_entropy(m(x), y), axes)
+        return _per_shard(mesh, model, loss, lambda _: P(), x, y, **_dtypes(cfg))[0]
 
     return _jit_on_first_call(evaluate, lambda state: dict(
         in_shardings=(train_shardings(graphdef, state, mesh), batch, batch), out_shardings=replicated))
@@ -363,7 +487,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
              f"; dense fine-tuning from step {dense_step}" if dense_step is not None else "")
     flops_token = flops_per_token(cfg, n_params)
     metrics_log = MetricsLog(out, start) if primary else _NoLog()
-    train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
+    train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh, cfg)
     refresh_step, refresh_compiled = make_refresh_step(graphdef, mesh), False
 
     def evaluate(state):
@@ -391,7 +515,7 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
             model, optimizer = nnx.merge(graphdef, state)
             s24nnx.set_dense(model)
             graphdef, state = nnx.split((model, optimizer))
-            train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh)
+            train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh, cfg)
             dense, t_timer = True, None
             say(f"step {step}: dense fine-tuning starts")
 
