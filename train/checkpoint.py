@@ -13,6 +13,7 @@ up) next time; the previous finished checkpoint stays the latest.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import jax
@@ -65,9 +66,11 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: nnx.State, meta: dict) -> None:
-        """Starts an async save and returns; the previous save is finished first."""
+        """Starts an async save and returns; the previous save is finished first. `meta` is
+        copied now: it is serialised later, when the caller may have changed it."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(to_savable(state)), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.StandardSave(to_savable(state)), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
+            force=True)
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

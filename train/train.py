@@ -22,6 +22,7 @@ of the global batch its devices hold.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import functools
@@ -354,7 +355,9 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
         return float(np.mean(jax.device_get(losses)))
 
     def save(step, state):
-        ckpt.save(step, state, dict(step=step, data=source.position, dense=dense,
+        # A copy of the data position: the save is asynchronous and serialises `meta` later,
+        # when the loader has already drawn the next batches (the live dict would say so).
+        ckpt.save(step, state, dict(step=step, data=copy.deepcopy(source.position), dense=dense,
                                     elapsed_s=elapsed_before + time.time() - t_start,
                                     config=dataclasses.asdict(cfg)))
 
