@@ -165,13 +165,15 @@ def _unknown(name: str, where: str) -> ConfigError:
 
 
 def config_dirs() -> list[Path]:
-    """Where `--config NAME` looks: $SPARSE24_CONFIG_DIR, ./configs, then the repo's configs/."""
+    """Where `--config NAME` looks: $SPARSE24_CONFIG_DIR, ./configs, then the shipped configs/."""
     dirs = []
     if os.environ.get("SPARSE24_CONFIG_DIR"):
         dirs.append(Path(os.environ["SPARSE24_CONFIG_DIR"]))
     dirs.append(Path.cwd() / "configs")
-    dirs.append(Path(__file__).resolve().parent.parent / "configs")  # editable install / repo checkout
-    return dirs
+    here = Path(__file__).resolve().parent
+    dirs.append(here / "configs")  # pip install: the repo's configs/ is package data (pyproject.toml)
+    dirs.append(here.parent / "configs")  # editable install / repo checkout
+    return [d for i, d in enumerate(dirs) if d not in dirs[:i]]
 
 
 def find_config(name: str) -> Path:
