@@ -1,7 +1,9 @@
 """What `pip install` gives a user: the named configs ship inside the package (so that
-`sparse24-train --config tiny` works from any directory)."""
+`sparse24-train --config tiny` works from any directory), and the GPU extra pins the set the
+README documents."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,6 +14,31 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu_extra() -> dict[str, str]:
+    """{distribution (with its extras): version specifier} of the `gpu` extra."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    out = {}
+    for dep in deps:
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+(?:\[[^\]]+\])?)\s*(.*)", dep.strip())
+        out[m.group(1).lower()] = m.group(2).replace(" ", "")
+    return out
+
+
+def test_gpu_extra_installs_a_cuda_jaxlib_and_the_working_triton():
+    gpu = _gpu_extra()
+    # without jax[cudaNN] pip keeps the CPU-only jaxlib of the base install
+    assert any(name.startswith("jax[cuda13") for name in gpu), gpu
+    # jax-triton 0.3.1 asks for triton>=3.6, which resolves to a newer triton it fails with
+    assert gpu.get("jax-triton") == "==0.3.1" and gpu.get("triton") == "==3.6.0", gpu
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(re.match(r"(jax-triton|triton|jax\[cuda)", d) for d in base)  # CPU install stays CPU
+    # the README's GPU section installs the extra and names the same versions
+    section = (ROOT / "README.md").read_text().split("## GPU install", 1)[1]
+    assert ".[gpu" in section and "jax-triton 0.3.1" in section and "triton 3.6.0" in section
+    jax_pin = next(v for k, v in gpu.items() if k.startswith("jax[cuda13"))
+    assert jax_pin.lstrip("=") in section, (jax_pin, "the README's tested jax version")
 
 
 @pytest.mark.slow
