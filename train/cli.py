@@ -140,13 +140,17 @@ def main(argv=None):
         print(f"sparse24-train: error: {e}", file=sys.stderr)
         sys.exit(2)
     except RunStopped as e:  # NaN or Ctrl-C in the loop: where to continue from, in one line
-        hint = "" if e.checkpoint is None else (
-            f": continue with --resume{' --compare ' + args.compare if args.compare else ''} --out {out}"
-            + (" and a lower --set learning_rate (or another seed)" if isinstance(e, Diverged) else ""))
+        again = f"--resume{' --compare ' + args.compare if args.compare else ''} --out {out}"
+        if isinstance(e, Diverged):
+            hint = (f": continue with {again} and a lower --set learning_rate (or another seed)"
+                    if e.checkpoint is not None else ": lower --set learning_rate (or try another seed)")
+        else:
+            hint = f": continue with {again}" if e.checkpoint is not None else ""
         print(f"sparse24-train: {'error: ' if isinstance(e, Diverged) else ''}{e}{hint}", file=sys.stderr)
         sys.exit(1 if isinstance(e, Diverged) else 130)
-    except KeyboardInterrupt:  # before the loop began: nothing was written yet
-        print(f"sparse24-train: interrupted before training began; {out} is unchanged", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the loop (loading, building, plotting): no save was cut off
+        print(f"sparse24-train: interrupted (Ctrl-C); the checkpoints in {out} are intact: add --resume "
+              f"to the command to continue", file=sys.stderr)
         sys.exit(130)
 
 
