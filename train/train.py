@@ -22,6 +22,7 @@ of the global batch its devices hold.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -30,6 +31,8 @@ import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -311,6 +314,26 @@ def _all_finite(state):
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred(reraise: bool = True):
+    """Ctrl-C held back until the block is done (then raised, if `reraise`): a save cut off
+    inside orbax leaves its background thread writing into a closed manager, which prints a
+    traceback after our one line. Only where Python's own handler is on (the main thread, and
+    not a process started with SIGINT ignored)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught and reraise:
+        raise KeyboardInterrupt
+
+
 def _finished(out: Path, cfg, step: int) -> dict:
     """A resumed run already at its end: nothing to train, so nothing is written; the summary
     is the one the run wrote (NaN where it has none)."""
@@ -436,7 +459,8 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
 
     def stop(kind, at: int, what: str):
         """kind(message) once the saves in flight are done: the last good checkpoint is known."""
-        ckpt.wait()
+        with _ctrl_c_deferred(reraise=False):
+            ckpt.wait()
         good = ckpt.latest_step()
         where = (f"the last {'good ' if kind is Diverged else ''}checkpoint is step {good} in {ckpt.directory}"
                  if good is not None else
@@ -521,15 +545,17 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
                                              for ps, pm in pending]))
                 if not bool(_all_finite(state)):
                     raise stop(Diverged, s, "the model or optimizer state holds NaN or infinite values")
-                save(s, state)
+                with _ctrl_c_deferred():
+                    save(s, state)
                 t_timer, timed_steps = time.time(), 0
     except KeyboardInterrupt:
         raise stop(Interrupted, s, "interrupted (Ctrl-C)") from None
     finally:
-        pbar.close()
-        ckpt.wait()  # the last save must be complete before the process may exit
-        ckpt.close()
-        metrics_log.close()
+        with _ctrl_c_deferred(reraise=False):  # stopping already, or done: finish the cleanup
+            pbar.close()
+            ckpt.wait()  # the last save must be complete before the process may exit
+            ckpt.close()
+            metrics_log.close()
 
     tok_per_s = run_tokens / run_time if run_time else tok_per_s  # the run's average
     mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
