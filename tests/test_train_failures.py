@@ -5,6 +5,7 @@ Ctrl-C ends with one line saying how to continue.
 
 Each run is a 1-layer GPT on the embedded corpus for a handful of steps, in float32."""
 
+import gc
 import hashlib
 import json
 import os
@@ -114,6 +115,9 @@ def test_resume_of_a_finished_run_and_failed_commands_change_nothing(tmp_path, c
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
+# orbax abandons the other reads of a failed restore; collected, each printed "Exception ignored
+# in: <coroutine ...>" with a TensorStore spec, hundreds of lines around the one that matters
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_checkpoint_is_named_and_the_intact_one_offered(tmp_path, capsys):
     cfg = load_config("tiny", SMALL | {"max_steps": 4, "ckpt_interval": 2, "log_interval": 1})
     train(cfg, tmp_path / "straight", progress=False)
@@ -125,10 +129,12 @@ def test_damaged_checkpoint_is_named_and_the_intact_one_offered(tmp_path, capsys
                key=lambda p: p.stat().st_size)
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     before = snapshot(run)
-    code, stderr = run_cli(capsys, "--out", str(run), "--resume", "--steps", "6")
-    assert code == 2 and "Traceback" not in stderr and snapshot(run) == before
-    last = stderr.strip().splitlines()[-1]
-    assert "checkpoint 4" in last and "cannot be read" in last and "--resume --step 2" in last
+    for _ in range(3):  # the abandoned reads (below) printed their noise in about half the attempts
+        code, stderr = run_cli(capsys, "--out", str(run), "--resume", "--steps", "6")
+        gc.collect()  # the abandoned reads, finalised now (else at some later collection)
+        assert code == 2 and "Traceback" not in stderr and snapshot(run) == before
+        last = stderr.strip().splitlines()[-1]
+        assert "checkpoint 4" in last and "cannot be read" in last and "--resume --step 2" in last
 
     # continuing from the intact one: the damaged one is moved aside, and the result is exact
     code, stderr = run_cli(capsys, "--out", str(run), "--resume", "--step", "2")

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -76,6 +77,28 @@ def _quiet_orbax():
         yield
     finally:
         absl.setLevel(level)
+
+
+def quiet_abandoned_reads() -> None:
+    """After a failed restore, orbax abandons the file's other array reads: as they are collected
+    (at once, later, or at exit) Python prints "Exception ignored in: <coroutine ...>" with a
+    TensorStore spec for each, and "Event loop is closed" for their callbacks, hundreds of lines
+    around the one that says what is wrong. Called on that path: drops exactly those two kinds
+    from then on (sys.unraisablehook), everything else goes to the previous hook."""
+    if getattr(sys.unraisablehook, "sparse24_quiet", False):  # installed (and not replaced since)
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and "orbax" in code.co_filename:
+            return
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.sparse24_quiet = True
+    sys.unraisablehook = hook
 
 
 def reason(err: BaseException) -> str:
@@ -185,6 +208,7 @@ class Checkpointer:
         try:
             return meta, graphdef, self.restore(step, template)
         except Exception as err:  # noqa: BLE001
+            quiet_abandoned_reads()
             raise _Unreadable(reason(err)) from None
 
     def shape_mismatch(self, step: int, template: nnx.State) -> str | None:

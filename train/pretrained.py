@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from .checkpoint import from_savable, reason, to_savable
+from .checkpoint import from_savable, quiet_abandoned_reads, reason, to_savable
 from .config import FIELDS, Config, ConfigError, _coerce, parse_overrides
 
 log = logging.getLogger("sparse24_train")
@@ -124,6 +124,7 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
         raise ConfigError(f"{root}: no checkpoint of step {step} (there are: "
                           f"{', '.join(map(str, manager.all_steps())) or 'none'})")
     def unreadable(err):  # a damaged checkpoint: one line, and the others to try
+        quiet_abandoned_reads()
         others = [s for s in manager.all_steps() if s != step]
         return ConfigError(f"checkpoint {step} in {root} cannot be read ({reason(err)}): choose another "
                            f"with --step N (there are: {', '.join(map(str, sorted(others))) or 'none'})")
