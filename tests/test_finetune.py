@@ -135,3 +135,22 @@ def test_offsets_with_a_bpe_tokenizer():
     pieces = [text[a:b] for a, b in spans]
     assert tok.decode(ids) == text and "".join(pieces) == text
     assert " Paris" in pieces and "é" in pieces
+
+
+@pytest.mark.parametrize("content, says", [
+    ("", "no examples"),
+    ("abc", "line 1: not JSON"),
+    ('{"sentence1": "a", "sentence2": "b", "label": 1}\n{"text": "a", "label": 0}\n',
+     "example 2 lacks 'sentence1', 'sentence2' (it has 'text', 'label')"),
+])
+def test_bad_jsonl_is_one_line(tmp_path, capsys, content, says):
+    d = tmp_path / "glue" / "mrpc"
+    d.mkdir(parents=True)
+    (d / "train.jsonl").write_text(content)
+    (d / "validation.jsonl").write_text((FIXTURES / "glue" / "mrpc" / "validation.jsonl").read_text())
+    with pytest.raises(SystemExit) as e:
+        main(["--task", "glue/mrpc", "--checkpoint", str(tiny_run("srste")), "--data-dir", str(tmp_path),
+              "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("sparse24-finetune: error: ") and says in err and str(d / "train.jsonl") in err

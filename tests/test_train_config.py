@@ -3,6 +3,7 @@
 Fast: nothing here trains; GPT-2 sizes are built abstractly (nnx.eval_shape)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -200,3 +201,53 @@ def test_attention_choice(monkeypatch):
     assert attention_implementation("auto", jnp.bfloat16) == "cudnn"
     assert attention_implementation("auto", jnp.float32) == "xla"  # cuDNN's flash kernels are 16-bit
     assert attention_implementation("cudnn", jnp.float16) == "cudnn"
+
+
+def test_bad_numbers_are_refused():
+    for bad, says in (("learning_rate=-1", "learning_rate = -1.0 must be > 0"),
+                      ("learning_rate=nan", "learning_rate = nan must be > 0"),
+                      ("beta2=1", "beta2 = 1.0 must be in [0, 1)"), ("seed=-3", "seed = -3 must be >= 0"),
+                      ("grad_clip=0", "grad_clip = 0.0 must be > 0")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            load_config("tiny", [bad])
+
+
+def test_cli_one_line_errors_before_anything_is_built(capsys, tmp_path, monkeypatch):
+    """Each bad input: exit 2 and one line, before a model is built or a run trains."""
+    from sparse24_train import train as train_mod
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("reached the model build / the training loop")
+
+    monkeypatch.setattr(train_mod, "init_state", must_not_run)
+    for size in (0, 3, 1001):  # empty, 3 bytes, an odd size: not uint16 tokens
+        d = tmp_path / f"bin{size}"
+        d.mkdir()
+        (d / "train.bin").write_bytes(b"\x01" * size)
+        np.zeros(100, np.uint16).tofile(d / "val.bin")
+        err = _cli_error(capsys, "--set", f"data={d}", "--out", str(tmp_path / "o"))
+        assert "uint16" in err and str(d / "train.bin") in err and len(err.strip().splitlines()) == 1, err
+    for backend, says in (("cusparselt", "unavailable here"), ("triton", "unavailable here"),
+                          ("foo", "unknown backend 'foo'")):
+        err = _cli_error(capsys, "--set", f"backend={backend}", "--out", str(tmp_path / "o"))
+        assert err.startswith(f"sparse24-train: error: backend = '{backend}'") and says in err
+        assert len(err.strip().splitlines()) == 1 and "xla" in err, err
+    monkeypatch.setattr(train_mod, "train", must_not_run)  # not even the first (dense) run
+    err = _cli_error(capsys, "--compare", "dense,foo", "--out", str(tmp_path / "o"))
+    assert "method = 'foo'" in err and len(err.strip().splitlines()) == 1
+    err = _cli_error(capsys, "--set", "learning_rate=-1", "--out", str(tmp_path / "o"))
+    assert "learning_rate = -1.0 must be > 0" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_tune_decay_bad_alphas(capsys, monkeypatch):
+    from sparse24_train import train as train_mod
+    from sparse24_train import tune_decay
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    for alphas in ("abc", "-1", "0,nan", ","):
+        with pytest.raises(SystemExit) as e:
+            tune_decay.main(["--alphas", alphas, "--steps", "1"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("sparse24-tune-decay: error: --alphas"), err
+        assert len(err.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL in the middle of writing a checkpoint: the last finished
-checkpoint must stay the latest, restore, and let the run continue (--resume)."""
+checkpoint must stay the latest, restore, and let the run continue (--resume) exactly as
+the straight run goes."""
 
 import os
 import signal
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 pytest.importorskip("sparse24_train")
@@ -17,7 +20,8 @@ from sparse24_train.config import load_config
 from sparse24_train.train import build, train
 
 SETS = ["n_layer=1", "n_head=2", "n_embd=64", "block_size=32", "batch_size=8", "tokenizer=byte",
-        "eval_interval=1000", "eval_batches=1", "ckpt_interval=1", "keep_last=2", "max_steps=400"]
+        "eval_interval=1000", "eval_batches=1", "ckpt_interval=1", "keep_last=2", "max_steps=400",
+        "dtype=float32", "log_interval=1"]
 
 
 @pytest.mark.slow
@@ -26,7 +30,9 @@ def test_kill_during_save_leaves_last_checkpoint(tmp_path):
     argv = [sys.executable, "-m", "sparse24_train", "--no-progress", "--out", str(out)]
     for s in SETS:
         argv += ["--set", s]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the tests' matmul precision (conftest.py), so that the straight run below computes the same
+    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     ckpts = out / "checkpoints"
     caught = None
     deadline = time.time() + 240
@@ -59,6 +65,27 @@ def test_kill_during_save_leaves_last_checkpoint(tmp_path):
     assert int(nnx.to_pure_dict(state)[1]["step"]) == step
     ckpt.close()
 
-    # ... and the run continues from it, with the config it saved.
+    # ... and the run continues from it, with the config it saved, exactly as a straight run:
+    # the same batches (the checkpoint's data position is that of its step) and the same state.
     summary = train(cfg, out, resume=True, stop_after=step + 2, progress=False)
     assert summary["steps"] == step + 2 and Checkpointer(out, 2).latest_step() == step + 2
+    straight = tmp_path / "straight"
+    train(cfg, straight, stop_after=step + 2, progress=False)
+    assert _losses(out) == _losses(straight)
+    for x, y in zip(_state(out, cfg), _state(straight, cfg)):
+        np.testing.assert_array_equal(x, y)
+
+
+def _losses(out):
+    import csv
+    with open(out / "metrics.csv", newline="") as f:
+        return [r["train_loss"] for r in csv.DictReader(f)]
+
+
+def _state(out, cfg):
+    model, optimizer = build(cfg, 256)
+    ckpt = Checkpointer(out, 2)
+    state = ckpt.restore(ckpt.latest_step(), nnx.state((model, optimizer)))
+    ckpt.close()
+    plain = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    return [np.asarray(plain(x)) for x in jax.tree.leaves(nnx.to_pure_dict(state))]

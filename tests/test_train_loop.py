@@ -143,3 +143,39 @@ def test_init_uses_threefry_kernel_lowering_on_gpu_and_falls_back(monkeypatch, c
         assert train_mod._run_init(flaky) == "state"
     assert seen == [True, False] and "threefry GPU kernel lowering failed" in caplog.text
     assert jax.config.jax_threefry_gpu_kernel_lowering is False
+
+
+def test_resume_is_exact_from_a_checkpoint_saved_mid_run(tmp_path, monkeypatch):
+    # A checkpoint written while training went on (step 3 of 6) must hold the data position of
+    # step 3: the asynchronous save once serialised the live position after the loader had
+    # drawn more batches, and a run resumed from it skipped them.
+    from sparse24_train.checkpoint import Checkpointer as Ckpt
+
+    saved = {}
+    real_save = Ckpt.save
+
+    def spy(self, step, state, meta):
+        saved[step] = meta  # the very object handed to the asynchronous save
+        return real_save(self, step, state, meta)
+
+    monkeypatch.setattr(Ckpt, "save", spy)
+    cfg = load_config("tiny", SMALL | {"max_steps": 6, "mask_interval": 2, "grad_accum": 2,
+                                       "ckpt_interval": 3, "eval_interval": 100, "keep_last": 3,
+                                       "dtype": "float32"})
+    train(cfg, tmp_path / "straight", progress=False)
+    assert {s: m["data"] for s, m in saved.items()} == {3: {"batches": 6}, 6: {"batches": 12}}
+
+    # resume a copy of the run from its mid-run checkpoint (the later one removed)
+    import shutil
+    shutil.copytree(tmp_path / "straight", tmp_path / "again")
+    shutil.rmtree(tmp_path / "again" / "checkpoints" / "6")
+    assert Checkpointer(tmp_path / "again", 3).restore_meta(3)["data"] == {"batches": 6}
+    train(cfg, tmp_path / "again", progress=False, resume=True)
+    _, a = load_state(tmp_path / "straight", cfg)
+    _, b = load_state(tmp_path / "again", cfg)
+    plain = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(plain(x), plain(y))
+    la = [r["train_loss"] for r in rows(tmp_path / "straight")]
+    lb = [r["train_loss"] for r in rows(tmp_path / "again")]
+    assert la == lb

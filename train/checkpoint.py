@@ -9,16 +9,28 @@ Saves are asynchronous (training goes on while the files are written) and atomic
 orbax writes into a temporary directory and renames it when complete, so a process
 killed mid-save leaves only a temporary directory, which is ignored (and cleaned
 up) next time; the previous finished checkpoint stays the latest.
+
+Nothing is written before the first save: reading (steps, meta, state) goes through a
+read-only manager, so a command that fails before training leaves the run as it was.
+A checkpoint that cannot be read (a damaged file) raises CheckpointError naming it;
+train.py then looks for the newest intact one to offer (--resume --step N).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import shutil
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from .errors import CheckpointError
 
 
 def _is_key(x) -> bool:
@@ -51,35 +63,199 @@ def from_savable(template: nnx.State, saved: dict) -> nnx.State:
     return template
 
 
+class _Unreadable(Exception):
+    """A checkpoint whose files cannot be read (message: why)."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax logs a warning per read-only open ("setting create=False", ...): not news to the user."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def quiet_abandoned_reads() -> None:
+    """After a failed restore, orbax abandons the file's other array reads: as they are collected
+    (at once, later, or at exit) Python prints "Exception ignored in: <coroutine ...>" with a
+    TensorStore spec for each, and "Event loop is closed" for their callbacks, hundreds of lines
+    around the one that says what is wrong. Called on that path: drops exactly those two kinds
+    from then on (sys.unraisablehook), everything else goes to the previous hook."""
+    if getattr(sys.unraisablehook, "sparse24_quiet", False):  # installed (and not replaced since)
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and "orbax" in code.co_filename:
+            return
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.sparse24_quiet = True
+    sys.unraisablehook = hook
+
+
+def reason(err: BaseException) -> str:
+    """One line for an exception from orbax/TensorStore: the innermost cause says what is wrong
+    (the outer ones wrap it in "error while reading array index ... See full details"). Only
+    explicit causes (raise ... from): an implicit context is often an unrelated StopIteration."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:300]}"
+
+
 class Checkpointer:
     def __init__(self, directory, keep_last: int):
         self.directory = Path(directory).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last,
-            enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,  # what a killed save left behind
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.keep_last = keep_last
+        self._writer = None  # the writing manager, made at the first save (it creates the folder)
+        self._reader = None
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """The writing manager; creating it makes the folder and removes what killed saves left."""
+        if self._writer is None:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep_last,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,  # what a killed save left behind
+            )
+            self._writer = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        return self._writer
+
+    def _read(self) -> ocp.CheckpointManager:
+        if self._writer is not None:
+            return self._writer
+        if self._reader is None:
+            with _quiet_orbax():
+                options = ocp.CheckpointManagerOptions(read_only=True, cleanup_tmp_directories=False,
+                                                       enable_async_checkpointing=False)
+                self._reader = ocp.CheckpointManager(self.directory, options=options,
+                                                     item_names=("state", "meta"))
+        return self._reader
+
+    def all_steps(self) -> list[int]:
+        """The finished checkpoints' steps, oldest first (none if the folder does not exist)."""
+        if self._writer is None and not self.directory.is_dir():
+            return []
+        return sorted(self._read().all_steps())
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def save(self, step: int, state: nnx.State, meta: dict) -> None:
-        """Starts an async save and returns; the previous save is finished first."""
+        """Starts an async save and returns; the previous save is finished first. `meta` is
+        copied now: it is serialised later, when the caller may have changed it."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(to_savable(state)), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.StandardSave(to_savable(state)), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
+            force=True)
 
     def restore_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        with _quiet_orbax():
+            return self._read().restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, step: int, template: nnx.State) -> nnx.State:
         """Loads `step` into arrays shaped and sharded like `template` (and returns it)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(template))
-        got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        with _quiet_orbax():
+            got = self._read().restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return from_savable(template, got["state"])
 
+    def restore_checked(self, step: int, template_of) -> tuple[dict, object, nnx.State]:
+        """(meta, graphdef, state) of checkpoint `step`; template_of(dense) gives the run's fresh
+        (graphdef, state) to restore into. A checkpoint that cannot be read raises CheckpointError
+        naming it and the newest older one that can (restored in full to be sure), to continue
+        from with --resume --step; one of another model raises CheckpointError saying so."""
+        try:
+            return self._restore_one(step, template_of)
+        except _Unreadable as err:
+            why = str(err)
+        for older in reversed([s for s in self.all_steps() if s < step]):
+            try:
+                self._restore_one(older, template_of)
+            except _Unreadable:
+                continue
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} cannot be read ({why}). The newest intact one "
+                f"is step {older}: continue from it with --resume --step {older} (the checkpoints after "
+                f"it are then moved to {self.directory.parent / 'checkpoints.superseded'})")
+        raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read ({why}), and no older "
+                              f"one can either: start afresh with --overwrite, or choose another --out")
+
+    def _restore_one(self, step: int, template_of):
+        try:
+            meta = self.restore_meta(step)
+            dense, _ = bool(meta["dense"]), meta["data"]
+        except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged file
+            raise _Unreadable(reason(err)) from None
+        graphdef, template = template_of(dense)
+        mismatch = self.shape_mismatch(step, template)
+        if mismatch:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} holds another model than this "
+                                  f"config's: {mismatch}. Resume with the run's own config (leave out "
+                                  f"--config; --set only fields that keep the shapes)")
+        try:
+            return meta, graphdef, self.restore(step, template)
+        except Exception as err:  # noqa: BLE001
+            quiet_abandoned_reads()
+            raise _Unreadable(reason(err)) from None
+
+    def shape_mismatch(self, step: int, template: nnx.State) -> str | None:
+        """How checkpoint `step`'s arrays differ from `template`'s (another model: a changed
+        config), or None. A checkpoint whose metadata cannot be read is left to restore()."""
+        try:
+            with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+                md = reader.metadata(self.directory / str(step) / "state")
+            saved = getattr(md, "item_metadata", md)
+            saved = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                     jax.tree_util.tree_flatten_with_path(dict(saved))[0]}
+        except Exception:  # noqa: BLE001 - unreadable metadata: restore() says what is wrong
+            return None
+        want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                jax.tree_util.tree_flatten_with_path(to_savable(template))[0]}
+        if saved.keys() != want.keys():
+            extra = sorted(saved.keys() - want.keys()) or sorted(want.keys() - saved.keys())
+            return f"its arrays differ from this config's model (e.g. {extra[0]})"
+        for k in want:
+            if saved[k] != want[k]:
+                return f"{k} has shape {saved[k]} there but {want[k]} in this config's model"
+        return None
+
+    def set_aside_after(self, step: int) -> Path | None:
+        """Move the checkpoints after `step` to checkpoints.superseded/ (a run continuing from
+        `step` writes its own; orbax would keep the old ones as the latest). Returns the folder."""
+        later = [s for s in self.all_steps() if s > step]
+        if not later:
+            return None
+        aside = self.directory.parent / "checkpoints.superseded"
+        aside.mkdir(exist_ok=True)
+        for s in later:
+            dest, n = aside / str(s), 1
+            while dest.exists():
+                dest, n = aside / f"{s}.{n}", n + 1
+            shutil.move(str(self.directory / str(s)), str(dest))
+        if self._reader is not None:  # it caches the step list
+            self._reader.close()
+            self._reader = None
+        return aside
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self._writer is not None:
+            self._writer.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        for m in (self._writer, self._reader):
+            if m is not None:
+                m.close()
+        self._writer = self._reader = None

@@ -4,6 +4,7 @@
     sparse24-train --config gpt2-124m --set data=data/openwebtext --out runs/124m
     sparse24-train --config tiny --set method=sste --set n_layer=2 --steps 200
     sparse24-train --out runs/124m --resume          # continue exactly where the run stopped
+    sparse24-train --out runs/124m --resume --step 2000    # ... or from an earlier checkpoint
     sparse24-train --compare dense,srste --out runs/main   # the README main job
     sparse24-train --config gpt2-124m --set mesh_fsdp=8 --out runs/124m    # FSDP over 8 devices
 
@@ -18,13 +19,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from .config import FIELDS, ConfigError, load_config, parse_overrides
 from .data import DataError
+from .errors import CheckpointError, Diverged, RunStopped
 
 
 def parse_args(argv=None):
@@ -39,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=int, help="stop after this step; the schedule still runs to max_steps")
     p.add_argument("--out", default="out", help="run directory (default ./out)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--step", type=int, help="with --resume: continue from this checkpoint instead of the "
+                   "latest (the later ones are moved to OUT/checkpoints.superseded/)")
     p.add_argument("--overwrite", action="store_true", help="delete --out's old checkpoints and start afresh")
     p.add_argument("--compare", metavar="M1,M2", help="train once per method (e.g. dense,srste), then "
                    "write OUT/summary.md and OUT/compare.png")
@@ -62,13 +65,13 @@ def resolve_config(args, out: Path):
     return load_config(args.config or "tiny", overrides)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool):
+def check_out(out: Path, resume: bool, overwrite: bool):
+    """A run directory with checkpoints needs --resume or --overwrite. Only checks: train()
+    deletes the old checkpoints (--overwrite) once everything else has checked out."""
     ckpts = out / "checkpoints"
-    if ckpts.is_dir() and any(ckpts.iterdir()) and not resume:
-        if not overwrite:
-            raise ConfigError(f"{out} already holds checkpoints: add --resume to continue that run, "
-                              f"--overwrite to start it afresh, or choose another --out")
-        shutil.rmtree(ckpts)
+    if ckpts.is_dir() and any(ckpts.iterdir()) and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds checkpoints: add --resume to continue that run, "
+                          f"--overwrite to start it afresh, or choose another --out")
 
 
 def summary_table(rows) -> str:
@@ -84,14 +87,25 @@ def compare(args, cfg, out: Path):
     from .plot import plot_runs
     from .train import train
 
+    from .train import check_backend
+
     methods = [m.strip() for m in args.compare.split(",") if m.strip()]
-    t0, rows = time.time(), []
+    if len(methods) < 1 or len(set(methods)) != len(methods):
+        raise ConfigError(f"--compare {args.compare!r}: give distinct methods separated by commas, "
+                          f"e.g. --compare dense,srste")
+    if args.step is not None:
+        raise ConfigError("--step picks one run's checkpoint: resume the runs of --compare one at a time "
+                          "(sparse24-train --out OUT/METHOD --resume --step N)")
+    # Every run checked before the first trains: a typo in the last method must not cost the others.
+    run_cfgs = [dataclasses.replace(cfg, method=m).validate() for m in methods]
+    check_backend(cfg)
     for method in methods:
-        run_cfg = dataclasses.replace(cfg, method=method).validate()
-        prepare_out(out / method, args.resume, args.overwrite)
+        check_out(out / method, args.resume, args.overwrite)
+    t0, rows = time.time(), []
+    for method, run_cfg in zip(methods, run_cfgs):
         print(f"== {method} ==", flush=True)
-        rows.append(train(run_cfg, out / method, resume=args.resume, stop_after=args.stop_after,
-                          progress=not args.no_progress))
+        rows.append(train(run_cfg, out / method, resume=args.resume, overwrite=args.overwrite,
+                          stop_after=args.stop_after, progress=not args.no_progress))
     table = summary_table(rows)
     png = plot_runs([out / m for m in methods], out / "compare.png", methods,
                     title=f"{cfg.n_layer}-layer GPT, d={cfg.n_embd}, data={cfg.data}")
@@ -115,16 +129,29 @@ def main(argv=None):
         if args.compare:
             return compare(args, cfg, out)
         from .train import train
-        prepare_out(out, args.resume, args.overwrite)
-        summary = train(cfg, out, resume=args.resume, stop_after=args.stop_after,
-                        progress=not args.no_progress)
+        check_out(out, args.resume, args.overwrite)
+        summary = train(cfg, out, resume=args.resume, step=args.step, overwrite=args.overwrite,
+                        stop_after=args.stop_after, progress=not args.no_progress)
         import jax
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and not summary.get("already_finished"):
             print(f"final: val loss {summary['val_loss']:.4f}, val perplexity {summary['val_ppl']:.2f} "
                   f"({summary['wall_s']:.0f} s)")
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"sparse24-train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as e:  # NaN or Ctrl-C in the loop: where to continue from, in one line
+        again = f"--resume{' --compare ' + args.compare if args.compare else ''} --out {out}"
+        if isinstance(e, Diverged):
+            hint = (f": continue with {again} and a lower --set learning_rate (or another seed)"
+                    if e.checkpoint is not None else ": lower --set learning_rate (or try another seed)")
+        else:
+            hint = f": continue with {again}" if e.checkpoint is not None else ""
+        print(f"sparse24-train: {'error: ' if isinstance(e, Diverged) else ''}{e}{hint}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, Diverged) else 130)
+    except KeyboardInterrupt:  # outside the loop (loading, building, plotting): no save was cut off
+        print(f"sparse24-train: interrupted (Ctrl-C); the checkpoints in {out} are intact: add --resume "
+              f"to the command to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ silently ignored deep inside the training loop.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -116,6 +117,26 @@ class Config:
                               f"{self.mesh_data * self.mesh_fsdp}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction = {self.val_fraction} must be in (0, 1)")
+        # Numbers the optimizer takes at face value: a negative learning rate trains uphill and
+        # NaN poisons every weight, neither with an error, so they are refused here.
+        ranges = {  # field: (low, high, low allowed, what to say)
+            "learning_rate": (0.0, math.inf, False, "> 0"),
+            "min_lr": (0.0, math.inf, True, ">= 0"),
+            "weight_decay": (0.0, math.inf, True, ">= 0"),
+            "grad_clip": (0.0, math.inf, False, "> 0"),
+            "alpha": (0.0, math.inf, True, ">= 0"),
+            "beta1": (0.0, 1.0, True, "in [0, 1)"),
+            "beta2": (0.0, 1.0, True, "in [0, 1)"),
+            "dense_fraction": (0.0, math.inf, False, "> 0 (>= 1: never dense)"),
+            "peak_tflops": (0.0, math.inf, False, "> 0"),
+        }
+        for name, (low, high, closed, say) in ranges.items():
+            v = getattr(self, name)
+            if not (math.isfinite(v) and (v >= low if closed else v > low) and v < high):
+                raise ConfigError(f"{name} = {v} must be {say}")
+        for name in ("warmup_steps", "vocab_size", "ffn_hidden", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be >= 0")
         return self
 
 
@@ -153,13 +174,15 @@ def _unknown(name: str, where: str) -> ConfigError:
 
 
 def config_dirs() -> list[Path]:
-    """Where `--config NAME` looks: $SPARSE24_CONFIG_DIR, ./configs, then the repo's configs/."""
+    """Where `--config NAME` looks: $SPARSE24_CONFIG_DIR, ./configs, then the shipped configs/."""
     dirs = []
     if os.environ.get("SPARSE24_CONFIG_DIR"):
         dirs.append(Path(os.environ["SPARSE24_CONFIG_DIR"]))
     dirs.append(Path.cwd() / "configs")
-    dirs.append(Path(__file__).resolve().parent.parent / "configs")  # editable install / repo checkout
-    return dirs
+    here = Path(__file__).resolve().parent
+    dirs.append(here / "configs")  # pip install: the repo's configs/ is package data (pyproject.toml)
+    dirs.append(here.parent / "configs")  # editable install / repo checkout
+    return [d for i, d in enumerate(dirs) if d not in dirs[:i]]
 
 
 def find_config(name: str) -> Path:

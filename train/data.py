@@ -261,6 +261,12 @@ def bin_source(cfg) -> ArraySource:
             f"data directory {str(d)!r}: {', '.join(missing)} not found. It must hold train.bin and "
             f"val.bin, flat uint16 token ids as nanoGPT's data/*/prepare.py writes them "
             f"(or use --set data=embedded, or data=tfds:NAME)")
+    for f in ("train.bin", "val.bin"):  # np.memmap's own errors say nothing of the format
+        size = (d / f).stat().st_size
+        if size == 0 or size % 2:
+            raise DataError(f"{d / f}: {size} bytes ({'empty' if size == 0 else 'an odd number'}), so not "
+                            f"flat uint16 token ids (2 bytes each) as nanoGPT's prepare.py writes them: "
+                            f"write it again, or check it is the right file")
     # memmap: OpenWebText's train.bin is 17 GB; only the sampled windows are read.
     train = np.memmap(d / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(d / "val.bin", dtype=np.uint16, mode="r")

@@ -158,6 +158,12 @@ def finetune(task_name: str, checkpoint, *, data_dir=None, data_format="auto", o
     """Fine-tune and evaluate; returns (and writes to out/results.json) the metrics."""
     t0 = time.time()
     task = parse_task(task_name)
+    for name, value, ok in (("--batch-size", batch_size, batch_size >= 1),
+                            ("--lr", lr, math.isfinite(lr) and lr > 0),
+                            ("--epochs", epochs, epochs is None or epochs >= 1),
+                            ("--max-steps", max_steps, max_steps is None or max_steps >= 1)):
+        if not ok:
+            raise ConfigError(f"{name} {value}: must be a positive number")
     # The data first: a missing dataset is reported before any model is built.
     train_ex = load_split(task, "train", data_dir, data_format)[:limit_train]
     splits = ("validation",) if task == "squad" else task.eval_splits
@@ -204,6 +210,9 @@ def finetune(task_name: str, checkpoint, *, data_dir=None, data_format="auto", o
     total = n_epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
+    if total < 1:  # else the run "succeeds" with an untrained head and no loss to report
+        raise ConfigError(f"nothing to train: {len(train_enc.ids)} training rows, {n_epochs} epochs, "
+                          f"--max-steps {max_steps}; give at least one step and one example")
     model = TaskModel(gpt, kind, n_out, rngs=nnx.Rngs(seed))
     optimizer = nnx.Optimizer(model, make_optimizer(lr, total, warmup, weight_decay), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))

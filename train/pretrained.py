@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from .checkpoint import from_savable, to_savable
+from .checkpoint import from_savable, quiet_abandoned_reads, reason, to_savable
 from .config import FIELDS, Config, ConfigError, _coerce, parse_overrides
 
 log = logging.getLogger("sparse24_train")
@@ -123,7 +123,16 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
     elif step not in manager.all_steps():
         raise ConfigError(f"{root}: no checkpoint of step {step} (there are: "
                           f"{', '.join(map(str, manager.all_steps())) or 'none'})")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def unreadable(err):  # a damaged checkpoint: one line, and the others to try
+        quiet_abandoned_reads()
+        others = [s for s in manager.all_steps() if s != step]
+        return ConfigError(f"checkpoint {step} in {root} cannot be read ({reason(err)}): choose another "
+                           f"with --step N (there are: {', '.join(map(str, sorted(others))) or 'none'})")
+
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged file
+        raise unreadable(err) from None
     if (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
     elif "config" in meta:
@@ -138,7 +147,10 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
         s24nnx.set_dense(model)
     template = nnx.state((model, optimizer))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(template))
-    got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    try:
+        got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except Exception as err:  # noqa: BLE001
+        raise unreadable(err) from None
     nnx.update((model, optimizer), from_savable(template, got["state"]))
     manager.close()
     log.info("loaded %s step %d: %d layers, d=%d, method %s%s", root, step, cfg.n_layer, cfg.n_embd,

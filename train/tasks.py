@@ -95,9 +95,44 @@ def load_split(task, split: str, data_dir: str | None, fmt: str = "auto") -> lis
         if not path.is_file():
             raise DataError(f"{path}: not found (JSONL data: DIR/{task_path(task)}/<split>.jsonl, "
                             f"one example per line with TFDS's feature names)")
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    return _load_tfds(task_path(task), split, data_dir)
+        examples = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    examples.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {n}: not JSON ({e.msg}); JSONL holds one JSON object "
+                                    f"per line, with TFDS's feature names") from None
+        return check_examples(task, examples, str(path))
+    return check_examples(task, _load_tfds(task_path(task), split, data_dir),
+                          f"TFDS {task_path(task)} {split}")
+
+
+def check_examples(task, examples: list, where: str) -> list:
+    """The examples, if there are any and each has the features encoding reads; else one
+    DataError naming the example, what it lacks and what is needed (not a KeyError later)."""
+    if not examples:
+        raise DataError(f"{where}: no examples (an empty split cannot be trained or evaluated on)")
+    need = ("id", "question", "context", "answers") if task == "squad" else (*task.keys, "label")
+    for n, ex in enumerate(examples, 1):
+        has = ", ".join(map(repr, ex)) if isinstance(ex, dict) else f"a JSON {type(ex).__name__}"
+        missing = [repr(k) for k in need if not isinstance(ex, dict) or k not in ex]
+        if not missing and task == "squad":
+            answers = ex["answers"]
+            if not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
+                    and isinstance(answers.get("answer_start"), list)):
+                missing = ['answers: {"text": [...], "answer_start": [...]}']
+        elif not missing:
+            texts_ok = all(isinstance(ex[k], str) for k in task.keys)
+            label_ok = isinstance(ex["label"], (int, float)) and not isinstance(ex["label"], bool)
+            if not (texts_ok and label_ok):
+                missing = [f"{', '.join(task.keys)} as text and label as a number"]
+        if missing:
+            raise DataError(f"{where}: example {n} lacks {', '.join(missing)} (it has {has or 'nothing'}); "
+                            f"{task_path(task)} examples need {', '.join(need)} (TFDS's feature names)")
+    return examples
 
 
 def _load_tfds(name: str, split: str, data_dir: str | None) -> list[dict]:

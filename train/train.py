@@ -26,12 +26,17 @@ Several hosts: each process feeds the rows of the global batch its devices hold.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import dataclasses
 import functools
 import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +53,7 @@ from sparse24_jax import nnx as s24nnx
 from .checkpoint import Checkpointer
 from .config import ConfigError
 from .data import make_source
+from .errors import CheckpointError, Diverged, Interrupted
 from .model import GPT, cross_entropy, ffn_hidden, flops_per_token, num_params, padded_vocab
 from sparse24_jax.parallel import match_varying
 
@@ -433,20 +439,75 @@ class _NoLog:
 
 # ----------------------------------------------------------------------------- the run
 
-def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+def check_backend(cfg) -> None:
+    """The configured backend must exist and run here: checked before anything is built, so
+    the user sees sparse24_jax's one-line reason and fix rather than a trace through jit."""
+    try:
+        sparse24_jax.get_backend(cfg.backend)
+    except ValueError as err:  # BackendUnavailableError is a ValueError; so is an unknown name
+        raise ConfigError(f"backend = {cfg.backend!r}: {str(err).splitlines()[0]}") from None
+
+
+@jax.jit
+def _all_finite(state):
+    """One bool: every floating array of `state` is finite (checked before each save)."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred(reraise: bool = True):
+    """Ctrl-C held back until the block is done (then raised, if `reraise`): a save cut off
+    inside orbax leaves its background thread writing into a closed manager, which prints a
+    traceback after our one line. Only where Python's own handler is on (the main thread, and
+    not a process started with SIGINT ignored)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught and reraise:
+        raise KeyboardInterrupt
+
+
+def _finished(out: Path, cfg, step: int) -> dict:
+    """A resumed run already at its end: nothing to train, so nothing is written; the summary
+    is the one the run wrote (NaN where it has none)."""
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else dict(
+        method=cfg.method, steps=step, params_m=float("nan"), train_loss=float("nan"),
+        val_loss=float("nan"), val_ppl=float("nan"), tok_per_s=0.0, mfu=0.0, wall_s=0.0)
+    return summary | {"already_finished": True}
+
+
+def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwrite: bool = False,
+          stop_after: int | None = None, progress: bool = True) -> dict:
     """Train `cfg` into `out_dir` (metrics.csv, config.json, checkpoints/); returns a summary.
 
-    resume: continue from the latest checkpoint in out_dir (exactly: same batches, same PRNG).
+    resume: continue from the latest checkpoint in out_dir (exactly: same batches, same PRNG),
+      or from checkpoint `step`: the later ones are then moved to checkpoints.superseded/.
+      A run already at its end is left as it is (its summary is returned, "already_finished").
+    overwrite: start afresh, deleting out_dir's old checkpoints.
     stop_after: stop after this step (the schedule still runs to max_steps), e.g. to split a run.
+
+    Nothing in out_dir changes until the config, data, devices and checkpoint have been checked
+    (ConfigError, DataError, CheckpointError). Raises Diverged when the loss or gradients become
+    non-finite (checked at each log row and before each save: no non-finite state is saved) and
+    Interrupted on Ctrl-C; both say which checkpoint to continue from.
     """
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     primary = is_primary()  # several processes: process 0 writes the run's files, all checkpoint
-    if primary:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     t_start = time.time()
+    if step is not None and not resume:
+        raise ConfigError(f"--step {step} chooses the checkpoint to resume from: add --resume")
+    check_backend(cfg)
 
     source, tokenizer = make_source(cfg)
     vocab = padded_vocab(cfg, tokenizer.vocab_size if tokenizer else 50257)
@@ -457,28 +518,55 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     micro_sharding, eval_sharding = batch_sharding(mesh, 3), batch_sharding(mesh, 2)
 
     dense_step = dense_step_of(cfg)
+    end = min(cfg.max_steps, stop_after or cfg.max_steps)
     ckpt = Checkpointer(out, cfg.keep_last)
-    start = ckpt.latest_step() if resume else None
-    if start is None:
-        if resume:
+    start = None
+    if resume:
+        steps = ckpt.all_steps()
+        if step is not None and step not in steps:
+            raise CheckpointError(f"--step {step}: {ckpt.directory} holds no checkpoint of that step "
+                                  f"(it has: {', '.join(map(str, steps)) or 'none'})")
+        start = step if step is not None else (steps[-1] if steps else None)
+        if start is None:
             log.info("resume: no checkpoint in %s, starting from step 0", out)
+        elif start >= end:
+            log.info("%s: the run is at step %d already, and this command trains to step %d: nothing to "
+                     "do (to train longer: --resume --steps N, N > %d)", out, start, end, start)
+            return _finished(out, cfg, start)
+    if start is None:
         start, elapsed_before, meta = 0, 0.0, {"dense": False}
         graphdef, state = init_state(cfg, vocab, mesh)
     else:
-        meta = ckpt.restore_meta(start)
+        templates = {}  # fresh states to restore into, by dense flag (older checkpoints may differ)
+
+        def template_of(dense):
+            if dense not in templates:
+                templates[dense] = init_state(cfg, vocab, mesh, dense=dense)
+            return templates[dense]
+
         # the checkpoint's structure (dense fine-tuning already on?), restored straight into this
         # run's shardings: a checkpoint of any mesh loads on any other
-        graphdef, state = init_state(cfg, vocab, mesh, dense=bool(meta["dense"]))
-        state = ckpt.restore(start, state)
+        meta, graphdef, state = ckpt.restore_checked(start, template_of)
+        del templates
         source.restore(meta["data"])
         elapsed_before = meta.get("elapsed_s", 0.0)
         log.info("resumed from %s at step %d", ckpt.directory, start)
+
+    # Everything checked: from here on the run directory changes.
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            shutil.rmtree(ckpt.directory, ignore_errors=True)
+            (out / "summary.json").unlink(missing_ok=True)  # the old run's, not this one's
+        aside = ckpt.set_aside_after(start)
+        if aside is not None:
+            log.info("checkpoints after step %d moved to %s (this run writes its own)", start, aside)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     n_params = num_params(nnx.merge(graphdef, state)[0])
     # Dense fine-tuning is on if the checkpoint had it on; the loop switches it on at dense_step
     # (or at once, when a resumed run's new max_steps puts dense_step behind it). Never back off.
     dense = bool(meta["dense"])
 
-    end = min(cfg.max_steps, stop_after or cfg.max_steps)
     log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s) (mesh data x "
              "fsdp x tensor = %s, %d process(es)); %d tokens/step; steps %d..%d of %d%s", n_params / 1e6,
              cfg.ffn, cfg.method, mesh.size, "x".join(str(mesh.shape[a]) for a in mesh.axis_names),
@@ -496,7 +584,9 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
         return float(np.mean(jax.device_get(losses)))
 
     def save(step, state):
-        ckpt.save(step, state, dict(step=step, data=source.position, dense=dense,
+        # A copy of the data position: the save is asynchronous and serialises `meta` later,
+        # when the loader has already drawn the next batches (the live dict would say so).
+        ckpt.save(step, state, dict(step=step, data=copy.deepcopy(source.position), dense=dense,
                                     elapsed_s=elapsed_before + time.time() - t_start,
                                     config=dataclasses.asdict(cfg)))
 
@@ -508,75 +598,112 @@ def train(cfg, out_dir, *, resume: bool = False, stop_after: int | None = None, 
     # spent evaluating or checkpointing (the clock restarts after those).
     timed_steps, t_timer, tok_per_s, mfu, run_tokens, run_time = 0, None, 0.0, 0.0, 0, 0.0
     last = dict(train_loss=float("nan"), val_loss=float("nan"))
-    for step in range(start, end):
-        if dense_step is not None and step >= dense_step and not dense:
-            # Dense fine-tuning: masks off from here on (the optimizer's masked decay stops by itself
-            # at the same step). New static structure, so the step functions are traced again.
-            model, optimizer = nnx.merge(graphdef, state)
-            s24nnx.set_dense(model)
-            graphdef, state = nnx.split((model, optimizer))
-            train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh, cfg)
-            dense, t_timer = True, None
-            say(f"step {step}: dense fine-tuning starts")
 
-        batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
-        # every process draws the same global batch and hands over the rows its devices hold
-        xs = global_batch(np.stack([b[0] for b in batches]), micro_sharding)
-        ys = global_batch(np.stack([b[1] for b in batches]), micro_sharding)
-        state, m = train_step(state, xs, ys)
-        compiled = t_timer is None
-        if cfg.method != "dense" and not dense and (step + 1) % cfg.mask_interval == 0:
-            state, flip_rate = refresh_step(state)  # masks searched again from the updated weights
-            m = dict(m, flip_rate=flip_rate)
-            if not refresh_compiled:  # its first call compiled: time from after it
-                compiled, refresh_compiled = True, True
-        pending.append((step + 1, m))
-        if compiled:  # the first step compiled: time from after it
-            jax.block_until_ready(state)
-            t_timer, timed_steps = time.time(), 0
-        else:
-            timed_steps += 1
+    def stop(kind, at: int, what: str):
+        """kind(message) once the saves in flight are done: the last good checkpoint is known."""
+        with _ctrl_c_deferred(reraise=False):
+            ckpt.wait()
+        good = ckpt.latest_step()
+        where = (f"the last {'good ' if kind is Diverged else ''}checkpoint is step {good} in {ckpt.directory}"
+                 if good is not None else
+                 f"no checkpoint was saved before it (ckpt_interval = {cfg.ckpt_interval})")
+        return kind(f"{what} at step {at}: training stopped; {where}", at, good)
 
-        s = step + 1
-        do_eval = s % cfg.eval_interval == 0 or s == end
-        if s % cfg.log_interval == 0 or do_eval or compiled:
-            for ps, pm in jax.device_get(pending):
-                losses_since_row.append(float(pm["loss"]))
-                row = {}
-                if "flip_rate" in pm:
-                    row["flip_rate"] = float(pm["flip_rate"])
-                if ps % cfg.log_interval == 0 or ps == s:
-                    row.update(train_loss=float(np.mean(losses_since_row)), lr=float(pm["lr"]),
-                               grad_norm=float(pm["grad_norm"]))
-                    last["train_loss"] = row["train_loss"]
-                    losses_since_row = []
-                if row:
-                    row["step"] = ps
-                    row["elapsed_s"] = round(elapsed_before + time.time() - t_start, 2)
-                    if ps == s and timed_steps:  # device_get above waited for the step to finish
-                        dt = time.time() - t_timer
-                        tok_per_s = timed_steps * cfg.tokens_per_step / dt
-                        run_tokens, run_time = run_tokens + timed_steps * cfg.tokens_per_step, run_time + dt
-                        mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
-                        row.update(tok_per_s=tok_per_s, mfu=mfu)
-                    if ps == s and do_eval:
-                        last["val_loss"] = row["val_loss"] = evaluate(state)
-                        row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
-                        say(f"step {s}: train loss {last['train_loss']:.4f}, val loss "
-                                   f"{row['val_loss']:.4f}, val perplexity {row['val_ppl']:.2f}")
-                    metrics_log.write(row)
-            pbar.update(len(pending))
-            pbar.set_postfix(loss=f"{last['train_loss']:.3f}", tok_s=f"{tok_per_s:,.0f}")
-            pending = []
-            t_timer, timed_steps = time.time(), 0
-        if s % cfg.ckpt_interval == 0 or s == end:
-            save(s, state)
-            t_timer, timed_steps = time.time(), 0
+    def check_finite(fetched):
+        """Raise Diverged at the first step whose loss or gradient norm is NaN or infinite. The
+        values are the ones fetched for the log anyway: the check costs no device time."""
+        for ps, pm in fetched:
+            bad = [f"{name} is {v:g}" for name, v in (("the loss", float(pm["loss"])),
+                                                       ("the gradient norm", float(pm["grad_norm"])))
+                   if not math.isfinite(v)]
+            if bad:
+                raise stop(Diverged, ps, " and ".join(bad))
 
-    pbar.close()
-    ckpt.wait()  # the last save must be complete before the process may exit
-    ckpt.close()
-    metrics_log.close()
+    s = start
+    try:
+        for step in range(start, end):
+            if dense_step is not None and step >= dense_step and not dense:
+                # Dense fine-tuning: masks off from here on (the optimizer's masked decay stops by
+                # itself at the same step). New static structure, so the step functions are traced again.
+                model, optimizer = nnx.merge(graphdef, state)
+                s24nnx.set_dense(model)
+                graphdef, state = nnx.split((model, optimizer))
+                train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh, cfg)
+                dense, t_timer = True, None
+                say(f"step {step}: dense fine-tuning starts")
+
+            batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
+            # every process draws the same global batch and hands over the rows its devices hold
+            xs = global_batch(np.stack([b[0] for b in batches]), micro_sharding)
+            ys = global_batch(np.stack([b[1] for b in batches]), micro_sharding)
+            state, m = train_step(state, xs, ys)
+            compiled = t_timer is None
+            if cfg.method != "dense" and not dense and (step + 1) % cfg.mask_interval == 0:
+                state, flip_rate = refresh_step(state)  # masks searched again from the updated weights
+                m = dict(m, flip_rate=flip_rate)
+                if not refresh_compiled:  # its first call compiled: time from after it
+                    compiled, refresh_compiled = True, True
+            pending.append((step + 1, m))
+            if compiled:  # the first step compiled: time from after it
+                jax.block_until_ready(state)
+                t_timer, timed_steps = time.time(), 0
+            else:
+                timed_steps += 1
+
+            s = step + 1
+            do_eval = s % cfg.eval_interval == 0 or s == end
+            do_save = s % cfg.ckpt_interval == 0 or s == end
+            if s % cfg.log_interval == 0 or do_eval or compiled:
+                fetched = jax.device_get(pending)
+                check_finite(fetched)
+                for ps, pm in fetched:
+                    losses_since_row.append(float(pm["loss"]))
+                    row = {}
+                    if "flip_rate" in pm:
+                        row["flip_rate"] = float(pm["flip_rate"])
+                    if ps % cfg.log_interval == 0 or ps == s:
+                        row.update(train_loss=float(np.mean(losses_since_row)), lr=float(pm["lr"]),
+                                   grad_norm=float(pm["grad_norm"]))
+                        last["train_loss"] = row["train_loss"]
+                        losses_since_row = []
+                    if row:
+                        row["step"] = ps
+                        row["elapsed_s"] = round(elapsed_before + time.time() - t_start, 2)
+                        if ps == s and timed_steps:  # device_get above waited for the step to finish
+                            dt = time.time() - t_timer
+                            tok_per_s = timed_steps * cfg.tokens_per_step / dt
+                            run_tokens, run_time = run_tokens + timed_steps * cfg.tokens_per_step, run_time + dt
+                            mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
+                            row.update(tok_per_s=tok_per_s, mfu=mfu)
+                        if ps == s and do_eval:
+                            last["val_loss"] = row["val_loss"] = evaluate(state)
+                            row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
+                            say(f"step {s}: train loss {last['train_loss']:.4f}, val loss "
+                                f"{row['val_loss']:.4f}, val perplexity {row['val_ppl']:.2f}")
+                        metrics_log.write(row)
+                pbar.update(len(pending))
+                pbar.set_postfix(loss=f"{last['train_loss']:.3f}", tok_s=f"{tok_per_s:,.0f}")
+                pending = []
+                t_timer, timed_steps = time.time(), 0
+            if do_save:
+                # Never a non-finite state on disk (it would rotate good checkpoints out): the steps
+                # not yet logged are checked (a sync the save makes anyway), then the state itself.
+                check_finite(jax.device_get([(ps, {k: pm[k] for k in ("loss", "grad_norm")})
+                                             for ps, pm in pending]))
+                if not bool(_all_finite(state)):
+                    raise stop(Diverged, s, "the model or optimizer state holds NaN or infinite values")
+                with _ctrl_c_deferred():
+                    save(s, state)
+                t_timer, timed_steps = time.time(), 0
+    except KeyboardInterrupt:
+        raise stop(Interrupted, s, "interrupted (Ctrl-C)") from None
+    finally:
+        with _ctrl_c_deferred(reraise=False):  # stopping already, or done: finish the cleanup
+            pbar.close()
+            ckpt.wait()  # the last save must be complete before the process may exit
+            ckpt.close()
+            metrics_log.close()
+
     tok_per_s = run_tokens / run_time if run_time else tok_per_s  # the run's average
     mfu = flops_token * tok_per_s / (cfg.peak_tflops * 1e12 * mesh.size)
     summary = dict(method=cfg.method, steps=end, params_m=round(n_params / 1e6, 3),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from .config import ConfigError, load_config
 from .data import DataError
+from .errors import CheckpointError, RunStopped
 
 RULE = ("smallest alpha whose flip rate peaks before the last quarter of the warm-up and whose "
         "last-quarter mean is at most (1 - drop) x the peak")
@@ -53,6 +55,25 @@ def recommend(curves: dict[float, list[float]], drop: float = 0.25) -> tuple[flo
         if peaks_then_falls(curves[alpha], drop):
             return alpha, True
     return max(curves), False
+
+
+def parse_alphas(text: str) -> list[float]:
+    """--alphas "0,6e-5,2e-4" -> the sorted distinct candidates; ConfigError for anything else."""
+    alphas = set()
+    for item in (a.strip() for a in text.split(",")):
+        if not item:
+            continue
+        try:
+            alpha = float(item)
+        except ValueError:
+            alpha = None
+        if alpha is None or not (math.isfinite(alpha) and alpha >= 0):
+            raise ConfigError(f"--alphas {text!r}: {item!r} is not a decay factor (a number >= 0); give "
+                              f"comma-separated candidates, e.g. --alphas 0,6e-5,2e-4")
+        alphas.add(alpha)
+    if not alphas:
+        raise ConfigError(f"--alphas {text!r}: no candidates; e.g. --alphas 0,6e-5,2e-4")
+    return sorted(alphas)
 
 
 def main(argv=None):
@@ -76,7 +97,7 @@ def main(argv=None):
     from .train import train
 
     try:
-        alphas = sorted({float(a) for a in args.alphas.split(",") if a.strip()})
+        alphas = parse_alphas(args.alphas)
         cfg = load_config(args.config, list(args.overrides) + ["method=srste"])
         start = 0
         if args.start:
@@ -103,9 +124,12 @@ def main(argv=None):
             curves[alpha] = [v for _, v in m.get("flip_rate", [])]
             finals[alpha] = summary["train_loss"]
             dirs.append(d)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"sparse24-tune-decay: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as e:  # a candidate diverged (NaN) or Ctrl-C: the forks are not comparable
+        print(f"sparse24-tune-decay: {e}", file=sys.stderr)
+        sys.exit(1)
 
     best, found = recommend(curves, args.drop)
     lines = ["| alpha | refreshes | peak flip rate | final flip rate | peaks then falls | final train loss |",
