@@ -150,11 +150,18 @@ def ffn_shard(mesh, cfg=None):
 
 def step_shard_map(cfg, mesh) -> bool:
     """Whether the train and eval steps run the model inside one shard_map over the batch axes
-    (train.py): several devices, no tensor axis, and cfg.shard_map_scope == "step". Otherwise
-    (one device, tensor > 1, or scope "layer") the FFN layers get a ShardConfig and run one
-    shard_map each (sparse24_jax/parallel.py), the rest under XLA's sharding."""
-    return (mesh is not None and mesh.size > 1 and mesh.shape["tensor"] == 1
-            and getattr(cfg, "shard_map_scope", "step") == "step")
+    (train.py): several devices, no tensor axis, and cfg.shard_map_scope "step" ("auto": for the
+    2:4 methods). Otherwise (one device, tensor > 1, scope "layer", or a dense model under
+    "auto") the FFN layers get a ShardConfig and run one shard_map each
+    (sparse24_jax/parallel.py), the rest under XLA's sharding.
+
+    Why "auto" splits by method (2 x H200, 2026-11-30, docs/RESULTS.md): a dense GPT-2 774M
+    step ran 10% slower in the step's shard_map than under XLA's own sharding (data parallel),
+    while SR-STE under FSDP ran 1.45x faster in it than with a shard_map per 2:4 linear."""
+    scope = getattr(cfg, "shard_map_scope", "auto")
+    if scope == "auto":
+        scope = "layer" if cfg.method == "dense" else "step"
+    return mesh is not None and mesh.size > 1 and mesh.shape["tensor"] == 1 and scope == "step"
 
 
 def manual_axes(mesh) -> tuple[str, ...]:
