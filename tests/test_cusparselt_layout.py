@@ -257,7 +257,7 @@ def test_kernel_masked_and_invalid_groups(ops, dtype):
 
 
 def _inclusion(a):
-    """SPEC's inclusion probabilities of MVUE 2:4, groups along the last axis."""
+    """The inclusion probabilities of MVUE 2:4 (docs/algorithms.md), groups along the last axis."""
     a = np.abs(a.astype(np.float64)) + 1.19209e-07
     s = a.sum(-1, keepdims=True)
     p = a / s

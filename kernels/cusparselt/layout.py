@@ -2,7 +2,7 @@
 
 A 2:4 matrix ``A`` (m x k, row-major, at most two non-zeros in every group of
 four consecutive columns) is stored by cuSPARSELt 0.8 (measured on sm90, see
-SPEC.md) as one byte buffer::
+docs/algorithms.md, section 7) as one byte buffer::
 
     values    m * k/2 * es bytes   row-major (m, k/2): each group's two kept
                                    elements in ascending column order, bits

@@ -64,7 +64,7 @@ def test_version(ops):
 
 
 # k a multiple of 64: at k = 96 cuSPARSELt 0.8.0 on an H100 sized the buffer
-# 5632 bytes where the SPEC layout gives 5376 (metadata columns padded to 64,
+# 5632 bytes where the documented layout gives 5376 (metadata columns padded to 64,
 # seen 2026-11-23), so the backend requires N, K multiples of 64.
 SHAPES = [(16, 64), (64, 64), (96, 128), (160, 256), (48, 192), (3072, 768), (768, 3072)]
 

@@ -19,7 +19,7 @@ enum : int { kModePlain = 0, kModeMask = 1, kModeMvue = 2 };
 constexpr int kTileRows = 64;
 
 // The rows of A must be a multiple of this (and the 2:4 axis of 32): every
-// 1-byte (fp8) type needs 32 (SPEC.md).
+// 1-byte (fp8) type needs 32 (docs/algorithms.md, section 7).
 inline int64_t CompressRowMultiple(int es) { return es == 2 ? 8 : 32; }
 
 // Writes the compressed buffer `out` (CompressedBytes(m, k, es) bytes) of A

@@ -218,7 +218,7 @@ struct Compressor {
 //   flight), then runs two MVUEs per group on registers and writes the kept
 //   pairs and nibbles to shared memory.
 // Phase 2: each row's kept pairs leave as 16-byte stores (256 contiguous bytes
-//   per row), the tile's metadata (one contiguous run, SPEC's layout) as
+//   per row), the tile's metadata (one contiguous run, the documented layout) as
 //   8-byte stores, each holding rows r and r + 8 of 8 groups.
 constexpr int kMvRows = 64;
 constexpr int kMvGroups = 64;

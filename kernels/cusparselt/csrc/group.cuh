@@ -104,7 +104,7 @@ __host__ __device__ inline float Rcp(float x) {
 #endif
 }
 
-// MVUE 2:4 of one group (SPEC.md): a_i = |v_i| + 1.19209e-07, S = sum a;
+// MVUE 2:4 of one group (docs/algorithms.md, section 3): a_i = |v_i| + 1.19209e-07, S = sum a;
 // i1 ~ a_i / S, then i2 ~ a_j / (S - a_i1) among the other three; the kept
 // values become v_i / p_i with p_i the inclusion probability
 //   p_i = a_i * (1/S + sum_{j != i} q_j),   q_j = a_j / (S * R_j),   R_j = S - a_j,

@@ -2,7 +2,7 @@
 // (host + device): the C++ twin of sparse24_jax_kernels/cusparselt/layout.py,
 // the numpy reference of the format.
 //
-// The compressed layout (SPEC.md, measured on cuSPARSELt 0.8.0, sm90) for A
+// The compressed layout (docs/algorithms.md, section 7; measured on cuSPARSELt 0.8.0, sm90) for A
 // (m x k, row-major, 2:4 along k), es = bytes per element, g = col / 4:
 //   bytes = m*k/2*es (values, row-major (m, k/2), kept pair in column order)
 //         + Mr*Kc/8  (metadata: one nibble idx0 | idx1 << 2 per group)
