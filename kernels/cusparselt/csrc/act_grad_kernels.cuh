@@ -216,16 +216,7 @@ struct GeluGradMvue {
 
   static dim3 Grid(int64_t m, int64_t k) { return Mv::Grid(m, k); }
 
-  static void Emulate(const Args& a) {
-    const dim3 grid = Grid(a.m, a.k);
-    std::unique_ptr<Smem> sm(new Smem());
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        for (int t = 0; t < kThreads; ++t) Phase1(a, *sm, bx, by, t);
-        for (int t = 0; t < kThreads; ++t) Phase2(a, *sm, bx, by, t);
-      }
-    }
-  }
+  static void Emulate(const Args& a) { EmulateTwoPhases<GeluGradMvue>(a); }
 };
 
 // ---------------------------------------------------------------------------
@@ -327,16 +318,7 @@ struct SwigluGradMvue {
   // y: the 64-feature tiles of one half
   static dim3 Grid(int64_t m, int64_t k) { return Mv::Grid(m / 2, k); }
 
-  static void Emulate(const Args& a) {
-    const dim3 grid = Grid(a.m, a.k);
-    std::unique_ptr<Smem> sm(new Smem());
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        for (int t = 0; t < kThreads; ++t) Phase1(a, *sm, bx, by, t);
-        for (int t = 0; t < kThreads; ++t) Phase2(a, *sm, bx, by, t);
-      }
-    }
-  }
+  static void Emulate(const Args& a) { EmulateTwoPhases<SwigluGradMvue>(a); }
 };
 
 // 4 blocks per SM (at most 64 registers: 32 warps per SM, to hide the load

@@ -223,6 +223,21 @@ struct Compressor {
 constexpr int kMvRows = 64;
 constexpr int kMvGroups = 64;
 
+// The host emulation of a kernel of two phases with a barrier between them
+// (Phase1, __syncthreads, Phase2; K::Grid, K::Smem): every block in turn, each
+// phase thread by thread, so the CPU runs the GPU kernel's own code.
+template <typename K>
+void EmulateTwoPhases(const typename K::Args& a) {
+  const dim3 grid = K::Grid(a.m, a.k);
+  std::unique_ptr<typename K::Smem> sm(new typename K::Smem());
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      for (int t = 0; t < kThreads; ++t) K::Phase1(a, *sm, bx, by, t);
+      for (int t = 0; t < kThreads; ++t) K::Phase2(a, *sm, bx, by, t);
+    }
+  }
+}
+
 template <int DT>
 struct MvueTransposed {
   using Tr = DTraits<DT>;
@@ -346,16 +361,7 @@ struct MvueTransposed {
                 static_cast<unsigned>(m / kMvRows));
   }
 
-  static void Emulate(const Args& a) {
-    const dim3 grid = Grid(a.m, a.k);
-    std::unique_ptr<Smem> sm(new Smem());
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        for (int t = 0; t < kThreads; ++t) Phase1(a, *sm, bx, by, t);
-        for (int t = 0; t < kThreads; ++t) Phase2(a, *sm, bx, by, t);
-      }
-    }
-  }
+  static void Emulate(const Args& a) { EmulateTwoPhases<MvueTransposed>(a); }
 };
 
 template <int DT>
