@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .activations import GATED_KINDS, gated
+from .backend import capabilities
 from .ffn import Sparse24Weight, sparse24_ffn
 from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
@@ -207,13 +208,19 @@ class SparseLinear(nnx.Module):
 
 def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: str, fused: bool):
     """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one
-    custom_vjp where the two layers allow it (same sparse method, backend and
-    dtype, bf16 precision, no per-layer shard_map), else ``None``. The MVUE
-    keys are drawn in the order the two layer calls would draw them."""
+    custom_vjp where it gains something: the backend fuses this activation's
+    backward with the MVUE pruning (and ``fused``), and the two layers allow it
+    (same sparse method, backend and dtype, bf16 precision, MVUE on, no
+    per-layer shard_map). Else ``None``: the caller composes the two layers,
+    which is what the block would compute without the fusion, op for op (so a
+    backend without it, like "xla", trains exactly as before the block). The
+    MVUE keys are drawn in the order the two layer calls would draw them."""
     same = (fc.method, fc.backend, fc.mvue, fc.dtype) == (proj.method, proj.backend, proj.mvue, proj.dtype)
     if not same or fc.dense or proj.dense or fc.precision != "bf16" or proj.precision != "bf16":
         return None
-    if fc.shard is not None or proj.shard is not None:
+    if fc.shard is not None or proj.shard is not None or not fused or not fc.mvue:
+        return None
+    if activation not in capabilities(fc.backend).activation_grad_prune:
         return None
     x = x.astype(fc.dtype or x.dtype)
     keys = (fc.rngs(), proj.rngs()) if fc.mvue else (None, None)
@@ -225,10 +232,10 @@ class SparseMLP(nnx.Module):
     """GPT-2's FFN: ``proj(gelu(fc(x)))`` with both linears 2:4 sparse.
     ``fc``: d_model -> d_hidden, exact GELU, ``proj``: d_hidden -> d_model.
 
-    The two linears run as one FFN block (:func:`~sparse24_jax.ffn.sparse24_ffn`),
-    where the backend fuses the GELU backward with the MVUE pruning of its
-    result; ``fused_activation=False`` composes the reference instead (the
-    same numbers as two separate layers)."""
+    Where the backend fuses the GELU backward with the MVUE pruning of its
+    result, the two linears run as one FFN block
+    (:func:`~sparse24_jax.ffn.sparse24_ffn`); ``fused_activation=False`` (or a
+    backend without that capability) composes the two layers."""
 
     def __init__(
         self,

@@ -132,16 +132,25 @@ def test_fused_capability_is_used_and_gives_the_twin_numbers(kind):
     assert be.calls == []
 
 
-def test_modules_use_the_block_with_the_layers_keys():
-    """SparseMLP's block draws fc's key, then proj's, as two layer calls do:
-    with a fixed seed the module's gradients equal the composed layers'."""
-    m = s24nnx.SparseMLP(D, H, rngs=nnx.Rngs(0, sparse24=3))
+@pytest.mark.parametrize("fusing", [False, True])
+def test_modules_use_the_block_with_the_layers_keys(fusing):
+    """SparseMLP runs the block where the backend fuses (it draws fc's key, then
+    proj's, as two layer calls do: with a fixed seed the module's gradients equal
+    the composed layers'), and composes the layers where it does not."""
+    be = FusingXla() if fusing else "xla"
+    m = s24nnx.SparseMLP(D, H, backend=be, rngs=nnx.Rngs(0, sparse24=3))
     twin = s24nnx.SparseMLP(D, H, rngs=nnx.Rngs(0, sparse24=3))
     x = jax.random.normal(jax.random.key(9), (4, 4, D))
     g = nnx.grad(lambda mod: jnp.sum(jnp.sin(mod(x))))(m)
     g_ref = nnx.grad(lambda mod: jnp.sum(jnp.sin(mod.proj(jax.nn.gelu(mod.fc(x), approximate=False)))))(twin)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    if fusing:
+        assert be.calls == [("gelu", (16, H))]
+        be.calls.clear()
+        off = s24nnx.SparseMLP(D, H, backend=be, fused_activation=False, rngs=nnx.Rngs(0, sparse24=3))
+        nnx.grad(lambda mod: jnp.sum(jnp.sin(mod(x))))(off)
+        assert be.calls == []
 
 
 def test_block_errors():
