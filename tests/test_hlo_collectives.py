@@ -109,7 +109,8 @@ def test_script_compiles_a_step_and_reads_saved_text(tmp_path):
                "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
     common = [sys.executable, "benchmarks/hlo_collectives.py"]
     r = subprocess.run(common + ["--set", "n_layer=1", "--set", "n_embd=64", "--set", "n_head=2", "--set",
-                                 "block_size=16", "--set", "tokenizer=byte", "--methods", "dense", "--layouts", "fsdp",
+                                 "block_size=16", "--set", "tokenizer=byte", "--set", "shard_map_scope=step",
+                                 "--methods", "dense", "--layouts", "fsdp",
                                  "--batch-per-device", "2", "--detail", "--save-hlo", str(tmp_path / "hlo"),
                                  "--json", str(tmp_path / "a.json")],
                        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
