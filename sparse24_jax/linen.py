@@ -33,15 +33,16 @@ default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated
 
 class SparseLinear(nn.Module):
     """``y = x @ W_s.T`` with a 2:4 projected weight; see
-    :class:`sparse24_jax.nnx.SparseLinear` for the arguments. ``dense=True``
-    is dense fine-tuning (the mask is no longer applied)."""
+    :class:`sparse24_jax.nnx.SparseLinear` for the arguments.
+    ``dense_finetuning=True``: dense fine-tuning (the mask is no longer
+    applied, the master weight used as it is)."""
 
     features: int
     method: str = "srste"
     backend: Any = "xla"
     mvue: bool = True
     precision: str = "bf16"  # or "fp8": S-STE's FP8 recipe (sparse24_jax.fp8), simulated
-    dense: bool = False
+    dense_finetuning: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = default_kernel_init
@@ -66,7 +67,7 @@ class SparseLinear(nn.Module):
         if self.method == "sste":
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
         x = x.astype(self.dtype or x.dtype)
-        if self.dense:
+        if self.dense_finetuning:
             return sparse24_linear(x, w, method="dense", precision=self.precision)
         key = None
         if self.mvue:
@@ -145,10 +146,12 @@ def refresh_masks(params, sparse_state, step, *, mask_interval: int = 40, backen
     return unflatten_dict(flat), jnp.where(due, flips / max(total, 1), 0.0)
 
 
-def decay_masks(params, sparse_state, *, dense: bool = False):
+def decay_masks(params, sparse_state, *, dense_finetuning: bool = False):
     """The ``masks=`` tree for :func:`~sparse24_jax.masked_decay`: the mask at
-    every hard-masked weight, ``True`` elsewhere (and everywhere if
-    ``dense``)."""
-    masked = {} if dense else {p + ("weight",): st["mask"] for p, _, st in _layers(params, sparse_state) if "beta" not in st}
+    every hard-masked weight, ``True`` elsewhere (and everywhere in dense
+    fine-tuning, ``dense_finetuning=True``)."""
+    masked = {} if dense_finetuning else {
+        p + ("weight",): st["mask"] for p, _, st in _layers(params, sparse_state) if "beta" not in st
+    }
     flat = {path: masked.get(path, True) for path in flatten_dict(params)}
     return unflatten_dict(flat)

@@ -102,7 +102,7 @@ def test_prepare_weights_skips_what_compresses_itself():
     s24nnx.prepare_weights(m)
     assert _prepared_paths(m) == {("fc",), ("proj",)}
     s24nnx.clear_prepared(m)
-    s24nnx.set_dense(m)
+    s24nnx.set_dense_finetuning(m)
     s24nnx.prepare_weights(m)
     assert _prepared_paths(m) == set()
     m2 = s24nnx.SparseMLP(32, 64, rngs=nnx.Rngs(0))  # no fixed dtype: the call's x decides
