@@ -43,7 +43,8 @@ from flax import nnx
 
 from .activations import GATED_KINDS, gated
 from .ffn import Sparse24Weight, sparse24_ffn
-from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, search_mask, sparse24_linear
+from .fp8 import canonical_precision
+from .linear import METHODS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
 
@@ -123,8 +124,9 @@ class SparseLinear(nnx.Module):
       mask_interval: recompute the mask every this many optimizer steps (see
         :func:`refresh_masks`); the papers' recipe uses 40.
       mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.
-      precision: "bf16" (GEMMs in the compute dtype) or "fp8" (S-STE's FP8
-        recipe, simulated; see :mod:`sparse24_jax.linear_fp8`). Also applies in
+      precision: "compute" (GEMMs in the compute dtype, whatever it is; "bf16",
+        its earlier name, is accepted too) or "fp8" (S-STE's FP8 recipe,
+        simulated; see :mod:`sparse24_jax.linear_fp8`). Also applies in
         dense fine-tuning. Under ``shard`` the per-tensor scales are per
         shard (each device's own amax).
       dtype: compute dtype (inputs and the projected weight are cast to it),
@@ -151,7 +153,7 @@ class SparseLinear(nnx.Module):
         backend: Any = "xla",
         mask_interval: int = 40,
         mvue: bool = True,
-        precision: str = "bf16",
+        precision: str = "compute",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Any = default_kernel_init,
@@ -162,8 +164,7 @@ class SparseLinear(nnx.Module):
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        precision = canonical_precision(precision)
         if mask_interval < 1:
             raise ValueError(f"mask_interval={mask_interval} must be a positive number of steps")
         _check_features("in_features", in_features, method)
@@ -209,10 +210,12 @@ class SparseLinear(nnx.Module):
 def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: str, fused: bool):
     """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one
     custom_vjp where the two layers allow it (same sparse method, backend and
-    dtype, bf16 precision, no per-layer shard_map), else ``None``. The MVUE
+    dtype, precision "compute", no per-layer shard_map), else ``None``. The MVUE
     keys are drawn in the order the two layer calls would draw them."""
     same = (fc.method, fc.backend, fc.mvue, fc.dtype) == (proj.method, proj.backend, proj.mvue, proj.dtype)
-    if not same or fc.dense_finetuning or proj.dense_finetuning or fc.precision != "bf16" or proj.precision != "bf16":
+    if not same or fc.dense_finetuning or proj.dense_finetuning:
+        return None
+    if fc.precision != "compute" or proj.precision != "compute":
         return None
     if fc.shard is not None or proj.shard is not None:
         return None
@@ -323,9 +326,11 @@ def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
 
 def _preparable(layer: SparseLinear) -> bool:
     """Whether a layer's operands can be computed once per step: not dense
-    (method "dense" or dense fine-tuning), bf16 precision, a fixed compute dtype, and not under a per-layer shard_map
-    (each device there compresses its own slice, inside)."""
-    return not layer.dense_finetuning and layer.shard is None and layer.precision == "bf16" and layer.dtype is not None
+    (method "dense" or dense fine-tuning), precision "compute", a fixed
+    compute dtype, and not under a per-layer shard_map (each device there
+    compresses its own slice, inside)."""
+    return (not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
+            and layer.dtype is not None)
 
 
 def prepare_weights(model: nnx.Module) -> None:
@@ -337,10 +342,10 @@ def prepare_weights(model: nnx.Module) -> None:
     micro-batch loop, so the weights are projected and compressed once per
     step instead of once per micro-batch (XLA does not hoist the compression
     out of the loop by itself). Layers that compress on every call anyway are
-    left as they are: dense ones (method or fine-tuning), per-layer ``shard``, ``precision="fp8"``,
-    and layers without a fixed ``dtype``. The operands are derived from the
-    current weights: update the weights, and they are stale until prepared
-    again."""
+    left as they are: dense ones (method or fine-tuning), per-layer
+    ``shard``, ``precision="fp8"``, and layers without a fixed ``dtype``. The
+    operands are derived from the current weights: update the weights, and
+    they are stale until prepared again."""
     for _, layer in sparse_layers(model):
         if _preparable(layer):
             _set(layer.prepared, prepare_sparse24_weight(

@@ -43,7 +43,7 @@ def test_prepared_errors():
     mask = s24.transposable_mask_24(w)
     x = jnp.ones((4, 8), jnp.bfloat16)
     prep = s24.prepare_sparse24_weight(w, mask)
-    with pytest.raises(ValueError, match="precision='bf16'"):
+    with pytest.raises(ValueError, match="precision='compute'"):
         s24.sparse24_linear(x, w, mask, prepared=prep, mvue=False, precision="fp8")
     with pytest.raises(ValueError, match="nothing to prepare"):
         s24.prepare_sparse24_weight(w, method="dense")
