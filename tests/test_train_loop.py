@@ -190,10 +190,14 @@ def test_resume_is_exact_from_a_checkpoint_saved_mid_run(tmp_path, monkeypatch):
     assert la == lb
 
 
-def test_checkpoints_saved_with_the_old_dense_key_resume(tmp_path, monkeypatch):
-    # Checkpoints written before the meta key "dense_finetuning" hold only "dense": dense
-    # fine-tuning must still be read from them (resume, load_pretrained).
+def test_a_run_saved_before_the_renames_resumes(tmp_path, monkeypatch):
+    # Runs saved before the renames hold the checkpoint meta key "dense" only (now also
+    # "dense_finetuning") and precision "bf16" in config.json (now "compute"): both still read,
+    # `--resume` of such a run continues it exactly.
+    import json
+
     import sparse24_train.train as train_mod
+    from sparse24_train import cli
     from sparse24_train.pretrained import load_pretrained
 
     assert dense_finetuning_of({"dense": True, "data": {}}) is True
@@ -209,9 +213,13 @@ def test_checkpoints_saved_with_the_old_dense_key_resume(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(train_mod, "dense_finetuning_meta", lambda on: {"dense": bool(on)})  # the old format
         train(cfg, tmp_path / "old", progress=False, stop_after=3)
+    saved = tmp_path / "old" / "config.json"
+    saved.write_text(json.dumps(json.loads(saved.read_text()) | {"precision": "bf16"}))
     meta = Checkpointer(tmp_path / "old", 3).restore_meta(3)
     assert meta["dense"] is True and "dense_finetuning" not in meta
-    assert load_pretrained(tmp_path / "old", step=3).model.h[0].mlp.fc.dense_finetuning is True
-    train(cfg, tmp_path / "old", progress=False, resume=True)
+    pre = load_pretrained(tmp_path / "old", step=3)
+    assert pre.model.h[0].mlp.fc.dense_finetuning is True and pre.cfg.precision == "compute"
+    cli.main(["--out", str(tmp_path / "old"), "--resume", "--no-progress"])
+    assert json.loads(saved.read_text())["precision"] == "compute"
     assert_same_state(tmp_path / "straight", tmp_path / "old", cfg)
     assert Checkpointer(tmp_path / "old", 3).restore_meta(4)["dense_finetuning"] is True
