@@ -74,7 +74,7 @@ def dense_fp8_linear():
     return lin
 
 
-def jax_block(act: str, backend: str | None, precision: str = "bf16"):
+def jax_block(act: str, backend: str | None, precision: str = "compute"):
     import jax
     import jax.numpy as jnp
 

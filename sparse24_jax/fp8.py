@@ -63,7 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["E4M3", "E5M2", "FP8_DTYPES", "PRECISIONS", "fmax", "quantize", "dequantize", "fp8_dot"]
+__all__ = ["E4M3", "E5M2", "FP8_DTYPES", "PRECISIONS", "PRECISION_ALIASES", "canonical_precision", "fmax", "quantize",
+           "dequantize", "fp8_dot"]
 
 #: forward operands (X, W_s)
 E4M3 = jnp.float8_e4m3fn
@@ -71,10 +72,25 @@ E4M3 = jnp.float8_e4m3fn
 E5M2 = jnp.float8_e5m2
 FP8_DTYPES = (jnp.dtype(E4M3), jnp.dtype(E5M2))
 
-#: ``precision=`` of sparse24_linear and the modules: "bf16" computes in the
-#: input's dtype (the default, whatever that dtype is); "fp8" is this module's
-#: recipe.
-PRECISIONS = ("bf16", "fp8")
+#: ``precision=`` of sparse24_linear and the modules: "compute" runs the GEMMs
+#: in the compute dtype (the input's, or the module's ``dtype``: bfloat16,
+#: float16 or float32 alike; the default); "fp8" is this module's recipe.
+PRECISIONS = ("compute", "fp8")
+
+#: Earlier names, still accepted and mapped to the current one: "bf16" was
+#: "compute" (it never meant bfloat16 only). Configs and run directories saved
+#: before hold it.
+PRECISION_ALIASES = {"bf16": "compute"}
+
+
+def canonical_precision(precision: Any) -> str:
+    """``precision`` by its current name (one of :data:`PRECISIONS`), an alias
+    of :data:`PRECISION_ALIASES` mapped; ValueError naming the choices for
+    anything else."""
+    name = PRECISION_ALIASES.get(precision, precision) if isinstance(precision, str) else precision
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+    return name
 
 _TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32
 

@@ -15,7 +15,7 @@ compression of their sparse operands come from a backend (see
 :mod:`sparse24_jax.backend`); everything else is here. docs/algorithms.md
 derives the three formulas.
 
-This module is the computation in the input's dtype (``precision="bf16"``);
+This module is the computation in the input's dtype (``precision="compute"``);
 ``precision="fp8"`` (S-STE's FP8 recipe) is a custom_vjp of its own,
 :mod:`sparse24_jax.linear_fp8`, which :func:`sparse24_linear` dispatches to.
 """
@@ -37,8 +37,9 @@ from .sste import soft_threshold_24
 
 __all__ = ["sparse24_linear", "prepare_sparse24_weight", "project_weight", "METHODS", "PRECISIONS"]
 
-#: "bf16": compute in the input's dtype (the default); "fp8": S-STE's FP8
-#: recipe, simulated (:mod:`sparse24_jax.linear_fp8`).
+#: "compute": the GEMMs in the input's dtype, whatever it is (the default;
+#: "bf16" is accepted for it, its earlier name); "fp8": S-STE's FP8 recipe,
+#: simulated (:mod:`sparse24_jax.linear_fp8`).
 PRECISIONS = _fp8.PRECISIONS
 
 #: srste: transposable hard mask (with masked decay in the optimizer);
@@ -80,12 +81,11 @@ def prepare(w, mask, beta, method: str, backend: Backend, dtype):
     return backend.prepare_weight(w_s.astype(dtype), transposable=transposable)
 
 
-def validate(x, w, mask, beta, key, method, mvue, precision="bf16"):
+def validate(x, w, mask, beta, key, method, mvue, precision="compute"):
     """The argument checks of :func:`sparse24_linear` (and the FFN block)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+    _fp8.canonical_precision(precision)
     _checks.check_float(x, "x")
     _checks.check_float(w, "w")
     _checks.check_rank2(w, "w")
@@ -204,7 +204,7 @@ def sparse24_linear(
     method: str = "srste",
     backend: str | Backend = "xla",
     mvue: bool = True,
-    precision: str = "bf16",
+    precision: str = "compute",
     prepared: Any = None,
 ) -> jax.Array:
     """``Z = X @ W_s.T`` with the 2:4 forward and backward of the module doc.
@@ -225,8 +225,9 @@ def sparse24_linear(
         a :class:`~sparse24_jax.backend.Backend`.
       mvue: prune ``dZ.T`` with MVUE for the weight gradient; ``False`` uses
         the dense ``dZ.T``.
-      precision: "bf16" (default): the GEMMs compute in ``x``'s dtype; "fp8":
-        S-STE's FP8 recipe for all three GEMMs (:mod:`sparse24_jax.linear_fp8`).
+      precision: "compute" (default): the GEMMs compute in ``x``'s dtype
+        ("bf16", its earlier name, is accepted too); "fp8": S-STE's FP8
+        recipe for all three GEMMs (:mod:`sparse24_jax.linear_fp8`).
         The output and ``dX`` keep ``x``'s dtype, ``dW`` ``w``'s. With
         ``method="dense"`` the dense product runs the same recipe on the "xla"
         backend.
@@ -240,9 +241,10 @@ def sparse24_linear(
     products and dropped again; zero tokens add nothing to ``dW``.
     """
     validate(x, w, mask, beta, key, method, mvue, precision)
-    if prepared is not None and (precision != "bf16" or method == "dense"):
+    precision = _fp8.canonical_precision(precision)
+    if prepared is not None and (precision != "compute" or method == "dense"):
         raise ValueError(
-            f"prepared= works with precision='bf16' and a sparse method, not precision={precision!r}, "
+            f"prepared= works with precision='compute' and a sparse method, not precision={precision!r}, "
             f"method={method!r}: drop prepared= (the call then compresses the weight itself)"
         )
     if precision == "fp8":

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, gated
-from .linear import METHODS, PRECISIONS, search_mask, sparse24_linear
+from .fp8 import canonical_precision
+from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
 
 __all__ = ["SparseLinear", "SparseMLP", "SparseGatedMLP", "refresh_masks", "decay_masks", "COLLECTION"]
@@ -33,15 +34,16 @@ default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated
 
 class SparseLinear(nn.Module):
     """``y = x @ W_s.T`` with a 2:4 projected weight; see
-    :class:`sparse24_jax.nnx.SparseLinear` for the arguments. ``dense=True``
-    is dense fine-tuning (the mask is no longer applied)."""
+    :class:`sparse24_jax.nnx.SparseLinear` for the arguments.
+    ``dense_finetuning=True``: dense fine-tuning (the mask is no longer
+    applied, the master weight used as it is)."""
 
     features: int
     method: str = "srste"
     backend: Any = "xla"
     mvue: bool = True
-    precision: str = "bf16"  # or "fp8": S-STE's FP8 recipe (sparse24_jax.fp8), simulated
-    dense: bool = False
+    precision: str = "compute"  # GEMMs in the compute dtype ("bf16": its earlier name) or "fp8" (S-STE's recipe)
+    dense_finetuning: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = default_kernel_init
@@ -50,8 +52,7 @@ class SparseLinear(nn.Module):
     def __call__(self, x):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {METHODS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: use one of {PRECISIONS}")
+        precision = canonical_precision(self.precision)
         k = x.shape[-1]
         for name, v in (("in_features", k), ("features", self.features)):
             if self.method != "dense" and v % 4:
@@ -60,14 +61,14 @@ class SparseLinear(nn.Module):
         if self.method == "dense":
             # no mask at all: refresh_masks and decay_masks find layers by their mask,
             # and a dense layer must get neither a transposable mask nor masked decay
-            return sparse24_linear(x.astype(self.dtype or x.dtype), w, method="dense", precision=self.precision)
+            return sparse24_linear(x.astype(self.dtype or x.dtype), w, method="dense", precision=precision)
         mask = self.variable(COLLECTION, "mask", lambda: search_mask(self.method, self.backend, w))
         beta = None
         if self.method == "sste":
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
         x = x.astype(self.dtype or x.dtype)
-        if self.dense:
-            return sparse24_linear(x, w, method="dense", precision=self.precision)
+        if self.dense_finetuning:
+            return sparse24_linear(x, w, method="dense", precision=precision)
         key = None
         if self.mvue:
             if not self.has_rng(COLLECTION):
@@ -78,7 +79,7 @@ class SparseLinear(nn.Module):
             key = self.make_rng(COLLECTION)
         return sparse24_linear(
             x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
-            precision=self.precision,
+            precision=precision,
         )
 
 
@@ -145,10 +146,12 @@ def refresh_masks(params, sparse_state, step, *, mask_interval: int = 40, backen
     return unflatten_dict(flat), jnp.where(due, flips / max(total, 1), 0.0)
 
 
-def decay_masks(params, sparse_state, *, dense: bool = False):
+def decay_masks(params, sparse_state, *, dense_finetuning: bool = False):
     """The ``masks=`` tree for :func:`~sparse24_jax.masked_decay`: the mask at
-    every hard-masked weight, ``True`` elsewhere (and everywhere if
-    ``dense``)."""
-    masked = {} if dense else {p + ("weight",): st["mask"] for p, _, st in _layers(params, sparse_state) if "beta" not in st}
+    every hard-masked weight, ``True`` elsewhere (and everywhere in dense
+    fine-tuning, ``dense_finetuning=True``)."""
+    masked = {} if dense_finetuning else {
+        p + ("weight",): st["mask"] for p, _, st in _layers(params, sparse_state) if "beta" not in st
+    }
     flat = {path: masked.get(path, True) for path in flatten_dict(params)}
     return unflatten_dict(flat)

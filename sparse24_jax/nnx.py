@@ -11,7 +11,7 @@ usual ones::
     ...
     optimizer.update(model, grads, masks=decay_masks(model))   # masked decay needs the masks
     flip, refreshed = refresh_masks(model, step)                 # every mask_interval steps
-    if step == d: set_dense(model)                                # dense fine-tuning
+    if step == d: set_dense_finetuning(model)                     # dense fine-tuning
 
 Each layer keeps an ``nnx.RngStream`` for its MVUE keys, so the stream's
 counter is model state that changes on every call. Inside ``jax.grad`` under
@@ -44,7 +44,8 @@ from flax import nnx
 from .activations import GATED_KINDS, gated
 from .backend import capabilities
 from .ffn import Sparse24Weight, sparse24_ffn
-from .linear import METHODS, PRECISIONS, prepare_sparse24_weight, search_mask, sparse24_linear
+from .fp8 import canonical_precision
+from .linear import METHODS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
 from .sste import sste_scale
 
@@ -62,7 +63,7 @@ __all__ = [
     "refresh_masks",
     "search_masks",
     "decay_masks",
-    "set_dense",
+    "set_dense_finetuning",
     "init_sste_scales",
     "path_keys",
 ]
@@ -124,8 +125,9 @@ class SparseLinear(nnx.Module):
       mask_interval: recompute the mask every this many optimizer steps (see
         :func:`refresh_masks`); the papers' recipe uses 40.
       mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.
-      precision: "bf16" (GEMMs in the compute dtype) or "fp8" (S-STE's FP8
-        recipe, simulated; see :mod:`sparse24_jax.linear_fp8`). Also applies in
+      precision: "compute" (GEMMs in the compute dtype, whatever it is; "bf16",
+        its earlier name, is accepted too) or "fp8" (S-STE's FP8 recipe,
+        simulated; see :mod:`sparse24_jax.linear_fp8`). Also applies in
         dense fine-tuning. Under ``shard`` the per-tensor scales are per
         shard (each device's own amax).
       dtype: compute dtype (inputs and the projected weight are cast to it),
@@ -152,7 +154,7 @@ class SparseLinear(nnx.Module):
         backend: Any = "xla",
         mask_interval: int = 40,
         mvue: bool = True,
-        precision: str = "bf16",
+        precision: str = "compute",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         kernel_init: Any = default_kernel_init,
@@ -163,8 +165,7 @@ class SparseLinear(nnx.Module):
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        precision = canonical_precision(precision)
         if mask_interval < 1:
             raise ValueError(f"mask_interval={mask_interval} must be a positive number of steps")
         _check_features("in_features", in_features, method)
@@ -182,8 +183,9 @@ class SparseLinear(nnx.Module):
         self.beta = Sparse24Scale(sste_scale(w) if method == "sste" else jnp.ones((), jnp.float32))
         self.prepared = Sparse24Prepared(None)
         self.rngs = rngs["sparse24"].fork()
-        #: dense fine-tuning: a static switch, so flipping it retraces once.
-        self.dense = method == "dense"
+        #: dense fine-tuning: the mask is no longer applied, the master weight used as it is. A
+        #: static switch (flipping it retraces once); on from the start for method="dense".
+        self.dense_finetuning = method == "dense"
 
     def _search_mask(self, w):
         return search_mask(self.method, self.backend, w)
@@ -195,7 +197,7 @@ class SparseLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
-        if self.dense:
+        if self.dense_finetuning:
             return sparse24_linear(x, _get(self.weight), method="dense", precision=self.precision)
         key = self.rngs() if self.mvue else None
         args = (x, _get(self.weight), _get(self.mask), _get(self.beta), key)
@@ -210,13 +212,15 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
     """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one
     custom_vjp where it gains something: the backend fuses this activation's
     backward with the MVUE pruning (and ``fused``), and the two layers allow it
-    (same sparse method, backend and dtype, bf16 precision, MVUE on, no
+    (same sparse method, backend and dtype, precision "compute", MVUE on, no
     per-layer shard_map). Else ``None``: the caller composes the two layers,
     which is what the block would compute without the fusion, op for op (so a
     backend without it, like "xla", trains exactly as before the block). The
     MVUE keys are drawn in the order the two layer calls would draw them."""
     same = (fc.method, fc.backend, fc.mvue, fc.dtype) == (proj.method, proj.backend, proj.mvue, proj.dtype)
-    if not same or fc.dense or proj.dense or fc.precision != "bf16" or proj.precision != "bf16":
+    if not same or fc.dense_finetuning or proj.dense_finetuning:
+        return None
+    if fc.precision != "compute" or proj.precision != "compute":
         return None
     if fc.shard is not None or proj.shard is not None or not fused or not fc.mvue:
         return None
@@ -328,10 +332,12 @@ def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
 
 
 def _preparable(layer: SparseLinear) -> bool:
-    """Whether a layer's operands can be computed once per step: not dense,
-    bf16 precision, a fixed compute dtype, and not under a per-layer shard_map
-    (each device there compresses its own slice, inside)."""
-    return not layer.dense and layer.shard is None and layer.precision == "bf16" and layer.dtype is not None
+    """Whether a layer's operands can be computed once per step: not dense
+    (method "dense" or dense fine-tuning), precision "compute", a fixed
+    compute dtype, and not under a per-layer shard_map (each device there
+    compresses its own slice, inside)."""
+    return (not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
+            and layer.dtype is not None)
 
 
 def prepare_weights(model: nnx.Module) -> None:
@@ -343,10 +349,10 @@ def prepare_weights(model: nnx.Module) -> None:
     micro-batch loop, so the weights are projected and compressed once per
     step instead of once per micro-batch (XLA does not hoist the compression
     out of the loop by itself). Layers that compress on every call anyway are
-    left as they are: dense mode, per-layer ``shard``, ``precision="fp8"``,
-    and layers without a fixed ``dtype``. The operands are derived from the
-    current weights: update the weights, and they are stale until prepared
-    again."""
+    left as they are: dense ones (method or fine-tuning), per-layer
+    ``shard``, ``precision="fp8"``, and layers without a fixed ``dtype``. The
+    operands are derived from the current weights: update the weights, and
+    they are stale until prepared again."""
     for _, layer in sparse_layers(model):
         if _preparable(layer):
             _set(layer.prepared, prepare_sparse24_weight(
@@ -405,7 +411,7 @@ def search_masks(model: nnx.Module) -> None:
 def refresh_masks(model: nnx.Module, step: Any = None) -> tuple[jax.Array, jax.Array]:
     """Recompute from their current fp32 weights the masks of the layers whose
     ``mask_interval`` divides ``step``; call it after each optimizer update
-    with the new step count. Layers in dense mode are skipped.
+    with the new step count. Dense layers (method or fine-tuning) are skipped.
 
     ``step`` is an int (the layers due are picked here: no conditional in the
     program), a traced scalar (one ``lax.cond`` per distinct mask_interval,
@@ -418,7 +424,7 @@ def refresh_masks(model: nnx.Module, step: Any = None) -> tuple[jax.Array, jax.A
     changed, over all sparse weights of refreshed layers, and whether any
     layer refreshed.
     """
-    layers = [layer for _, layer in sparse_layers(model) if not layer.dense]
+    layers = [layer for _, layer in sparse_layers(model) if not layer.dense_finetuning]
     concrete = step is None or _concrete_int(step) is not None
     groups: dict[int, list[SparseLinear]] = {}
     for layer in layers:
@@ -466,24 +472,25 @@ def path_keys(path) -> tuple:
 def decay_masks(model: nnx.Module, wrt: Any = nnx.Param):
     """The ``masks=`` argument of :func:`~sparse24_jax.masked_decay`: a pytree
     shaped like ``nnx.state(model, wrt)`` holding each hard-masked
-    (srste/ste, not dense) layer's mask at its weight, and ``True`` (keep all,
+    (srste/ste, not in dense fine-tuning) layer's mask at its weight, and ``True`` (keep all,
     no decay) at every other parameter."""
     masked = {
         path + ("weight",): _get(layer.mask)
         for path, layer in sparse_layers(model)
-        if layer.method in ("srste", "ste") and not layer.dense
+        if layer.method in ("srste", "ste") and not layer.dense_finetuning
     }
     state = nnx.state(model, wrt)
     return jax.tree_util.tree_map_with_path(lambda path, _leaf: masked.get(path_keys(path), True), state)
 
 
-def set_dense(model: nnx.Module, dense: bool = True) -> None:
-    """Switch every sparse layer to dense (``dense=True``: dense fine-tuning,
-    the mask is no longer applied) or back. Changes the static structure, so a
-    jitted step retraces once."""
+def set_dense_finetuning(model: nnx.Module, on: bool = True) -> None:
+    """Switch dense fine-tuning on (``on=True``: the masks are no longer
+    applied, each layer computes with its dense master weight) or off again,
+    in every sparse layer (``method="dense"`` layers stay dense). Changes the
+    static structure, so a jitted step retraces once."""
     for _, layer in sparse_layers(model):
         if layer.method != "dense":
-            layer.dense = dense
+            layer.dense_finetuning = on
 
 
 def init_sste_scales(model: nnx.Module) -> None:

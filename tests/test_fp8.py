@@ -8,7 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from sparse24_jax import fp8, mvue_24, project_weight, sparse24_linear, sste_scale, transposable_mask_24
+from sparse24_jax import (fp8, mvue_24, prepare_sparse24_weight, project_weight, sparse24_linear, sste_scale,
+                          transposable_mask_24)
 
 E4M3_NP, E5M2_NP = ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2
 F = {E4M3_NP: 448.0, E5M2_NP: 57344.0}
@@ -198,15 +199,15 @@ def test_linear_fp8_bf16_exact_case_and_leading_dims():
     np.testing.assert_array_equal(np.asarray(dw), dz2.T @ x2)
 
 
-def test_linear_fp8_differs_from_bf16_by_fp8_rounding_only():
+def test_linear_fp8_differs_from_compute_by_fp8_rounding_only():
     x, w, dz, key = _sste_setup(seed=5)
     beta = sste_scale(w)
     out = {}
-    for p in ("bf16", "fp8"):
+    for p in ("compute", "fp8"):
         f = lambda x, w: sparse24_linear(x, w, None, beta, key, method="sste", precision=p)
         z, vjp = jax.vjp(f, x, w)
         out[p] = (z, *vjp(dz))
-    for a, b in zip(out["bf16"], out["fp8"]):
+    for a, b in zip(out["compute"], out["fp8"]):
         rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
         assert 1e-4 < rel < 0.1, rel
     with pytest.raises(ValueError, match="precision"):
@@ -240,3 +241,38 @@ def test_modules_carry_precision():
     want = sparse24_linear(x, v["params"]["weight"], None, v["sparse24"]["beta"], method="sste", mvue=False,
                            precision="fp8")
     np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+
+
+def test_precision_bf16_is_the_earlier_name_of_compute():
+    # "bf16" meant "the GEMMs in the compute dtype" (float32 too): still accepted everywhere,
+    # mapped to "compute" where a precision comes in.
+    from flax import nnx
+
+    from sparse24_jax import linen as s24linen
+    from sparse24_jax import nnx as s24nnx
+
+    assert fp8.PRECISIONS == ("compute", "fp8") and fp8.canonical_precision("bf16") == "compute"
+    assert fp8.canonical_precision("compute") == "compute" and fp8.canonical_precision("fp8") == "fp8"
+    with pytest.raises(ValueError, match=r"^unknown precision 'fp16': use one of \('compute', 'fp8'\)$"):
+        fp8.canonical_precision("fp16")
+    x, w, dz, key = _sste_setup(seed=5)
+    mask = transposable_mask_24(w)
+    prep = prepare_sparse24_weight(w, mask, dtype=x.dtype)
+    out = {}
+    for p in ("compute", "bf16"):
+        f = lambda x, w: sparse24_linear(x, w, mask, None, key, precision=p, prepared=prep)
+        z, vjp = jax.vjp(f, x, w)
+        out[p] = (z, *vjp(dz))
+    for a, b in zip(out["compute"], out["bf16"]):
+        np.testing.assert_array_equal(bits(a), bits(b))
+
+    mlp = s24nnx.SparseMLP(16, 32, precision="bf16", dtype=jnp.float32, rngs=nnx.Rngs(0))
+    assert mlp.fc.precision == mlp.proj.precision == "compute"
+    s24nnx.prepare_weights(mlp)  # the FFN block and compress-once take it as "compute"
+    assert mlp.fc.prepared.get_value() is not None
+    xs = jax.random.normal(jax.random.key(1), (4, 16))
+    ys = {}
+    for p in ("compute", "bf16"):
+        m = s24linen.SparseLinear(8, precision=p, mvue=False)
+        ys[p] = m.apply(m.init(jax.random.key(0), xs), xs)
+    np.testing.assert_array_equal(bits(ys["compute"]), bits(ys["bf16"]))

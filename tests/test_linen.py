@@ -86,3 +86,15 @@ def test_linen_dense_layers_get_no_mask_and_no_decay():
     h = jax.nn.gelu(x @ params["SparseMLP_0"]["fc"]["weight"].T, approximate=False)
     ref = h @ params["SparseMLP_0"]["proj"]["weight"].T @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linen_dense_finetuning_uses_the_master_weight_and_no_decay():
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+    v = Net().init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
+    params, sparse = v["params"], v["sparse24"]
+    dm = s24linen.decay_masks(params, sparse, dense_finetuning=True)
+    assert all(leaf is True for leaf in jax.tree.leaves(dm, is_leaf=lambda a: a is True))
+    layer = s24linen.SparseLinear(32, dense_finetuning=True)
+    w = params["SparseMLP_0"]["fc"]["weight"]
+    y = layer.apply({"params": {"weight": w}, "sparse24": sparse["SparseMLP_0"]["fc"]}, x)  # no rng: no MVUE
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)

@@ -87,15 +87,15 @@ def test_refresh_masks_on_schedule_and_flip_rate():
     assert float(fr) > 0
 
 
-def test_decay_masks_structure_and_dense_switch():
+def test_decay_masks_structure_and_dense_finetuning():
     model = TwoLayer(rngs=nnx.Rngs(0))
     masks = s24nnx.decay_masks(model)
     params = nnx.state(model, nnx.Param)
     assert jax.tree.structure(masks, is_leaf=lambda x: x is True) == jax.tree.structure(params)
     np.testing.assert_array_equal(masks["mlp"]["fc"]["weight"][...], model.mlp.fc.mask[...])
     assert masks["head"]["kernel"].get_value() is True
-    s24nnx.set_dense(model)
-    assert model.mlp.fc.dense and all(v is True for v in jax.tree.leaves(s24nnx.decay_masks(model), is_leaf=lambda x: x is True))
+    s24nnx.set_dense_finetuning(model)
+    assert model.mlp.fc.dense_finetuning and all(v is True for v in jax.tree.leaves(s24nnx.decay_masks(model), is_leaf=lambda x: x is True))
     x = jax.random.normal(jax.random.key(0), (4, 16))
     h = jax.nn.gelu(x @ model.mlp.fc.weight[...].T, approximate=False) @ model.mlp.proj.weight[...].T
     np.testing.assert_allclose(model(x), model.head(h), rtol=1e-5, atol=1e-5)
@@ -118,7 +118,7 @@ def test_srste_training_loop_learns_with_jit():
     losses = []
     for i in range(40):
         if i == 30:
-            s24nnx.set_dense(model)
+            s24nnx.set_dense_finetuning(model)
         loss, fr, refreshed = step(model, opt)
         losses.append(float(loss))
         assert bool(refreshed) == ((i + 1) % 5 == 0 and i < 30)

@@ -43,7 +43,7 @@ def test_prepared_errors():
     mask = s24.transposable_mask_24(w)
     x = jnp.ones((4, 8), jnp.bfloat16)
     prep = s24.prepare_sparse24_weight(w, mask)
-    with pytest.raises(ValueError, match="precision='bf16'"):
+    with pytest.raises(ValueError, match="precision='compute'"):
         s24.sparse24_linear(x, w, mask, prepared=prep, mvue=False, precision="fp8")
     with pytest.raises(ValueError, match="nothing to prepare"):
         s24.prepare_sparse24_weight(w, method="dense")
@@ -102,7 +102,7 @@ def test_prepare_weights_skips_what_compresses_itself():
     s24nnx.prepare_weights(m)
     assert _prepared_paths(m) == {("fc",), ("proj",)}
     s24nnx.clear_prepared(m)
-    s24nnx.set_dense(m)
+    s24nnx.set_dense_finetuning(m)
     s24nnx.prepare_weights(m)
     assert _prepared_paths(m) == set()
     m2 = s24nnx.SparseMLP(32, 64, rngs=nnx.Rngs(0))  # no fixed dtype: the call's x decides

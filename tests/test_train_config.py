@@ -60,6 +60,30 @@ def test_overrides_and_bad_field():
         load_config("no-such-config")
 
 
+def test_precision_bf16_is_read_as_compute(tmp_path):
+    # "bf16", precision's earlier name, in config files, --set and run directories saved before
+    # (tests/test_train_loop.py resumes such a run): mapped to "compute" when a Config is made.
+    import dataclasses
+
+    from sparse24_jax.fp8 import PRECISION_ALIASES
+    from sparse24_train.config import ALIASES, Config
+    from sparse24_train.pretrained import config_from_dict
+
+    assert ALIASES["precision"] == PRECISION_ALIASES  # the library maps it the same way
+    assert Config().precision == "compute" and Config(precision="bf16").precision == "compute"
+    assert load_config("tiny", ["precision=bf16"]).precision == "compute"
+    assert dataclasses.replace(Config(), precision="bf16") == Config()
+    assert config_from_dict({"precision": "bf16"}).precision == "compute"
+    old = tmp_path / "old.toml"
+    old.write_text('[model]\nprecision = "bf16"\n')
+    assert load_config(str(old)).precision == "compute"
+    (tmp_path / "config.json").write_text(json.dumps({"precision": "bf16", "n_layer": 1}))
+    args = cli.parse_args(["--out", str(tmp_path), "--resume"])
+    assert cli.resolve_config(args, tmp_path).precision == "compute"
+    with pytest.raises(ConfigError, match="^precision = 'fp16': must be one of compute, fp8$"):
+        load_config("tiny", ["precision=fp16"])
+
+
 def _cli_error(capsys, *argv):
     with pytest.raises(SystemExit) as e:
         cli.main(list(argv))

@@ -25,7 +25,7 @@ pytest.importorskip("sparse24_train")
 from flax import nnx
 
 from sparse24_train import cli
-from sparse24_train.checkpoint import Checkpointer
+from sparse24_train.checkpoint import Checkpointer, dense_finetuning_of
 from sparse24_train.config import load_config
 from sparse24_train.errors import Diverged
 from sparse24_train.train import build, train
@@ -57,9 +57,9 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 def leaves(out: Path, cfg, step: int) -> list[np.ndarray]:
     model, optimizer = build(cfg, 256)
     ckpt = Checkpointer(out, 10)
-    if ckpt.restore_meta(step)["dense"]:
+    if dense_finetuning_of(ckpt.restore_meta(step)):
         from sparse24_jax import nnx as s24nnx
-        s24nnx.set_dense(model)
+        s24nnx.set_dense_finetuning(model)
     state = ckpt.restore(step, nnx.state((model, optimizer)))
     ckpt.close()
     plain = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x

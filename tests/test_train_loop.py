@@ -16,7 +16,7 @@ pytest.importorskip("sparse24_train")
 from flax import nnx
 
 import sparse24_jax as s24
-from sparse24_train.checkpoint import Checkpointer
+from sparse24_train.checkpoint import Checkpointer, dense_finetuning_of
 from sparse24_train.config import load_config
 from sparse24_train.train import build, train
 
@@ -44,12 +44,26 @@ def load_state(out, cfg):
     model, optimizer = build(cfg, 256)
     ckpt = Checkpointer(out, 3)
     step = ckpt.latest_step()
-    if ckpt.restore_meta(step)["dense"]:
+    if dense_finetuning_of(ckpt.restore_meta(step)):
         from sparse24_jax import nnx as s24nnx
-        s24nnx.set_dense(model)
+        s24nnx.set_dense_finetuning(model)
     state = ckpt.restore(step, nnx.state((model, optimizer)))
     ckpt.close()
     return step, jax.tree.leaves(nnx.to_pure_dict(state))
+
+
+def plain(x):
+    """An array of a checkpointed state, PRNG keys as their key data."""
+    return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+
+def assert_same_state(out_a, out_b, cfg):
+    """The latest checkpoints of two runs hold the same state, bit for bit."""
+    _, a = load_state(out_a, cfg)
+    _, b = load_state(out_b, cfg)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(plain(x), plain(y))
 
 
 @pytest.mark.parametrize("method", ["srste", "sste"])
@@ -65,7 +79,6 @@ def test_resume_is_exact(tmp_path, method):
     step_a, a = load_state(tmp_path / "straight", cfg)
     step_b, b = load_state(tmp_path / "split", cfg)
     assert step_a == step_b == 6 and len(a) == len(b)
-    plain = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
     for x, y in zip(a, b):
         np.testing.assert_allclose(plain(x), plain(y), rtol=1e-5, atol=1e-6)
     la = [r["train_loss"] for r in rows(tmp_path / "straight")]
@@ -171,11 +184,42 @@ def test_resume_is_exact_from_a_checkpoint_saved_mid_run(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "again" / "checkpoints" / "6")
     assert Checkpointer(tmp_path / "again", 3).restore_meta(3)["data"] == {"batches": 6}
     train(cfg, tmp_path / "again", progress=False, resume=True)
-    _, a = load_state(tmp_path / "straight", cfg)
-    _, b = load_state(tmp_path / "again", cfg)
-    plain = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(plain(x), plain(y))
+    assert_same_state(tmp_path / "straight", tmp_path / "again", cfg)
     la = [r["train_loss"] for r in rows(tmp_path / "straight")]
     lb = [r["train_loss"] for r in rows(tmp_path / "again")]
     assert la == lb
+
+
+def test_a_run_saved_before_the_renames_resumes(tmp_path, monkeypatch):
+    # Runs saved before the renames hold the checkpoint meta key "dense" only (now also
+    # "dense_finetuning") and precision "bf16" in config.json (now "compute"): both still read,
+    # `--resume` of such a run continues it exactly.
+    import json
+
+    import sparse24_train.train as train_mod
+    from sparse24_train import cli
+    from sparse24_train.pretrained import load_pretrained
+
+    assert dense_finetuning_of({"dense": True, "data": {}}) is True
+    assert dense_finetuning_of({"dense": False, "data": {}}) is False
+    assert dense_finetuning_of({"dense_finetuning": True, "dense": True}) is True
+    with pytest.raises(KeyError):
+        dense_finetuning_of({"data": {}})
+
+    # SR-STE, 4 steps, dense fine-tuning from step 2: the checkpoint of step 3 has it on
+    cfg = load_config("tiny", SMALL | {"max_steps": 4, "mask_interval": 2, "dense_fraction": 0.5,
+                                       "ckpt_interval": 3, "eval_interval": 100, "dtype": "float32"})
+    train(cfg, tmp_path / "straight", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "dense_finetuning_meta", lambda on: {"dense": bool(on)})  # the old format
+        train(cfg, tmp_path / "old", progress=False, stop_after=3)
+    saved = tmp_path / "old" / "config.json"
+    saved.write_text(json.dumps(json.loads(saved.read_text()) | {"precision": "bf16"}))
+    meta = Checkpointer(tmp_path / "old", 3).restore_meta(3)
+    assert meta["dense"] is True and "dense_finetuning" not in meta
+    pre = load_pretrained(tmp_path / "old", step=3)
+    assert pre.model.h[0].mlp.fc.dense_finetuning is True and pre.cfg.precision == "compute"
+    cli.main(["--out", str(tmp_path / "old"), "--resume", "--no-progress"])
+    assert json.loads(saved.read_text())["precision"] == "compute"
+    assert_same_state(tmp_path / "straight", tmp_path / "old", cfg)
+    assert Checkpointer(tmp_path / "old", 3).restore_meta(4)["dense_finetuning"] is True

@@ -33,6 +33,19 @@ from flax import nnx
 from .errors import CheckpointError
 
 
+def dense_finetuning_meta(on: bool) -> dict:
+    """A checkpoint's meta entries saying whether dense fine-tuning is on: "dense_finetuning",
+    and "dense" too, the name checkpoints were written with before (versions that read only
+    that one can still resume the run)."""
+    return {"dense_finetuning": bool(on), "dense": bool(on)}
+
+
+def dense_finetuning_of(meta: dict) -> bool:
+    """Whether a checkpoint's meta says dense fine-tuning is on: "dense_finetuning", or "dense" in
+    checkpoints written before that name. KeyError if it has neither (not a checkpoint's meta)."""
+    return bool(meta["dense_finetuning"] if "dense_finetuning" in meta else meta["dense"])
+
+
 def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -173,8 +186,8 @@ class Checkpointer:
         return from_savable(template, got["state"])
 
     def restore_checked(self, step: int, template_of) -> tuple[dict, object, nnx.State]:
-        """(meta, graphdef, state) of checkpoint `step`; template_of(dense) gives the run's fresh
-        (graphdef, state) to restore into. A checkpoint that cannot be read raises CheckpointError
+        """(meta, graphdef, state) of checkpoint `step`; template_of(dense_finetuning) gives the run's
+        fresh (graphdef, state) to restore into. A checkpoint that cannot be read raises CheckpointError
         naming it and the newest older one that can (restored in full to be sure), to continue
         from with --resume --step; one of another model raises CheckpointError saying so."""
         try:
@@ -196,10 +209,10 @@ class Checkpointer:
     def _restore_one(self, step: int, template_of):
         try:
             meta = self.restore_meta(step)
-            dense, _ = bool(meta["dense"]), meta["data"]
+            dense_finetuning, _ = dense_finetuning_of(meta), meta["data"]
         except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged file
             raise _Unreadable(reason(err)) from None
-        graphdef, template = template_of(dense)
+        graphdef, template = template_of(dense_finetuning)
         mismatch = self.shape_mismatch(step, template)
         if mismatch:
             raise CheckpointError(f"checkpoint {step} in {self.directory} holds another model than this "

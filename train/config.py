@@ -20,6 +20,13 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says how to fix it."""
 
 
+#: Values of a field accepted under an earlier name, mapped to the current one whenever a Config
+#: is made: config files and run directories saved before hold them. precision "bf16" was
+#: "compute" (the GEMMs in `dtype`, float32 too); the library maps it the same way
+#: (sparse24_jax.fp8.PRECISION_ALIASES, not imported here: the CLI starts without jax).
+ALIASES = {"precision": {"bf16": "compute"}}
+
+
 @dataclass(frozen=True)  # hashable: compiled steps are cached per config (train.py)
 class Config:
     # --- model (GPT-2 as nanoGPT builds it) ---
@@ -35,7 +42,7 @@ class Config:
     mask_interval: int = 40      # SR-STE: recompute the transposable mask every this many steps
     mvue: bool = True            # MVUE-prune the output gradient of the weight-gradient GEMM
     dtype: str = "bfloat16"      # compute dtype; master weights and optimizer state stay float32
-    precision: str = "bf16"      # FFN 2:4 GEMMs: "bf16" (in `dtype`) or "fp8" (S-STE's FP8 recipe, simulated)
+    precision: str = "compute"   # FFN 2:4 GEMMs: "compute" (in `dtype`) or "fp8" (S-STE's FP8 recipe, simulated)
     attention: str = "auto"      # "auto" (cuDNN flash attention on NVIDIA GPUs in 16-bit, else XLA), "xla", "cudnn"
 
     # --- optimizer (AdamW, warm-up + cosine) ---
@@ -83,6 +90,12 @@ class Config:
     peak_tflops: float = 989.0   # for MFU: bf16 dense peak of one device (H100 SXM by default)
     seed: int = 1337
 
+    def __post_init__(self):
+        for name, earlier in ALIASES.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and value in earlier:
+                object.__setattr__(self, name, earlier[value])  # frozen: set once, here
+
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.grad_accum * self.block_size
@@ -92,7 +105,7 @@ class Config:
             "method": ("dense", "srste", "sste", "ste"),
             "ffn": ("gelu", "swiglu"),
             "dtype": ("bfloat16", "float32"),
-            "precision": ("bf16", "fp8"),
+            "precision": ("compute", "fp8"),
             "attention": ("auto", "xla", "cudnn"),
             "shard_map_scope": ("auto", "step", "layer"),
             "shard_gather_dtype": ("compute", "float32"),

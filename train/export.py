@@ -104,8 +104,8 @@ def gpt2_config(cfg, model, vocab_size: int) -> dict:
         "bos_token_id": eot,
         "eos_token_id": eot,
         "torch_dtype": "float32",
-        "sparse24": {"method": cfg.method, "dense_weights": bool(model.h[0].mlp.fc.dense),
-                     "tokenizer": cfg.tokenizer, "precision": getattr(cfg, "precision", "bf16")},
+        "sparse24": {"method": cfg.method, "dense_weights": bool(model.h[0].mlp.fc.dense_finetuning),
+                     "tokenizer": cfg.tokenizer, "precision": getattr(cfg, "precision", "compute")},
     }
 
 
@@ -119,8 +119,8 @@ def export(checkpoint, out, *, step=None, dense: bool = False, overrides=None) -
     pre = load_pretrained(checkpoint, step=step, overrides=overrides)
     if dense:
         from sparse24_jax import nnx as s24nnx
-        s24nnx.set_dense(pre.model)
-    if getattr(pre.cfg, "precision", "bf16") == "fp8":
+        s24nnx.set_dense_finetuning(pre.model)
+    if getattr(pre.cfg, "precision", "compute") == "fp8":
         log.warning("the model runs its FFN GEMMs in (simulated) FP8: the export holds the weights "
                     "before the per-tensor FP8 rounding, so its FFN outputs differ by that rounding")
     tensors = gpt2_tensors(pre.model)

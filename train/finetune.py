@@ -39,6 +39,7 @@ import sparse24_jax as s24
 from sparse24_jax import nnx as s24nnx
 
 from . import metrics as M
+from .checkpoint import dense_finetuning_of
 from .config import ConfigError
 from .data import DataError, get_tokenizer
 from .pretrained import add_checkpoint_args, hidden_states, load_pretrained
@@ -185,10 +186,10 @@ def finetune(task_name: str, checkpoint, *, data_dir=None, data_format="auto", o
     if weights not in ("dense", "sparse"):
         raise ConfigError(f"--weights {weights!r}: use auto, dense or sparse")
     if weights == "dense":
-        s24nnx.set_dense(gpt)   # SR-STE: the dense weights, as after dense fine-tuning
-    elif pre.meta.get("dense") and cfg.method != "dense":
+        s24nnx.set_dense_finetuning(gpt)   # SR-STE: the dense weights, as in dense fine-tuning
+    elif dense_finetuning_of(pre.meta) and cfg.method != "dense":
         log.warning("the checkpoint was already in dense fine-tuning; --weights sparse applies its last masks")
-        s24nnx.set_dense(gpt, False)
+        s24nnx.set_dense_finetuning(gpt, on=False)
 
     default_len = SQUAD_MAX_LEN if task == "squad" else GLUE_MAX_LEN
     max_len = min(max_length or default_len, cfg.block_size)

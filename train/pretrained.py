@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from .checkpoint import from_savable, quiet_abandoned_reads, reason, to_savable
+from .checkpoint import dense_finetuning_of, from_savable, quiet_abandoned_reads, reason, to_savable
 from .config import FIELDS, Config, ConfigError, _coerce, parse_overrides
 
 log = logging.getLogger("sparse24_train")
@@ -32,7 +32,7 @@ log = logging.getLogger("sparse24_train")
 class Pretrained:
     model: nnx.Module          # the GPT, with the checkpoint's weights (dense fine-tuning applied if it was on)
     cfg: Config
-    meta: dict                 # the checkpoint's meta item (step, dense, ...)
+    meta: dict                 # the checkpoint's meta item (step, dense_finetuning, ...)
     step: int
     run_dir: Path
     vocab_size: int
@@ -131,6 +131,7 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
 
     try:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        dense_finetuning = dense_finetuning_of(meta)
     except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged file
         raise unreadable(err) from None
     if (run_dir / "config.json").is_file():
@@ -142,9 +143,9 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
     cfg = usable_backend(config_from_dict(saved, overrides))
     vocab = _saved_vocab(root / str(step)) or padded_vocab(cfg, 50257)
     model, optimizer = build(cfg, vocab)
-    if meta.get("dense"):
+    if dense_finetuning:
         from sparse24_jax import nnx as s24nnx
-        s24nnx.set_dense(model)
+        s24nnx.set_dense_finetuning(model)
     template = nnx.state((model, optimizer))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(template))
     try:
@@ -154,7 +155,7 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
     nnx.update((model, optimizer), from_savable(template, got["state"]))
     manager.close()
     log.info("loaded %s step %d: %d layers, d=%d, method %s%s", root, step, cfg.n_layer, cfg.n_embd,
-             cfg.method, " (dense fine-tuning on)" if meta.get("dense") else "")
+             cfg.method, " (dense fine-tuning on)" if dense_finetuning else "")
     del optimizer
     return Pretrained(model=model, cfg=cfg, meta=meta, step=step, run_dir=run_dir, vocab_size=vocab)
 
@@ -171,11 +172,11 @@ def hidden_states(gpt, idx):
 
 def materialised_ffn(layer) -> np.ndarray:
     """A SparseLinear's weight as its forward uses it, (out, in) float32: W*mask for
-    SR-STE/STE, beta*soft_threshold(W) for S-STE, W when dense."""
+    SR-STE/STE, beta*soft_threshold(W) for S-STE, W when dense (method or fine-tuning)."""
     from sparse24_jax import project_weight
     from sparse24_jax.nnx import _get
     w = _get(layer.weight)
-    if layer.dense or layer.method == "dense":
+    if layer.dense_finetuning or layer.method == "dense":
         return np.asarray(w, np.float32)
     w_s, _ = project_weight(w, _get(layer.mask), _get(layer.beta), method=layer.method)
     return np.asarray(w_s, np.float32)

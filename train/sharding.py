@@ -195,7 +195,7 @@ def gather_fsdp(x, spec: P):
 def compute_dtype_params(model) -> dict[tuple, object]:
     """{path of a Param: dtype} for the weights that every use in `model` casts to the
     compute dtype first: nnx.Linear kernels with a `dtype`, and the 2:4 layers' weights
-    for SR-STE / STE / dense in bf16 precision (masked, then cast; S-STE's soft threshold and
+    for SR-STE / STE / dense in precision "compute" (masked, then cast; S-STE's soft threshold and
     the FP8 recipe's scales read the float32 values, so not those). A gather in that dtype
     gives the model the same bits at half the bytes (`expand_param`). Embeddings stay out:
     the token embedding is looked up in float32 (only the tied head casts it)."""
@@ -207,7 +207,7 @@ def compute_dtype_params(model) -> dict[tuple, object]:
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Linear) and node.dtype is not None:
             out[tuple(path) + ("kernel",)] = node.dtype
-        elif (isinstance(node, s24nnx.SparseLinear) and node.dtype is not None and node.precision == "bf16"
+        elif (isinstance(node, s24nnx.SparseLinear) and node.dtype is not None and node.precision == "compute"
               and node.method in ("srste", "ste", "dense")):
             out[tuple(path) + ("weight",)] = node.dtype
     return out

@@ -50,7 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import sparse24_jax
 from sparse24_jax import nnx as s24nnx
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, dense_finetuning_meta, dense_finetuning_of
 from .config import ConfigError
 from .data import make_source
 from .errors import CheckpointError, Diverged, Interrupted
@@ -122,10 +122,10 @@ def train_shardings(graphdef, state, mesh):
     return state_shardings(state, mesh, tensor_parallel_dims(model))
 
 
-def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
+def init_state(cfg, vocab_size: int, mesh, dense_finetuning: bool = False, like=None):
     """(graphdef, state) of a fresh (model, optimizer), each array created directly in its
     sharding on `mesh` (a jit with out_shardings): no whole copy on one device, and the same
-    on every process of a multi-host run. dense: dense fine-tuning switched on.
+    on every process of a multi-host run. dense_finetuning: switched on in the model.
 
     like: a state of the same config built on another mesh, to be resharded onto this one
     instead (the init program of a big model is slow to compile, docs/RESULTS.md; benchmarks
@@ -134,8 +134,8 @@ def init_state(cfg, vocab_size: int, mesh, dense: bool = False, like=None):
         # masks searched after the jit, one compiled search per weight shape: inlined into
         # it, the searches of every layer made that compile much slower still (docs/RESULTS.md)
         model, optimizer = build(cfg, vocab_size, mesh, search_masks=False)
-        if dense:
-            s24nnx.set_dense(model)
+        if dense_finetuning:
+            s24nnx.set_dense_finetuning(model)
         return model, optimizer
 
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
@@ -311,7 +311,7 @@ def _dtypes(cfg) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def make_train_step(graphdef, mesh, cfg):
-    """The jitted optimizer step for this graphdef (a new one after set_dense).
+    """The jitted optimizer step for this graphdef (a new one after set_dense_finetuning).
 
     Cached: runs of the same config in one process (resumed runs, --compare, tests)
     reuse the compiled step instead of compiling it again.
@@ -538,15 +538,15 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
                      "do (to train longer: --resume --steps N, N > %d)", out, start, end, start)
             return _finished(out, cfg, start)
     if start is None:
-        start, elapsed_before, meta = 0, 0.0, {"dense": False}
+        start, elapsed_before, meta = 0, 0.0, dense_finetuning_meta(False)
         graphdef, state = init_state(cfg, vocab, mesh)
     else:
-        templates = {}  # fresh states to restore into, by dense flag (older checkpoints may differ)
+        templates = {}  # fresh states to restore into, by dense fine-tuning (older checkpoints may differ)
 
-        def template_of(dense):
-            if dense not in templates:
-                templates[dense] = init_state(cfg, vocab, mesh, dense=dense)
-            return templates[dense]
+        def template_of(dense_finetuning):
+            if dense_finetuning not in templates:
+                templates[dense_finetuning] = init_state(cfg, vocab, mesh, dense_finetuning=dense_finetuning)
+            return templates[dense_finetuning]
 
         # the checkpoint's structure (dense fine-tuning already on?), restored straight into this
         # run's shardings: a checkpoint of any mesh loads on any other
@@ -569,7 +569,7 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
     n_params = num_params(nnx.merge(graphdef, state)[0])
     # Dense fine-tuning is on if the checkpoint had it on; the loop switches it on at dense_step
     # (or at once, when a resumed run's new max_steps puts dense_step behind it). Never back off.
-    dense = bool(meta["dense"])
+    dense_finetuning = dense_finetuning_of(meta)
 
     log.info("model: %.2fM parameters (non-embedding), %s FFN, method %s; %d device(s) (mesh data x "
              "fsdp x tensor = %s, %d process(es)); %d tokens/step; steps %d..%d of %d%s", n_params / 1e6,
@@ -590,7 +590,8 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
     def save(step, state):
         # A copy of the data position: the save is asynchronous and serialises `meta` later,
         # when the loader has already drawn the next batches (the live dict would say so).
-        ckpt.save(step, state, dict(step=step, data=copy.deepcopy(source.position), dense=dense,
+        ckpt.save(step, state, dict(step=step, data=copy.deepcopy(source.position),
+                                    **dense_finetuning_meta(dense_finetuning),
                                     elapsed_s=elapsed_before + time.time() - t_start,
                                     config=dataclasses.asdict(cfg)))
 
@@ -626,14 +627,14 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
     s = start
     try:
         for step in range(start, end):
-            if dense_step is not None and step >= dense_step and not dense:
+            if dense_step is not None and step >= dense_step and not dense_finetuning:
                 # Dense fine-tuning: masks off from here on (the optimizer's masked decay stops by
                 # itself at the same step). New static structure, so the step functions are traced again.
                 model, optimizer = nnx.merge(graphdef, state)
-                s24nnx.set_dense(model)
+                s24nnx.set_dense_finetuning(model)
                 graphdef, state = nnx.split((model, optimizer))
                 train_step, eval_step = make_train_step(graphdef, mesh, cfg), make_eval_step(graphdef, mesh, cfg)
-                dense, t_timer = True, None
+                dense_finetuning, t_timer = True, None
                 say(f"step {step}: dense fine-tuning starts")
 
             batches = [source.next_batch(cfg.batch_size) for _ in range(cfg.grad_accum)]
@@ -642,7 +643,7 @@ def train(cfg, out_dir, *, resume: bool = False, step: int | None = None, overwr
             ys = global_batch(np.stack([b[1] for b in batches]), micro_sharding)
             state, m = train_step(state, xs, ys)
             compiled = t_timer is None
-            if cfg.method != "dense" and not dense and (step + 1) % cfg.mask_interval == 0:
+            if cfg.method != "dense" and not dense_finetuning and (step + 1) % cfg.mask_interval == 0:
                 state, flip_rate = refresh_step(state)  # masks searched again from the updated weights
                 m = dict(m, flip_rate=flip_rate)
                 if not refresh_compiled:  # its first call compiled: time from after it
