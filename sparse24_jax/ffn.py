@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from ._vma import match_varying
-from .activations import GATED_KINDS, gated_activation
+from .activations import GATED_KINDS, gated, gated_activation
 from .backend import Backend, capabilities, get_backend
 from .linear import prepare, tokens_2d, validate
 
@@ -66,9 +66,7 @@ def activation(kind: str, z: jax.Array, backend: Backend | None = None, fused: b
     :func:`~sparse24_jax.activations.gated_activation`."""
     if kind == "gelu":
         return jax.nn.gelu(z, approximate=False)
-    if fused and backend is not None and capabilities(backend).gated_activation:
-        return match_varying(backend.gated_activation(z, kind), z)
-    return gated_activation(z, kind)
+    return gated(z, kind, backend=backend, fused=fused)
 
 
 def _gelu_grad_f32(z):
@@ -94,16 +92,13 @@ def activation_vjp(kind: str, z: jax.Array, da: jax.Array) -> jax.Array:
 
 def _act_grad_and_prune(kind, backend, fused, z, da, key):
     """``(dZ1, S_z(dZ1.T) operands)``: one fused pass where the backend has it,
-    else the activation's backward (the backend's gated kernel, or autodiff of
-    the forward) followed by ``prune_grad``."""
-    caps = capabilities(backend)
-    if fused and key is not None and kind in caps.activation_grad_prune:
+    else the activation's backward (autodiff of :func:`activation`, whose gated
+    kinds reach the backend's gated backward kernel through
+    :func:`~sparse24_jax.activations.gated`) followed by ``prune_grad``."""
+    if fused and key is not None and kind in capabilities(backend).activation_grad_prune:
         dz, g = backend.activation_grad_prune(kind, da, z, key)
         return match_varying(dz, z, da), g
-    if fused and kind in GATED_KINDS and caps.gated_activation_bwd:
-        dz = match_varying(backend.gated_activation_bwd(z, da.astype(z.dtype), kind), z, da)
-    else:
-        dz = jax.vjp(lambda a: activation(kind, a), z)[1](da)[0]
+    dz = jax.vjp(lambda a: activation(kind, a, backend, fused), z)[1](da)[0]
     return dz, backend.prune_grad(key, dz)
 
 

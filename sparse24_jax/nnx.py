@@ -227,9 +227,9 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
     if activation not in capabilities(fc.backend).activation_grad_prune:
         return None
     x = x.astype(fc.dtype or x.dtype)
-    keys = (fc.rngs(), proj.rngs()) if fc.mvue else (None, None)
+    keys = (fc.rngs(), proj.rngs())  # MVUE is on here (checked above)
     return sparse24_ffn(x, fc.operands(), proj.operands(), activation=activation, keys=keys, method=fc.method,
-                        backend=fc.backend, mvue=fc.mvue, fused=fused)
+                        backend=fc.backend, mvue=True, fused=fused)
 
 
 class SparseMLP(nnx.Module):

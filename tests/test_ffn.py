@@ -167,3 +167,19 @@ def test_block_errors():
     odd = Sparse24Weight(jnp.ones((4 * H + 4, D)), s24.transposable_mask_24(jnp.ones((4 * H + 4, D))))
     with pytest.raises(ValueError, match="last axis of x|even"):
         sparse24_ffn(x, odd, proj, activation="swiglu", mvue=False)
+
+
+def test_block_reaches_a_backends_gated_kernels():
+    """Without the fused pruning, the block's gated activation runs the backend's
+    gated forward and backward kernels (sparse24_jax.activations.gated's hooks)."""
+    from test_activations import HookedXla
+
+    be = HookedXla(scale=2.0)
+    fc, proj = weights("swiglu", "srste")
+    x = jax.random.normal(jax.random.key(3), (16, D))
+    got = loss_and_grads(lambda x, a, b: sparse24_ffn(x, a, b, activation="swiglu", backend=be, mvue=False),
+                         x, fc, proj)
+    kinds = [c[0] for c in be.calls]
+    assert "fwd" in kinds and "bwd" in kinds
+    ref = loss_and_grads(lambda x, a, b: sparse24_ffn(x, a, b, activation="swiglu", mvue=False), x, fc, proj)
+    assert not np.allclose(float(got[0]), float(ref[0]))  # the hooks' scale shows: they ran
