@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parent / "cutlass_src"
 _MARKER = "cutlass/gemm/collective/builders/sm90_sparse_config.inl"
 _CACHE = Path(os.environ.get("SPARSE24_CUTLASS_CACHE", Path(tempfile.gettempdir()) / "sparse24_cutlass_host"))
 
-#: (C++ element type, the numpy dtype name the tests use) per test tag
+#: the C++ element type of each tag of the CPU program
 ELEMENTS = {
     "bf16": "cutlass::bfloat16_t",
     "f16": "cutlass::half_t",
@@ -92,7 +92,7 @@ def cuda_include_dirs() -> tuple[list[Path] | None, str]:
     return None, "no CUDA toolkit headers (cuda_runtime.h) found: set CUDA_HOME"
 
 
-def _build(cmd_prefix: list[str], src: Path, out_name: str, flags: list[str]) -> Path:
+def build_program(cmd_prefix: list[str], src: Path, out_name: str, flags: list[str]) -> Path:
     key = hashlib.sha256("\0".join([*cmd_prefix, *flags, src.read_text()]).encode()).hexdigest()[:16]
     exe = _mkdir(_CACHE / "bin") / f"{out_name}-{key}"
     if not exe.exists():

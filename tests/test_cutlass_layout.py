@@ -9,6 +9,9 @@ tests/gpu/test_cutlass_layout_gpu.py.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -349,3 +352,74 @@ def test_offsets_match_cute_layout(host_compressors, tag, tile_k, m, k):
     s = layout.compressed_shapes(m, k, DTYPES[tag], tile_k=tile_k)
     r, kb = np.meshgrid(np.arange(s.metadata_rows), np.arange(s.metadata_cols // 8), indexing="ij")
     assert np.array_equal(off, layout.metadata_byte_offset(r, kb, m, es, tile_k=tile_k).reshape(-1))
+
+
+# ---------------------------------------------------------------------------
+# kernels/cutlass/csrc/sm90_layout.cuh (the kernels' twin of layout.py), on the host
+# ---------------------------------------------------------------------------
+
+HEADER_DIR = _cutlass_host.REPO / "kernels" / "cutlass" / "csrc"
+LAYOUT_HOST = _cutlass_host.SRC / "sm90_layout_host.cpp"
+
+
+def _layout_host_program(compiler):
+    exe = shutil.which(compiler)
+    if exe is None:
+        pytest.skip(f"no {compiler} to build kernels/cutlass/csrc/sm90_layout.cuh")
+    flags = ["-std=c++17", "-O1", f"-I{HEADER_DIR}"]
+    if compiler == "nvcc":
+        # as CUDA: the functions are __host__ __device__, and a kernel using them compiles for sm_90a
+        flags += ["-x", "cu", "-arch=sm_90a"]
+    return _cutlass_host.build_program([exe], LAYOUT_HOST, f"sm90_layout_host-{compiler}", flags)
+
+
+def _run_layout_host(exe, mode, m, k, es_arg, tile_k, data=b""):
+    res = subprocess.run([str(exe), mode, str(m), str(k), str(es_arg), str(tile_k)], input=data, capture_output=True)
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout
+
+
+def _split(out):
+    nv, ne = (int(x) for x in np.frombuffer(out[:16], np.uint64))
+    assert len(out) == 16 + nv + ne
+    return np.frombuffer(out[16:16 + nv], np.uint8), np.frombuffer(out[16 + nv:], np.uint8)
+
+
+@pytest.mark.parametrize("compiler", ["g++", "nvcc"])
+def test_cuda_header_matches_layout_py(compiler):
+    exe = _layout_host_program(compiler)
+    cases = [(BF16, 2, 128), (BF16, 2, 64), (F16, 2, 32), (E4M3, 1, 128), (E4M3, 1, 64), (I8, -1, 128)]
+    for dtype, es_arg, tile_k in cases:
+        for m, k in [(64, 128), (1, 4), (70, 200), (130, 264)]:
+            es = abs(es_arg) if es_arg != -1 else 1
+            s = layout.compressed_shapes(m, k, dtype, tile_k=tile_k)
+            off = np.frombuffer(_run_layout_host(exe, "offsets", m, k, es_arg, tile_k), np.int64)
+            r, kb = np.meshgrid(np.arange(s.metadata_rows), np.arange(s.metadata_cols // 8), indexing="ij")
+            assert np.array_equal(off, layout.metadata_byte_offset(r, kb, m, es, tile_k=tile_k).reshape(-1))
+            rng = np.random.default_rng(m * k + tile_k)
+            a = random_mat(rng, m, k, dtype)
+            a.reshape(-1, 4)[::5] = 0
+            v, md = _split(_run_layout_host(exe, "compress", m, k, es_arg, tile_k, a.tobytes()))
+            want_v, want_m = layout.compress_sm90(a, tile_k=tile_k)
+            assert np.array_equal(v, want_v.view(np.uint8).reshape(-1)), (dtype, tile_k, m, k)
+            assert np.array_equal(md, want_m), (dtype, tile_k, m, k)
+
+
+@pytest.mark.parametrize("compiler", ["g++", "nvcc"])
+def test_cuda_header_from_packed_matches_layout_py(compiler):
+    exe = _layout_host_program(compiler)
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    rng = np.random.default_rng(11)
+    for m, k in [(64, 128), (70, 200)]:
+        x = rng.standard_normal((m, k // 2)).astype(np.float32)
+        x[rng.random(x.shape) < 0.25] = 0.0
+        x[rng.random(x.shape) < 0.1] = -0.0
+        pv = x.astype(BF16)
+        codes = np.array([p0 | p1 << 2 for p0, p1 in pairs], np.uint8)[rng.integers(0, 6, (m, k // 4))]
+        if codes.shape[1] % 2:
+            codes = np.concatenate([codes, np.full((m, 1), 0xE, np.uint8)], 1)
+        pm = (codes[:, 0::2] | codes[:, 1::2] << 4).astype(np.uint8)
+        v, md = _split(_run_layout_host(exe, "packed", m, k, 2, 128, pv.tobytes() + pm.tobytes()))
+        want_v, want_m = layout.from_packed(pv, pm)
+        assert np.array_equal(v, want_v.view(np.uint8).reshape(-1))
+        assert np.array_equal(md, want_m)
