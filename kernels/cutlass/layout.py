@@ -29,10 +29,10 @@ byte ``offset(r, kb)``; with ``nk = tk // 32`` (16-bit), ``R = r % 64``,
              8-bit:  R * tk/8 + B                  # plain row-major atom
 
 so for 16-bit elements the 32-bit word ``offset // 4`` holds rows ``R`` and
-``R + 8`` (low and high half-word) of 16 columns, and the ``nk`` words of
-the ``nk`` 32-column blocks of a (row pair, half) are adjacent: one 16-byte
-load gives a wgmma thread its metadata for ``tk`` columns (PTX's sparse wgmma
-metadata layout for m64nNk32 f16/bf16). ``tk`` is 128 for every tile with
+``R + 8`` (low and high half-word) of 16 columns (the per-thread metadata
+register of PTX's sparse wgmma m64nNk32 f16/bf16), and the ``nk`` words of the
+``nk`` 32-column blocks of a (row pair, 16-column half) are adjacent (one
+16-byte line for ``tk = 128``). ``tk`` is 128 for every tile with
 K >= 128 (example 62's 128x128x128 and our kernels'); a GEMM built with tile
 K 64 (``tk = 64``) reads a different byte order, so the compressor and the GEMM
 must share the same ``SparseConfig``.
