@@ -206,3 +206,18 @@ def test_meta_nbytes_matches_a_prebuilt_library():
         vbytes, mbytes, ws = ops.compressed_sizes(rows, cols)
         assert (vbytes, mbytes) == (rows * cols, ops.meta_nbytes(rows, cols)), (rows, cols)
     assert len(ops.instances()) == 3 * len(build.selected_configs())
+
+
+def test_prune_keeps_only_what_the_build_uses(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_plan", lambda configs=None: (
+        "nvcc", [], {"registry": "aaaa", "bindings": "bbbb"}, "cccc"))
+    (tmp_path / "obj").mkdir()
+    lib = tmp_path / "libsparse24_cutlass-cccc.so"
+    for name in ("libsparse24_cutlass-cccc.so", "libsparse24_cutlass-old1.so", "obj/registry-aaaa.o",
+                 "obj/bindings-bbbb.o", "obj/bindings-old2.o", "obj/gemm_x_fwd-old3.o"):
+        (tmp_path / name).write_bytes(b"")
+    gone = build.prune(lib)
+    assert sorted(p.name for p in gone) == ["bindings-old2.o", "gemm_x_fwd-old3.o",
+                                            "libsparse24_cutlass-old1.so"]
+    assert sorted(p.name for p in tmp_path.rglob("*.*")) == [
+        "bindings-bbbb.o", "libsparse24_cutlass-cccc.so", "registry-aaaa.o"]

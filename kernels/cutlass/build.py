@@ -55,6 +55,7 @@ __all__ = [
     "find_nvcc",
     "library_path",
     "local_deps",
+    "prune",
     "selected_configs",
 ]
 
@@ -374,6 +375,23 @@ def build(*, force: bool = False, verbose: bool = False, configs: list[Config] |
     return target
 
 
+def prune(path: Path) -> list[Path]:
+    """Delete the objects and libraries beside the built ``path`` that its build does not
+    use (what a carried cache directory should hold); the deleted paths."""
+    _, _, keys, _ = _plan()
+    keep = {f"{n}-{k}.o" for n, k in keys.items()}
+    gone = []
+    for p in sorted(path.parent.glob(f"{LIB_NAME}-*.so")):
+        if p.name != path.name:
+            gone.append(p)
+    for p in sorted((path.parent / "obj").glob("*.o")):
+        if p.name not in keep:
+            gone.append(p)
+    for p in gone:
+        p.unlink()
+    return gone
+
+
 def library_path() -> Path:
     """The built library, building it on first use."""
     return build()
@@ -389,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print nvcc commands, times")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel nvcc jobs")
     parser.add_argument("--list", action="store_true", help="list the configs and exit")
+    parser.add_argument("--prune", action="store_true",
+                        help="then delete cached objects and libraries this build does not use")
     args = parser.parse_args(argv)
     if args.list:
         for c in _CONFIG_LIST:
@@ -402,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.verbose:
         print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.prune and not os.environ.get("SPARSE24_CUTLASS_KERNELS"):
+        for p in prune(path):
+            print(f"pruned {p}", file=sys.stderr)
     print(path)
     return 0
 
