@@ -18,6 +18,9 @@ keeps XLA from hoisting or dropping it), divided by R, median over rounds: no
 dispatch overhead. ``--mode pipelined`` instead enqueues R jitted calls and
 blocks once. PyTorch (``time_torch``): CUDA events around R back-to-back calls. Compression (ours: W and W.T; MVUE + compress of dZ.T) is
 timed separately; "dW+prune" is the per-step cost of the weight gradient.
+
+``--cutlass`` adds our CUTLASS 3.x sm90 sparse kernels (kernels/cutlass/), each
+built config on each GEMM, the best beside cuSPARSELt ("ours") and XLA dense.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
         lambda b, x: ops.spmm(b, x, m=n, k=mp, transpose_b=False, d_col_major=True,
                               out_dtype=x.dtype).T.astype(jnp.float32), g.buf, xp)
 
+    if opts.cutlass:
+        try:
+            _cutlass_times(res, n, k, m, x, dz, w_s, opts, tj)
+        except Exception as err:  # noqa: BLE001 - report, keep the other numbers
+            print(f"  CUTLASS failed at N={n} K={k}: {type(err).__name__}: {str(err)[:400]}",
+                  file=sys.stderr, flush=True)
+
     if torch_ok:
         try:
             _torch_times(res, n, k, m, kw)
@@ -100,6 +110,50 @@ def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
     rows.append({"N": n, "K": k, "M": m, "gemm": "MVUE+compress dZ.T", "ours": t_prune,
                  "bytes": m * n * 2 + size(n, m)})
     return rows
+
+
+def _cutlass_times(res, n, k, m, x, dz, w_s, opts, tj):
+    """Each CUTLASS config on each product (sparse24_jax_kernels.cutlass); the best per
+    product as res[gemm]["cutlass"], all in res[gemm]["cutlass_all"]. The operands are
+    the ones cuSPARSELt gets: W_s, W_s^T, and S(dZ^T) = dZ^T under the fixed 2:4
+    pattern (its MVUE is not CUTLASS's work here). Each config's result is checked
+    against the float32 XLA reference (max error relative to its RMS) before timing."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax_kernels.cutlass import ops as cops
+
+    g_s = jnp.where(jnp.asarray(tiled_mask(n, m)), dz.T, jnp.zeros((), dz.dtype))
+    comp = jax.jit(cops.compress)
+    operands = {
+        "fwd": (comp(w_s), x, w_s),
+        "dX": (comp(w_s.T), dz, w_s.T),
+        "dW": (comp(g_s), x, g_s),
+    }
+    product = {"fwd": "fwd", "dX": "dx", "dW": "dw"}
+    configs = opts.cutlass_configs or cops.configs()
+    for gemm, ((vals, meta), b, a_dense) in operands.items():
+        p = product[gemm]
+        ref = jax.jit(lambda a, b: cops.reference(p, a, b))(a_dense, b).astype(jnp.float32)
+        rms = float(jnp.sqrt(jnp.mean(ref * ref))) + 1e-30
+        times, errs = {}, {}
+        for cfg in configs:
+            f = lambda v, mt, b, cfg=cfg: cops.spmm(p, v, mt, b, config=cfg)  # noqa: E731
+            try:
+                out = jax.jit(f)(vals, meta, b).astype(jnp.float32)
+                errs[cfg] = float(jnp.max(jnp.abs(out - ref))) / rms
+                # b first: the looped timer rewrites the first float operand, not the sparse one
+                times[cfg] = tj(lambda b, v, mt, f=f: f(v, mt, b), b, vals, meta)
+            except Exception as err:  # noqa: BLE001 - one config failing keeps the others
+                print(f"  CUTLASS {cfg} {gemm} failed: {type(err).__name__}: {str(err)[:300]}",
+                      file=sys.stderr, flush=True)
+        if not times:
+            continue
+        best = min(times, key=times.get)
+        res[gemm]["cutlass"] = times[best]
+        res[gemm]["cutlass_config"] = best
+        res[gemm]["cutlass_all"] = times
+        res[gemm]["cutlass_err"] = errs
 
 
 def _torch_times(res, n, k, m, kw):
@@ -174,6 +228,28 @@ def markdown(rows: list[dict]) -> str:
         else:
             gbs = r["bytes"] / r["ours"] / 1e9
             extra.append(f"| {shape} | {r['gemm']} | {_ms(r['ours'])} | {gbs:.0f} |")
+    if any("cutlass" in r for r in rows):
+        out += ["", "| shape (N x K) | GEMM | XLA dense ms | cuSPARSELt ms | CUTLASS best ms "
+                "| best config | CUTLASS vs cuSPARSELt | CUTLASS vs XLA | CUTLASS TFLOP/s "
+                "| max err / RMS |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "cutlass" not in r:
+                continue
+            best = r["cutlass_config"]
+            out.append(
+                f"| {r['N']} x {r['K']} | {r['gemm']} | {_ms(r.get('xla'))} | {_ms(r.get('ours'))} "
+                f"| {_ms(r['cutlass'])} | {best} | {_x(r.get('ours'), r['cutlass'])} "
+                f"| {_x(r.get('xla'), r['cutlass'])} | {r['flops'] / r['cutlass'] / 1e12:.0f} "
+                f"| {r['cutlass_err'].get(best, float('nan')):.1e} |"
+            )
+        out += ["", "| shape (N x K) | GEMM | " + " | ".join(
+            sorted({c for r in rows for c in r.get("cutlass_all", {})})) + " |"]
+        cfgs = sorted({c for r in rows for c in r.get("cutlass_all", {})})
+        out.append("|---|---|" + "---|" * len(cfgs))
+        for r in rows:
+            if "cutlass_all" in r:
+                out.append(f"| {r['N']} x {r['K']} | {r['gemm']} | " + " | ".join(
+                    _ms(r["cutlass_all"].get(c)) for c in cfgs) + " |")
     return "\n".join(out + extra)
 
 
@@ -188,6 +264,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--mode", choices=["loop", "pipelined"], default="loop")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--cutlass", action="store_true",
+                   help="also time the CUTLASS sm90 sparse GEMMs (sparse24_jax_kernels.cutlass), "
+                        "every built config, the best reported beside cuSPARSELt and XLA")
+    p.add_argument("--cutlass-configs", nargs="*", default=None,
+                   help="only these CUTLASS configs (default: every one the build has)")
     p.add_argument("--json", help="also write the results here")
     opts = p.parse_args(argv)
 

@@ -1,0 +1,64 @@
+// The plain-C++ interface between the CUTLASS instance units (gemm_instance.cu,
+// compress.cu: heavy templates, device code) and the host units (registry.cc,
+// bindings.cc: XLA FFI). Nothing CUTLASS here, so the host units compile fast.
+
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace s24c {
+
+// The three products of a 2:4 linear Z = X @ W_s^T (gemm_kernel.cuh maps them
+// onto CUTLASS's D = A_sparse @ B).
+enum Product : int { kFwd = 0, kDx = 1, kDw = 2, kNumProducts = 3 };
+enum Schedule : int { kCooperative = 0, kPingpong = 1 };
+
+// Return codes of an instance's Run.
+enum GemmStatus : int {
+  kOk = 0,
+  kErrCannotImplement = 1,
+  kErrWorkspace = 2,
+  kErrInitialize = 3,
+  kErrLaunch = 4,
+};
+
+// One call in CUTLASS's terms: D (m x n) = A (m x k, compressed) @ B (k x n).
+struct GemmCall {
+  int m = 0, n = 0, k = 0;
+  const void* a_values = nullptr;  // CUTLASS's compressed values of A
+  const void* a_meta = nullptr;    // CUTLASS's metadata of A
+  const void* b = nullptr;
+  void* d = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  cudaStream_t stream = nullptr;
+  int device = 0;
+  int sm_count = 0;
+};
+
+// An instance of gemm_kernel.cuh, as registry.cc lists it.
+struct GemmInstance {
+  const char* config;  // e.g. "t128x128x128_c1x1_coop"
+  int product;
+  int tile_m, tile_n, tile_k, cluster_m, cluster_n, schedule;
+  int (*run)(const GemmCall&);
+  int (*can_implement)(const GemmCall&);
+  size_t (*workspace_bytes)(const GemmCall&);
+};
+
+// Called by each instance unit's static initialiser.
+bool RegisterGemm(const GemmInstance& inst);
+
+}  // namespace s24c
+
+namespace s24c {
+
+// registry.cc: the instance of (config, product), or null.
+const GemmInstance* FindGemm(const char* config, int product);
+int NumGemms();
+const GemmInstance* GemmAt(int i);
+
+}  // namespace s24c

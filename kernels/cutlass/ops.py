@@ -1,0 +1,197 @@
+"""JAX operations of the CUTLASS library: the :func:`jax.ffi.ffi_call` wrappers.
+
+The sparse operand of every product is given in CUTLASS's compressed format,
+made by :func:`compress` (CUTLASS's own compressor): ``values`` (rows, cols/2)
+bfloat16 and ``meta`` (:func:`meta_nbytes`,) uint8, for a dense rows x cols
+operand 2:4-pruned along cols. The three products of a 2:4 linear ``Z = X @ W_s^T``
+(X (M, K) tokens x in, W_s (N, K) 2:4 along K):
+
+=======  ======================  ====================  ==========================
+product  sparse operand          dense operand          result
+=======  ======================  ====================  ==========================
+fwd      W_s (N, K)              X (M, K) bf16          Z = X @ W_s^T  (M, N) bf16
+dx       W_s^T (K, N), 2:4 on N  dZ (M, N) bf16         dX = dZ @ W_s  (M, K) bf16
+dw       S(dZ^T) (N, M), on M    X (M, K) bf16          dW = S(dZ)^T @ X (N, K) f32
+=======  ======================  ====================  ==========================
+
+:func:`reference` is their XLA twin (float32 dots of the dense operands).
+Shapes: the sparse operand's rows and its 2:4 axis multiples of 64, the dense
+operand's other axis of 16 (CUTLASS's metadata atom rows, TMA alignment);
+other shapes raise ValueError naming the fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._library import (
+    PREFIX,
+    TARGETS,
+    compressed_sizes,
+    instances,
+    load,
+    load_library,
+    workspace_bytes,
+)
+from .build import CONFIGS, PRODUCTS
+
+__all__ = [
+    "CONFIGS",
+    "PRODUCTS",
+    "TARGETS",
+    "compress",
+    "compressed_sizes",
+    "configs",
+    "instances",
+    "load",
+    "load_library",
+    "meta_nbytes",
+    "problem",
+    "reference",
+    "spmm",
+    "workspace_bytes",
+]
+
+MULT_ROWS, MULT_K, MULT_N = 64, 64, 16  # as csrc/bindings.cc (README "Shapes")
+DEFAULT_CONFIG = "t128x256x128_c1x1_coop"
+
+
+def meta_nbytes(rows: int, cols: int) -> int:
+    """Bytes of CUTLASS's metadata for a rows x cols bf16 operand: 4 bits per group
+    of 4, over rows and cols padded to CUTLASS's metadata atom (64 x 128)."""
+    return -(-rows // 64) * 64 * (-(-cols // 128) * 128) // 8
+
+
+def configs() -> list[str]:
+    """The config names this build has (every product of each)."""
+    return sorted({i["config"] for i in instances()})
+
+
+def _check_sparse_shape(what: str, rows: int, cols: int) -> None:
+    if rows <= 0 or cols <= 0 or rows % MULT_ROWS or cols % MULT_K:
+        raise ValueError(
+            f"{what}: the sparse operand is {rows} x {cols} (rows x 2:4 axis); CUTLASS's sm90 "
+            f"sparse kernels need rows % {MULT_ROWS} == 0 and the 2:4 axis % {MULT_K} == 0: "
+            "pad it, or use the cuSPARSELt or XLA path"
+        )
+
+
+def compress(dense):
+    """CUTLASS's compressed format of a dense bf16 operand, 2:4-pruned along its last axis.
+
+    ``dense`` (rows, cols) -> ``(values (rows, cols/2) bf16, meta (meta_nbytes(rows, cols),)
+    uint8)``.
+    Groups of 4 along cols must hold at most 2 nonzeros (CUTLASS's compressor
+    keeps the nonzeros; more than 2 is not 2:4 and gives a wrong operand).
+    For dx compress W_s^T (``dense = w.T``), for dw S(dZ)^T.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if dense.ndim != 2 or jnp.dtype(dense.dtype) != jnp.bfloat16:
+        raise ValueError(f"compress takes a 2-D bfloat16 array, got {dense.dtype} {dense.shape}: "
+                         "cast it with .astype(jnp.bfloat16)")
+    rows, cols = dense.shape
+    _check_sparse_shape("compress", rows, cols)
+    load()
+    _, meta_bytes, ws = compressed_sizes(rows, cols)
+    if meta_bytes != meta_nbytes(rows, cols):  # the library and this module agree
+        raise RuntimeError(f"CUTLASS metadata size {meta_bytes} != {meta_nbytes(rows, cols)}")
+    call = jax.ffi.ffi_call(
+        PREFIX + "compress",
+        (jax.ShapeDtypeStruct((rows, cols // 2), jnp.bfloat16),
+         jax.ShapeDtypeStruct((meta_bytes,), jnp.uint8),
+         jax.ShapeDtypeStruct((max(ws, 16),), jnp.uint8)),
+    )
+    values, meta, _ = call(dense)
+    return values, meta
+
+
+def _product_id(product) -> int:
+    if isinstance(product, str):
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be one of {list(PRODUCTS)}, got {product!r}")
+        return PRODUCTS[product]
+    if product not in PRODUCTS.values():
+        raise ValueError(f"product must be one of {list(PRODUCTS)} (or 0, 1, 2), got {product!r}")
+    return int(product)
+
+
+def problem(product, sparse_shape, dense_shape) -> tuple[tuple[int, int, int], tuple, object]:
+    """CUTLASS's (Mc, Nc, Kc), the result's shape and dtype name, for a product.
+
+    ``sparse_shape``: the dense shape (rows, cols) of the sparse operand;
+    ``dense_shape``: the dense operand's shape. Raises ValueError naming the fix.
+    """
+    p = _product_id(product)
+    name = [k for k, v in PRODUCTS.items() if v == p][0]
+    rows, cols = sparse_shape
+    if len(dense_shape) != 2:
+        raise ValueError(f"{name}: the dense operand must be 2-D, got {tuple(dense_shape)}")
+    _check_sparse_shape(name, rows, cols)
+    if p == PRODUCTS["dw"]:  # S(dZ^T) (N, M) @ X (M, K)
+        if dense_shape[0] != cols:
+            raise ValueError(f"dw: X must be (M, K) with M = {cols} (the 2:4 axis of S(dZ^T)), "
+                             f"got {tuple(dense_shape)}")
+        nc = dense_shape[1]
+        out_shape, out_dtype = (rows, nc), "float32"
+    else:  # fwd: W_s (N, K) @ X^T, X (M, K); dx: W_s^T (K, N) @ dZ^T, dZ (M, N)
+        if dense_shape[1] != cols:
+            axis = "K" if p == PRODUCTS["fwd"] else "N"
+            raise ValueError(f"{name}: the dense operand must be (M, {axis}) with {axis} = {cols} "
+                             f"(the sparse operand's 2:4 axis), got {tuple(dense_shape)}")
+        nc = dense_shape[0]
+        out_shape, out_dtype = (nc, rows), "bfloat16"
+    if nc <= 0 or nc % MULT_N:
+        raise ValueError(f"{name}: the dense operand's free axis is {nc}; CUTLASS needs a "
+                         f"multiple of {MULT_N} (TMA's 16-byte alignment): pad it")
+    return (rows, nc, cols), out_shape, out_dtype
+
+
+def spmm(product, values, meta, b, *, config: str = DEFAULT_CONFIG):
+    """One product of a 2:4 linear on CUTLASS's sm90 sparse kernel ``config``.
+
+    ``values, meta``: :func:`compress` of the sparse operand (see the module
+    table); ``b``: the dense bf16 operand. Returns Z (M, N) bf16 (fwd), dX (M, K)
+    bf16 (dx) or dW (N, K) float32 (dw).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    p = _product_id(product)
+    if values.ndim != 2 or jnp.dtype(values.dtype) != jnp.bfloat16:
+        raise ValueError(f"values must be 2-D bfloat16 (from ops.compress), got "
+                         f"{values.dtype} {values.shape}")
+    if jnp.dtype(b.dtype) != jnp.bfloat16:
+        raise ValueError(f"the dense operand must be bfloat16, got {b.dtype}: cast it")
+    rows, cols = values.shape[0], 2 * values.shape[1]
+    (mc, nc, kc), out_shape, out_dtype = problem(p, (rows, cols), b.shape)
+    if meta.shape != (meta_nbytes(rows, cols),) or jnp.dtype(meta.dtype) != jnp.uint8:
+        raise ValueError(f"meta must be uint8 ({meta_nbytes(rows, cols)},) for a {rows} x {cols} "
+                         f"sparse operand, got {meta.dtype} {meta.shape} (make it with ops.compress)")
+    if config not in CONFIGS:
+        raise ValueError(f"unknown CUTLASS config {config!r}; known: {list(CONFIGS)}")
+    load()
+    ws = workspace_bytes(config, p, mc, nc, kc)
+    call = jax.ffi.ffi_call(
+        PREFIX + "gemm",
+        (jax.ShapeDtypeStruct(out_shape, jnp.dtype(out_dtype)),
+         jax.ShapeDtypeStruct((max(ws, 16),), jnp.uint8)),
+    )
+    out, _ = call(values, meta, b, product=np.int64(p), config=config)
+    return out
+
+
+def reference(product, sparse_dense, b):
+    """The XLA twin of :func:`spmm`: float32 dots of the dense (pruned) sparse
+    operand and ``b``, cast as the kernel writes (bf16 for fwd and dx, float32 dw)."""
+    import jax
+    import jax.numpy as jnp
+
+    p = _product_id(product)
+    a = sparse_dense.astype(jnp.float32)
+    bf = b.astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    if p == PRODUCTS["dw"]:
+        return jnp.dot(a, bf, precision=hi)
+    return jnp.dot(bf, a.T, precision=hi).astype(jnp.bfloat16)

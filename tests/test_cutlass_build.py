@@ -1,0 +1,223 @@
+"""CPU checks of the CUTLASS kernels' build module and Python layer (no nvcc run,
+no CUTLASS compile, no GPU): the per-object cache keys, the errors that name the
+fix, the configs, the operand shape checks, and that ``import sparse24_jax``
+leaves the package alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparse24_jax_kernels.cutlass import build
+
+
+def test_import_sparse24_jax_does_not_import_cutlass():
+    code = ("import sys, sparse24_jax; "
+            "print(any(m.startswith('sparse24_jax_kernels.cutlass') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_package_imports_without_cutlass_or_gpu():
+    code = ("import sys; import sparse24_jax_kernels.cutlass.ops as o; "
+            "print('cutlass_library' in sys.modules, 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "False"  # the wheel is found, never imported
+
+
+def test_configs_have_tile_k_128_and_unique_names():
+    """compress.cu's one compressor fits every instance only if tile K is 128 (the
+    compressed format depends on min(tile K, 128)); gemm_instance.cu asserts it too."""
+    names = [c.name for c in build._CONFIG_LIST]
+    assert len(set(names)) == len(names) == len(build.CONFIGS)
+    assert all(c.tile_k == 128 for c in build._CONFIG_LIST)
+    assert all(c.schedule in ("coop", "pingpong") for c in build._CONFIG_LIST)
+    d = build.CONFIGS[names[0]].defines(2)
+    assert "-DS24C_PRODUCT=2" in d and f'-DS24C_CONFIG="{names[0]}"' in d
+
+
+def test_selected_configs(monkeypatch):
+    monkeypatch.delenv("SPARSE24_CUTLASS_CONFIGS", raising=False)
+    assert build.selected_configs() == build._CONFIG_LIST
+    first = build._CONFIG_LIST[0].name
+    monkeypatch.setenv("SPARSE24_CUTLASS_CONFIGS", f" {first} ")
+    assert [c.name for c in build.selected_configs()] == [first]
+    monkeypatch.setenv("SPARSE24_CUTLASS_CONFIGS", f"{first},t9x9x9_c1x1_coop")
+    with pytest.raises(build.BuildError, match="t9x9x9_c1x1_coop"):
+        build.selected_configs()
+
+
+def test_every_local_include_is_in_some_key():
+    """A unit's key hashes the csrc headers it includes, transitively."""
+    for src in sorted(build.CSRC.glob("*.c[cu]")):
+        deps = build.local_deps(src)
+        assert deps[0] == src or src in deps
+        for p in deps:
+            import re
+
+            for inc in re.findall(r'^#include "([^"]+)"', p.read_text(), re.M):
+                if (build.CSRC / inc).is_file():
+                    assert build.CSRC / inc in deps, f"{src.name}: {inc} (via {p.name}) unhashed"
+    assert [p.name for p in build.local_deps(build.CSRC / "registry.cc")] == [
+        "products.h", "registry.cc"]
+
+
+def _keys(inc, toolchain=b"toolchain"):
+    units = build._units(inc, inc, build._CONFIG_LIST[:2])
+    return {u.name: build._unit_key(u, toolchain) for u in units}
+
+
+def test_a_changed_header_recompiles_only_its_units(tmp_path, monkeypatch):
+    csrc = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, csrc)
+    monkeypatch.setattr(build, "CSRC", csrc)
+    inc = tmp_path / "cutlass_include"
+    keys = _keys(inc)
+    assert len(keys) == 3 + 3 * 2 and len(set(keys.values())) == len(keys)
+    with open(csrc / "gemm_kernel.cuh", "a") as fh:
+        fh.write("\n// changed\n")
+    keys2 = _keys(inc)
+    changed = {n for n in keys if keys[n] != keys2[n]}
+    assert changed == {n for n in keys if n.startswith("gemm_") or n == "compress"}
+    with open(csrc / "bindings.cc", "a") as fh:
+        fh.write("\n// changed\n")
+    keys3 = _keys(inc)
+    assert {n for n in keys if keys2[n] != keys3[n]} == {"bindings"}
+    # a new toolchain (nvcc, CUTLASS release) recompiles everything
+    keys4 = _keys(inc, b"other")
+    assert all(keys3[n] != keys4[n] for n in keys)
+
+
+def test_missing_nvcc_names_the_fix(monkeypatch):
+    monkeypatch.delenv("SPARSE24_CUTLASS_KERNELS", raising=False)
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    with pytest.raises(build.BuildError, match="nvcc not found.*CUDA_HOME"):
+        build.build()
+
+
+def test_missing_cutlass_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE24_CUTLASS_DIR", str(tmp_path))
+    with pytest.raises(build.BuildError, match="SPARSE24_CUTLASS_DIR.*cutlass.h"):
+        build.find_cutlass()
+    monkeypatch.delenv("SPARSE24_CUTLASS_DIR")
+    monkeypatch.setattr(build.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(build.BuildError, match="pip install nvidia-cutlass"):
+        build.find_cutlass()
+
+
+def test_cutlass_dir_override(monkeypatch, tmp_path):
+    (tmp_path / "include" / "cutlass").mkdir(parents=True)
+    (tmp_path / "include" / "cutlass" / "cutlass.h").write_text("")
+    monkeypatch.setenv("SPARSE24_CUTLASS_DIR", str(tmp_path))
+    with pytest.raises(build.BuildError, match="packed_stride.hpp"):
+        build.find_cutlass()
+    util = tmp_path / "tools" / "util" / "include" / "cutlass" / "util"
+    util.mkdir(parents=True)
+    (util / "packed_stride.hpp").write_text("")
+    inc, uinc = build.find_cutlass()
+    assert inc == (tmp_path / "include").resolve()
+    assert uinc == (tmp_path / "tools" / "util" / "include").resolve()
+
+
+def test_the_wheel_is_found_when_installed():
+    if build.importlib.util.find_spec("cutlass_library") is None:
+        pytest.skip("nvidia-cutlass is not installed here")
+    inc, uinc = build.find_cutlass()
+    assert (inc / "cutlass" / "gemm" / "collective" / "builders" / "sm90_sparse_gmma_builder.inl"
+            ).is_file()
+
+
+def test_prebuilt_library_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE24_CUTLASS_KERNELS", str(tmp_path / "nope.so"))
+    with pytest.raises(build.BuildError, match="SPARSE24_CUTLASS_KERNELS.*not a file"):
+        build.build()
+    so = tmp_path / "lib.so"
+    so.write_bytes(b"")
+    monkeypatch.setenv("SPARSE24_CUTLASS_KERNELS", str(so))
+    assert build.build() == so
+
+
+def test_jobs_env(monkeypatch):
+    monkeypatch.setenv("SPARSE24_CUTLASS_JOBS", "3")
+    assert build._jobs() == 3
+    monkeypatch.setenv("SPARSE24_CUTLASS_JOBS", "zero")
+    with pytest.raises(build.BuildError, match="positive integer"):
+        build._jobs()
+    monkeypatch.delenv("SPARSE24_CUTLASS_JOBS")
+    assert build._jobs() >= 1
+
+
+# --- ops: shapes (pure Python, no library) ---------------------------------
+
+
+def test_problem_shapes():
+    from sparse24_jax_kernels.cutlass import ops
+
+    # fwd: W_s (N=256, K=512), X (M=64, K) -> Z (M, N); CUTLASS (Mc, Nc, Kc) = (N, M, K)
+    assert ops.problem("fwd", (256, 512), (64, 512)) == ((256, 64, 512), (64, 256), "bfloat16")
+    # dx: W_s^T (K=512, N=256), dZ (M=64, N) -> dX (M, K)
+    assert ops.problem("dx", (512, 256), (64, 256)) == ((512, 64, 256), (64, 512), "bfloat16")
+    # dw: S(dZ^T) (N=256, M=128), X (M, K=512) -> dW (N, K) float32
+    assert ops.problem(2, (256, 128), (128, 512)) == ((256, 512, 128), (256, 512), "float32")
+    # GPT-2 1.5B: the 2:4 axis 1600 is a multiple of 64, not of 128
+    assert ops.problem("fwd", (6400, 1600), (16384, 1600))[0] == (6400, 16384, 1600)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("fwd", (96, 512), (64, 512)), "rows % 64"),
+    (("fwd", (128, 96), (64, 96)), "2:4 axis % 64"),
+    (("fwd", (128, 512), (40, 512)), "multiple of 16"),
+    (("fwd", (128, 512), (64, 256)), "K = 512"),
+    (("dx", (128, 512), (64, 256)), "N = 512"),
+    (("dw", (128, 512), (256, 64)), "M = 512"),
+    (("dw", (128, 512), (512, 8)), "multiple of 16"),
+    (("up", (128, 512), (64, 512)), "product must be"),
+    ((5, (128, 512), (64, 512)), "product must be"),
+])
+def test_problem_errors_name_the_fix(args, match):
+    from sparse24_jax_kernels.cutlass import ops
+
+    with pytest.raises(ValueError, match=match):
+        ops.problem(*args)
+
+
+def test_meta_nbytes_pads_to_the_metadata_atom():
+    from sparse24_jax_kernels.cutlass import ops
+
+    assert ops.meta_nbytes(64, 128) == 64 * 128 // 8
+    assert ops.meta_nbytes(1600, 6400) == 1600 * 6400 // 8
+    assert ops.meta_nbytes(6400, 1600) == 6400 * 1664 // 8  # 1600 -> 13 x 128
+
+
+def test_meta_nbytes_matches_a_prebuilt_library():
+    """Only with a prebuilt library ($SPARSE24_CUTLASS_KERNELS): CI never compiles CUTLASS.
+    Its host-only size export runs without a GPU."""
+    path = os.environ.get("SPARSE24_CUTLASS_KERNELS")
+    if not path or not Path(path).is_file():
+        pytest.skip("no prebuilt CUTLASS library (set SPARSE24_CUTLASS_KERNELS)")
+    from sparse24_jax_kernels.cutlass import ops
+
+    for rows, cols in [(64, 128), (128, 256), (1600, 6400), (6400, 1600), (192, 320)]:
+        vbytes, mbytes, ws = ops.compressed_sizes(rows, cols)
+        assert (vbytes, mbytes) == (rows * cols, ops.meta_nbytes(rows, cols)), (rows, cols)
+    assert len(ops.instances()) == 3 * len(build.selected_configs())
+
+
+def test_prune_keeps_only_what_the_build_uses(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_plan", lambda configs=None: (
+        "nvcc", [], {"registry": "aaaa", "bindings": "bbbb"}, "cccc"))
+    (tmp_path / "obj").mkdir()
+    lib = tmp_path / "libsparse24_cutlass-cccc.so"
+    for name in ("libsparse24_cutlass-cccc.so", "libsparse24_cutlass-old1.so", "obj/registry-aaaa.o",
+                 "obj/bindings-bbbb.o", "obj/bindings-old2.o", "obj/gemm_x_fwd-old3.o"):
+        (tmp_path / name).write_bytes(b"")
+    gone = build.prune(lib)
+    assert sorted(p.name for p in gone) == ["bindings-old2.o", "gemm_x_fwd-old3.o",
+                                            "libsparse24_cutlass-old1.so"]
+    assert sorted(p.name for p in tmp_path.rglob("*.*")) == [
+        "bindings-bbbb.o", "libsparse24_cutlass-cccc.so", "registry-aaaa.o"]
