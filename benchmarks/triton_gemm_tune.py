@@ -1,0 +1,128 @@
+"""Sweep the Triton 2:4 GEMM's block configs at FFN shapes, beside XLA dense, and write the best.
+
+    python benchmarks/triton_gemm_tune.py --shapes gpt2-774m gpt2-1558m llama-7b --out cfg.json
+
+For each shape's linears (up: W is (4d, d); down: (d, 4d)) and each of the three
+products the ``triton`` backend runs (sparse24_jax_kernels/triton/backend.py):
+
+    fwd  Z.T  = W_s @ X.T            A = W_s packed   (N, K), B = X.T, C written as Z
+    dX   dX.T = W_s.T @ dZ.T         A = W_s.T packed (K, N), B = dZ.T, C written as dX
+    dW   dW   = S(dZ.T) @ X          A = dZ.T packed  (N, M), B = X,   C float32
+
+it times every candidate config (``matmul.CANDIDATES``, or ``--configs``) with
+``timing.time_jax`` and the XLA dense dot of the same product, prints a table
+(ms, TFLOP/s, vs XLA) and writes ``--out``: ``{"configs": {key: [BLOCK_I,
+BLOCK_J, BLOCK_R, warps, stages]}, "rows": [...]}`` with the fastest config per
+product. Point ``$SPARSE24_TRITON_GEMM_CONFIGS`` at that file and the backend
+uses it (``matmul.config_for``); commit it as
+``kernels/triton/matmul_configs.json`` to make it the default. The file is
+rewritten after every product, so a run cut off keeps what it measured. A
+config that fails to compile or launch (shared memory) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from shapes import SHAPES, tiled_mask
+from timing import time_jax
+
+
+def products(n: int, k: int, m: int, key):
+    """The three products of one (N, K) linear: (name, a_vals, a_meta, b, kwargs, xla fn, xla args)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax import compress_24, mask_24
+
+    x = jax.random.normal(jax.random.fold_in(key, 1), (m, k), jnp.bfloat16)
+    dz = jax.random.normal(jax.random.fold_in(key, 2), (m, n), jnp.bfloat16)
+    w = jax.random.normal(jax.random.fold_in(key, 3), (n, k), jnp.bfloat16)
+    w_s = jnp.where(jnp.asarray(tiled_mask(n, k)), w, jnp.zeros((), w.dtype))
+    wv, wm = compress_24(w_s, w_s != 0)
+    wtv, wtm = compress_24(w_s.T, w_s.T != 0)
+    g = dz.T
+    gv, gm = compress_24(g, mask_24(g))
+    t = dict(b_transposed=True, out_transposed=True)
+    return [
+        ("fwd", wv, wm, x, t, lambda x, w: jnp.dot(x, w.T), (x, w)),
+        ("dX", wtv, wtm, dz, t, lambda dz, w: jnp.dot(dz, w), (dz, w)),
+        ("dW", gv, gm, x, dict(out_dtype=jnp.float32),
+         lambda dz, x: jnp.dot(dz.T, x, preferred_element_type=jnp.float32), (dz, x)),
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="*", default=["gpt2-774m", "gpt2-1558m", "llama-7b"], choices=list(SHAPES))
+    p.add_argument("--which", choices=["up", "down", "both"], default="both")
+    p.add_argument("--m", type=int, default=16384, help="tokens")
+    p.add_argument("--configs", nargs="*", default=None,
+                   help="candidates as BI,BJ,BR,WARPS,STAGES (default: matmul.CANDIDATES)")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--mode", choices=["loop", "pipelined"], default="pipelined")
+    p.add_argument("--out", help="write the best config per product here (JSON)")
+    opts = p.parse_args(argv)
+
+    import jax
+
+    from sparse24_jax_kernels.triton import matmul
+
+    cands = ([tuple(int(v) for v in c.split(",")) for c in opts.configs] if opts.configs
+             else list(matmul.CANDIDATES))
+    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode=opts.mode)
+    dev = jax.devices()[0]
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; M = {opts.m}; {len(cands)} configs; "
+          f"mode {opts.mode}", flush=True)
+    best, rows = {}, []
+    key = jax.random.key(0)
+    for name in opts.shapes:
+        d, f = SHAPES[name]
+        pairs = ([(f, d)] if opts.which in ("up", "both") else []) + ([(d, f)] if opts.which in ("down", "both") else [])
+        for n, k in pairs:
+            for gemm, av, am, b, mkw, xla_fn, xla_args in products(n, k, opts.m, key):
+                n_i, n_r = av.shape[0], 2 * av.shape[1]
+                n_j = b.shape[0] if mkw.get("b_transposed") else b.shape[1]
+                out_dtype = mkw.get("out_dtype", b.dtype)
+                ck = matmul.config_key(n_i, n_j, n_r, b.dtype, mkw.get("b_transposed", False),
+                                       mkw.get("out_transposed", False), out_dtype)
+                t_xla = time_jax(xla_fn, xla_args, **kw)
+                flops = 2 * n_i * n_j * n_r
+                print(f"## {name} N={n} K={k} {gemm} ({ck}): XLA dense {t_xla * 1e3:.3f} ms "
+                      f"({flops / t_xla / 1e12:.0f} TFLOP/s)", flush=True)
+                times = {}
+                for cfg in cands:
+                    fn = lambda a, m_, b, cfg=cfg: matmul.sparse24_matmul(a, m_, b, config=cfg, **mkw)  # noqa: E731
+                    try:
+                        t = time_jax(fn, (av, am, b), **kw)
+                    except Exception as err:  # noqa: BLE001 - a config the GPU cannot run
+                        print(f"   {cfg}: FAILED {type(err).__name__}: {str(err)[:200]}", flush=True)
+                        continue
+                    times[cfg] = t
+                    print(f"   {cfg}: {t * 1e3:.3f} ms  {flops / t / 1e12:.0f} TFLOP/s  "
+                          f"{t_xla / t:.2f}x XLA", flush=True)
+                if not times:
+                    continue
+                cfg = min(times, key=times.get)
+                best[ck] = list(cfg)
+                rows.append({"model": name, "N": n, "K": k, "M": opts.m, "gemm": gemm, "key": ck,
+                             "xla_ms": t_xla * 1e3, "best": list(cfg), "best_ms": times[cfg] * 1e3,
+                             "vs_xla": t_xla / times[cfg],
+                             "all_ms": {",".join(map(str, c)): v * 1e3 for c, v in times.items()}})
+                if opts.out:
+                    with open(opts.out, "w") as fh:
+                        json.dump({"device": dev.device_kind, "configs": best, "rows": rows}, fh, indent=1)
+    print("\n| model | N x K | GEMM | XLA dense ms | triton ms | triton vs XLA | best config |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['N']} x {r['K']} | {r['gemm']} | {r['xla_ms']:.3f} | {r['best_ms']:.3f} | "
+              f"{r['vs_xla']:.2f}x | {tuple(r['best'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
