@@ -13,7 +13,8 @@ it times every candidate config (``matmul.CANDIDATES``, or ``--configs``) with
 ``timing.time_jax`` and the XLA dense dot of the same product, prints a table
 (ms, TFLOP/s, vs XLA) and writes ``--out``: ``{"configs": {key: [BLOCK_I,
 BLOCK_J, BLOCK_R, warps, stages]}, "rows": [...]}`` with the fastest config per
-product. Point ``$SPARSE24_TRITON_GEMM_CONFIGS`` at that file and the backend
+product (a product two linears share, e.g. up's fwd and down's dX, is timed
+once). Point ``$SPARSE24_TRITON_GEMM_CONFIGS`` at that file and the backend
 uses it (``matmul.config_for``); commit it as
 ``kernels/triton/matmul_configs.json`` to make it the default. The file is
 rewritten after every product, so a run cut off keeps what it measured. A
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
                 out_dtype = mkw.get("out_dtype", b.dtype)
                 ck = matmul.config_key(n_i, n_j, n_r, b.dtype, mkw.get("b_transposed", False),
                                        mkw.get("out_transposed", False), out_dtype)
+                if ck in best:  # the same product of another linear (up fwd = down dX): measured
+                    continue
                 t_xla = time_jax(xla_fn, xla_args, **kw)
                 flops = 2 * n_i * n_j * n_r
                 print(f"## {name} N={n} K={k} {gemm} ({ck}): XLA dense {t_xla * 1e3:.3f} ms "
