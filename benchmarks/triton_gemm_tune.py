@@ -18,7 +18,9 @@ once). Point ``$SPARSE24_TRITON_GEMM_CONFIGS`` at that file and the backend
 uses it (``matmul.config_for``); commit it as
 ``kernels/triton/matmul_configs.json`` to make it the default. The file is
 rewritten after every product, so a run cut off keeps what it measured. A
-config that fails to compile or launch (shared memory) is reported and skipped.
+config that fails to compile or launch (shared memory), or whose result is
+not the pure-JAX twin's (``decompress_24(v, m) @ B``, float32 accumulation) to
+1e-2 of max |C|, is reported and skipped.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ def main(argv=None) -> int:
     opts = p.parse_args(argv)
 
     import jax
+    import jax.numpy as jnp
 
+    from sparse24_jax import decompress_24
     from sparse24_jax_kernels.triton import matmul
 
     cands = ([tuple(int(v) for v in c.split(",")) for c in opts.configs] if opts.configs
@@ -97,10 +101,19 @@ def main(argv=None) -> int:
                 flops = 2 * n_i * n_j * n_r
                 print(f"## {name} N={n} K={k} {gemm} ({ck}): XLA dense {t_xla * 1e3:.3f} ms "
                       f"({flops / t_xla / 1e12:.0f} TFLOP/s)", flush=True)
+                # the pure-JAX twin: a config whose result is off is reported and never picked
+                ref = jnp.dot(decompress_24(av, am), b.T if mkw.get("b_transposed") else b,
+                              preferred_element_type=jnp.float32)
+                ref = ref.T if mkw.get("out_transposed") else ref
+                scale = float(jnp.abs(ref).max()) + 1.0
                 times = {}
                 for cfg in cands:
                     fn = lambda a, m_, b, cfg=cfg: matmul.sparse24_matmul(a, m_, b, config=cfg, **mkw)  # noqa: E731
                     try:
+                        err = float(jnp.abs(jax.jit(fn)(av, am, b).astype(jnp.float32) - ref).max()) / scale
+                        if not err < 1e-2:  # bf16 output rounding is 2**-9 relative
+                            print(f"   {cfg}: WRONG (max error {err:.3g} of max |C|), skipped", flush=True)
+                            continue
                         t = time_jax(fn, (av, am, b), **kw)
                     except Exception as err:  # noqa: BLE001 - a config the GPU cannot run
                         print(f"   {cfg}: FAILED {type(err).__name__}: {str(err)[:200]}", flush=True)
