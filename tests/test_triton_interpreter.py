@@ -369,7 +369,8 @@ def test_mvue_unbiased_and_inclusion_probs(K):
 @pytest.mark.parametrize("b_t", [False, True])
 @pytest.mark.parametrize("out_t", [False, True])
 @pytest.mark.parametrize("shape", [(40, 72, 20), (32, 64, 48)])
-def test_matmul_matches_reference(K, dtype, b_t, out_t, shape):
+@pytest.mark.parametrize("words", [0, 1, 3])
+def test_matmul_matches_reference(K, dtype, b_t, out_t, shape, words):
     if dtype == jnp.bfloat16:
         pytest.skip("the interpreter's tl.dot multiplies bfloat16 as raw uint16 bits; bf16 runs in tests/gpu")
     rng = np.random.default_rng(4)
@@ -389,6 +390,7 @@ def test_matmul_matches_reference(K, dtype, b_t, out_t, shape):
     K.matmul.sparse24_matmul_kernel[grid](
         T(av), T(am), T(bb), c, N_I=n_i, N_J=n_j, N_R=n_r, STRIDE_BR=sbr, STRIDE_BJ=sbj,
         STRIDE_CI=sci, STRIDE_CJ=scj, BLOCK_I=16, BLOCK_J=16, BLOCK_R=32, GROUP_I=2, PRECISION="ieee",
+        WORDS=words,  # 16-bit values expanded as 32-bit words (float32: ignored, the element path)
     )
     got = N(c).T if out_t else N(c)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)

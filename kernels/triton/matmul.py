@@ -32,6 +32,27 @@ from ._runtime import cdiv, jt
 
 
 @triton.jit
+def _prmt_pair(w, sel, EMULATE: tl.constexpr):
+    """``(prmt(w, 0, sel), prmt(w, 0, sel >> 16))``: PTX ``prmt.b32`` with a zero second
+    operand (selector nibble k picks byte k of the result: 0-3 a byte of ``w``, 4-7
+    zero). ``EMULATE``: the same with shifts and masks (the CPU interpreter, which has
+    no inline asm)."""
+    if EMULATE:
+        lo = tl.zeros_like(w)
+        hi = tl.zeros_like(w)
+        for k in tl.static_range(4):
+            b_lo = (sel >> (4 * k)) & 7
+            b_hi = (sel >> (16 + 4 * k)) & 7
+            lo |= tl.where(b_lo < 4, (w >> (8 * (b_lo & 3))) & 0xFF, 0) << (8 * k)
+            hi |= tl.where(b_hi < 4, (w >> (8 * (b_hi & 3))) & 0xFF, 0) << (8 * k)
+    else:
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 z, s; mov.b32 z, 0; prmt.b32 $0, $2, z, $3; shr.b32 s, $3, 16; prmt.b32 $1, $2, z, s; }",
+            "=r,=r,r,r", [w, sel], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    return lo, hi
+
+
+@triton.jit
 def sparse24_matmul_kernel(
     a_val_ptr, a_meta_ptr,  # packed A_s: (I, R/2) values, (I, ceil(R/8)) uint8 meta
     b_ptr,  # dense B, element (r, j) at r * STRIDE_BR + j * STRIDE_BJ
@@ -44,6 +65,7 @@ def sparse24_matmul_kernel(
     BLOCK_R: tl.constexpr,
     GROUP_I: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision for float32 B ("ieee" or "tf32")
+    WORDS: tl.constexpr = 0,  # 16-bit values: 0 element selects, 1 word selects, 2 word prmt (GPU), 3 prmt emulated
 ):
     """``C = decompress_24(A) @ B``, float32 accumulate, cast to ``C``'s dtype
     (the compute dtype is ``B``'s; ``A`` is cast to it in registers).
@@ -86,6 +108,11 @@ def sparse24_matmul_kernel(
     j_ok = (offs_j < N_J)[None, :]
     a_val_rows = a_val_ptr + offs_i[:, None] * half
     a_meta_rows = a_meta_ptr + offs_i[:, None] * meta_w
+    # WORDS (16-bit values only): the values read as int32 words, one per group
+    USE_WORDS: tl.constexpr = WORDS > 0 and a_val_ptr.dtype.element_ty.primitive_bitwidth == 16
+    n_groups: tl.constexpr = N_R // 4
+    offs_g = tl.arange(0, GB)
+    a_word_rows = a_val_ptr.to(tl.pointer_type(tl.int32)) + offs_i[:, None] * n_groups
     b_cols = b_ptr + offs_j[None, :] * STRIDE_BJ
 
     acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
@@ -94,29 +121,58 @@ def sparse24_matmul_kernel(
         m_ptrs = a_meta_rows + (r0 // 8 + offs_m)[None, :]
         b_ptrs = b_cols + (r0 + offs_r)[:, None] * STRIDE_BR
         if EVEN_I and EVEN_R:
-            vals = tl.load(v_ptrs)
             meta = tl.load(m_ptrs)
         else:
-            vals = tl.load(v_ptrs, mask=i_ok & (r0 // 2 + offs_h < half)[None, :], other=0.0)
             meta = tl.load(m_ptrs, mask=i_ok & (r0 // 8 + offs_m < meta_w)[None, :], other=0)
         if EVEN_J and EVEN_R:
             b = tl.load(b_ptrs)
         else:
             b = tl.load(b_ptrs, mask=(r0 + offs_r < N_R)[:, None] & j_ok, other=0.0)
-        # each group's two kept values (ascending position) ...
-        v0, v1 = tl.split(tl.reshape(vals, (BLOCK_I, GB, 2)))
-        # ... and its 4-bit code: even group in the low nibble of a byte
+        # each group's 4-bit code: even group in the low nibble of a byte
         meta = meta.to(tl.int32)
         code = tl.interleave(meta & 0xF, meta >> 4)
         idx0 = code & 3
         idx1 = code >> 2
-        zero = tl.zeros_like(v0)
-        a0 = tl.where(idx0 == 0, v0, zero)
-        a1 = tl.where(idx0 == 1, v0, tl.where(idx1 == 1, v1, zero))
-        a2 = tl.where(idx0 == 2, v0, tl.where(idx1 == 2, v1, zero))
-        a3 = tl.where(idx1 == 3, v1, zero)
-        # back to dense order: [a0 a1 a2 a3] per group
-        a = tl.interleave(tl.interleave(a0, a2), tl.interleave(a1, a3))
+        if USE_WORDS:
+            # each group's two kept 16-bit values as one 32-bit word w = v0 | v1 << 16,
+            # expanded to the group's two dense words lo = (a0, a1), hi = (a2, a3).
+            # idx0 < idx1 always (packing.py), so six cases: (0,1) lo=w; (0,2) lo=v0, hi=v1;
+            # (0,3) lo=v0, hi=v1<<16; (1,2) lo=v0<<16, hi=v1; (1,3) lo=v0<<16, hi=v1<<16; (2,3) hi=w.
+            w_ptrs = a_word_rows + (r0 // 4 + offs_g)[None, :]
+            if EVEN_I and EVEN_R:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=i_ok & (r0 // 4 + offs_g < n_groups)[None, :], other=0)
+            if WORDS == 1:
+                w_lo16 = w & 0xFFFF
+                w_hi16 = w & -65536  # 0xFFFF0000
+                lo = tl.where(idx0 == 0, tl.where(idx1 == 1, w, w_lo16), tl.where(idx0 == 1, w << 16, 0))
+                hi = tl.where(idx1 == 3, tl.where(idx0 == 2, w, w_hi16),
+                              tl.where(idx1 == 2, (w >> 16) & 0xFFFF, 0))
+            else:
+                # byte permutes: dense position p takes v0 (bytes 1,0 of w: selector 0x10) if
+                # idx0 == p, v1 (0x32) if idx1 == p, else zero (0x44: a byte of the zero
+                # operand); byte p of sel is position p's selector, so sel's low half
+                # permutes lo and its high half hi (prmt reads the low 16 bits of its selector)
+                sel = 0x44444444 ^ (0x54 << (idx0 * 8)) ^ (0x76 << (idx1 * 8))
+                lo, hi = _prmt_pair(w, sel, EMULATE=WORDS == 3)
+            words = tl.reshape(tl.join(lo, hi), (BLOCK_I, HB))  # dense order, two elements per word
+            a = tl.reshape(tl.join(words.to(tl.int16), (words >> 16).to(tl.int16)), (BLOCK_I, BLOCK_R))
+            a = a.to(a_val_ptr.dtype.element_ty, bitcast=True)
+        else:
+            if EVEN_I and EVEN_R:
+                vals = tl.load(v_ptrs)
+            else:
+                vals = tl.load(v_ptrs, mask=i_ok & (r0 // 2 + offs_h < half)[None, :], other=0.0)
+            # each group's two kept values (ascending position) ...
+            v0, v1 = tl.split(tl.reshape(vals, (BLOCK_I, GB, 2)))
+            zero = tl.zeros_like(v0)
+            a0 = tl.where(idx0 == 0, v0, zero)
+            a1 = tl.where(idx0 == 1, v0, tl.where(idx1 == 1, v1, zero))
+            a2 = tl.where(idx0 == 2, v0, tl.where(idx1 == 2, v1, zero))
+            a3 = tl.where(idx1 == 3, v1, zero)
+            # back to dense order: [a0 a1 a2 a3] per group
+            a = tl.interleave(tl.interleave(a0, a2), tl.interleave(a1, a3))
         acc = tl.dot(a.to(b.dtype), b, acc, input_precision=PRECISION)
     c_ptrs = c_ptr + offs_i[:, None] * STRIDE_CI + offs_j[None, :] * STRIDE_CJ
     if EVEN_I and EVEN_J:
