@@ -12,7 +12,7 @@ products the ``triton`` backend runs (sparse24_jax_kernels/triton/backend.py):
 it times every candidate config (``matmul.CANDIDATES``, or ``--configs``) with
 ``timing.time_jax`` and the XLA dense dot of the same product, prints a table
 (ms, TFLOP/s, vs XLA) and writes ``--out``: ``{"configs": {key: [BLOCK_I,
-BLOCK_J, BLOCK_R, warps, stages]}, "rows": [...]}`` with the fastest config per
+BLOCK_J, BLOCK_R, warps, stages(, WORDS)]}, "rows": [...]}`` with the fastest config per
 product (a product two linears share, e.g. up's fwd and down's dX, is timed
 once). Point ``$SPARSE24_TRITON_GEMM_CONFIGS`` at that file and the backend
 uses it (``matmul.config_for``); commit it as
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--which", choices=["up", "down", "both"], default="both")
     p.add_argument("--m", type=int, default=16384, help="tokens")
     p.add_argument("--configs", nargs="*", default=None,
-                   help="candidates as BI,BJ,BR,WARPS,STAGES (default: matmul.CANDIDATES)")
+                   help="candidates as BI,BJ,BR,WARPS,STAGES[,WORDS] (default: matmul.CANDIDATES)")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -77,8 +77,12 @@ def main(argv=None) -> int:
     from sparse24_jax import decompress_24
     from sparse24_jax_kernels.triton import matmul
 
-    cands = ([tuple(int(v) for v in c.split(",")) for c in opts.configs] if opts.configs
-             else list(matmul.CANDIDATES))
+    cands, seen_cfg = [], set()
+    for c in ([tuple(int(v) for v in c.split(",")) for c in opts.configs] if opts.configs
+              else list(matmul.CANDIDATES)):
+        if matmul.split_config(c) not in seen_cfg:  # (..., 3) and (..., 3, 0) are one kernel
+            seen_cfg.add(matmul.split_config(c))
+            cands.append(c)
     kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode=opts.mode)
     dev = jax.devices()[0]
     print(f"# device: {dev.device_kind}; jax {jax.__version__}; M = {opts.m}; {len(cands)} configs; "

@@ -16,7 +16,6 @@ from _kernels_path import ensure_kernels_package  # noqa: E402
 
 import sparse24_jax as s24  # noqa: E402
 
-WRONG = (256, 128, 64, 8, 3)
 
 
 def test_sweep_skips_wrong_configs_and_writes_the_table(tmp_path, monkeypatch):
@@ -25,6 +24,7 @@ def test_sweep_skips_wrong_configs_and_writes_the_table(tmp_path, monkeypatch):
 
     import triton_gemm_tune
 
+    WRONG = matmul.CANDIDATES[-1]
     seen = []
 
     def twin(v, m, b, *, b_transposed=False, out_transposed=False, out_dtype=None, precision="ieee", config=None):
@@ -40,6 +40,13 @@ def test_sweep_skips_wrong_configs_and_writes_the_table(tmp_path, monkeypatch):
     triton_gemm_tune.main(["--shapes", "gpt2-124m", "--which", "both", "--m", "32", "--reps", "1",
                            "--rounds", "1", "--warmup", "0", "--out", str(out)])
     assert WRONG in seen and set(seen) == set(matmul.CANDIDATES)
+    # --configs: a 5-entry config and its WORDS=0 spelling are one kernel, timed once
+    seen.clear()
+    triton_gemm_tune.main(["--shapes", "gpt2-124m", "--which", "up", "--m", "32", "--reps", "1", "--rounds", "1",
+                           "--warmup", "0", "--configs", "128,256,64,8,3", "128,256,64,8,3,0", "128,256,64,8,3,2"])
+    assert set(seen) == {(128, 256, 64, 8, 3), (128, 256, 64, 8, 3, 2)}
+    with pytest.raises(ValueError, match="WORDS"):
+        triton_gemm_tune.main(["--shapes", "gpt2-124m", "--m", "32", "--configs", "128,256,64,8,3,5"])
     data = json.loads(out.read_text())
     # up: fwd, dX, dW; down: its fwd and dX are up's dX and fwd, only its dW is new
     assert [r["gemm"] for r in data["rows"]] == ["fwd", "dX", "dW", "dW"]

@@ -545,10 +545,17 @@ def test_gemm_config_table(K, tmp_path, monkeypatch):
     assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280) == matmul.CONFIGS["16bit"]
     assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True,
                              out_dtype=jnp.float32) == matmul.CONFIGS["16bit"]
-    path.write_text(json.dumps({"configs": {key: [64, 256]}}))
+    # a sixth entry names the decompression variant (WORDS); five mean WORDS 0
+    path.write_text(json.dumps({"configs": {key: [128, 256, 64, 8, 3, 2]}}))
     matmul._tuned_table.cache_clear()
-    with pytest.raises(ValueError, match="BLOCK_I, BLOCK_J, BLOCK_R, warps, stages"):
-        matmul.config_for(jnp.bfloat16, 5120, 16384, 1280)
+    cfg = matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True)
+    assert cfg == (128, 256, 64, 8, 3, 2) and matmul.split_config(cfg)[-1] == 2
+    assert matmul.split_config((64, 256, 64, 4, 4)) == (64, 256, 64, 4, 4, 0)
+    for bad, msg in (([64, 256], "BLOCK_I, BLOCK_J, BLOCK_R, warps, stages"), ([128, 256, 64, 8, 3, 7], "WORDS")):
+        path.write_text(json.dumps({"configs": {key: bad}}))
+        matmul._tuned_table.cache_clear()
+        with pytest.raises(ValueError, match=msg):
+            matmul.config_for(jnp.bfloat16, 5120, 16384, 1280)
     monkeypatch.setenv(matmul.TUNED_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(FileNotFoundError, match="triton_gemm_tune.py"):
         matmul.config_for(jnp.bfloat16, 5120, 16384, 1280)

@@ -197,15 +197,44 @@ CONFIGS = {
 GROUP_I = 8
 
 #: Candidate configs the GPU sweep (benchmarks/triton_gemm_tune.py) times per shape.
+#: A config is (BLOCK_I, BLOCK_J, BLOCK_R, warps, stages) or the same plus WORDS, the
+#: decompression variant (5 entries: WORDS 0, the element selects): 2 = the packed
+#: value pair read as one 32-bit word and expanded with two prmt.b32 per group (sm_90
+#: compile, 774M forward at 128x256x64: 220 instructions per K step instead of 350);
+#: 1 = the same words expanded with selects (280). The first GPU sweep (2026-11-30,
+#: WORDS 0 only) found 128x256x64/8 warps best everywhere (0.51-0.67x XLA dense);
+#: 128x256x32, 256x128, 128x128/8/4 and 64x256/4/4 (one CTA per SM: 146 KB of shared
+#: memory) lost at every product and are dropped. New here: WORDS 1/2, a K tile of 128,
+#: and four-warp configs that fit two CTAs per SM (<= 113 KB of shared memory, <= 255
+#: registers), so one CTA's decompression can overlap the other's MMAs.
 CANDIDATES = (
     (128, 256, 64, 8, 3),
     (128, 256, 64, 8, 4),
-    (128, 256, 32, 8, 4),
-    (128, 128, 64, 8, 3),
-    (128, 128, 64, 8, 4),
-    (64, 256, 64, 4, 4),
-    (256, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3, 2),
+    (128, 256, 64, 8, 4, 2),
+    (128, 256, 64, 8, 3, 1),
+    (128, 256, 128, 8, 2, 2),
+    (64, 256, 64, 4, 3),
+    (64, 256, 64, 4, 3, 2),
+    (64, 256, 64, 4, 2, 2),
+    (128, 128, 64, 4, 3, 2),
+    (128, 128, 64, 8, 3, 2),
 )
+#: WORDS values a config may name (3, the prmt emulated with shifts, is the CPU
+#: interpreter's stand-in for 2; slow on a GPU but correct)
+WORDS_VARIANTS = (0, 1, 2, 3)
+
+
+def split_config(cfg) -> tuple[int, int, int, int, int, int]:
+    """``(BLOCK_I, BLOCK_J, BLOCK_R, warps, stages, WORDS)`` of a 5- or 6-entry config."""
+    cfg = tuple(cfg)
+    if len(cfg) not in (5, 6) or not all(isinstance(c, int) for c in cfg):
+        raise ValueError(f"config {cfg!r} is not (BLOCK_I, BLOCK_J, BLOCK_R, warps, stages[, WORDS])")
+    words = cfg[5] if len(cfg) == 6 else 0
+    if words not in WORDS_VARIANTS:
+        raise ValueError(f"config {cfg!r}: WORDS must be one of {WORDS_VARIANTS}")
+    return cfg[:5] + (words,)
+
 
 #: The tuned table: ``matmul_configs.json`` next to this module (the sweep's
 #: output, committed), overridden entry by entry by the JSON file named in
@@ -232,8 +261,10 @@ def _tuned_table(env_path: str | None) -> dict:
         with open(path) as f:
             raw = json.load(f)
         for key, cfg in raw.get("configs", raw).items():
-            if len(cfg) != 5 or not all(isinstance(c, int) for c in cfg):
-                raise ValueError(f"{path}: entry {key!r} = {cfg!r} is not [BLOCK_I, BLOCK_J, BLOCK_R, warps, stages]")
+            try:
+                split_config(cfg)
+            except ValueError as err:
+                raise ValueError(f"{path}: entry {key!r}: {err}") from None
             table[key] = tuple(cfg)
     return table
 
@@ -261,7 +292,7 @@ def sparse24_matmul(
     out_transposed: bool = False,
     out_dtype=None,
     precision: str = "ieee",
-    config: tuple[int, int, int, int, int] | None = None,
+    config: tuple[int, ...] | None = None,
 ) -> jax.Array:
     """``decompress_24(a_vals, a_meta) @ B`` where ``A_s`` is ``(I, R)``.
 
@@ -292,9 +323,9 @@ def sparse24_matmul(
     else:
         out = jax.ShapeDtypeStruct((n_i, n_j), out_dtype)
         stride_ci, stride_cj = n_j, 1
-    bi, bj, br, warps, stages = config or config_for(
+    bi, bj, br, warps, stages, words = split_config(config or config_for(
         b.dtype, n_i, n_j, n_r, b_transposed=b_transposed, out_transposed=out_transposed, out_dtype=out_dtype
-    )
+    ))
     return jt().triton_call(
         a_vals, a_meta, b,
         kernel=sparse24_matmul_kernel,
@@ -307,6 +338,7 @@ def sparse24_matmul(
         BLOCK_R=br,
         GROUP_I=GROUP_I,
         PRECISION=precision,
+        WORDS=words,
         num_warps=warps,
         num_stages=stages,
     )
