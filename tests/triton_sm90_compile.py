@@ -183,10 +183,11 @@ def _gemm_strides(n_i, n_j, n_r, b_transposed, out_transposed) -> dict:
 GEMM_SHAPES = {"gpt2-774m": (1280, 5120), "gpt2-1558m": (1600, 6400), "llama-7b": (4096, 11008)}
 
 
-def gemm_cases(shapes=GEMM_SHAPES, m=16384, which=("up",)):
+def gemm_cases(shapes=GEMM_SHAPES, m=16384, which=("up",), words=(0, 2)):
     """The triton backend's three bf16 products per FFN linear, in the backend's
-    layouts and the config ``matmul.config_for`` picks: (label, sig, constexprs,
-    warps, stages)."""
+    layouts and the config ``matmul.config_for`` picks, with its decompression
+    variant and each of ``words`` (WORDS 2: the prmt one): (label, sig,
+    constexprs, warps, stages)."""
     from sparse24_jax_kernels.triton import matmul
 
     out = []
@@ -197,14 +198,15 @@ def gemm_cases(shapes=GEMM_SHAPES, m=16384, which=("up",)):
             for prod, n_i, n_j, n_r, b_t, c_t, c_dt in (("fwd", n, m, k, True, True, "bf16"),
                                                         ("dX", k, m, n, True, True, "bf16"),
                                                         ("dW", n, k, m, False, False, "fp32")):
-                bi, bj, br, warps, stages = matmul.config_for(
+                bi, bj, br, warps, stages, w0 = matmul.split_config(matmul.config_for(
                     jnp.bfloat16, n_i, n_j, n_r, b_transposed=b_t, out_transposed=c_t,
-                    out_dtype=jnp.float32 if c_dt == "fp32" else jnp.bfloat16)
+                    out_dtype=jnp.float32 if c_dt == "fp32" else jnp.bfloat16))
                 sig = {"a_val_ptr": "*bf16", "a_meta_ptr": "*u8", "b_ptr": "*bf16", "c_ptr": f"*{c_dt}"}
-                c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, c_t),
-                         BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee")
-                out.append((f"{name} {lin} {prod} I={n_i} J={n_j} R={n_r} cfg={(bi, bj, br, warps, stages)}",
-                            sig, c, warps, stages))
+                for w in sorted({w0, *words}):
+                    c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, c_t),
+                             BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee", WORDS=w)
+                    out.append((f"{name} {lin} {prod} I={n_i} J={n_j} R={n_r} cfg={(bi, bj, br, warps, stages, w)}",
+                                sig, c, warps, stages))
     return out
 
 
