@@ -57,6 +57,63 @@ def products(n: int, k: int, m: int, key):
     ]
 
 
+#: --dense: Triton's own dense GEMM in these configs (the ceiling of a tl.dot kernel
+#: with this tile, layout and pipelining on the shape: what is left when the 2:4
+#: decompression costs nothing)
+DENSE_CONFIGS = ((128, 256, 64, 8, 3),)
+
+
+def dense_triton(a, b, config, *, b_transposed=False, out_transposed=False, out_dtype=None):
+    """``a @ B`` (``a`` dense row-major ``(I, R)``) by a plain Triton ``tl.dot`` kernel with
+    the 2:4 kernel's grid order, strides and block config: the same loop without the
+    packed loads and the decompression."""
+    import jax
+    import jax.numpy as jnp
+    import triton
+    import triton.language as tl
+
+    from sparse24_jax_kernels.triton._runtime import cdiv, jt
+
+    global _dense_kernel
+    if "_dense_kernel" not in globals():
+        @triton.jit
+        def _dense_kernel(a_ptr, b_ptr, c_ptr, N_I: tl.constexpr, N_J: tl.constexpr, N_R: tl.constexpr,
+                          STRIDE_BR: tl.constexpr, STRIDE_BJ: tl.constexpr, STRIDE_CI: tl.constexpr,
+                          STRIDE_CJ: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+                          BLOCK_R: tl.constexpr, GROUP_I: tl.constexpr):
+            pid = tl.program_id(0)
+            num_i: tl.constexpr = (N_I + BLOCK_I - 1) // BLOCK_I
+            num_j: tl.constexpr = (N_J + BLOCK_J - 1) // BLOCK_J
+            per_group: tl.constexpr = GROUP_I * num_j
+            first_i = (pid // per_group) * GROUP_I
+            group_size = tl.minimum(num_i - first_i, GROUP_I)
+            pid_i = first_i + (pid % per_group) % group_size
+            pid_j = (pid % per_group) // group_size
+            offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+            offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+            offs_r = tl.arange(0, BLOCK_R)
+            acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+            for r0 in range(0, N_R, BLOCK_R):
+                a_t = tl.load(a_ptr + offs_i[:, None] * N_R + (r0 + offs_r)[None, :])
+                b_t = tl.load(b_ptr + (r0 + offs_r)[:, None] * STRIDE_BR + offs_j[None, :] * STRIDE_BJ)
+                acc = tl.dot(a_t, b_t, acc)
+            tl.store(c_ptr + offs_i[:, None] * STRIDE_CI + offs_j[None, :] * STRIDE_CJ, acc.to(c_ptr.dtype.element_ty))
+
+    n_i, n_r = a.shape
+    n_j = b.shape[0] if b_transposed else b.shape[1]
+    bi, bj, br, warps, stages = config
+    if n_i % bi or n_j % bj or n_r % br:
+        raise ValueError(f"dense_triton needs tiles that divide ({n_i}, {n_j}, {n_r})")
+    sb = (1, n_r) if b_transposed else (n_j, 1)
+    sc = (1, n_i) if out_transposed else (n_j, 1)
+    out_dtype = jnp.dtype(out_dtype or b.dtype)
+    out = jax.ShapeDtypeStruct((n_j, n_i) if out_transposed else (n_i, n_j), out_dtype)
+    return jt().triton_call(a, b, kernel=_dense_kernel, out_shape=out, grid=(cdiv(n_i, bi) * cdiv(n_j, bj),),
+                            N_I=n_i, N_J=n_j, N_R=n_r, STRIDE_BR=sb[0], STRIDE_BJ=sb[1], STRIDE_CI=sc[0],
+                            STRIDE_CJ=sc[1], BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=8,
+                            num_warps=warps, num_stages=stages)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="*", default=["gpt2-774m", "gpt2-1558m", "llama-7b"], choices=list(SHAPES))
@@ -69,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--mode", choices=["loop", "pipelined"], default="pipelined")
     p.add_argument("--out", help="write the best config per product here (JSON)")
+    p.add_argument("--dense", action="store_true",
+                   help="also time Triton's dense tl.dot GEMM in DENSE_CONFIGS (the ceiling without decompression)")
     opts = p.parse_args(argv)
 
     import jax
@@ -110,6 +169,21 @@ def main(argv=None) -> int:
                               preferred_element_type=jnp.float32)
                 ref = ref.T if mkw.get("out_transposed") else ref
                 scale = float(jnp.abs(ref).max()) + 1.0
+                dense_ms = {}
+                if opts.dense:
+                    a_dense = decompress_24(av, am)
+                    for cfg in DENSE_CONFIGS:
+                        fn = lambda a, b, cfg=cfg: dense_triton(a, b, cfg, **mkw)  # noqa: E731
+                        try:
+                            err = float(jnp.abs(jax.jit(fn)(a_dense, b).astype(jnp.float32) - ref).max()) / scale
+                            t = time_jax(fn, (a_dense, b), **kw)
+                        except Exception as e:  # noqa: BLE001
+                            print(f"   triton dense {cfg}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+                            continue
+                        dense_ms[",".join(map(str, cfg))] = t * 1e3
+                        print(f"   triton dense {cfg}: {t * 1e3:.3f} ms  {flops / t / 1e12:.0f} TFLOP/s  "
+                              f"{t_xla / t:.2f}x XLA{'' if err < 1e-2 else f'  (WRONG: max error {err:.3g})'}",
+                              flush=True)
                 times = {}
                 for cfg in cands:
                     fn = lambda a, m_, b, cfg=cfg: matmul.sparse24_matmul(a, m_, b, config=cfg, **mkw)  # noqa: E731
@@ -132,7 +206,8 @@ def main(argv=None) -> int:
                 rows.append({"model": name, "N": n, "K": k, "M": opts.m, "gemm": gemm, "key": ck,
                              "xla_ms": t_xla * 1e3, "best": list(cfg), "best_ms": times[cfg] * 1e3,
                              "vs_xla": t_xla / times[cfg],
-                             "all_ms": {",".join(map(str, c)): v * 1e3 for c, v in times.items()}})
+                             "all_ms": {",".join(map(str, c)): v * 1e3 for c, v in times.items()},
+                             "triton_dense_ms": dense_ms})
                 if opts.out:
                     with open(opts.out, "w") as fh:
                         json.dump({"device": dev.device_kind, "configs": best, "rows": rows}, fh, indent=1)

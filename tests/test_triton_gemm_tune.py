@@ -60,3 +60,35 @@ def test_sweep_skips_wrong_configs_and_writes_the_table(tmp_path, monkeypatch):
         assert fwd == tuple(data["rows"][0]["best"])
     finally:
         matmul._tuned_table.cache_clear()
+
+
+def test_sweep_dense_ceiling_rows(tmp_path, monkeypatch):
+    """--dense times Triton's dense GEMM in DENSE_CONFIGS beside each product (here a jnp.dot
+    stands in for it) and records it per row; without --dense nothing is recorded."""
+    ensure_kernels_package()
+    from sparse24_jax_kernels.triton import matmul
+
+    import triton_gemm_tune
+
+    def twin(v, m, b, *, b_transposed=False, out_transposed=False, out_dtype=None, precision="ieee", config=None):
+        c = jnp.dot(s24.decompress_24(v, m), b.T if b_transposed else b, preferred_element_type=jnp.float32)
+        return (c.T if out_transposed else c).astype(b.dtype if out_dtype is None else out_dtype)
+
+    dense_calls = []
+
+    def dense(a, b, cfg, *, b_transposed=False, out_transposed=False, out_dtype=None):
+        dense_calls.append(cfg)
+        c = jnp.dot(a, b.T if b_transposed else b, preferred_element_type=jnp.float32)
+        return (c.T if out_transposed else c).astype(b.dtype if out_dtype is None else out_dtype)
+
+    monkeypatch.setattr(matmul, "sparse24_matmul", twin)
+    monkeypatch.setattr(triton_gemm_tune, "dense_triton", dense)
+    for flag in ([], ["--dense"]):
+        out = tmp_path / f"cfg{len(flag)}.json"
+        triton_gemm_tune.main(["--shapes", "gpt2-124m", "--which", "up", "--m", "32", "--reps", "1", "--rounds", "1",
+                               "--warmup", "0", "--configs", "128,256,64,8,3", "--out", str(out), *flag])
+        rows = json.loads(out.read_text())["rows"]
+        assert len(rows) == 3
+        want = set(",".join(map(str, c)) for c in triton_gemm_tune.DENSE_CONFIGS) if flag else set()
+        assert all(set(r["triton_dense_ms"]) == want for r in rows)
+    assert set(dense_calls) == set(triton_gemm_tune.DENSE_CONFIGS)

@@ -201,7 +201,7 @@ GROUP_I = 8
 #: decompression variant (5 entries: WORDS 0, the element selects): 2 = the packed
 #: value pair read as one 32-bit word and expanded with two prmt.b32 per group (sm_90
 #: compile, 774M forward at 128x256x64: 220 instructions per K step instead of 350);
-#: 1 = the same words expanded with selects (280). The first GPU sweep (2026-11-30,
+#: 1 = the same words expanded with selects (280; not swept). The first GPU sweep (2026-11-30,
 #: WORDS 0 only) found 128x256x64/8 warps best everywhere (0.51-0.67x XLA dense);
 #: 128x256x32, 256x128, 128x128/8/4 and 64x256/4/4 (one CTA per SM: 146 KB of shared
 #: memory) lost at every product and are dropped. New here: WORDS 1/2, a K tile of 128,
@@ -212,7 +212,6 @@ CANDIDATES = (
     (128, 256, 64, 8, 4),
     (128, 256, 64, 8, 3, 2),
     (128, 256, 64, 8, 4, 2),
-    (128, 256, 64, 8, 3, 1),
     (128, 256, 128, 8, 2, 2),
     (64, 256, 64, 4, 3),
     (64, 256, 64, 4, 3, 2),
