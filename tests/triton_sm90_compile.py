@@ -75,14 +75,16 @@ def _compile_cases():
         for b_t in (True, False):
             # odd sizes (masked edges) in the default config of the dtype
             n_i, n_j, n_r = 200, 72, 100
-            bi, bj, br, warps, stages = matmul.config_for(
+            bi, bj, br, warps, stages, _ = matmul.split_config(matmul.config_for(
                 {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}[dt], n_i, n_j, n_r,
-                b_transposed=b_t, out_transposed=b_t, out_dtype=jnp.float32 if not b_t else None)
+                b_transposed=b_t, out_transposed=b_t, out_dtype=jnp.float32 if not b_t else None))
             sig = {"a_val_ptr": f"*{dt}", "a_meta_ptr": "*u8", "b_ptr": f"*{dt}",
                    "c_ptr": f"*{dt}" if b_t else "*fp32"}
-            c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, b_t),
-                     BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee")
-            cases.append((matmul.sparse24_matmul_kernel, sig, c, warps, stages))
+            # every decompression variant (float32 values take the element path whatever WORDS says)
+            for words in (0, 2) if dt == "fp32" else matmul.WORDS_VARIANTS:
+                c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, b_t),
+                         BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee", WORDS=words)
+                cases.append((matmul.sparse24_matmul_kernel, sig, c, warps, stages))
         for act in gated.ACTS:
             # sizes are constexpr: an FFN shape (16-byte accesses expected) and an odd one
             for (m, f), vec, wide in (((4096, 3072), True, False), ((37, 45), False, False),
