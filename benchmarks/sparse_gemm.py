@@ -1,5 +1,5 @@
 """Benchmark the three GEMMs of a 2:4 FFN linear layer: ours (cuSPARSELt via
-XLA FFI) vs XLA dense (jnp.dot) vs PyTorch dense vs PyTorch 2:4
+XLA FFI, or ``--backend triton``) vs XLA dense (jnp.dot) vs PyTorch dense vs PyTorch 2:4
 (torch.sparse.to_sparse_semi_structured), bf16, on one GPU.
 
     python benchmarks/sparse_gemm.py                     # all shapes, M = 16384
@@ -71,18 +71,27 @@ def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
         },
     }
     t_prep = tj(lambda w: be.prepare_weight(w, transposable=True), w_s)
-    from sparse24_jax_kernels.cusparselt import layout, ops
+    if be.name == "cusparselt":
+        from sparse24_jax_kernels.cusparselt import layout, ops
 
-    seed = jax.random.bits(gkey, (2,), jnp.uint32)  # prune_grad = these bits + this kernel
-    t_prune = tj(lambda s, dz: ops.mvue_compress(s, dz, transpose=True), seed, dz)
+        seed = jax.random.bits(gkey, (2,), jnp.uint32)  # prune_grad = these bits + this kernel
+        t_prune = tj(lambda s, dz: ops.mvue_compress(s, dz, transpose=True), seed, dz)
+        # the same product with D written column-major (cuSPARSELt picks other
+        # kernels for it), transposed back while casting to float32 as matmul_dw does
+        mp = g.mp
+        xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
+        res["dW"]["ours_dcol"] = tj(
+            lambda b, x: ops.spmm(b, x, m=n, k=mp, transpose_b=False, d_col_major=True,
+                                  out_dtype=x.dtype).T.astype(jnp.float32), g.buf, xp)
+
+        def size(r: int, c: int) -> int:  # the compressed buffer of an r x c bf16 matrix
+            return layout.compressed_nbytes(r, c, jnp.bfloat16)
+    else:  # the backend's own prune_grad (triton: the fused MVUE + pack kernel)
+        t_prune = tj(be.prune_grad, gkey, dz)
+
+        def size(r: int, c: int) -> int:  # the row-major packed format: values + meta bytes
+            return r * (c // 2) * 2 + r * -(-c // 8)
     res["dW"]["ours+prune"] = res["dW"]["ours"] + t_prune
-    # the same product with D written column-major (cuSPARSELt picks other
-    # kernels for it), transposed back while casting to float32 as matmul_dw does
-    mp = g.mp
-    xp = x if mp == m else jnp.pad(x, ((0, mp - m), (0, 0)))
-    res["dW"]["ours_dcol"] = tj(
-        lambda b, x: ops.spmm(b, x, m=n, k=mp, transpose_b=False, d_col_major=True,
-                              out_dtype=x.dtype).T.astype(jnp.float32), g.buf, xp)
 
     if opts.cutlass:
         try:
@@ -100,9 +109,6 @@ def bench_shape(be, n: int, k: int, m: int, opts, torch_ok: bool) -> list[dict]:
     rows = []
     for gemm, r in res.items():
         rows.append({"N": n, "K": k, "M": m, "gemm": gemm, **r})
-
-    def size(r: int, c: int) -> int:  # the compressed buffer of an r x c bf16 matrix
-        return layout.compressed_nbytes(r, c, jnp.bfloat16)
 
     # bytes moved: the dense input read, the compressed buffer written
     rows.append({"N": n, "K": k, "M": m, "gemm": "compress W,W.T", "ours": t_prep,
@@ -270,13 +276,16 @@ def main(argv=None) -> int:
     p.add_argument("--cutlass-configs", nargs="*", default=None,
                    help="only these CUTLASS configs (default: every one the build has)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--backend", choices=["cusparselt", "triton"], default="cusparselt",
+                   help="whose 2:4 GEMMs are 'ours' (triton: the decompress-in-registers kernel, "
+                        "block configs from the tuned table / $SPARSE24_TRITON_GEMM_CONFIGS)")
     opts = p.parse_args(argv)
 
     import jax
 
     from sparse24_jax import get_backend
 
-    be = get_backend("cusparselt")
+    be = get_backend(opts.backend)
     torch_ok = False
     if not opts.no_torch:
         try:
@@ -286,7 +295,8 @@ def main(argv=None) -> int:
         except ImportError:
             pass
     dev = jax.devices()[0]
-    print(f"# device: {dev.device_kind}; jax {jax.__version__}; M = {opts.m}; mode {opts.mode}; "
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; backend {opts.backend}; M = {opts.m}; "
+          f"mode {opts.mode}; "
           f"reps {opts.reps} x rounds {opts.rounds}; torch: {'yes' if torch_ok else 'no'}",
           flush=True)
     rows = []
@@ -311,7 +321,8 @@ def main(argv=None) -> int:
             print(markdown(rs), flush=True)
             if opts.json:
                 with open(opts.json, "w") as fh:
-                    json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode, "rows": rows},
+                    json.dump({"device": dev.device_kind, "backend": opts.backend, "M": opts.m, "mode": opts.mode,
+                               "rows": rows},
                               fh, indent=1)
     print("\n## all shapes\n" + markdown(rows))
     try:
@@ -322,7 +333,8 @@ def main(argv=None) -> int:
         pass
     if opts.json:
         with open(opts.json, "w") as fh:
-            json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode, "rows": rows},
+            json.dump({"device": dev.device_kind, "backend": opts.backend, "M": opts.m, "mode": opts.mode,
+                               "rows": rows},
                       fh, indent=1)
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -367,11 +368,15 @@ def test_mvue_unbiased_and_inclusion_probs(K):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b_t", [False, True])
 @pytest.mark.parametrize("out_t", [False, True])
-def test_matmul_matches_reference(K, dtype, b_t, out_t):
+@pytest.mark.parametrize("shape", [(40, 72, 20), (32, 64, 48)])
+@pytest.mark.parametrize("words", [0, 1, 3])
+def test_matmul_matches_reference(K, dtype, b_t, out_t, shape, words):
     if dtype == jnp.bfloat16:
         pytest.skip("the interpreter's tl.dot multiplies bfloat16 as raw uint16 bits; bf16 runs in tests/gpu")
     rng = np.random.default_rng(4)
-    n_i, n_r, n_j = 40, 72, 20  # ragged against the 16/32 blocks; R/4 odd
+    # (40, 72, 20): ragged against the 16/32 blocks, R/4 odd (masked loads and
+    # stores); (32, 64, 48): every block full (the unmasked path of FFN shapes)
+    n_i, n_r, n_j = shape
     a = jnp.asarray(rng.standard_normal((n_i, n_r)), dtype)
     mask = s24.mask_24(a)
     av, am = s24.compress_24(a, mask)
@@ -383,8 +388,9 @@ def test_matmul_matches_reference(K, dtype, b_t, out_t):
     c = empty((n_j, n_i) if out_t else (n_i, n_j), jnp.float32)
     grid = (cdiv(n_i, 16) * cdiv(n_j, 16),)
     K.matmul.sparse24_matmul_kernel[grid](
-        T(av), T(am), T(bb), n_i, n_j, n_r, sbr, sbj, sci, scj, c,
-        BLOCK_I=16, BLOCK_J=16, BLOCK_R=32, GROUP_I=2, PRECISION="ieee",
+        T(av), T(am), T(bb), c, N_I=n_i, N_J=n_j, N_R=n_r, STRIDE_BR=sbr, STRIDE_BJ=sbj,
+        STRIDE_CI=sci, STRIDE_CJ=scj, BLOCK_I=16, BLOCK_J=16, BLOCK_R=32, GROUP_I=2, PRECISION="ieee",
+        WORDS=words,  # 16-bit values expanded as 32-bit words (float32: ignored, the element path)
     )
     got = N(c).T if out_t else N(c)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
@@ -497,6 +503,63 @@ def test_every_kernel_compiles_for_sm90(tmp_path_factory):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_gemm_at_ffn_shapes_is_pipelined_wgmma(tmp_path_factory):
+    """The bf16 2:4 GEMM compiled for sm_90 at the issue-23 FFN shapes (GPT-2
+    774M, 1558M, LLaMA-7B; 16384 tokens; fwd, dX and dW in the backend's
+    layouts and tuned/default configs, element and prmt decompression): wgmma, every global load a cp.async
+    into shared memory (software-pipelined; the old kernel's runtime-int sizes
+    gave 128 scalar ld.global per thread per iteration and no cp.async),
+    16-byte stores, no spills. Compiled in a fresh process (this one interprets)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if not env.get("TRITON_CACHE_DIR"):
+        env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
+    env.pop("SPARSE24_TRITON_GEMM_CONFIGS", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
+    code = (
+        "import triton_sm90_compile as t; lines, fails = t.gemm_report(); "
+        "print('\\n'.join(lines + fails)); raise SystemExit(1 if fails or len(lines) != 18 else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+
+
+def test_gemm_config_table(K, tmp_path, monkeypatch):
+    """matmul.config_for: the per-dtype defaults, and a tuned entry (from
+    $SPARSE24_TRITON_GEMM_CONFIGS) for exactly its shape, dtypes and layouts."""
+    matmul = K.matmul
+    monkeypatch.delenv(matmul.TUNED_ENV, raising=False)
+    matmul._tuned_table.cache_clear()
+    assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280) == matmul.CONFIGS["16bit"]
+    assert matmul.config_for(jnp.bfloat16, 5120, 128, 1280) == matmul.CONFIGS["16bit_narrow"]
+    assert matmul.config_for(jnp.float32, 5120, 16384, 1280) == matmul.CONFIGS["float32"]
+    key = matmul.config_key(5120, 16384, 1280, jnp.bfloat16, True, True, jnp.bfloat16)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"configs": {key: [64, 256, 64, 4, 4]}}))
+    monkeypatch.setenv(matmul.TUNED_ENV, str(path))
+    assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True) == (
+        64, 256, 64, 4, 4)
+    # another layout or output dtype of the same sizes is another product
+    assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280) == matmul.CONFIGS["16bit"]
+    assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True,
+                             out_dtype=jnp.float32) == matmul.CONFIGS["16bit"]
+    # a sixth entry names the decompression variant (WORDS); five mean WORDS 0
+    path.write_text(json.dumps({"configs": {key: [128, 256, 64, 8, 3, 2]}}))
+    matmul._tuned_table.cache_clear()
+    cfg = matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True)
+    assert cfg == (128, 256, 64, 8, 3, 2) and matmul.split_config(cfg)[-1] == 2
+    assert matmul.split_config((64, 256, 64, 4, 4)) == (64, 256, 64, 4, 4, 0)
+    for bad, msg in (([64, 256], "BLOCK_I, BLOCK_J, BLOCK_R, warps, stages"), ([128, 256, 64, 8, 3, 7], "WORDS")):
+        path.write_text(json.dumps({"configs": {key: bad}}))
+        matmul._tuned_table.cache_clear()
+        with pytest.raises(ValueError, match=msg):
+            matmul.config_for(jnp.bfloat16, 5120, 16384, 1280)
+    monkeypatch.setenv(matmul.TUNED_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError, match="triton_gemm_tune.py"):
+        matmul.config_for(jnp.bfloat16, 5120, 16384, 1280)
+    matmul._tuned_table.cache_clear()
 
 
 # ---------------------------------------------------------------------------

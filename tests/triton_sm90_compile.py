@@ -72,15 +72,19 @@ def _compile_cases():
                           {"x_ptr": f"*{dt}", "seed_ptr": "*u32", "val_ptr": f"*{dt}", "meta_ptr": "*u8"},
                           {"N_ROWS": n, "N_Q": m, "STRIDE_ROW": 1, "STRIDE_Q": n,
                            "BLOCK_ROWS": mvue.BLOCK_ROWS, "BLOCK_CHUNKS": mvue.BLOCK_CHUNKS}, 4, 3, vec))
-        bi, bj, br, warps, stages = matmul.config_for({"fp32": jnp.float32, "fp16": jnp.float16,
-                                                       "bf16": jnp.bfloat16}[dt])
         for b_t in (True, False):
-            sig = {"a_val_ptr": f"*{dt}", "a_meta_ptr": "*u8", "b_ptr": f"*{dt}", "n_i": "i32", "n_j": "i32",
-                   "n_r": "i32", "stride_br": "i32", "stride_bj": "i32", "stride_ci": "i32",
-                   "stride_cj": "i32", "c_ptr": f"*{dt}" if b_t else "*fp32"}
-            c = {"stride_br" if b_t else "stride_bj": 1, "stride_ci" if b_t else "stride_cj": 1,
-                 "BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_R": br, "GROUP_I": matmul.GROUP_I, "PRECISION": "ieee"}
-            cases.append((matmul.sparse24_matmul_kernel, sig, c, warps, stages))
+            # odd sizes (masked edges) in the default config of the dtype
+            n_i, n_j, n_r = 200, 72, 100
+            bi, bj, br, warps, stages, _ = matmul.split_config(matmul.config_for(
+                {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}[dt], n_i, n_j, n_r,
+                b_transposed=b_t, out_transposed=b_t, out_dtype=jnp.float32 if not b_t else None))
+            sig = {"a_val_ptr": f"*{dt}", "a_meta_ptr": "*u8", "b_ptr": f"*{dt}",
+                   "c_ptr": f"*{dt}" if b_t else "*fp32"}
+            # every decompression variant (float32 values take the element path whatever WORDS says)
+            for words in (0, 2) if dt == "fp32" else matmul.WORDS_VARIANTS:
+                c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, b_t),
+                         BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee", WORDS=words)
+                cases.append((matmul.sparse24_matmul_kernel, sig, c, warps, stages))
         for act in gated.ACTS:
             # sizes are constexpr: an FFN shape (16-byte accesses expected) and an odd one
             for (m, f), vec, wide in (((4096, 3072), True, False), ((37, 45), False, False),
@@ -170,6 +174,110 @@ def _pack_ptx_problems(name, sig, consts, ptx, vec) -> list[str]:
     return out
 
 
+def _gemm_strides(n_i, n_j, n_r, b_transposed, out_transposed) -> dict:
+    """The GEMM's constexpr strides, as ``matmul.sparse24_matmul`` passes them."""
+    sb = dict(STRIDE_BR=1, STRIDE_BJ=n_r) if b_transposed else dict(STRIDE_BR=n_j, STRIDE_BJ=1)
+    sc = dict(STRIDE_CI=1, STRIDE_CJ=n_i) if out_transposed else dict(STRIDE_CI=n_j, STRIDE_CJ=1)
+    return {**sb, **sc}
+
+
+#: FFN shapes (d, 4d) of the issue-23 targets, 16384 tokens
+GEMM_SHAPES = {"gpt2-774m": (1280, 5120), "gpt2-1558m": (1600, 6400), "llama-7b": (4096, 11008)}
+
+
+def gemm_cases(shapes=GEMM_SHAPES, m=16384, which=("up",), words=(0, 2)):
+    """The triton backend's three bf16 products per FFN linear, in the backend's
+    layouts and the config ``matmul.config_for`` picks, with its decompression
+    variant and each of ``words`` (WORDS 2: the prmt one): (label, sig,
+    constexprs, warps, stages)."""
+    from sparse24_jax_kernels.triton import matmul
+
+    out = []
+    for name, (d, f) in shapes.items():
+        for lin in which:
+            n, k = (f, d) if lin == "up" else (d, f)
+            # (product, I, J, R, B transposed, C transposed, C dtype)
+            for prod, n_i, n_j, n_r, b_t, c_t, c_dt in (("fwd", n, m, k, True, True, "bf16"),
+                                                        ("dX", k, m, n, True, True, "bf16"),
+                                                        ("dW", n, k, m, False, False, "fp32")):
+                bi, bj, br, warps, stages, w0 = matmul.split_config(matmul.config_for(
+                    jnp.bfloat16, n_i, n_j, n_r, b_transposed=b_t, out_transposed=c_t,
+                    out_dtype=jnp.float32 if c_dt == "fp32" else jnp.bfloat16))
+                sig = {"a_val_ptr": "*bf16", "a_meta_ptr": "*u8", "b_ptr": "*bf16", "c_ptr": f"*{c_dt}"}
+                for w in sorted({w0, *words}):
+                    c = dict(N_I=n_i, N_J=n_j, N_R=n_r, **_gemm_strides(n_i, n_j, n_r, b_t, c_t),
+                             BLOCK_I=bi, BLOCK_J=bj, BLOCK_R=br, GROUP_I=matmul.GROUP_I, PRECISION="ieee", WORDS=w)
+                    out.append((f"{name} {lin} {prod} I={n_i} J={n_j} R={n_r} cfg={(bi, bj, br, warps, stages, w)}",
+                                sig, c, warps, stages))
+    return out
+
+
+def _cuobjdump(cubin: bytes, *args) -> str:
+    import subprocess
+    import tempfile
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(tool), *args, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def gemm_stats(k) -> dict:
+    """What decides the 2:4 GEMM's speed, from one compiled kernel: wgmma
+    instructions, cp.async copies (the pipelined loads into shared memory),
+    register-path global loads and their widths, global store widths,
+    registers per thread and local memory (spills), and the TTGIR's
+    convert_layouts / software-pipelined loop."""
+    import re
+
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
+    res = _cuobjdump(k.asm["cubin"], "--dump-resource-usage")
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", res)
+    acc = global_accesses(ptx)
+    return {
+        "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+        "cp_async": len(re.findall(r"cp\.async\.(?:ca|cg)", ptx)),
+        "ld_global": {a: c for a, c in acc.items() if a.startswith("ld.")},
+        "st_global": {a: c for a, c in acc.items() if a.startswith("st.")},
+        "regs": int(m.group(1)) if m else None,
+        "local_bytes": int(m.group(2)) if m else None,
+        "convert_layout": ttgir.count("ttg.convert_layout"),
+        "async_copy": ttgir.count("ttg.async_copy_global_to_local"),
+    }
+
+
+def gemm_problems(label, st) -> list[str]:
+    """At an FFN shape the bf16 GEMM must: run on wgmma, stream A's packed
+    tiles and B through shared memory with cp.async (software pipelined: no
+    global load through registers left), store 16 bytes wide, not spill."""
+    out = []
+    if not st["wgmma"]:
+        out.append(f"{label}: no wgmma")
+    if not st["cp_async"]:
+        out.append(f"{label}: no cp.async (loads not pipelined through shared memory)")
+    if st["ld_global"]:
+        out.append(f"{label}: global loads through registers: {st['ld_global']}")
+    if any(_access_bytes(a) < 16 for a in st["st_global"]):
+        out.append(f"{label}: global stores narrower than 16 bytes: {st['st_global']}")
+    if st["local_bytes"]:
+        out.append(f"{label}: {st['local_bytes']} bytes of local memory (register spills)")
+    return out
+
+
+def gemm_report(shapes=GEMM_SHAPES, which=("up",)) -> tuple[list[str], list[str]]:
+    """(one line of ``gemm_stats`` per product, the problems found)."""
+    ensure_kernels_package()
+    from sparse24_jax_kernels.triton import matmul
+
+    lines, fails = [], []
+    for label, sig, consts, warps, stages in gemm_cases(shapes, which=which):
+        st = gemm_stats(_sm90_compile(matmul.sparse24_matmul_kernel, sig, consts, warps, stages))
+        lines.append(f"{label}: {st}")
+        fails += gemm_problems(label, st)
+    return lines, fails
+
+
 def access_report() -> list[str]:
     """One line per 2:4 per-step kernel case: its global access forms (the
     before/after table in README.md). ``python tests/triton_sm90_compile.py -v``."""
@@ -208,6 +316,9 @@ if __name__ == "__main__":
 
     if "-v" in sys.argv:
         print("\n".join(access_report()))
+    if "--gemm" in sys.argv:  # the 2:4 GEMM at the FFN shapes, both linears
+        lines, gemm_fails = gemm_report(which=("up", "down"))
+        print("\n".join(lines + gemm_fails))
     fails = compile_all()
     print("\n".join(fails) or "all kernels compile for sm_90")
     raise SystemExit(1 if fails else 0)

@@ -249,6 +249,57 @@ def test_backend_products(kt, dtype, shape):
     )
 
 
+def _gemm_exact_case(shape, orient, dtype, seed, degenerate=False):
+    """Integer-valued operands of one product (every float32 partial sum exact,
+    so any summation order gives the twin's bits) and the twin's result
+    ``decompress_24(v, m) @ B`` in float32, cast to the output dtype.
+    ``degenerate``: also groups with fewer than two kept (their codes name
+    padding positions, packing.py), as a pruned dZ.T with zeros has."""
+    n_i, n_j, n_r = shape
+    rng = np.random.default_rng(seed)
+    a = jnp.asarray(rng.integers(-3, 4, size=(n_i, n_r)), dtype)
+    mask = s24.mask_24(a) & (a != 0) if degenerate else s24.mask_24(a)
+    av, am = s24.compress_24(a, mask)
+    b = jnp.asarray(rng.integers(-3, 4, size=(n_r, n_j)), dtype)
+    out_dtype = jnp.float32 if orient == "dW" else dtype
+    ref = jnp.dot(s24.decompress_24(av, am).astype(jnp.float32), b.astype(jnp.float32),
+                  precision="highest").astype(out_dtype)
+    kw = dict(b_transposed=True, out_transposed=True) if orient != "dW" else dict(out_dtype=jnp.float32)
+    bb = b.T if orient != "dW" else b
+    return av, am, bb, kw, ref
+
+
+@pytest.mark.parametrize("shape", [(512, 1024, 1024), (200, 300, 520)])
+@pytest.mark.parametrize("orient", ["fwd", "dW"])
+def test_gemm_exact_default_config(kt, shape, orient):
+    """The bf16 GEMM in its default config, full tiles (the FFN path, no
+    masks) and ragged edges, in the backend's two layouts: the same bits as
+    the pure-JAX twin."""
+    av, am, b, kw, ref = _gemm_exact_case(shape, orient, jnp.bfloat16, seed=11)
+    got = jax.jit(lambda v, m, b: kt.matmul.sparse24_matmul(v, m, b, **kw))(av, am, b)
+    want = ref.T if kw.get("out_transposed") else ref
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+# One config per kernel variant the sweep may pick (decompression WORDS 0/1/2,
+# 4 or 8 warps, K tile 64 or 128): full tiles, then ragged edges with degenerate
+# groups in the dW layout. Small shapes and few configs: each one is a compile.
+# (The sweep checks every candidate against the twin before timing it.)
+@pytest.mark.parametrize("cfg", [(128, 256, 64, 8, 3, 2), (64, 64, 32, 4, 2, 2), (64, 64, 32, 4, 2, 1),
+                                 (64, 64, 32, 4, 2, 3)])
+def test_gemm_exact_variants(kt, cfg):
+    """The decompression variants (prmt words, select words, the interpreter's
+    emulated prmt) give the twin's bits, in bfloat16 and float16."""
+    for shape, orient, dtype, degenerate in (((256, 512, 512), "fwd", jnp.bfloat16, False),
+                                             ((200, 300, 520), "dW", jnp.float16, True)):
+        av, am, b, kw, ref = _gemm_exact_case(shape, orient, dtype, seed=12, degenerate=degenerate)
+        got = jax.jit(lambda v, m, b, cfg=cfg: kt.matmul.sparse24_matmul(v, m, b, config=cfg, **kw))(av, am, b)
+        want = ref.T if kw.get("out_transposed") else ref
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                      err_msg=f"{cfg} {orient} {dtype}")
+
+
 def test_backend_fast_paths(kt):
     be = s24.get_backend("triton")
     w = _inputs("normal", (256, 512), jnp.float32)
