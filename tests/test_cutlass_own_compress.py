@@ -167,3 +167,21 @@ def test_shapes_the_kernels_refuse(shape):
         _cutlass_own.project(np.zeros((n, k), np.float32), np.zeros((n, k), bool))
     with pytest.raises(ValueError, match="does not take"):
         _cutlass_own.mvue(np.zeros((n, k), BF16), (0, 0))
+
+
+def test_cutlass_backend_is_registered_and_names_the_fix_on_cpu():
+    from sparse24_jax.backend import BackendUnavailableError, available_backends, get_backend
+
+    assert "cutlass" in available_backends()
+    with pytest.raises(BackendUnavailableError, match="Hopper"):
+        get_backend("cutlass")
+
+
+def test_config_table_names_built_configs():
+    from sparse24_jax_kernels.cutlass import backend, build
+
+    assert backend.DEFAULT_CONFIG in build.CONFIGS
+    for row in backend.CONFIG_TABLE.values():
+        assert set(row) == {"fwd", "dx", "dw"} and set(row.values()) <= set(build.CONFIGS)
+    assert backend.config_for("dw", 1600, 6400) == "t128x128x128_c1x1_pingpong"
+    assert backend.config_for("fwd", 64, 64) == backend.DEFAULT_CONFIG
