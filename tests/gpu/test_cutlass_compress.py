@@ -115,7 +115,8 @@ def test_linear_matches_xla(method, m, n, k):
 
     def run(backend, key):
         def f(x, w):
-            return s24.sparse24_linear(x, w, mask, key=key, method=method, backend=backend)
+            return s24.sparse24_linear(x, w, mask, key=key, method=method, backend=backend,
+                                      mvue=key is not None)
 
         y, vjp = jax.vjp(f, x, w)
         dx, dw = vjp(dy)
@@ -171,8 +172,9 @@ def test_tiny_model_step():
 
     def loss(p, backend):
         m1, m2 = s24.transposable_mask_24(p["w1"]), s24.transposable_mask_24(p["w2"])
-        h = jax.nn.gelu(s24.sparse24_linear(x, p["w1"], m1, backend=backend))
-        y = s24.sparse24_linear(h.astype(jnp.bfloat16), p["w2"], m2, backend=backend)
+        h = jax.nn.gelu(s24.sparse24_linear(x, p["w1"], m1, backend=backend, mvue=False))
+        y = s24.sparse24_linear(h.astype(jnp.bfloat16), p["w2"], m2, backend=backend,
+                                mvue=False)
         return jnp.mean((y.astype(jnp.float32) - t) ** 2)
 
     def step(p, backend):
