@@ -234,6 +234,7 @@ _LAZY: dict[str, str] = {
     "xla": "sparse24_jax.xla_backend:XlaBackend",
     "triton": "sparse24_jax_kernels.triton.backend:TritonBackend",
     "cusparselt": "sparse24_jax_kernels.cusparselt.backend:CusparseltBackend",
+    "cutlass": "sparse24_jax_kernels.cutlass.backend:CutlassBackend",
 }
 _INSTANCES: dict[str, Backend] = {}
 _LOCK = threading.Lock()
@@ -244,6 +245,9 @@ _HINTS = {
     "cusparselt": "install the GPU extra (pip install 'sparse24-jax[gpu]', which "
     "brings nvidia-cusparselt-cu13) and nvcc on a machine with an NVIDIA "
     "Hopper or Ampere GPU",
+    "cutlass": "install the nvidia-cutlass wheel (its headers) and nvcc, or point "
+    "SPARSE24_CUTLASS_KERNELS at a prebuilt libsparse24_cutlass-*.so, on a machine with an "
+    "NVIDIA Hopper (sm_90) GPU",
 }
 
 

@@ -221,7 +221,7 @@ def sparse24_linear(
       key: JAX PRNG key for the MVUE pruning of ``dZ.T`` (needed if
         ``mvue``). Use a fresh key every step.
       method: "srste", "ste", "sste" or "dense" (a plain dense product).
-      backend: "xla" (reference, anywhere), "triton" or "cusparselt" (GPU), or
+      backend: "xla" (reference, anywhere), "triton", "cusparselt" or "cutlass" (GPU), or
         a :class:`~sparse24_jax.backend.Backend`.
       mvue: prune ``dZ.T`` with MVUE for the weight gradient; ``False`` uses
         the dense ``dZ.T``.

@@ -121,7 +121,7 @@ class SparseLinear(nnx.Module):
       in_features, out_features: K and N; multiples of 4.
       method: "srste" (transposable hard mask; pair with masked decay),
         "ste" (same mask, no decay), "sste" (beta * soft threshold), "dense".
-      backend: "xla", "triton", "cusparselt" or a Backend.
+      backend: "xla", "triton", "cusparselt", "cutlass" or a Backend.
       mask_interval: recompute the mask every this many optimizer steps (see
         :func:`refresh_masks`); the papers' recipe uses 40.
       mvue: MVUE-prune ``dZ.T`` in the weight-gradient GEMM.

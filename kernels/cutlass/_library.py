@@ -22,7 +22,8 @@ __all__ = [
 ]
 
 PREFIX = "sparse24_cutlass_"
-TARGETS = {PREFIX + "gemm": "s24c_gemm", PREFIX + "compress": "s24c_compress"}
+TARGETS = {PREFIX + "gemm": "s24c_gemm", PREFIX + "compress": "s24c_compress",
+           PREFIX + "own_project": "s24c_own_project", PREFIX + "own_mvue": "s24c_own_mvue"}
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None

@@ -7,7 +7,9 @@ objects, each cached under a hash of its inputs, compiled in parallel:
 * ``gemm_instance.cu`` once per (config, product): ``-DS24C_*`` flags pick the
   tile, cluster and schedule (:data:`CONFIGS`) and the product (fwd, dx, dw);
 * ``compress.cu``: CUTLASS's own compressor;
-* ``registry.cc``, ``bindings.cc``: host-only C++ (XLA FFI handlers).
+* ``own_compress.cu``: our own kernels writing CUTLASS's format (no CUTLASS
+  header; includes the cuSPARSELt library's group math);
+* ``registry.cc``, ``bindings.cc``, ``own_bindings.cc``: host-only C++ (XLA FFI handlers).
 
 They are linked into ``libsparse24_cutlass-<hash>.so`` in the cache directory
 (``$SPARSE24_CUTLASS_CACHE_DIR``, else ``$SPARSE24_CACHE_DIR/cutlass``, else
@@ -61,6 +63,7 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
+CUSPARSELT_CSRC = HERE.parent / "cusparselt" / "csrc"  # group math shared by own_compress.cu
 LIB_NAME = "libsparse24_cutlass"
 ARCH = "90a"  # sparse wgmma needs the arch-specific target
 
@@ -212,8 +215,11 @@ def _units(inc: Path, util: Path, configs: list[Config]) -> list[_Unit]:
     common = _common_flags(inc, util)
     # the quick host units first, so that their errors come before the long compiles
     units = [_Unit(Path(cc).stem, CSRC / cc, common + ["-I", jax.ffi.include_dir()])
-             for cc in ("registry.cc", "bindings.cc")]
+             for cc in ("registry.cc", "bindings.cc", "own_bindings.cc")]
     units.append(_Unit("compress", CSRC / "compress.cu", common + _device_flags()))
+    # our own CUTLASS-format compressors: the cuSPARSELt library's group math included
+    units.append(_Unit("own_compress", CSRC / "own_compress.cu",
+                       common + _device_flags() + ["-I", str(CUSPARSELT_CSRC)]))
     for cfg in configs:
         for pname, p in PRODUCTS.items():
             units.append(_Unit(f"gemm_{cfg.name}_{pname}", CSRC / "gemm_instance.cu",
@@ -228,8 +234,8 @@ def _toolchain_key(nvcc: str, inc: Path) -> bytes:
         h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
     except OSError:
         pass
-    # the CUTLASS release (its version header) and where it lies
-    h.update(str(inc).encode())
+    # the CUTLASS release (its version header), not where it lies: a cache
+    # carried to another checkout or virtual environment stays valid
     ver = inc / "cutlass" / "version.h"
     if ver.is_file():
         h.update(ver.read_bytes())
@@ -250,9 +256,11 @@ def local_deps(src: Path) -> list[Path]:
             continue
         seen[p] = None
         for inc in _INCLUDE.findall(p.read_text(errors="replace")):
-            q = CSRC / inc
-            if q.is_file():
-                todo.append(q)
+            # as the preprocessor: the includer's folder first, then the -I folders
+            for d in (p.parent, CSRC, CUSPARSELT_CSRC):
+                if (d / inc).is_file():
+                    todo.append(d / inc)
+                    break
     return sorted(seen)
 
 
@@ -261,7 +269,11 @@ def _unit_key(unit: _Unit, toolchain: bytes) -> str:
     for p in local_deps(unit.src):
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    h.update("\0".join(unit.flags).encode())
+    # include folders are hashed by what they hold (the local headers above, the
+    # CUTLASS release in the toolchain key, jaxlib's FFI headers below), not by
+    # their absolute paths, which differ between checkouts and venvs
+    flags = [("<include dir>" if prev == "-I" else f) for prev, f in zip([""] + unit.flags, unit.flags)]
+    h.update("\0".join(flags).encode())
     if unit.src.suffix == ".cc":  # host units see jaxlib's FFI headers
         import jax.ffi
 

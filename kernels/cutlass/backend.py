@@ -1,0 +1,219 @@
+"""``CutlassBackend``: the three GEMMs of a 2:4 linear layer on our CUTLASS sm90 kernels.
+
+=============  ==========================================  ============================
+GEMM           CUTLASS product (:func:`.ops.spmm`)          sparse operand (compressed)
+=============  ==========================================  ============================
+forward        ``fwd``: Z (M, N) = X @ W_s^T                W_s (N, K), 2:4 along K
+input grad     ``dx``: dX (M, K) = dZ @ W_s                  W_s^T (K, N), 2:4 along N
+weight grad    ``dw``: dW (N, K) f32 = S_z(dZ^T) @ X         S_z(dZ^T) (N, M), MVUE along M
+=============  ==========================================  ============================
+
+Compression: ``prepare_projected`` (SR-STE / STE) runs our projection kernel
+(:func:`.own_ops.project_compress`: the float32 master weight and the mask in,
+W_s and W_s^T in CUTLASS's format out, one pass); ``prune_grad`` our MVUE
+kernel (:func:`.own_ops.mvue_compress`, the cuSPARSELt kernel's randomness).
+``prepare_weight`` of an already projected ``W_s`` uses CUTLASS's own
+compressor (:func:`.ops.compress`). Per-shape GEMM configs: :data:`CONFIG_TABLE`
+(best of the five built configs on an H200 at M = 16384,
+/work/notes/gpu2/cutlass_bench.log, 2026-11-30), else :data:`DEFAULT_CONFIG`.
+
+Notes:
+
+* bfloat16 only (``check``); N and K multiples of 64; tokens padded with zero
+  rows to a multiple of 64 (zero tokens add nothing).
+* Without a transposable mask (S-STE) W_s^T is not 2:4: the input gradient is a
+  dense ``jnp.dot`` of the dense W_s (as the cuSPARSELt backend does).
+* ``prune_grad(None, dz)``: no MVUE, the weight gradient is a dense ``jnp.dot``.
+* The dw product writes float32 directly (no bf16 rounding of dW).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import ops, own_ops
+
+__all__ = ["CONFIG_TABLE", "DEFAULT_CONFIG", "CutlassBackend", "CutlassGrad", "CutlassWeight",
+           "config_for"]
+
+_DTYPES = (jnp.dtype(jnp.bfloat16),)
+_ALIGN = 64
+
+#: the config measured best most often (8 of the 18 GEMMs)
+DEFAULT_CONFIG = "t256x128x128_c1x1_coop"
+_T256 = "t256x128x128_c1x1_coop"
+_T128x256 = "t128x256x128_c1x1_coop"
+_C2 = "t128x256x128_c2x1_coop"
+_PP = "t128x128x128_c1x1_pingpong"
+#: (N, K) of the layer -> {product: config}, from the H200 sweep (M = 16384)
+CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
+    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _T128x256},
+    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _C2},
+    (6400, 1600): {"fwd": _T256, "dx": _T256, "dw": _T256},
+    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _PP},
+    (11008, 4096): {"fwd": _T256, "dx": _T128x256, "dw": _C2},
+    (4096, 11008): {"fwd": _T256, "dx": _T256, "dw": _T256},
+}
+
+
+def config_for(product: str, n: int, k: int) -> str:
+    """The CUTLASS config for ``product`` of an (N, K) layer."""
+    return CONFIG_TABLE.get((n, k), {}).get(product, DEFAULT_CONFIG)
+
+
+@dataclasses.dataclass(frozen=True)
+class CutlassWeight:
+    """W_s (N, K) as CUTLASS's (values, meta); W_s^T likewise when transposable,
+    else the dense W_s (``dense``) for the dense input gradient."""
+
+    values: jax.Array
+    meta: jax.Array
+    values_t: jax.Array | None
+    meta_t: jax.Array | None
+    dense: jax.Array | None
+    n: int
+    k: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CutlassGrad:
+    """S_z(dZ^T) (N, Mp) as CUTLASS's (values, meta), or the dense dZ (M, N)."""
+
+    values: jax.Array | None
+    meta: jax.Array | None
+    dense: jax.Array | None
+    n: int
+    mp: int
+
+
+jax.tree_util.register_dataclass(
+    CutlassWeight, data_fields=["values", "meta", "values_t", "meta_t", "dense"], meta_fields=["n", "k"])
+jax.tree_util.register_dataclass(
+    CutlassGrad, data_fields=["values", "meta", "dense"], meta_fields=["n", "mp"])
+
+
+def _padded(m: int) -> int:
+    return -(-m // _ALIGN) * _ALIGN
+
+
+def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+    extra = rows - a.shape[0]
+    return a if extra == 0 else jnp.pad(a, ((0, extra), (0, 0)))
+
+
+class CutlassBackend:
+    """2:4 GEMMs on our CUTLASS sm90 kernels (XLA FFI), compression by our own
+    kernels. Constructing it loads the library (building it if needed) and
+    registers the FFI targets; RuntimeError (no Hopper GPU, no library) names
+    the fallback."""
+
+    name = "cutlass"
+    compute_dtypes = _DTYPES
+
+    def __init__(self):
+        ops.load()
+
+    # -- checks -------------------------------------------------------------
+    def check(self, n: int, k: int, dtype: Any) -> None:
+        dt = jnp.dtype(dtype)
+        if dt not in _DTYPES:
+            raise ValueError(
+                f"backend 'cutlass' runs bfloat16 GEMMs only (its kernels are built for bf16), "
+                f"not {dt}: cast the input (x.astype(jnp.bfloat16)) and use compute dtype "
+                "bfloat16, or use backend='cusparselt' (bf16/fp16) or 'xla'"
+            )
+        bad = [f"{name}={v}" for name, v in (("N (out_features)", n), ("K (in_features)", k))
+               if v <= 0 or v % _ALIGN]
+        if bad:
+            raise ValueError(
+                f"backend 'cutlass' needs N and K multiples of {_ALIGN} (CUTLASS's metadata "
+                f"atom rows, our compressors' tiles), got {', '.join(bad)}: pad the layer's "
+                f"features to a multiple of {_ALIGN}, or use backend='xla'"
+            )
+
+    @staticmethod
+    def _check_x(x: jax.Array, k: int, what: str) -> None:
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ValueError(f"{what} must be (M, {k}), got shape {tuple(x.shape)}")
+        if jnp.dtype(x.dtype) != jnp.bfloat16:
+            raise ValueError(f"{what} is {x.dtype}; backend 'cutlass' takes bfloat16: cast it")
+
+    # -- weight -------------------------------------------------------------
+    def prepare_weight(self, w_s: jax.Array, *, transposable: bool) -> CutlassWeight:
+        if w_s.ndim != 2:
+            raise ValueError(f"W_s must be 2-D (N, K), got shape {tuple(w_s.shape)}")
+        n, k = w_s.shape
+        self.check(n, k, w_s.dtype)
+        values, meta = ops.compress(w_s)
+        if transposable:
+            values_t, meta_t = ops.compress(w_s.T)
+            return CutlassWeight(values, meta, values_t, meta_t, None, n, k)
+        return CutlassWeight(values, meta, None, None, w_s, n, k)
+
+    def prepare_projected(self, w: jax.Array, mask: jax.Array | None, beta: jax.Array | None, *,
+                          method: str, dtype: Any) -> CutlassWeight:
+        """SR-STE / STE from the float32 master weight in one pass (our
+        projection kernel); byte for byte ``prepare_weight(where(mask, w, 0)
+        .astype(bf16), transposable=True)``. S-STE and other dtypes: two passes."""
+        dt = jnp.dtype(dtype)
+        if (method in ("srste", "ste") and mask is not None and w.ndim == 2
+                and jnp.dtype(w.dtype) == jnp.float32 and dt in _DTYPES):
+            n, k = w.shape
+            self.check(n, k, dt)
+            values, meta, values_t, meta_t = own_ops.project_compress(w, mask)
+            return CutlassWeight(values, meta, values_t, meta_t, None, n, k)
+        from sparse24_jax import project_weight
+
+        w_s, transposable = project_weight(w, mask, beta, method=method)
+        return self.prepare_weight(w_s.astype(dt), transposable=transposable)
+
+    def matmul_fwd(self, x: jax.Array, w_op: CutlassWeight) -> jax.Array:
+        self._check_x(x, w_op.k, "x")
+        m = x.shape[0]
+        mp = _padded(m)
+        z = ops.spmm("fwd", w_op.values, w_op.meta, _pad_rows(x, mp),
+                     config=config_for("fwd", w_op.n, w_op.k))
+        return z if mp == m else z[:m]
+
+    def matmul_dx(self, dz: jax.Array, w_op: CutlassWeight) -> jax.Array:
+        self._check_x(dz, w_op.n, "dZ")
+        if w_op.values_t is None:
+            return jnp.dot(dz, w_op.dense.astype(dz.dtype),
+                           preferred_element_type=jnp.float32).astype(dz.dtype)
+        m = dz.shape[0]
+        mp = _padded(m)
+        dx = ops.spmm("dx", w_op.values_t, w_op.meta_t, _pad_rows(dz, mp),
+                      config=config_for("dx", w_op.n, w_op.k))
+        return dx if mp == m else dx[:m]
+
+    # -- gradient -----------------------------------------------------------
+    def prune_grad(self, key: jax.Array | None, dz: jax.Array) -> CutlassGrad:
+        if dz.ndim != 2:
+            raise ValueError(f"dZ must be 2-D (M, N), got shape {tuple(dz.shape)}")
+        m, n = dz.shape
+        if key is None:
+            return CutlassGrad(None, None, dz, n, m)
+        self.check(n, _ALIGN, dz.dtype)
+        mp = _padded(m)
+        values, meta = own_ops.mvue_compress(own_ops.seed_from_key(key), _pad_rows(dz, mp))
+        return CutlassGrad(values, meta, None, n, mp)
+
+    def matmul_dw(self, g: CutlassGrad, x: jax.Array) -> jax.Array:
+        if g.values is None:
+            return jnp.dot(g.dense.T, x.astype(g.dense.dtype), preferred_element_type=jnp.float32)
+        if x.ndim != 2 or _padded(x.shape[0]) != g.mp:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
+        k = x.shape[1]
+        return ops.spmm("dw", g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp),
+                        config=config_for("dw", g.n, k))
+
+    # -- mask ---------------------------------------------------------------
+    def transposable_mask(self, w: jax.Array) -> jax.Array:
+        from sparse24_jax import transposable_mask_24
+
+        return transposable_mask_24(w)

@@ -1,0 +1,67 @@
+// Launches (or emulates on the host) our own CUTLASS-format compressors
+// (own_compress.cuh). Includes no CUTLASS and no XLA header: a quick unit.
+// Its C exports s24c_emulate_own_project / s24c_emulate_own_mvue run the
+// kernels' code on the CPU (tests/test_cutlass_own_compress.py builds this
+// unit alone into a small host library for them).
+
+#include "own_compress.h"
+
+#include "own_compress.cuh"
+
+namespace s24c {
+
+static bool OwnShapeOk(int64_t rows, int64_t cols) {
+  return rows > 0 && cols > 0 && rows % kOwnShapeAlign == 0 && cols % kOwnShapeAlign == 0 &&
+         rows <= kOwnMaxRows && rows * cols / 4 < (int64_t(1) << 32);
+}
+
+cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t* mask,
+                             void* values, uint8_t* meta, void* values_t, uint8_t* meta_t,
+                             int64_t n, int64_t k, bool emulate) {
+  if (!OwnShapeOk(n, k) || k > kOwnMaxRows) return cudaErrorInvalidValue;
+  const OwnProject::Args args{w, mask, static_cast<uint32_t*>(values), meta,
+                              static_cast<uint32_t*>(values_t), meta_t, n, k};
+  if (emulate) {
+    OwnProject::Emulate(args);
+    return cudaSuccess;
+  }
+  OwnKernel<OwnProject><<<OwnProject::Grid(n, k), kOwnThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
+                          void* values, uint8_t* meta, int64_t m, int64_t n, bool emulate) {
+  // A = dZ^T: n rows (features), m columns (tokens, the 2:4 axis)
+  if (!OwnShapeOk(n, m)) return cudaErrorInvalidValue;
+  const OwnMvue::Args args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values),
+                           meta, n, m};
+  if (emulate) {
+    OwnMvue::Emulate(args);
+    return cudaSuccess;
+  }
+  OwnKernel<OwnMvue><<<OwnMvue::Grid(n, m), kOwnThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace s24c
+
+extern "C" {
+
+#define S24C_OWN_EXPORT __attribute__((visibility("default")))
+
+// Host emulation (host pointers): 0, or -1 for a shape the kernels do not take.
+S24C_OWN_EXPORT int s24c_emulate_own_project(const float* w, const uint8_t* mask, void* values,
+                                             uint8_t* meta, void* values_t, uint8_t* meta_t,
+                                             int64_t n, int64_t k) {
+  return s24c::LaunchOwnProject(nullptr, w, mask, values, meta, values_t, meta_t, n, k, true) ==
+                 cudaSuccess
+             ? 0
+             : -1;
+}
+
+S24C_OWN_EXPORT int s24c_emulate_own_mvue(const void* dz, const uint32_t* seed, void* values,
+                                          uint8_t* meta, int64_t m, int64_t n) {
+  return s24c::LaunchOwnMvue(nullptr, dz, seed, values, meta, m, n, true) == cudaSuccess ? 0 : -1;
+}
+
+}  // extern "C"

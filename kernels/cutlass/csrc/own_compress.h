@@ -1,0 +1,31 @@
+// Our own CUTLASS-format compressors (own_compress.cuh) as plain C++ for the
+// host units (own_bindings.cc): no CUTLASS, no XLA header.
+
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace s24c {
+
+// Both axes of every operand a multiple of this (whole 64-row metadata blocks,
+// 16-byte value rows); the grid's y dimension counts 128-row tiles.
+constexpr int64_t kOwnShapeAlign = 64;
+constexpr int64_t kOwnMaxRows = 65535ll * 128;
+
+// W (n, k) float32 row-major, mask (n, k) bytes (non-zero keeps) ->
+// W_s = where(mask, W, +0) in bf16 as CUTLASS's (values (n, k/2), meta) and
+// W_s^T as (values_t (k, n/2), meta_t). Pointers 16-byte aligned.
+// emulate: run the kernel's code on the host (host pointers; stream unused).
+cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t* mask,
+                             void* values, uint8_t* meta, void* values_t, uint8_t* meta_t,
+                             int64_t n, int64_t k, bool emulate);
+
+// dZ (m tokens, n features) bf16 row-major, seed uint32[2] -> MVUE of
+// S(dZ^T) (n, m), 2:4 along m, as CUTLASS's (values (n, m/2), meta), with the
+// cuSPARSELt MVUE kernel's randomness. m * n / 4 < 2^32.
+cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
+                          void* values, uint8_t* meta, int64_t m, int64_t n, bool emulate);
+
+}  // namespace s24c

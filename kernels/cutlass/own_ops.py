@@ -1,0 +1,99 @@
+"""JAX ops of our own kernels writing CUTLASS's compressed 2:4 format
+(csrc/own_compress.cuh, LAYOUT.md): no dense pruned copy, no CUTLASS compressor.
+
+* :func:`project_compress` ``(w, mask)``: the float32 master ``W`` (N, K) and
+  the boolean 2:4 transposable mask -> ``W_s = where(mask, W, 0)`` in bf16 as
+  CUTLASS's ``(values, meta)`` and ``W_s^T`` likewise, in one pass; byte for
+  byte ``ops.compress(W_s)`` and ``ops.compress(W_s.T)``.
+* :func:`mvue_compress` ``(key_or_seed, dz)``: dZ (M, N) bf16 -> MVUE 2:4 of
+  ``dZ^T`` (N, M) along M as CUTLASS's ``(values, meta)``, with the cuSPARSELt
+  MVUE kernel's randomness: the same seed keeps the same entries with the same
+  bits as ``sparse24_jax_kernels.cusparselt.ops.mvue_compress(seed, dz,
+  transpose=True)``.
+
+Both axes of every operand multiples of 64 (pad them); other shapes raise
+ValueError naming the fix. The outputs feed :func:`.ops.spmm` directly.
+"""
+
+from __future__ import annotations
+
+from ._library import PREFIX, load
+from .ops import meta_nbytes
+
+__all__ = ["ALIGN", "mvue_compress", "project_compress", "seed_from_key"]
+
+ALIGN = 64
+
+
+def _check(what: str, rows: int, cols: int) -> None:
+    if rows <= 0 or cols <= 0 or rows % ALIGN or cols % ALIGN:
+        raise ValueError(
+            f"{what}: got {rows} x {cols}; our CUTLASS-format kernels need both axes multiples of "
+            f"{ALIGN}: pad them, or use ops.compress on the dense pruned operand"
+        )
+    if rows * cols // 4 >= 2**32:
+        raise ValueError(f"{what}: {rows} x {cols} has 2^32 groups or more: split the operand")
+
+
+def seed_from_key(key):
+    """Two uint32 words from a JAX PRNG key (typed or raw): the same as the
+    cuSPARSELt ops' ``seed_from_key``, so one key gives both paths one seed."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def project_compress(w, mask):
+    """``(values, meta, values_t, meta_t)``: CUTLASS's compressed ``W_s`` (N, K)
+    and ``W_s^T`` (K, N) of ``W_s = where(mask, w, 0).astype(bfloat16)``.
+
+    ``w``: float32 (N, K); ``mask``: bool (or uint8, non-zero keeps) (N, K),
+    2:4 along K and N (a group keeping more than two keeps its two largest)."""
+    import jax
+    import jax.numpy as jnp
+
+    if w.ndim != 2 or jnp.dtype(w.dtype) != jnp.float32:
+        raise ValueError(f"project_compress takes the float32 master weight (N, K), got "
+                         f"{w.dtype} {w.shape}: cast it with .astype(jnp.float32)")
+    n, k = w.shape
+    _check("project_compress: W (N, K)", n, k)
+    if mask.shape != w.shape or jnp.dtype(mask.dtype) not in (jnp.dtype(bool), jnp.dtype(jnp.uint8)):
+        raise ValueError(f"the mask must be bool (or uint8) of W's shape {w.shape}, got "
+                         f"{mask.dtype} {mask.shape}")
+    load()
+    bf = jnp.bfloat16
+    call = jax.ffi.ffi_call(
+        PREFIX + "own_project",
+        (jax.ShapeDtypeStruct((n, k // 2), bf), jax.ShapeDtypeStruct((meta_nbytes(n, k),), jnp.uint8),
+         jax.ShapeDtypeStruct((k, n // 2), bf), jax.ShapeDtypeStruct((meta_nbytes(k, n),), jnp.uint8)),
+    )
+    values, meta, values_t, meta_t = call(w, mask)
+    return values, meta, values_t, meta_t
+
+
+def mvue_compress(key_or_seed, dz):
+    """``(values (N, M/2) bf16, meta)``: MVUE 2:4 of ``dZ^T`` along the tokens M
+    in CUTLASS's format (the sparse operand of ``spmm("dw", ...)``).
+
+    ``key_or_seed``: a JAX PRNG key, or a uint32 array of 2 words; ``dz``
+    (M, N) bfloat16."""
+    import jax
+    import jax.numpy as jnp
+
+    seed = key_or_seed
+    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
+        seed = seed_from_key(seed)
+    if dz.ndim != 2 or jnp.dtype(dz.dtype) != jnp.bfloat16:
+        raise ValueError(f"mvue_compress takes dZ (M, N) bfloat16, got {dz.dtype} {dz.shape}: "
+                         "cast it with .astype(jnp.bfloat16)")
+    m, n = dz.shape
+    _check("mvue_compress: dZ (M tokens, N features)", m, n)
+    load()
+    call = jax.ffi.ffi_call(
+        PREFIX + "own_mvue",
+        (jax.ShapeDtypeStruct((n, m // 2), jnp.bfloat16),
+         jax.ShapeDtypeStruct((meta_nbytes(n, m),), jnp.uint8)),
+    )
+    values, meta = call(dz, seed)
+    return values, meta

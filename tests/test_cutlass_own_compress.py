@@ -1,0 +1,187 @@
+"""CPU tests of our own kernels writing CUTLASS's sm90 compressed 2:4 format
+(kernels/cutlass/csrc/own_compress.cuh): the CUDA kernels' code run on the
+host (tests/_cutlass_own.py), byte for byte against the numpy reference
+(kernels/cutlass/layout.py), which tests/test_cutlass_layout.py checks against
+CUTLASS's own compressor. The same on the GPU against CUTLASS's compressor:
+tests/gpu/test_cutlass_compress.py.
+
+* the weight projection: W (N, K) float32 + a 2:4 transposable mask ->
+  compress_sm90(where(mask, W, 0) in bf16) and of its transpose;
+* the MVUE of dZ^T: the same kept entries and bits as the cuSPARSELt MVUE
+  kernel with the same seed (its emulation, decompressed), in CUTLASS's bytes.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from sparse24_jax_kernels.cusparselt import layout as cl
+from sparse24_jax_kernels.cutlass import layout
+
+import _cutlass_own
+from _random24 import awkward_f32
+
+ok, why = _cutlass_own.available()
+pytestmark = pytest.mark.skipif(not ok, reason=why)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+# (N, K): the 1600-wide axes of GPT-2 1.5B (12.5 tiles of 128) on both sides,
+# 64-row remainders, and a few tiles
+SHAPES = [(64, 64), (128, 192), (192, 1600), (1600, 320), (256, 512)]
+
+
+def transposable_mask(w, seed, sparser=False):
+    import jax.numpy as jnp
+
+    from sparse24_jax import transposable_mask_24
+
+    mask = np.array(transposable_mask_24(jnp.asarray(w)))
+    if sparser:  # groups keeping one or none: the degenerate codes
+        mask &= np.random.default_rng(seed).random(mask.shape) > 0.3
+    return mask
+
+
+def ref_projection(w, mask):
+    w_s = np.where(mask, w, np.float32(0)).astype(BF16)
+    return layout.compress_sm90(w_s), layout.compress_sm90(np.ascontiguousarray(w_s.T))
+
+
+@pytest.mark.parametrize("n, k", SHAPES)
+@pytest.mark.parametrize("sparser", [False, True])
+def test_projection_is_cutlass_bytes(n, k, sparser):
+    w = awkward_f32(n * 7 + k, n, k)
+    mask = transposable_mask(w, n + k, sparser)
+    vals, meta, vals_t, meta_t = _cutlass_own.project(w, mask)
+    (rv, rm), (rvt, rmt) = ref_projection(w, mask)
+    np.testing.assert_array_equal(vals.view(np.uint16), rv.view(np.uint16))
+    np.testing.assert_array_equal(meta, rm)
+    np.testing.assert_array_equal(vals_t.view(np.uint16), rvt.view(np.uint16))
+    np.testing.assert_array_equal(meta_t, rmt)
+
+
+def test_projection_degenerate_groups_by_hand():
+    # one 64 x 64 weight: group 0 of row 0 keeps only column 3 (code 0xC, value
+    # at slot 1), group 1 keeps nothing (code 0), group 2 keeps a -0 and a
+    # value at 1 (the -0 is zero: code 1 | 3 << 2), the rest all-zero
+    w = np.zeros((64, 64), np.float32)
+    mask = np.zeros((64, 64), bool)
+    w[0, 3], mask[0, 3] = 2.0, True
+    w[0, 4], mask[0, 4] = 5.0, False
+    w[0, 8], w[0, 9], mask[0, 8], mask[0, 9] = -0.0, 1.5, True, True
+    vals, meta, vals_t, meta_t = _cutlass_own.project(w, mask)
+    v = vals.view(np.uint16)
+    assert list(v[0, :6]) == [0, 0x4000, 0, 0, 0x3FC0, 0]
+    assert meta[0] == 0x0C and meta[1] == 0xD  # (group0 0xC | group1 0 << 4), (group2 1|3<<2)
+    assert not v[1:].any() and not meta[2:].any()
+    # W_s^T: row 3 (column 3 of W) has its lone value at n = 0 < 3: code 0 | 3 << 2, slot 0
+    vt = vals_t.view(np.uint16)
+    assert vt[3, 0] == 0x4000 and meta_t[layout.metadata_byte_offset(3, 0, 64, 2)] == 0x0 | (0 | 3 << 2)
+
+
+def test_projection_keeps_top2_of_an_invalid_mask():
+    # a mask keeping 3 or 4 of a group: the two largest survive (cuSPARSELt's
+    # projection does the same): along K for W_s, then along N of that W_s for W_s^T
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((128, 128)).astype(np.float32)
+    mask = np.ones((128, 128), bool)
+    vals, meta, vals_t, meta_t = _cutlass_own.project(w, mask)
+    wb = w.astype(BF16)
+
+    def top2(a):
+        g = np.abs(a.astype(np.float32)).reshape(a.shape[0], -1, 4)
+        order = np.argsort(-g, axis=-1, kind="stable")[..., :2]
+        keep = np.zeros(g.shape, bool)
+        np.put_along_axis(keep, order, True, -1)
+        return np.where(keep.reshape(a.shape), a, np.zeros((), a.dtype))
+
+    w_s = top2(wb)
+    rv, rm = layout.compress_sm90(w_s)
+    rvt, rmt = layout.compress_sm90(top2(np.ascontiguousarray(w_s.T)))
+    np.testing.assert_array_equal(vals.view(np.uint16), rv.view(np.uint16))
+    np.testing.assert_array_equal(meta, rm)
+    np.testing.assert_array_equal(vals_t.view(np.uint16), rvt.view(np.uint16))
+    np.testing.assert_array_equal(meta_t, rmt)
+
+
+def random_dz(seed, m, n):
+    rng = np.random.default_rng(seed)
+    dz = rng.standard_normal((m, n)).astype(np.float32)
+    pick = rng.random((m, n))
+    dz[pick < 0.05] = 0.0
+    dz[(pick >= 0.05) & (pick < 0.08)] = -0.0
+    dz[(pick >= 0.08) & (pick < 0.10)] *= 1e-30  # MVUE's rescaled values may round to 0
+    return dz.astype(BF16)
+
+
+# (M tokens, N features)
+MVUE_SHAPES = [(64, 64), (192, 128), (1600, 192), (256, 1600), (320, 320)]
+
+
+@pytest.mark.parametrize("m, n", MVUE_SHAPES)
+def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n):
+    dz = random_dz(m + 3 * n, m, n)
+    seed = (0x1234 + m, 0xBEEF ^ n)
+    vals, meta = _cutlass_own.mvue(dz, seed)
+    buf = _cutlass_own.cusparselt_mvue(dz, seed)
+    s = cl.decompress(buf, n, m, BF16)  # cuSPARSELt's S(dZ^T), dense (n, m)
+    rv, rm = layout.compress_sm90(s)
+    np.testing.assert_array_equal(vals.view(np.uint16), rv.view(np.uint16))
+    np.testing.assert_array_equal(meta, rm)
+    # and it is a 2:4 sparsification of dZ^T: kept entries are where dZ^T is
+    # (a kept value may round to zero, never appear where dZ^T is zero)
+    d = layout.decompress_sm90(vals, meta, n, m).astype(np.float32)
+    assert not np.any((d != 0) & (dz.T.astype(np.float32) == 0))
+    assert (np.count_nonzero(d.reshape(n, -1, 4), -1) <= 2).all()
+
+
+def test_mvue_seed_changes_the_kept_set():
+    dz = random_dz(5, 128, 128)
+    a = _cutlass_own.mvue(dz, (1, 2))
+    b = _cutlass_own.mvue(dz, (1, 3))
+    c = _cutlass_own.mvue(dz, (1, 2))
+    assert not np.array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[1], c[1])
+    np.testing.assert_array_equal(a[0].view(np.uint16), c[0].view(np.uint16))
+
+
+def test_mvue_is_unbiased():
+    # the mean of many MVUE draws of one dZ^T approaches dZ^T (the estimator's point)
+    dz = random_dz(9, 64, 64)
+    acc = np.zeros((64, 64), np.float64)
+    draws = 400
+    for s in range(draws):
+        vals, meta = _cutlass_own.mvue(dz, (s, 77))
+        acc += layout.decompress_sm90(vals, meta, 64, 64).astype(np.float64)
+    ref = dz.T.astype(np.float64)
+    err = np.abs(acc / draws - ref)
+    scale = np.abs(ref).reshape(64, -1, 4).sum(-1).repeat(4, -1) + 1e-6
+    assert np.mean(err / scale) < 0.06
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (32, 64), (100, 64)])
+def test_shapes_the_kernels_refuse(shape):
+    n, k = shape
+    with pytest.raises(ValueError, match="does not take"):
+        _cutlass_own.project(np.zeros((n, k), np.float32), np.zeros((n, k), bool))
+    with pytest.raises(ValueError, match="does not take"):
+        _cutlass_own.mvue(np.zeros((n, k), BF16), (0, 0))
+
+
+def test_cutlass_backend_is_registered_and_names_the_fix_on_cpu():
+    from sparse24_jax.backend import BackendUnavailableError, available_backends, get_backend
+
+    assert "cutlass" in available_backends()
+    with pytest.raises(BackendUnavailableError, match="Hopper"):
+        get_backend("cutlass")
+
+
+def test_config_table_names_built_configs():
+    from sparse24_jax_kernels.cutlass import backend, build
+
+    assert backend.DEFAULT_CONFIG in build.CONFIGS
+    for row in backend.CONFIG_TABLE.values():
+        assert set(row) == {"fwd", "dx", "dw"} and set(row.values()) <= set(build.CONFIGS)
+    assert backend.config_for("dw", 1600, 6400) == "t128x128x128_c1x1_pingpong"
+    assert backend.config_for("fwd", 64, 64) == backend.DEFAULT_CONFIG
