@@ -230,6 +230,6 @@ def reference_dx_dgelu(wt_dense, dy, z1):
     dh = jnp.dot(dy.astype(jnp.float32), wt_dense.astype(jnp.float32).T,
                  precision=jax.lax.Precision.HIGHEST)
     z = z1.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + jax.lax.erf(z * np.float32(1.0 / np.sqrt(2.0))))
-    pdf = jnp.exp(-0.5 * z * z) * np.float32(1.0 / np.sqrt(2.0 * np.pi))
+    cdf = 0.5 * (1.0 + jax.lax.erf(z * (1.0 / jnp.sqrt(2.0))))
+    pdf = jnp.exp(-0.5 * z * z) * (1.0 / jnp.sqrt(2.0 * jnp.pi))
     return (dh * (cdf + z * pdf)).astype(jnp.bfloat16)
