@@ -23,6 +23,47 @@ def test_import_sparse24_jax_does_not_import_cutlass():
     assert out.stdout.strip() == "False"
 
 
+def test_epilogue_ops_import_lazily():
+    code = ("import sys; import sparse24_jax_kernels.cutlass.epilogue_ops as e; "
+            "print('cutlass_library' in sys.modules, 'jax' in sys.modules, "
+            "e.DEFAULT_EPILOGUE_CONFIG in e.EPILOGUES or e.DEFAULT_EPILOGUE_CONFIG)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    words = out.stdout.split()
+    assert words[:2] == ["False", "False"] and words[2] in build.EPILOGUE_CONFIGS
+
+
+def test_epilogue_references_are_the_exact_gelu_and_its_derivative():
+    """The fused kernels' XLA twins (CPU): fwd is jax.nn.gelu(approximate=False) of the
+    float32 product plus bias; dx_dgelu multiplies by jax.grad of it."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sparse24_jax.ffn import activation_vjp
+    from sparse24_jax_kernels.cutlass import epilogue_ops as epi
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((8, 16)), jnp.bfloat16)
+    x = jnp.asarray(rng.standard_normal((4, 16)), jnp.bfloat16)
+    b = jnp.asarray(rng.standard_normal((8,)), jnp.bfloat16)
+    h, z = epi.reference_fwd_gelu(w, x, b)
+    z32 = x.astype(jnp.float32) @ w.astype(jnp.float32).T + b.astype(jnp.float32)
+    np.testing.assert_allclose(np.asarray(z, np.float32), z32, rtol=8e-3, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(h, np.float32),
+                               jax.nn.gelu(z32, approximate=False), rtol=8e-3, atol=1e-5)
+    wt = jnp.asarray(rng.standard_normal((16, 8)), jnp.bfloat16)  # W_s^T (K, N)
+    dy = jnp.asarray(rng.standard_normal((4, 8)), jnp.bfloat16)
+    z1 = jnp.asarray(3 * rng.standard_normal((4, 16)), jnp.bfloat16)
+    d = epi.reference_dx_dgelu(wt, dy, z1)
+    dh = dy.astype(jnp.float32) @ wt.astype(jnp.float32).T
+    g = jax.vmap(jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False))))(
+        z1.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(d, np.float32), dh * g, rtol=8e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(d, np.float32),
+                               np.asarray(activation_vjp("gelu", z1, dh.astype(jnp.bfloat16)),
+                                          np.float32), rtol=2e-2, atol=2e-2)
+
+
 def test_package_imports_without_cutlass_or_gpu():
     code = ("import sys; import sparse24_jax_kernels.cutlass.ops as o; "
             "print('cutlass_library' in sys.modules, 'jax' in sys.modules)")
@@ -39,6 +80,39 @@ def test_configs_have_tile_k_128_and_unique_names():
     assert all(c.schedule in ("coop", "pingpong") for c in build._CONFIG_LIST)
     d = build.CONFIGS[names[0]].defines(2)
     assert "-DS24C_PRODUCT=2" in d and f'-DS24C_CONFIG="{names[0]}"' in d
+
+
+def test_fused_epilogue_units():
+    """Each config of EPILOGUE_CONFIGS gets one epilogue_instance.cu object per fused
+    epilogue, with S24C_EPILOGUE instead of S24C_PRODUCT; the plain headers are
+    untouched by them (products.h and gemm_instance.cu do not include epilogue files)."""
+    assert set(build.EPILOGUE_CONFIGS) <= set(build.CONFIGS)
+    assert build.EPILOGUES == {"fwd_gelu": 0, "dx_dgelu": 1}
+    inc = Path("/nonexistent")
+    units = {u.name: u for u in build._units(inc, inc, build._CONFIG_LIST)}
+    assert "epilogue_bindings" in units
+    for cfg in build._CONFIG_LIST:
+        for e, eid in build.EPILOGUES.items():
+            name = f"epi_{cfg.name}_{e}"
+            if cfg.name not in build.EPILOGUE_CONFIGS:
+                assert name not in units
+                continue
+            u = units[name]
+            assert u.src.name == "epilogue_instance.cu"
+            assert f"-DS24C_EPILOGUE={eid}" in u.flags
+            assert not any(f.startswith("-DS24C_PRODUCT=") for f in u.flags)
+            assert f'-DS24C_CONFIG="{cfg.name}"' in u.flags
+    plain = {p.name for p in build.local_deps(build.CSRC / "gemm_instance.cu")}
+    assert not plain & {"epilogue.h", "gemm_epilogue.cuh"}
+    assert {"epilogue.h", "gemm_epilogue.cuh", "gemm_kernel.cuh"} <= {
+        p.name for p in build.local_deps(build.CSRC / "epilogue_instance.cu")}
+
+
+def test_selected_configs_narrow_the_fused_units(monkeypatch):
+    inc = Path("/nonexistent")
+    other = [c for c in build._CONFIG_LIST if c.name not in build.EPILOGUE_CONFIGS][0]
+    names = [u.name for u in build._units(inc, inc, [other])]
+    assert not any(n.startswith("epi_") for n in names)
 
 
 def test_selected_configs(monkeypatch):
@@ -85,16 +159,30 @@ def test_a_changed_header_recompiles_only_its_units(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "CSRC", csrc)
     inc = tmp_path / "cutlass_include"
     keys = _keys(inc)
-    assert len(keys) == 5 + 3 * 2 and len(set(keys.values())) == len(keys)
+    n_epi = len(build.EPILOGUES) * sum(
+        c.name in build.EPILOGUE_CONFIGS for c in build._CONFIG_LIST[:2])
+    assert n_epi >= 2  # the default config (t128x256x128_c1x1_coop) is in the first two
+    assert len(keys) == 6 + 3 * 2 + n_epi and len(set(keys.values())) == len(keys)
+    # the fused epilogues' own header recompiles their units only
+    with open(csrc / "gemm_epilogue.cuh", "a") as fh:
+        fh.write("\n// changed\n")
+    keys1 = _keys(inc)
+    assert {n for n in keys if keys[n] != keys1[n]} == {n for n in keys if n.startswith("epi_")}
     with open(csrc / "gemm_kernel.cuh", "a") as fh:
         fh.write("\n// changed\n")
     keys2 = _keys(inc)
-    changed = {n for n in keys if keys[n] != keys2[n]}
-    assert changed == {n for n in keys if n.startswith("gemm_") or n == "compress"}
+    changed = {n for n in keys if keys1[n] != keys2[n]}
+    # the fused instances reuse gemm_kernel.cuh's schedule traits and compressor config
+    assert changed == {n for n in keys if n.startswith(("gemm_", "epi_")) or n == "compress"}
     with open(csrc / "bindings.cc", "a") as fh:
         fh.write("\n// changed\n")
     keys3 = _keys(inc)
     assert {n for n in keys if keys2[n] != keys3[n]} == {"bindings"}
+    with open(csrc / "epilogue_bindings.cc", "a") as fh:
+        fh.write("\n// changed\n")
+    keys3b = _keys(inc)
+    assert {n for n in keys if keys3[n] != keys3b[n]} == {"epilogue_bindings"}
+    keys3 = keys3b
     # a new toolchain (nvcc, CUTLASS release) recompiles everything
     keys4 = _keys(inc, b"other")
     assert all(keys3[n] != keys4[n] for n in keys)
@@ -213,6 +301,25 @@ def test_meta_nbytes_matches_a_prebuilt_library():
         vbytes, mbytes, ws = ops.compressed_sizes(rows, cols)
         assert (vbytes, mbytes) == (rows * cols, ops.meta_nbytes(rows, cols)), (rows, cols)
     assert len(ops.instances()) == 3 * len(build.selected_configs())
+
+
+def test_a_prebuilt_library_lists_its_fused_instances():
+    """Only with a prebuilt library: the fused instances register (host-only, no GPU)."""
+    path = os.environ.get("SPARSE24_CUTLASS_KERNELS")
+    if not path or not Path(path).is_file():
+        pytest.skip("no prebuilt CUTLASS library (set SPARSE24_CUTLASS_KERNELS)")
+    from sparse24_jax_kernels.cutlass import epilogue_ops as epi
+
+    got = sorted((i["config"], i["epilogue"]) for i in epi.epilogue_instances())
+    want = sorted((c.name, e) for c in build.selected_configs() if c.name in build.EPILOGUE_CONFIGS
+                  for e in build.EPILOGUES)
+    assert got == want
+    for cfg in epi.epilogue_configs():
+        # CUTLASS's (Mc, Nc, Kc) of GPT-2 774M's fc1 forward: workspace size is host-only
+        assert epi.epilogue_workspace_bytes(cfg, "fwd_gelu", 5120, 16384, 1280) >= 0
+        assert epi.epilogue_workspace_bytes(cfg, "dx_dgelu", 5120, 16384, 1280) >= 0
+    with pytest.raises(ValueError, match="no fused fwd_gelu instance"):
+        epi.epilogue_workspace_bytes("t1x1x1", "fwd_gelu", 128, 64, 128)
 
 
 def test_prune_keeps_only_what_the_build_uses(tmp_path, monkeypatch):

@@ -58,7 +58,8 @@ def test_wheel_ships_configs_and_cli_works_from_another_directory(tmp_path):
     assert "sparse24_train/configs/tiny.toml" in names and "sparse24_train/configs/gpt2-124m.toml" in names
     # the CUTLASS kernels' sources, which the first GPU use compiles
     for f in ("build.py", "ops.py", "csrc/gemm_instance.cu", "csrc/gemm_kernel.cuh", "csrc/products.h",
-              "csrc/bindings.cc"):
+              "csrc/bindings.cc", "epilogue_ops.py", "csrc/epilogue_instance.cu",
+              "csrc/gemm_epilogue.cuh", "csrc/epilogue.h", "csrc/epilogue_bindings.cc"):
         assert f"sparse24_jax_kernels/cutlass/{f}" in names, f
 
     site = tmp_path / "site"

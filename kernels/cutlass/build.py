@@ -9,7 +9,10 @@ objects, each cached under a hash of its inputs, compiled in parallel:
 * ``compress.cu``: CUTLASS's own compressor;
 * ``own_compress.cu``: our own kernels writing CUTLASS's format (no CUTLASS
   header; includes the cuSPARSELt library's group math);
-* ``registry.cc``, ``bindings.cc``, ``own_bindings.cc``: host-only C++ (XLA FFI handlers).
+* ``epilogue_instance.cu`` once per (config, fused epilogue) for the configs
+  in :data:`EPILOGUE_CONFIGS` (fwd_gelu, dx_dgelu: README "Fused epilogues");
+* ``registry.cc``, ``bindings.cc``, ``own_bindings.cc``, ``epilogue_bindings.cc``:
+  host-only C++ (XLA FFI handlers).
 
 They are linked into ``libsparse24_cutlass-<hash>.so`` in the cache directory
 (``$SPARSE24_CUTLASS_CACHE_DIR``, else ``$SPARSE24_CACHE_DIR/cutlass``, else
@@ -49,6 +52,8 @@ from pathlib import Path
 
 __all__ = [
     "CONFIGS",
+    "EPILOGUES",
+    "EPILOGUE_CONFIGS",
     "PRODUCTS",
     "BuildError",
     "Config",
@@ -109,6 +114,17 @@ _CONFIG_LIST = [
     Config(128, 128, 128, 1, 1, "pingpong"),
 ]
 CONFIGS: dict[str, Config] = {c.name: c for c in _CONFIG_LIST}
+
+# Fused-epilogue GEMMs (csrc/gemm_epilogue.cuh): each is one more ~90-150 s
+# compile per config, so only the configs listed here get them (a subset of
+# CONFIGS; SPARSE24_CUTLASS_CONFIGS narrows it further).
+EPILOGUES = {"fwd_gelu": 0, "dx_dgelu": 1}
+EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop"]
+
+
+def _epilogue_defines(cfg: Config, epilogue: int) -> list[str]:
+    return [f"-DS24C_EPILOGUE={epilogue}"] + [
+        d for d in cfg.defines(0) if not d.startswith("-DS24C_PRODUCT=")]
 
 
 class BuildError(RuntimeError):
@@ -215,7 +231,7 @@ def _units(inc: Path, util: Path, configs: list[Config]) -> list[_Unit]:
     common = _common_flags(inc, util)
     # the quick host units first, so that their errors come before the long compiles
     units = [_Unit(Path(cc).stem, CSRC / cc, common + ["-I", jax.ffi.include_dir()])
-             for cc in ("registry.cc", "bindings.cc", "own_bindings.cc")]
+             for cc in ("registry.cc", "bindings.cc", "own_bindings.cc", "epilogue_bindings.cc")]
     units.append(_Unit("compress", CSRC / "compress.cu", common + _device_flags()))
     # our own CUTLASS-format compressors: the cuSPARSELt library's group math included
     units.append(_Unit("own_compress", CSRC / "own_compress.cu",
@@ -224,6 +240,12 @@ def _units(inc: Path, util: Path, configs: list[Config]) -> list[_Unit]:
         for pname, p in PRODUCTS.items():
             units.append(_Unit(f"gemm_{cfg.name}_{pname}", CSRC / "gemm_instance.cu",
                                common + _device_flags() + cfg.defines(p)))
+    for cfg in configs:
+        if cfg.name not in EPILOGUE_CONFIGS:
+            continue
+        for ename, e in EPILOGUES.items():
+            units.append(_Unit(f"epi_{cfg.name}_{ename}", CSRC / "epilogue_instance.cu",
+                               common + _device_flags() + _epilogue_defines(cfg, e)))
     return units
 
 

@@ -1,0 +1,186 @@
+"""Fused-epilogue CUTLASS sparse GEMMs vs the unfused passes, GPT-2 GELU FFN shapes.
+
+    python benchmarks/cutlass_epilogue.py                      # gpt2-774m gpt2-1558m, M = 16384
+    python benchmarks/cutlass_epilogue.py --json out.json
+
+Per model (d, h = 4d), bf16, one GPU, X (M, d) tokens:
+
+* fwd of the first linear (W1_s: h x d), which writes A = gelu(Z1) and keeps Z1:
+    fused   ``epilogue_ops.spmm_fwd_gelu``  (one GEMM: D = gelu(acc), Aux = acc)
+    plain   CUTLASS fwd GEMM -> Z1, then XLA ``jax.nn.gelu(Z1, approximate=False)``
+    XLA     ``jnp.dot(X, W1.T)`` -> Z1, then the same gelu
+* input gradient of the second linear (W2_s: d x h) times gelu'(Z1), i.e. dZ1:
+    fused   ``epilogue_ops.spmm_dx_dgelu``  (one GEMM: D = acc * gelu'(Aux), Aux = Z1 read)
+    plain   CUTLASS dx GEMM -> dA, then ``sparse24_jax.ffn.activation_vjp("gelu", Z1, dA)``
+    XLA     ``jnp.dot(dY, W2_s)`` -> dA, then the same activation_vjp
+
+"GEMM alone" is the plain CUTLASS GEMM without the elementwise pass (the floor
+the fused epilogue approaches). Each fused result is checked against its
+float32 twin (max |err| / RMS) before timing. Timing: benchmarks/timing.py's
+``time_jax`` (default: a jitted loop of R calls; the looped timer rewrites one
+element of the first operand, X or dY, per call, the same for every variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from shapes import SHAPES, tiled_mask
+from timing import time_jax
+
+
+def _err(out, ref):
+    import jax.numpy as jnp
+
+    out, ref = out.astype(jnp.float32), ref.astype(jnp.float32)
+    rms = float(jnp.sqrt(jnp.mean(ref * ref))) + 1e-30
+    return float(jnp.max(jnp.abs(out - ref))) / rms
+
+
+def bench_model(name: str, d: int, h: int, m: int, opts) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax.ffn import activation_vjp
+    from sparse24_jax_kernels.cutlass import epilogue_ops as epi
+    from sparse24_jax_kernels.cutlass import ops as cops
+
+    kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode=opts.mode)
+    tj = lambda f, *a: time_jax(f, a, **kw)  # noqa: E731
+    gelu = lambda z: jax.nn.gelu(z, approximate=False)  # noqa: E731
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (m, d), jnp.bfloat16)
+    dy = jax.random.normal(jax.random.fold_in(key, 2), (m, d), jnp.bfloat16)
+    z1 = (2.0 * jax.random.normal(jax.random.fold_in(key, 3), (m, h), jnp.float32)).astype(
+        jnp.bfloat16)
+    w1 = jax.random.normal(jax.random.fold_in(key, 4), (h, d), jnp.float32) / (d / 4) ** 0.5
+    w2 = jax.random.normal(jax.random.fold_in(key, 5), (d, h), jnp.float32) / (h / 4) ** 0.5
+    w1_s = jnp.where(jnp.asarray(tiled_mask(h, d)), w1, 0.0).astype(jnp.bfloat16)
+    w2_s = jnp.where(jnp.asarray(tiled_mask(d, h)), w2, 0.0).astype(jnp.bfloat16)
+    comp = jax.jit(cops.compress)
+    v1, m1 = comp(w1_s)  # fwd of fc1: W1_s (h, d), 2:4 along d
+    v2, m2 = comp(w2_s.T)  # dx of fc2: W2_s^T (h, d), 2:4 along d
+    configs = opts.configs or epi.epilogue_configs()
+    plain_cfgs = set(cops.configs())
+    rows = []
+
+    # ---- (i) fc1 forward: A = gelu(Z1), Z1 kept
+    ref_h, _ = jax.jit(epi.reference_fwd_gelu)(w1_s, x)
+    r = {"model": name, "pass": f"fwd+gelu ({h}x{d})", "M": m, "N": h, "K": d,
+         "xla": tj(lambda x, w: (lambda z: (gelu(z), z))(jnp.dot(x, w.T)), x, w1_s),
+         "act_alone": tj(lambda z: gelu(z), z1),
+         "fused_all": {}, "plain_all": {}, "gemm_all": {}, "err": {}}
+    for cfg in configs:
+        try:
+            fused = lambda x, v, mt, cfg=cfg: epi.spmm_fwd_gelu(v, mt, x, config=cfg)  # noqa: E731
+            r["err"][cfg] = _err(jax.jit(fused)(x, v1, m1)[0], ref_h)
+            r["fused_all"][cfg] = tj(fused, x, v1, m1)
+            if cfg in plain_cfgs:
+                g = lambda x, v, mt, cfg=cfg: cops.spmm("fwd", v, mt, x, config=cfg)  # noqa: E731
+                r["gemm_all"][cfg] = tj(g, x, v1, m1)
+                r["plain_all"][cfg] = tj(lambda x, v, mt, g=g: (lambda z: (gelu(z), z))(g(x, v, mt)),
+                                         x, v1, m1)
+        except Exception as err:  # noqa: BLE001 - one config failing keeps the others
+            print(f"  {cfg} fwd_gelu failed: {type(err).__name__}: {str(err)[:300]}",
+                  file=sys.stderr, flush=True)
+    rows.append(r)
+
+    # ---- (ii) fc2 input gradient times gelu'(Z1): dZ1
+    ref_d = jax.jit(epi.reference_dx_dgelu)(w2_s.T, dy, z1)
+    r = {"model": name, "pass": f"dx*gelu' ({h}x{d})", "M": m, "N": d, "K": h,
+         "xla": tj(lambda dy, w, z: activation_vjp("gelu", z, jnp.dot(dy, w)), dy, w2_s, z1),
+         "act_alone": tj(lambda a, z: activation_vjp("gelu", z, a), z1, z1),
+         "fused_all": {}, "plain_all": {}, "gemm_all": {}, "err": {}}
+    for cfg in configs:
+        try:
+            fused = lambda dy, v, mt, z, cfg=cfg: epi.spmm_dx_dgelu(v, mt, dy, z, config=cfg)  # noqa: E731
+            r["err"][cfg] = _err(jax.jit(fused)(dy, v2, m2, z1), ref_d)
+            r["fused_all"][cfg] = tj(fused, dy, v2, m2, z1)
+            if cfg in plain_cfgs:
+                g = lambda dy, v, mt, cfg=cfg: cops.spmm("dx", v, mt, dy, config=cfg)  # noqa: E731
+                r["gemm_all"][cfg] = tj(g, dy, v2, m2)
+                r["plain_all"][cfg] = tj(
+                    lambda dy, v, mt, z, g=g: activation_vjp("gelu", z, g(dy, v, mt)),
+                    dy, v2, m2, z1)
+        except Exception as err:  # noqa: BLE001
+            print(f"  {cfg} dx_dgelu failed: {type(err).__name__}: {str(err)[:300]}",
+                  file=sys.stderr, flush=True)
+    rows.append(r)
+    for r in rows:
+        for k in ("fused", "plain", "gemm"):
+            a = r[f"{k}_all"]
+            r[k] = min(a.values()) if a else None
+            r[f"{k}_config"] = min(a, key=a.get) if a else None
+    return rows
+
+
+def _ms(t):
+    return "n/a" if t is None else f"{t * 1e3:.3f}"
+
+
+def _x(a, b):
+    return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model | pass | XLA dense + act ms | CUTLASS + XLA act ms | CUTLASS fused ms | "
+           "fused config | fused vs unfused | fused vs XLA | GEMM alone ms | act pass alone ms | "
+           "max err / RMS |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        err = max(r["err"].values()) if r["err"] else None
+        out.append(f"| {r['model']} | {r['pass']} | {_ms(r['xla'])} | {_ms(r['plain'])} | "
+                   f"{_ms(r['fused'])} | {r['fused_config']} | {_x(r['plain'], r['fused'])} | "
+                   f"{_x(r['xla'], r['fused'])} | {_ms(r['gemm'])} | {_ms(r['act_alone'])} | "
+                   f"{'n/a' if err is None else f'{err:.1e}'} |")
+    out += ["", "| model | pass | config | fused ms | CUTLASS + XLA act ms | GEMM alone ms |",
+            "|---|---|---|---|---|---|"]
+    for r in rows:
+        for cfg in r["fused_all"]:
+            out.append(f"| {r['model']} | {r['pass']} | {cfg} | {_ms(r['fused_all'][cfg])} | "
+                       f"{_ms(r['plain_all'].get(cfg))} | {_ms(r['gemm_all'].get(cfg))} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="*", default=["gpt2-774m", "gpt2-1558m"],
+                   choices=list(SHAPES))
+    p.add_argument("--m", type=int, default=16384, help="tokens")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--mode", choices=["loop", "pipelined"], default="loop")
+    p.add_argument("--configs", nargs="*", default=None,
+                   help="only these fused configs (default: every one the build has)")
+    p.add_argument("--json", help="also write the results here")
+    opts = p.parse_args(argv)
+
+    import jax
+
+    dev = jax.devices()[0]
+    print(f"# device: {dev.device_kind}; jax {jax.__version__}; M = {opts.m}; mode {opts.mode}; "
+          f"reps {opts.reps} x rounds {opts.rounds}", flush=True)
+    rows = []
+    for name in opts.shapes:
+        d, h = SHAPES[name]
+        print(f"## {name}: d={d} h={h}", flush=True)
+        try:
+            rs = bench_model(name, d, h, opts.m, opts)
+        except Exception as err:  # noqa: BLE001 - report it, keep the other shapes
+            print(f"   FAILED: {type(err).__name__}: {str(err)[:300]}", flush=True)
+            continue
+        rows += rs
+        print(markdown(rs), flush=True)  # as we go: a run cut off keeps what it measured
+        if opts.json:
+            with open(opts.json, "w") as fh:
+                json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode,
+                           "rows": rows}, fh, indent=1)
+    print("\n## all shapes\n" + markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

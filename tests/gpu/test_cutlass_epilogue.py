@@ -1,0 +1,207 @@
+"""GPU tests of the CUTLASS fused-epilogue sparse GEMMs (kernels/cutlass
+README "Fused epilogues"; need an H100/H200 and the library with its fused
+instances, $SPARSE24_CUTLASS_KERNELS or built here).
+
+fwd_gelu: (H, Z) = (gelu(X @ W_s^T + b), X @ W_s^T + b); dx_dgelu: dZ1 =
+(dY @ W_s) * gelu'(Z1). Each against its float32 XLA twin (exact-erf GELU on
+the float32 accumulator) at GPT-2 774M / 1558M FFN shapes and small ones, the
+twins against jax.grad / sparse24_jax.ffn.activation_vjp, Z against the plain
+fwd GEMM of the same config, a chained fc1 -> fc2-backward use under jit, and
+the errors for bad input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+from _random24 import random_24  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def epi():
+    from sparse24_jax_kernels.cutlass import epilogue_ops
+
+    epilogue_ops.load_epilogues()  # on a GPU machine this must work: no skip
+    return epilogue_ops
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from sparse24_jax_kernels.cutlass import ops
+
+    return ops
+
+
+def as_np(a):
+    return np.asarray(jax.device_get(a)).astype(np.float32)
+
+
+def bf16(rng, *shape, scale=1.0):
+    return jnp.asarray((scale * rng.standard_normal(shape)).astype(np.float32)).astype(jnp.bfloat16)
+
+
+def sparse_operand(rng, rows, cols, scale=1.0):
+    a = random_24(rng, rows, cols, np.float32, zero_frac=0.1) * np.float32(scale)
+    return jnp.asarray(a).astype(jnp.bfloat16)
+
+
+def check_close(what, out, ref):
+    """bf16 outputs: one rounding of a float32 value whose sum order differs."""
+    out, ref = as_np(out), as_np(ref)
+    assert out.shape == ref.shape, what
+    scale = float(np.sqrt(np.mean(ref**2))) + 1e-30
+    try:
+        np.testing.assert_allclose(out, ref, rtol=1.6e-2, atol=1e-2 * scale)
+    except AssertionError as err:
+        raise AssertionError(f"{what}: {err}") from None
+
+
+def configs(epi):
+    return epi.epilogue_configs()
+
+
+def test_the_fused_instances_are_built(epi):
+    from sparse24_jax_kernels.cutlass.build import EPILOGUE_CONFIGS, EPILOGUES, selected_configs
+
+    built = {(i["config"], i["epilogue"]) for i in epi.epilogue_instances()}
+    want = {(c.name, e) for c in selected_configs() if c.name in EPILOGUE_CONFIGS
+            for e in EPILOGUES}
+    assert want and want <= built, f"missing fused instances: {sorted(want - built)}"
+
+
+def test_the_twins_are_jax_grad_of_exact_gelu(epi):
+    """The XLA twins themselves: gelu is jax.nn.gelu(approximate=False), its
+    derivative what jax.grad and the FFN block's activation_vjp give."""
+    from sparse24_jax.ffn import activation_vjp
+
+    z = jnp.linspace(-8.0, 8.0, 4096, dtype=jnp.float32).reshape(64, 64).astype(jnp.bfloat16)
+    eye = jnp.eye(64, dtype=jnp.bfloat16)
+    ones = jnp.ones((64, 64), jnp.bfloat16)
+    h, zz = epi.reference_fwd_gelu(eye, z)
+    np.testing.assert_array_equal(as_np(zz), as_np(z))
+    np.testing.assert_allclose(as_np(h), as_np(jax.nn.gelu(z.astype(jnp.float32),
+                                                           approximate=False)),
+                               rtol=8e-3, atol=1e-6)
+    d = epi.reference_dx_dgelu(eye, ones, z)
+    g = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(
+        z.astype(jnp.float32).ravel()).reshape(64, 64)
+    np.testing.assert_allclose(as_np(d), as_np(g), rtol=8e-3, atol=1e-6)
+    np.testing.assert_allclose(as_np(d), as_np(activation_vjp("gelu", z, ones)), rtol=8e-3,
+                               atol=1e-6)
+
+
+# (N, K, M): fc1 of GPT-2 774M and 1.5B (2:4 axis 1600: CUTLASS's residue path), small ones
+FWD_SHAPES = [(5120, 1280, 2048), (6400, 1600, 512), (128, 256, 64), (192, 320, 48)]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("n,k,m", FWD_SHAPES)
+def test_fwd_gelu_matches_reference(epi, ops, n, k, m, with_bias):
+    rng = np.random.default_rng(n + k + m + with_bias)
+    w = sparse_operand(rng, n, k, scale=1.0 / np.sqrt(k / 4))  # Z ~ unit scale: GELU's bend
+    x = bf16(rng, m, k, scale=2.0)
+    bias = bf16(rng, n, scale=0.5) if with_bias else None
+    vals, meta = ops.compress(w)
+    h_ref, z_ref = epi.reference_fwd_gelu(w, x, bias)
+    for config in configs(epi):
+        h, z = epi.spmm_fwd_gelu(vals, meta, x, bias, config=config)
+        assert h.shape == z.shape == (m, n) and h.dtype == z.dtype == jnp.bfloat16
+        check_close(f"{config} Z", z, z_ref)
+        check_close(f"{config} H", h, h_ref)
+        # H is gelu of the float32 accumulator: within a bf16 rounding of gelu(Z)
+        check_close(f"{config} H vs gelu(Z)", h,
+                    jax.nn.gelu(z.astype(jnp.float32), approximate=False).astype(jnp.bfloat16))
+        if not with_bias and config in ops.configs():
+            # same mainloop, same accumulation order: Z is the plain fwd GEMM's output bit for bit
+            np.testing.assert_array_equal(as_np(z), as_np(ops.spmm("fwd", vals, meta, x,
+                                                                   config=config)),
+                                          err_msg=f"{config}: fused Z != plain fwd")
+
+
+# (K, N, M): the dx of fc2 (W2 (d, h): W2_s^T (h, d), 2:4 on d) for GPT-2 774M / 1.5B, small ones
+DX_SHAPES = [(5120, 1280, 2048), (6400, 1600, 512), (128, 256, 64), (320, 192, 48)]
+
+
+@pytest.mark.parametrize("kk,n,m", DX_SHAPES)
+def test_dx_dgelu_matches_reference(epi, ops, kk, n, m):
+    rng = np.random.default_rng(kk + n + m)
+    wt = sparse_operand(rng, kk, n, scale=1.0 / np.sqrt(n / 4))  # W_s^T (K, N)
+    dy = bf16(rng, m, n)
+    z1 = bf16(rng, m, kk, scale=2.5)  # the whole bend of gelu', its tails too
+    vals, meta = ops.compress(wt)
+    ref = epi.reference_dx_dgelu(wt, dy, z1)
+    for config in configs(epi):
+        out = epi.spmm_dx_dgelu(vals, meta, dy, z1, config=config)
+        assert out.shape == (m, kk) and out.dtype == jnp.bfloat16
+        check_close(f"{config} dZ1", out, ref)
+        if config in ops.configs():
+            # the unfused path: plain dx GEMM (bf16), then XLA's multiply by gelu'(Z1)
+            from sparse24_jax.ffn import activation_vjp
+
+            dh = ops.spmm("dx", vals, meta, dy, config=config)
+            check_close(f"{config} dZ1 vs unfused", out, activation_vjp("gelu", z1, dh))
+
+
+def test_fc1_forward_then_fc2_backward_under_jit(epi, ops):
+    """The FFN's use: fc1's fused forward keeps Z1; fc2's fused input gradient
+    reads it. Against jax.vjp of the dense float32 block."""
+    d, h, m = 256, 1024, 128
+    rng = np.random.default_rng(7)
+    w1 = sparse_operand(rng, h, d, scale=1.0 / np.sqrt(d / 4))  # (h, d), 2:4 on d
+    w2t = sparse_operand(rng, h, d, scale=1.0 / np.sqrt(h / 4))  # W2^T (h, d), 2:4 on d
+    b1 = bf16(rng, h, scale=0.3)
+    x, dy = bf16(rng, m, d), bf16(rng, m, d)
+
+    @jax.jit
+    def run(w1, w2t, b1, x, dy):
+        v1, m1 = ops.compress(w1)
+        v2, m2 = ops.compress(w2t)
+        a, z1 = epi.spmm_fwd_gelu(v1, m1, x, b1)
+        return a, epi.spmm_dx_dgelu(v2, m2, dy, z1)
+
+    a, dz1 = run(w1, w2t, b1, x, dy)
+    f32 = lambda t: t.astype(jnp.float32)  # noqa: E731
+    hi = jax.lax.Precision.HIGHEST
+
+    def block(z1):
+        return jnp.dot(jax.nn.gelu(z1, approximate=False), f32(w2t), precision=hi)
+
+    z1_ref = jnp.dot(f32(x), f32(w1).T, precision=hi) + f32(b1)
+    _, vjp = jax.vjp(block, z1_ref)
+    check_close("A", a, jax.nn.gelu(z1_ref, approximate=False))
+    check_close("dZ1", dz1, vjp(f32(dy))[0])
+
+
+def test_bad_input_names_the_fix(epi, ops):
+    rng = np.random.default_rng(3)
+    w = sparse_operand(rng, 128, 256)
+    vals, meta = ops.compress(w)
+    x = bf16(rng, 64, 256)
+    with pytest.raises(ValueError, match="bias must be bfloat16 \\(128,\\)"):
+        epi.spmm_fwd_gelu(vals, meta, x, bf16(rng, 64))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        epi.spmm_fwd_gelu(vals, meta, bf16(rng, 40, 256))
+    with pytest.raises(ValueError, match="K = 256"):
+        epi.spmm_fwd_gelu(vals, meta, bf16(rng, 64, 128))
+    with pytest.raises(ValueError, match="meta must be uint8"):
+        epi.spmm_fwd_gelu(vals, meta[:-16], x)
+    with pytest.raises(ValueError, match="dense operand must be bfloat16"):
+        epi.spmm_fwd_gelu(vals, meta, x.astype(jnp.float32))
+    # dx_dgelu: W_s^T (128, 256) -> dZ1 (M, 128); Z1 must have that shape
+    dy = bf16(rng, 64, 256)
+    with pytest.raises(ValueError, match="Z1 must be bfloat16 \\(64, 128\\)"):
+        epi.spmm_dx_dgelu(vals, meta, dy, bf16(rng, 64, 256))
+    with pytest.raises(ValueError, match="Z1 must be bfloat16"):
+        epi.spmm_dx_dgelu(vals, meta, dy, bf16(rng, 64, 128).astype(jnp.float32))
+    with pytest.raises(ValueError, match="unknown CUTLASS config"):
+        epi.spmm_dx_dgelu(vals, meta, dy, bf16(rng, 64, 128), config="t1x1x1")
+    unbuilt = [c for c in ops.CONFIGS if c not in epi.epilogue_configs()]
+    if unbuilt:
+        with pytest.raises(ValueError, match="no fused fwd_gelu instance"):
+            epi.spmm_fwd_gelu(vals, meta, x, config=unbuilt[0])
