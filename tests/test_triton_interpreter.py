@@ -537,10 +537,10 @@ def test_gemm_config_table(K, tmp_path, monkeypatch):
     assert matmul.config_for(jnp.float32, 5120, 16384, 1280) == matmul.CONFIGS["float32"]
     key = matmul.config_key(5120, 16384, 1280, jnp.bfloat16, True, True, jnp.bfloat16)
     path = tmp_path / "cfg.json"
-    path.write_text(json.dumps({"configs": {key: [64, 256, 64, 4, 4]}}))
+    path.write_text(json.dumps({"configs": {key: [64, 256, 64, 4, 2]}}))
     monkeypatch.setenv(matmul.TUNED_ENV, str(path))
     assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True) == (
-        64, 256, 64, 4, 4)
+        64, 256, 64, 4, 2)
     # another layout or output dtype of the same sizes is another product
     assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280) == matmul.CONFIGS["16bit"]
     assert matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True,
@@ -551,7 +551,9 @@ def test_gemm_config_table(K, tmp_path, monkeypatch):
     cfg = matmul.config_for(jnp.bfloat16, 5120, 16384, 1280, b_transposed=True, out_transposed=True)
     assert cfg == (128, 256, 64, 8, 3, 2) and matmul.split_config(cfg)[-1] == 2
     assert matmul.split_config((64, 256, 64, 4, 4)) == (64, 256, 64, 4, 4, 0)
-    for bad, msg in (([64, 256], "BLOCK_I, BLOCK_J, BLOCK_R, warps, stages"), ([128, 256, 64, 8, 3, 7], "WORDS")):
+    # 16-bit with 4 warps and >= 3 stages computed wrong products on an H200: refused
+    for bad, msg in (([64, 256], "BLOCK_I, BLOCK_J, BLOCK_R, warps, stages"), ([128, 256, 64, 8, 3, 7], "WORDS"),
+                     ([64, 256, 64, 4, 3], "wrong results"), ([128, 128, 64, 4, 4, 2], "wrong results")):
         path.write_text(json.dumps({"configs": {key: bad}}))
         matmul._tuned_table.cache_clear()
         with pytest.raises(ValueError, match=msg):
@@ -699,3 +701,19 @@ def test_gated_through_backend_hooks(W, kind):
     calls.clear()
     activations.gated(h, kind, backend=be, fused=False)
     assert calls == []
+
+
+def test_gemm_refuses_configs_that_were_wrong_on_the_gpu(K):
+    """A 16-bit config with 4 warps and 3+ stages raises (it returned wrong products on an
+    H200); the same tile with 8 warps, or with 2 stages, and float32 configs are accepted,
+    and the sweep no longer offers a refused one."""
+    matmul = K.matmul
+    with pytest.raises(ValueError, match="use 8 warps, or at most 2 stages"):
+        matmul.check_config((64, 256, 64, 4, 3), jnp.bfloat16)
+    with pytest.raises(ValueError, match="wrong results"):
+        matmul.check_config((128, 128, 64, 4, 3, 2), jnp.float16)
+    for ok, dt in (((64, 256, 64, 8, 3), jnp.bfloat16), ((64, 256, 64, 4, 2, 2), jnp.bfloat16),
+                   (matmul.CONFIGS["float32"], jnp.float32), (matmul.CONFIGS["16bit"], jnp.bfloat16)):
+        matmul.check_config(ok, dt)
+    for cfg in matmul.CANDIDATES:
+        matmul.check_config(cfg, jnp.bfloat16)
