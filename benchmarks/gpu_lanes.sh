@@ -42,6 +42,9 @@ run_job() {  # lane name timeout command
   local r=$?
   echo "$name lane=$lane rc=$r $((SECONDS - t0))s" >>"$RES/summary.txt"
   echo "[$((SECONDS - t_start))s] $name (lane $lane): rc=$r, $((SECONDS - t0)) s"
+  # packed after every job, so that a device call cut off by its time limit still
+  # returns what the finished jobs wrote (the device tool returns $OUT as it is)
+  tar -czf "$OUT/res.tmp.tgz" -C "$RES" . 2>/dev/null && mv -f "$OUT/res.tmp.tgz" "$OUT/res.tgz"
 }
 
 run_lane() {  # lane
