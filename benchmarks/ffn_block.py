@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 import numpy as np
@@ -103,6 +104,27 @@ def jax_block(act: str, backend: str | None, precision: str = "compute"):
     return lambda x, w1, w2, m1, m2, g, key: grad(x, w1, w2, m1, m2, g, key)
 
 
+def ffn_block(act: str, backend: str, fused: bool):
+    """The same loss through :func:`sparse24_jax.sparse24_ffn` (one custom_vjp
+    for the block, exact GELU): with ``fused`` the backend's fused activation
+    capabilities run (e.g. "cutlass"'s GELU epilogues), without them the
+    block composes the six products and XLA's activation passes."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparse24_jax.ffn import Sparse24Weight, sparse24_ffn
+
+    kind = "gelu" if act == "gelu" else "swiglu"
+
+    def loss(x, w1, w2, m1, m2, g, key):
+        keys = tuple(jax.random.split(key))
+        y = sparse24_ffn(x, Sparse24Weight(w1, m1), Sparse24Weight(w2, m2), activation=kind, keys=keys,
+                         backend=backend, fused=fused)
+        return jnp.sum(y.astype(jnp.float32) * g.astype(jnp.float32))
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))
+
+
 def torch_block(act: str, sparse: bool, w1, w2):
     import torch
     import torch.nn.functional as F
@@ -156,6 +178,15 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
     row = {"model": name, "act": act, "M": m, "d": d, "h": h}
     row["ours_ms"] = 1e3 * time_jax(jax_block(act, backend), args, **kw)
     row["xla_dense_ms"] = 1e3 * time_jax(jax_block(act, None), args, **kw)
+    if opts.block:
+        for fused in (True, False):
+            fn = ffn_block(act, backend, fused)
+            tag = "ours_block_ms" if fused else "ours_block_unfused_ms"
+            row[tag] = 1e3 * time_jax(fn, args, **kw)
+            if fused:
+                hlo = jax.jit(fn).lower(*args).as_text()
+                row["block_custom_calls"] = sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo)))
+        row["block_fused_speedup"] = row["ours_block_unfused_ms"] / row["ours_block_ms"]
     if opts.fp8:
         row["ours_fp8_ms"] = 1e3 * time_jax(jax_block(act, backend, "fp8"), args, **kw)
         dense8 = jax_block(act, None, "fp8")
@@ -236,6 +267,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--block", action="store_true",
+                   help="also time the block as sparse24_ffn (exact GELU), with and without the "
+                        "backend's fused activation kernels / epilogues (ours_block_ms, "
+                        "ours_block_unfused_ms) and list its custom calls")
     p.add_argument("--fp8", action="store_true",
                    help="also time the FP8 recipe: ours (precision='fp8') and XLA dense FP8")
     opts = p.parse_args(argv)
@@ -258,6 +293,11 @@ def main(argv=None) -> int:
                 with open(opts.json, "w") as fh:
                     json.dump({"device": dev.device_kind, "jax": jax.__version__, "mode": opts.mode, "rows": rows}, fh, indent=1)
     print("\n" + markdown(rows))
+    for r in rows:
+        if "ours_block_ms" in r:
+            print(f"block {r['model']} {r['act']}: sparse24_ffn fused {r['ours_block_ms']:.3f} ms, unfused "
+                  f"{r['ours_block_unfused_ms']:.3f} ms ({r['block_fused_speedup']:.2f}x); custom calls "
+                  f"{r['block_custom_calls']}", flush=True)
     if opts.fp8:
         print("\nFP8 (S-STE recipe), forward + backward:\n" + markdown_fp8(rows))
     if rows:

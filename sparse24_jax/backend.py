@@ -42,6 +42,8 @@ __all__ = [
     "Capabilities",
     "FusedActivationGradPrune",
     "FusedGatedActivation",
+    "FusedLinearActivation",
+    "FusedLinearActivationGrad",
     "NativeFp8Forward",
     "PrepareFromMaster",
     "QuantizePrunedGrad",
@@ -175,6 +177,43 @@ class FusedActivationGradPrune(Protocol):
         once to ``z``'s dtype (:func:`sparse24_jax.ffn.activation_vjp`)."""
 
 
+@runtime_checkable
+class FusedLinearActivation(Protocol):
+    """The forward GEMM with the activation in its epilogue: the FFN's first
+    linear writes ``A = act(Z)`` and the pre-activation ``Z`` (which the
+    backward needs) from the float32 accumulator, with no separate pass over
+    ``Z`` (:mod:`sparse24_jax.ffn`). Ungated activations only (``act`` is
+    elementwise on ``Z``)."""
+
+    def linear_activation_kinds(self) -> tuple[str, ...]:
+        """The activations (``"gelu"``, ...) its forward epilogue applies."""
+
+    def matmul_fwd_activation(self, kind: str, x: Array, w_op: Any) -> tuple[Array, Array]:
+        """``(A, Z)`` with ``Z = X @ W_s.T`` (as :meth:`Backend.matmul_fwd`:
+        ``(M, K) -> (M, N)`` in ``x.dtype``) and ``A = act(Z)``, the activation
+        applied to the float32 accumulator and rounded once to ``x.dtype``
+        (gelu: ``z Phi(z)``, exact). ``A`` may differ from ``act`` of the
+        rounded ``Z`` by one rounding of ``Z``."""
+
+
+@runtime_checkable
+class FusedLinearActivationGrad(Protocol):
+    """The input-gradient GEMM of the FFN's second linear with the activation's
+    backward in its epilogue: ``dZ1 = (dY @ W2_s) * act'(Z1)`` in one GEMM that
+    reads the saved ``Z1`` (no ``dA`` written and read back; :mod:`sparse24_jax.ffn`)."""
+
+    def linear_activation_grad_kinds(self) -> tuple[str, ...]:
+        """The activations whose derivative its input-gradient epilogue applies."""
+
+    def matmul_dx_activation_grad(self, kind: str, dy: Array, w_op: Any, z: Array) -> Array:
+        """``dZ = (dY @ W_s) * act'(Z)``: ``dY`` (M, N), ``w_op`` the second
+        linear's operands (as :meth:`Backend.matmul_dx`), ``Z`` (M, K) the first
+        linear's pre-activation; the product kept in float32, multiplied by
+        ``act'(Z)`` in float32 and rounded once to ``z``'s dtype (gelu:
+        ``act'(z) = Phi(z) + z phi(z)``, :func:`sparse24_jax.ffn.activation_vjp`
+        of the unrounded ``dA``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a backend offers beyond the :class:`Backend` protocol.
@@ -188,6 +227,8 @@ class Capabilities:
       prepare_projected: :class:`PrepareFromMaster`.
       gated_activation / gated_activation_bwd: :class:`FusedGatedActivation`.
       activation_grad_prune: the kinds of :class:`FusedActivationGradPrune`.
+      linear_activation: the kinds of :class:`FusedLinearActivation`.
+      linear_activation_grad: the kinds of :class:`FusedLinearActivationGrad`.
     """
 
     compute_dtypes: tuple[Any, ...]
@@ -197,6 +238,8 @@ class Capabilities:
     gated_activation: bool = False
     gated_activation_bwd: bool = False
     activation_grad_prune: tuple[str, ...] = ()
+    linear_activation: tuple[str, ...] = ()
+    linear_activation_grad: tuple[str, ...] = ()
 
     @property
     def float32_operands(self) -> bool:
@@ -217,6 +260,9 @@ def capabilities(backend: str | Backend) -> Capabilities:
     fused_kinds: tuple[str, ...] = ()
     if isinstance(be, FusedActivationGradPrune):
         fused_kinds = tuple(be.activation_grad_prune_kinds())
+    lin_kinds = tuple(be.linear_activation_kinds()) if isinstance(be, FusedLinearActivation) else ()
+    lin_grad_kinds = (tuple(be.linear_activation_grad_kinds())
+                      if isinstance(be, FusedLinearActivationGrad) else ())
     dtypes = getattr(be, "compute_dtypes", None)
     return Capabilities(
         compute_dtypes=tuple(jnp.dtype(d) for d in dtypes) if dtypes else DEFAULT_COMPUTE_DTYPES,
@@ -226,6 +272,8 @@ def capabilities(backend: str | Backend) -> Capabilities:
         gated_activation=gated,
         gated_activation_bwd=gated and callable(getattr(be, "gated_activation_bwd", None)),
         activation_grad_prune=fused_kinds,
+        linear_activation=lin_kinds,
+        linear_activation_grad=lin_grad_kinds,
     )
 
 

@@ -25,6 +25,15 @@ Backward, with ``g`` the pruned operands and ``w_op`` the compressed weights::
     dX      = matmul_dx(dZ1, W1)
     dW1     = matmul_dw(g1, X)
 
+A backend with :class:`~sparse24_jax.backend.FusedLinearActivation` runs the
+forward's ``Z1`` and ``A`` as one GEMM whose epilogue applies ``act`` (no pass
+over ``Z1``); one with :class:`~sparse24_jax.backend.FusedLinearActivationGrad`
+replaces the first two lines' ``dA`` and the activation backward with one GEMM,
+``dZ1 = matmul_dx(dY, W2) * act'(Z1)`` in its epilogue, then ``g1 =
+prune_grad(k1, dZ1)`` (this path is taken before ``activation_grad_prune``:
+it writes no ``dA``). Both keep the product in float32 until the activation,
+so they differ from the composed path by a bf16 rounding of ``Z1`` / ``dA``.
+
 Residuals: ``X``, ``Z1``, ``A`` and both compressed weights (the two-linear
 path keeps the same tensors).
 """
@@ -112,8 +121,13 @@ def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, ki
     w1_op = prepare(w1, mask1, beta1, method, backend, x.dtype) if prep1 is None else prep1
     w2_op = prepare(w2, mask2, beta2, method, backend, x.dtype) if prep2 is None else prep2
     # custom calls are typed invariant under shard_map: give results their operands' axes
-    z1 = match_varying(backend.matmul_fwd(x, w1_op), x, w1)
-    a = activation(kind, z1, backend, fused)
+    if fused and kind in capabilities(backend).linear_activation:
+        # one GEMM whose epilogue writes A = act(Z1) and Z1 (no separate activation pass)
+        a, z1 = backend.matmul_fwd_activation(kind, x, w1_op)
+        a, z1 = match_varying(a, x, w1), match_varying(z1, x, w1)
+    else:
+        z1 = match_varying(backend.matmul_fwd(x, w1_op), x, w1)
+        a = activation(kind, z1, backend, fused)
     y = match_varying(backend.matmul_fwd(a, w2_op), a, w2)
     protos = (match_varying(jnp.zeros((), w1.dtype), w1), match_varying(jnp.zeros((), w2.dtype), w2))
     return y, (x, z1, a, w1_op, w2_op, key1, key2, protos)
@@ -121,9 +135,15 @@ def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, ki
 
 def _ffn_bwd(kind, method, backend, fused, res, dy):
     x, z1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
-    da = match_varying(backend.matmul_dx(dy, w2_op), dy)
-    dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
-    dz1, g1 = _act_grad_and_prune(kind, backend, fused, z1, da, key1)
+    if fused and kind in capabilities(backend).linear_activation_grad:
+        # dZ1 = (dY @ W2_s) * act'(Z1) in one GEMM's epilogue (no dA pass), then the MVUE
+        dz1 = match_varying(backend.matmul_dx_activation_grad(kind, dy, w2_op, z1), dy, z1)
+        dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
+        g1 = backend.prune_grad(key1, dz1)
+    else:
+        da = match_varying(backend.matmul_dx(dy, w2_op), dy)
+        dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
+        dz1, g1 = _act_grad_and_prune(kind, backend, fused, z1, da, key1)
     dx = backend.matmul_dx(dz1, w1_op)
     dw1 = backend.matmul_dw(g1, x)
     # each cotangent must vary over exactly its primal's axes (custom_vjp's check)

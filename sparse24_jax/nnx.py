@@ -211,7 +211,8 @@ class SparseLinear(nnx.Module):
 def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: str, fused: bool):
     """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one
     custom_vjp where it gains something: the backend fuses this activation's
-    backward with the MVUE pruning (and ``fused``), and the two layers allow it
+    backward with the MVUE pruning, or fuses it into a GEMM's epilogue (forward
+    or input gradient; :mod:`sparse24_jax.ffn`), and ``fused``, and the two layers allow it
     (same sparse method, backend and dtype, precision "compute", MVUE on, no
     per-layer shard_map). Else ``None``: the caller composes the two layers,
     which is what the block would compute without the fusion, op for op (so a
@@ -224,7 +225,8 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
         return None
     if fc.shard is not None or proj.shard is not None or not fused or not fc.mvue:
         return None
-    if activation not in capabilities(fc.backend).activation_grad_prune:
+    caps = capabilities(fc.backend)
+    if activation not in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad):
         return None
     x = x.astype(fc.dtype or x.dtype)
     keys = (fc.rngs(), proj.rngs())  # MVUE is on here (checked above)
@@ -237,7 +239,8 @@ class SparseMLP(nnx.Module):
     ``fc``: d_model -> d_hidden, exact GELU, ``proj``: d_hidden -> d_model.
 
     Where the backend fuses the GELU backward with the MVUE pruning of its
-    result, the two linears run as one FFN block
+    result, or the GELU (or its backward) into a GEMM's epilogue ("cutlass"),
+    the two linears run as one FFN block
     (:func:`~sparse24_jax.ffn.sparse24_ffn`); ``fused_activation=False`` (or a
     backend without that capability) composes the two layers."""
 

@@ -22,9 +22,11 @@ ok, why = _cutlass_own.available()
 pytestmark = pytest.mark.skipif(not ok, reason=why)
 
 
-@pytest.fixture()
-def be(monkeypatch):
-    from sparse24_jax_kernels.cutlass import backend, ops, own_ops
+@pytest.fixture(params=[False])
+def be(request, monkeypatch):
+    """The backend with host callbacks; ``request.param``: whether the "library"
+    has the fused GELU epilogues (host twins of epilogue_ops' two ops)."""
+    from sparse24_jax_kernels.cutlass import backend, epilogue_ops, ops, own_ops
 
     def cb(fn, out, *args):
         return jax.pure_callback(fn, out, *args)
@@ -64,6 +66,35 @@ def be(monkeypatch):
                jax.ShapeDtypeStruct((ops.meta_nbytes(n, m),), jnp.uint8))
         return tuple(cb(lambda s, d: _cutlass_own.mvue(np.asarray(d), np.asarray(s)), out, seed, dz))
 
+    def decompressed_product(values, meta, b):
+        """float32 ``b @ A^T`` of the sparse operand A (fwd / dx shapes), on the host."""
+        rows, cols = values.shape[0], 2 * values.shape[1]
+
+        def host(v, m, b):
+            a = layout.decompress_sm90(np.asarray(v), np.asarray(m), rows, cols).astype(np.float32)
+            return np.asarray(b).astype(np.float32) @ a.T
+
+        return cb(host, jax.ShapeDtypeStruct((b.shape[0], rows), jnp.float32), values, meta, b)
+
+    def spmm_fwd_gelu(values, meta, x, bias=None, *, config=epilogue_ops.DEFAULT_EPILOGUE_CONFIG):
+        calls.append(("fwd_gelu", config))
+        ops.problem("fwd", (values.shape[0], 2 * values.shape[1]), x.shape)
+        acc = decompressed_product(values, meta, x)
+        return jax.nn.gelu(acc, approximate=False).astype(jnp.bfloat16), acc.astype(jnp.bfloat16)
+
+    def spmm_dx_dgelu(values, meta, dy, z1, *, config=epilogue_ops.DEFAULT_EPILOGUE_CONFIG):
+        calls.append(("dx_dgelu", config))
+        _, out_shape, _ = ops.problem("dx", (values.shape[0], 2 * values.shape[1]), dy.shape)
+        assert z1.shape == out_shape and z1.dtype == jnp.bfloat16
+        acc = decompressed_product(values, meta, dy)
+        from sparse24_jax.ffn import _gelu_grad_f32
+
+        return (acc * _gelu_grad_f32(z1.astype(jnp.float32))).astype(jnp.bfloat16)
+
+    epi = tuple(build_epi_configs()) if request.param else ()
+    monkeypatch.setattr(backend, "fused_epilogue_configs", lambda: epi)
+    monkeypatch.setattr(epilogue_ops, "spmm_fwd_gelu", spmm_fwd_gelu)
+    monkeypatch.setattr(epilogue_ops, "spmm_dx_dgelu", spmm_dx_dgelu)
     monkeypatch.setattr(ops, "load", lambda: None)
     monkeypatch.setattr(ops, "compress", compress)
     monkeypatch.setattr(ops, "spmm", spmm)
@@ -72,6 +103,12 @@ def be(monkeypatch):
     b = backend.CutlassBackend()
     b.calls = calls
     return b
+
+
+def build_epi_configs():
+    from sparse24_jax_kernels.cutlass.build import EPILOGUE_CONFIGS
+
+    return sorted(EPILOGUE_CONFIGS)
 
 
 def rel(a, b):
@@ -152,3 +189,118 @@ def test_check_names_the_fix(be):
     assert caps.prepare_projected and caps.compute_dtypes == (jnp.dtype(jnp.bfloat16),)
     assert not (caps.native_fp8_forward or caps.quantize_pruned_grad or caps.gated_activation
                 or caps.activation_grad_prune)
+    # this fixture's library has no fused epilogues: no capability, a clear error if called
+    assert caps.linear_activation == () and caps.linear_activation_grad == ()
+    with pytest.raises(ValueError, match="no fused epilogues.*rebuild"):
+        be._epilogue_config("fwd", 128, 128)
+
+
+# -- fused GELU epilogues (FusedLinearActivation / FusedLinearActivationGrad) --
+
+def _ffn_loss_and_grads(backend, x, fc, proj, method, keys=(None, None), fused=True):
+    from sparse24_jax.ffn import sparse24_ffn
+
+    def loss(x, w1, w2):
+        y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method=method,
+                         backend=backend, mvue=keys[0] is not None, fused=fused)
+        y = y.astype(jnp.float32)
+        return jnp.mean(y * y + y)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, fc.w, proj.w)
+
+
+def _ffn_weights(d, h, method, seed=0):
+    import sparse24_jax as s24
+    from sparse24_jax.ffn import Sparse24Weight
+
+    rng = np.random.default_rng(seed)
+    w1 = jnp.asarray(rng.standard_normal((h, d)).astype(np.float32) * 0.1)
+    w2 = jnp.asarray(rng.standard_normal((d, h)).astype(np.float32) * 0.1)
+    if method == "sste":
+        return Sparse24Weight(w1, beta=s24.sste_scale(w1)), Sparse24Weight(w2, beta=s24.sste_scale(w2))
+    return (Sparse24Weight(w1, s24.transposable_mask_24(w1)),
+            Sparse24Weight(w2, s24.transposable_mask_24(w2)))
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+@pytest.mark.parametrize("method, m", [("srste", 100), ("srste", 128), ("sste", 64)])
+def test_ffn_block_runs_the_fused_epilogues(be, method, m):
+    """sparse24_ffn on "cutlass" with fused epilogues: fc1's forward and fc2's
+    input gradient are the fused ops (tokens padded to 64 and cut back), the
+    numbers match backend="xla" (bf16: one rounding of Z1 / dA apart)."""
+    from sparse24_jax.backend import capabilities
+    from sparse24_jax_kernels.cutlass import backend
+
+    caps = capabilities(be)
+    assert caps.linear_activation == ("gelu",) and caps.linear_activation_grad == ("gelu",)
+    d, h = 128, 256
+    fc, proj = _ffn_weights(d, h, method)
+    rng = np.random.default_rng(m)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    be.calls.clear()
+    got = _ffn_loss_and_grads(be, x, fc, proj, method)
+    names = [c[0] for c in be.calls]
+    assert names.count("fwd_gelu") == 1
+    # S-STE's W2_s^T is not 2:4: its input gradient is the dense product (no dx_dgelu)
+    assert names.count("dx_dgelu") == (0 if method == "sste" else 1)
+    fused_cfgs = dict(be.calls)
+    assert fused_cfgs["fwd_gelu"] == (backend.config_for("fwd", h, d)
+                                      if backend.config_for("fwd", h, d) in be.epilogue_configs
+                                      else be.epilogue_configs[0])
+    ref = _ffn_loss_and_grads("xla", x, fc, proj, method)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        assert rel(g, r) < 2e-2, rel(g, r)
+    # fused=False: the plain products only, same numbers as before the epilogues
+    be.calls.clear()
+    unfused = _ffn_loss_and_grads(be, x, fc, proj, method, fused=False)
+    assert not {"fwd_gelu", "dx_dgelu"} & {c[0] for c in be.calls}
+    for g, r in zip(jax.tree.leaves(unfused), jax.tree.leaves(ref)):
+        assert rel(g, r) < 2e-2
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_ffn_block_fused_with_mvue(be):
+    """With MVUE on, the fused path feeds dZ1 to our MVUE kernel: the weight
+    gradients are unbiased estimates in xla's error distribution."""
+    d, h, m = 128, 256, 128
+    fc, proj = _ffn_weights(d, h, "srste", seed=1)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    keys = (jax.random.PRNGKey(3), jax.random.PRNGKey(4))
+    exact = _ffn_loss_and_grads("xla", x, fc, proj, "srste")
+    got = _ffn_loss_and_grads(be, x, fc, proj, "srste", keys)
+    ref = _ffn_loss_and_grads("xla", x, fc, proj, "srste", keys)
+    assert [c[0] for c in be.calls].count("dx_dgelu") == 1
+    assert rel(got[0], exact[0]) < 1e-2
+    for i in (1, 2):
+        e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
+        assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_sparse_mlp_takes_the_block_on_cutlass(be):
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    m = s24nnx.SparseMLP(128, 256, backend=be, dtype=jnp.bfloat16, rngs=nnx.Rngs(0, sparse24=1))
+    x = jnp.ones((2, 32, 128), jnp.bfloat16)
+    nnx.grad(lambda mod: jnp.sum(mod(x).astype(jnp.float32)))(m)
+    assert {"fwd_gelu", "dx_dgelu"} <= {c[0] for c in be.calls}
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_fused_methods_check_their_inputs(be):
+    import sparse24_jax as s24
+
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((128, 64)).astype(np.float32))
+    op = be.prepare_projected(w, s24.transposable_mask_24(w), None, method="srste", dtype=jnp.bfloat16)
+    x = jnp.ones((64, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match="fuses only.*swiglu|fuses only"):
+        be.matmul_fwd_activation("swiglu", x, op)
+    with pytest.raises(ValueError, match="bfloat16"):
+        be.matmul_fwd_activation("gelu", x.astype(jnp.float32), op)
+    dy = jnp.ones((64, 128), jnp.bfloat16)
+    with pytest.raises(ValueError, match="Z must be bfloat16 \\(64, 64\\)"):
+        be.matmul_dx_activation_grad("gelu", dy, op, jnp.ones((64, 128), jnp.bfloat16))

@@ -25,6 +25,14 @@ Notes:
   dense ``jnp.dot`` of the dense W_s (as the cuSPARSELt backend does).
 * ``prune_grad(None, dz)``: no MVUE, the weight gradient is a dense ``jnp.dot``.
 * The dw product writes float32 directly (no bf16 rounding of dW).
+* Fused epilogues (:mod:`.epilogue_ops`, kind ``"gelu"``, when the library has
+  them): ``matmul_fwd_activation`` (the FFN's fc1 forward writing ``gelu(Z)``
+  and ``Z``) and ``matmul_dx_activation_grad`` (fc2's input gradient times
+  ``gelu'(Z1)``), the capabilities
+  :class:`~sparse24_jax.backend.FusedLinearActivation` /
+  :class:`~sparse24_jax.backend.FusedLinearActivationGrad` that
+  :func:`sparse24_jax.sparse24_ffn` uses. Config: the product's table entry when
+  a fused instance of it is built, else the first built one.
 """
 
 from __future__ import annotations
@@ -35,10 +43,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import ops, own_ops
+from . import epilogue_ops, ops, own_ops
 
 __all__ = ["CONFIG_TABLE", "DEFAULT_CONFIG", "CutlassBackend", "CutlassGrad", "CutlassWeight",
-           "config_for"]
+           "config_for", "fused_epilogue_configs"]
 
 _DTYPES = (jnp.dtype(jnp.bfloat16),)
 _ALIGN = 64
@@ -63,6 +71,18 @@ CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
 def config_for(product: str, n: int, k: int) -> str:
     """The CUTLASS config for ``product`` of an (N, K) layer."""
     return CONFIG_TABLE.get((n, k), {}).get(product, DEFAULT_CONFIG)
+
+
+def fused_epilogue_configs() -> tuple[str, ...]:
+    """The configs with fused-epilogue instances (both ``fwd_gelu`` and
+    ``dx_dgelu``) in the loaded library; ``()`` for a library built before them."""
+    try:
+        inst = epilogue_ops.epilogue_instances()
+    except RuntimeError:  # no s24c_num_epis: a library without fused epilogues
+        return ()
+    have = {(i["config"], i["epilogue"]) for i in inst}
+    return tuple(sorted({c for c, _ in have
+                         if all((c, e) in have for e in epilogue_ops.EPILOGUES)}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +136,60 @@ class CutlassBackend:
 
     def __init__(self):
         ops.load()
+        #: configs with fused GELU epilogues; empty: no FusedLinearActivation(Grad)
+        self.epilogue_configs = fused_epilogue_configs()
+
+    # -- fused-epilogue capabilities (sparse24_jax.backend) ------------------
+    _FUSED_KINDS = ("gelu",)
+
+    def linear_activation_kinds(self) -> tuple[str, ...]:
+        return self._FUSED_KINDS if self.epilogue_configs else ()
+
+    def linear_activation_grad_kinds(self) -> tuple[str, ...]:
+        return self._FUSED_KINDS if self.epilogue_configs else ()
+
+    def _epilogue_config(self, product: str, n: int, k: int) -> str:
+        if not self.epilogue_configs:
+            raise ValueError(
+                "this CUTLASS library has no fused epilogues: rebuild it (python -m "
+                "sparse24_jax_kernels.cutlass.build) or call the unfused path (fused=False)")
+        cfg = config_for(product, n, k)
+        return cfg if cfg in self.epilogue_configs else self.epilogue_configs[0]
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self._FUSED_KINDS:
+            raise ValueError(f"backend 'cutlass' fuses only {self._FUSED_KINDS} into its GEMM "
+                             f"epilogues, not {kind!r}: use the unfused path (fused=False)")
+
+    def matmul_fwd_activation(self, kind: str, x: jax.Array, w_op: CutlassWeight):
+        """``(gelu(Z), Z)``, ``Z = X @ W_s^T``, from one GEMM (:func:`.epilogue_ops.spmm_fwd_gelu`)."""
+        self._check_kind(kind)
+        self._check_x(x, w_op.k, "x")
+        m = x.shape[0]
+        mp = _padded(m)
+        h, z = epilogue_ops.spmm_fwd_gelu(w_op.values, w_op.meta, _pad_rows(x, mp),
+                                          config=self._epilogue_config("fwd", w_op.n, w_op.k))
+        return (h, z) if mp == m else (h[:m], z[:m])
+
+    def matmul_dx_activation_grad(self, kind: str, dy: jax.Array, w_op: CutlassWeight,
+                                  z: jax.Array) -> jax.Array:
+        """``(dY @ W_s) * gelu'(Z)`` from one GEMM (:func:`.epilogue_ops.spmm_dx_dgelu`);
+        without a transposable W_s (S-STE) the dense product, then the factor in float32."""
+        self._check_kind(kind)
+        self._check_x(dy, w_op.n, "dY")
+        if z.shape != (dy.shape[0], w_op.k) or jnp.dtype(z.dtype) != jnp.bfloat16:
+            raise ValueError(f"Z must be bfloat16 ({dy.shape[0]}, {w_op.k}) (tokens x the weight's K), "
+                             f"got {z.dtype} {tuple(z.shape)}")
+        if w_op.values_t is None:
+            from sparse24_jax.ffn import _gelu_grad_f32
+
+            da = jnp.dot(dy, w_op.dense.astype(dy.dtype), preferred_element_type=jnp.float32)
+            return (da * _gelu_grad_f32(z.astype(jnp.float32))).astype(z.dtype)
+        m = dy.shape[0]
+        mp = _padded(m)
+        dz = epilogue_ops.spmm_dx_dgelu(w_op.values_t, w_op.meta_t, _pad_rows(dy, mp), _pad_rows(z, mp),
+                                        config=self._epilogue_config("dx", w_op.n, w_op.k))
+        return dz if mp == m else dz[:m]
 
     # -- checks -------------------------------------------------------------
     def check(self, n: int, k: int, dtype: Any) -> None:

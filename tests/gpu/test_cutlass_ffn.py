@@ -1,0 +1,151 @@
+"""GPU tests of the FFN block on the "cutlass" backend's fused GELU epilogues
+(sparse24_jax.ffn with the capabilities FusedLinearActivation /
+FusedLinearActivationGrad; kernels/cutlass/backend.py -> epilogue_ops). Need an
+H100/H200 and the CUTLASS library with its fused instances
+($SPARSE24_CUTLASS_KERNELS or a build).
+
+* capabilities("cutlass") reports gelu for both;
+* sparse24_ffn (value and gradients) on "cutlass" vs "xla", SR-STE and S-STE,
+  MVUE off (close) and on (same error distribution vs the exact gradient);
+* the jitted step holds the fused custom calls (two per block: fc1's forward,
+  fc2's input gradient), and none with fused=False;
+* SparseMLP (the training stack's GPT-2 FFN) takes the block on "cutlass".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+EPI = "sparse24_cutlass_gemm_epi"
+
+
+@pytest.fixture(scope="module")
+def be():
+    from sparse24_jax.backend import get_backend
+
+    b = get_backend("cutlass")  # on a GPU machine this must work: no skip
+    assert b.epilogue_configs, "the CUTLASS library has no fused epilogue instances: rebuild it"
+    return b
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
+
+
+def weights(d, h, method, seed=0):
+    import sparse24_jax as s24
+    from sparse24_jax.ffn import Sparse24Weight
+
+    rng = np.random.default_rng(seed)
+    w1 = jnp.asarray(rng.standard_normal((h, d)).astype(np.float32) * 0.05)
+    w2 = jnp.asarray(rng.standard_normal((d, h)).astype(np.float32) * 0.05)
+    if method == "sste":
+        return Sparse24Weight(w1, beta=s24.sste_scale(w1)), Sparse24Weight(w2, beta=s24.sste_scale(w2))
+    return (Sparse24Weight(w1, s24.transposable_mask_24(w1)),
+            Sparse24Weight(w2, s24.transposable_mask_24(w2)))
+
+
+def grad_fn(backend, fc, proj, method, keys=(None, None), fused=True):
+    from sparse24_jax.ffn import sparse24_ffn
+
+    def loss(x, w1, w2):
+        y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method=method,
+                         backend=backend, mvue=keys[0] is not None, fused=fused)
+        y = y.astype(jnp.float32)
+        return jnp.mean(y * y + y)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+def test_capabilities(be):
+    from sparse24_jax.backend import capabilities
+
+    caps = capabilities("cutlass")
+    assert caps.linear_activation == ("gelu",) and caps.linear_activation_grad == ("gelu",)
+
+
+@pytest.mark.parametrize("method", ["srste", "sste"])
+@pytest.mark.parametrize("m, d, h", [(200, 256, 1024), (2048, 1280, 5120)])
+def test_ffn_matches_xla(be, method, m, d, h):
+    fc, proj = weights(d, h, method, seed=m)
+    rng = np.random.default_rng(m + 1)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    args = (x, fc.w, proj.w)
+    got = grad_fn("cutlass", fc, proj, method)(*args)
+    ref = grad_fn("xla", fc, proj, method)(*args)
+    unfused = grad_fn("cutlass", fc, proj, method, fused=False)(*args)
+    for g, r, u in zip(jax.tree.leaves(got), jax.tree.leaves(ref), jax.tree.leaves(unfused)):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        assert rel(g, r) < 2e-2, rel(g, r)
+        assert rel(g, u) < 2e-2, rel(g, u)
+
+
+def test_ffn_with_mvue_is_unbiased_like_xla(be):
+    m, d, h = 1024, 256, 1024
+    fc, proj = weights(d, h, "srste", seed=3)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    keys = (jax.random.PRNGKey(1), jax.random.PRNGKey(2))
+    args = (x, fc.w, proj.w)
+    exact = grad_fn("xla", fc, proj, "srste")(*args)
+    got = grad_fn("cutlass", fc, proj, "srste", keys)(*args)
+    ref = grad_fn("xla", fc, proj, "srste", keys)(*args)
+    assert rel(got[0], exact[0]) < 1e-2
+    for i in (1, 2):  # dW1, dW2: MVUE estimates
+        e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
+        assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_custom_calls_in_the_step(be, fused):
+    m, d, h = 512, 1280, 5120
+    fc, proj = weights(d, h, "srste")
+    x = jnp.zeros((m, d), jnp.bfloat16)
+    keys = (jax.random.PRNGKey(1), jax.random.PRNGKey(2))
+    hlo = grad_fn("cutlass", fc, proj, "srste", keys, fused).lower(x, fc.w, proj.w).compile().as_text()
+    n = hlo.count(f'custom_call_target="{EPI}"')
+    assert n == (2 if fused else 0), n
+
+
+def test_sparse_mlp_takes_the_fused_block(be):
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    d, h = 256, 1024
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+
+    def grads(backend, mvue=True):
+        mod = s24nnx.SparseMLP(d, h, backend=backend, mvue=mvue, rngs=nnx.Rngs(0, sparse24=5))
+
+        @nnx.jit
+        def step(mod):
+            return nnx.value_and_grad(lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2))(mod)
+
+        loss, g = step(mod)
+        return float(loss), g
+
+    l_c, g_c = grads("cutlass")
+    l_x, g_x = grads("xla")
+    _, g_exact = grads("xla", mvue=False)
+    assert abs(l_c - l_x) < 2e-2 * abs(l_x)
+    for a, b, e in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_x), jax.tree.leaves(g_exact)):
+        e_c, e_x = rel(a, e), rel(b, e)
+        assert e_c < 2.0 and 0.5 < (e_c + 1e-3) / (e_x + 1e-3) < 2.0, (e_c, e_x)
+    # the module's step is the fused block: two fused GEMMs in its compiled HLO
+    mod = s24nnx.SparseMLP(d, h, backend="cutlass", rngs=nnx.Rngs(0, sparse24=5))
+    graphdef, params, rest = nnx.split(mod, nnx.Param, ...)
+
+    def grad(params, rest):
+        mm = nnx.merge(graphdef, params, rest)
+        return nnx.grad(lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2))(mm)
+
+    hlo = jax.jit(grad).lower(params, rest).compile().as_text()
+    assert hlo.count(f'custom_call_target="{EPI}"') == 2
