@@ -60,12 +60,15 @@ this order (RULES below):
    ``ActGradMvueKernel``, which also does the activation backward that a dense step runs as
    an XLA fusion) and its Triton kernels (``compress24_kernel``, ``mvue24_kernel``,
    ``soft_threshold24_kernel``, ``transposable_mask_kernel``, ``gated_fwd/bwd_kernel``):
-   names containing compress, mask, mvue, soft_threshold or gated_. The mask *search* of the
+   names containing compress, mask, mvue, soft_threshold or gated_; and the CUTLASS library's
+   own compressors (namespace ``s24c::``: ``OwnKernel<OwnProject>``, ``OwnKernel<OwnMvue>``). The mask *search* of the
    xla backend (every mask_interval steps, inside a lax.cond) is ordinary XLA code and lands
    in "dense GEMM"/"other"; it runs only on steps where a refresh is due.
 2. "sparse GEMM (cuSPARSELt)": cusparselt, sparse, spmma, spgemm, sp_gemm, and the
    ``sm80_sp``/``sm89_sp``/``sm90_sp``/``_sp_`` prefixes of xmma sparse kernels. The Triton
-   backend's ``sparse24_matmul_kernel`` lands here too (its 2:4 GEMM, on dense tensor cores).
+   backend's ``sparse24_matmul_kernel`` lands here too (its 2:4 GEMM, on dense tensor cores),
+   and so do the CUTLASS backend's sm90 sparse GEMMs (their mangled names carry the
+   collective's ``Sparse``).
 3. "collectives/memcpy": nccl, memcpy, memset and the collective names (all-reduce,
    all-gather, reduce-scatter, all-to-all, collective-permute, sendrecv). XLA's own copy
    and transpose kernels (``copy_fusion`` ...) are not memcpys: they stay in "other".
@@ -118,7 +121,7 @@ OTHER = CATEGORIES[-1]
 
 # First match wins, on the lower-cased kernel name (the module docstring explains each rule).
 RULES = (
-    ("2:4 per-step kernels", ("compress", "mask", "mvue", "soft_threshold", "gated_", "s24::")),
+    ("2:4 per-step kernels", ("compress", "mask", "mvue", "soft_threshold", "gated_", "s24::", "s24c::")),
     ("sparse GEMM (cuSPARSELt)", ("cusparselt", "sparse", "spmma", "spgemm", "sp_gemm", "sm80_sp",
                                   "sm86_sp", "sm89_sp", "sm90_sp", "sm100_sp", "_sp_")),
     ("collectives/memcpy", ("nccl", "memcpy", "memset", "all-reduce", "allreduce", "all_reduce",

@@ -116,7 +116,10 @@ def test_classifier_rules():
     for name in ("compress24_kernel", "soft_threshold24_kernel", "transposable_mask_kernel", "gated_bwd_kernel",
                  # the cuSPARSELt library's other kernels (their names came out of a 774M profile)
                  "void s24::ProjectKernel<0, 0, true>(s24::Projector<0, 0, true>::Args)",
-                 "void s24::ActGradMvueKernel<s24::GeluGradMvue<0> >(s24::GeluGradMvue<0>::Args)"):
+                 "void s24::ActGradMvueKernel<s24::GeluGradMvue<0> >(s24::GeluGradMvue<0>::Args)",
+                 # the CUTLASS library's own compressors (names from a 774M profile)
+                 "void s24c::OwnKernel<s24c::OwnProject>(s24c::OwnProject::Args)",
+                 "void s24c::OwnKernel<s24c::OwnMvue>(s24c::OwnMvue::Args)"):
         assert c(name) == "2:4 per-step kernels", name
     for name in ("sm90_sp_gemm_bf16_tn", "cusparseLt::kernel", "sparse24_matmul_kernel"):
         assert c(name) == "sparse GEMM (cuSPARSELt)", name
