@@ -33,6 +33,14 @@ from timing import time_jax, time_torch
 HIDDEN = {"llama-7b": 11008}
 
 
+def custom_call_targets(text: str) -> list[str]:
+    """The custom-call targets named in a lowered program: StableHLO text (what
+    ``jax.jit(f).lower(...).as_text()`` gives: ``stablehlo.custom_call @name``) or
+    HLO text (``custom_call_target="name"``)."""
+    found = re.findall(r'custom_call_target="([^"]+)"|custom_call\s*@([\w.$-]+)', text)
+    return sorted({a or b for a, b in found})
+
+
 def block_dims(name: str, act: str) -> tuple[int, int, int]:
     """(d, h, rows of fc): fc maps d -> rows (h for GELU, 2h for SwiGLU)."""
     d, h = SHAPES[name]
@@ -184,8 +192,7 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
             tag = "ours_block_ms" if fused else "ours_block_unfused_ms"
             row[tag] = 1e3 * time_jax(fn, args, **kw)
             if fused:
-                hlo = jax.jit(fn).lower(*args).as_text()
-                row["block_custom_calls"] = sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo)))
+                row["block_custom_calls"] = custom_call_targets(jax.jit(fn).lower(*args).as_text())
         row["block_fused_speedup"] = row["ours_block_unfused_ms"] / row["ours_block_ms"]
     if opts.fp8:
         row["ours_fp8_ms"] = 1e3 * time_jax(jax_block(act, backend, "fp8"), args, **kw)

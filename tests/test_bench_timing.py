@@ -57,3 +57,19 @@ def test_tiled_mask_is_transposable_24():
     m = tiled_mask(8, 12)
     assert m.shape == (8, 12)
     assert (m.reshape(8, 3, 4).sum(-1) == 2).all() and (m.T.reshape(12, 2, 4).sum(-1) == 2).all()
+
+
+def test_ffn_block_lists_custom_calls_of_a_lowered_program():
+    """ffn_block --block reports which custom calls the block's program makes; jax's
+    lowered text is StableHLO (`stablehlo.custom_call @name`), not HLO (the first
+    version matched only HLO's `custom_call_target="name"` and listed nothing on the GPU)."""
+    import jax
+
+    import ffn_block
+
+    def f(x):
+        return jax.ffi.ffi_call("some_target", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+
+    text = jax.jit(f).lower(jnp.zeros((4,), jnp.float32)).as_text()
+    assert ffn_block.custom_call_targets(text) == ["some_target"]
+    assert ffn_block.custom_call_targets('custom_call_target="a.b"') == ["a.b"]
