@@ -30,12 +30,12 @@ import argparse
 import glob
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
+
+from .._build import cache_dirs, find_nvcc, writable_dir
 
 __all__ = [
     "BuildError",
@@ -57,24 +57,6 @@ FALLBACK = "use backend='xla' (runs anywhere) or backend='triton' instead"
 
 class BuildError(RuntimeError):
     """The library cannot be built or found here (names the fix and the fallback)."""
-
-
-def find_nvcc() -> str | None:
-    """The nvcc binary: $NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda/bin."""
-    cands = []
-    if os.environ.get("NVCC"):
-        cands.append(os.environ["NVCC"])
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            cands.append(os.path.join(os.environ[var], "bin", "nvcc"))
-    which = shutil.which("nvcc")
-    if which:
-        cands.append(which)
-    cands.append("/usr/local/cuda/bin/nvcc")
-    for c in cands:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
 
 
 def _site_dirs() -> list[str]:
@@ -187,26 +169,11 @@ def _command(nvcc: str, out: str, lib: str, inc: str, archs: list[str]) -> list[
 
 
 def _cache_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("SPARSE24_CACHE_DIR"):
-        dirs.append(Path(os.environ["SPARSE24_CACHE_DIR"]) / "cusparselt")
-    dirs.append(Path.home() / ".cache" / "sparse24_jax" / "cusparselt")
-    dirs.append(HERE / "build")
-    dirs.append(Path(tempfile.gettempdir()) / "sparse24_jax" / "cusparselt")
-    return dirs
+    return cache_dirs("cusparselt", HERE)
 
 
 def _writable_dir(cands: list[Path]) -> Path:
-    for d in cands:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / f".probe{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            return d
-        except OSError:
-            continue
-    raise BuildError(f"no writable directory for the built library among {[str(c) for c in cands]}")
+    return writable_dir(cands, BuildError)
 
 
 def _fingerprint(nvcc: str, lib: str, inc: str, archs: list[str]) -> str:

@@ -42,13 +42,13 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .._build import cache_dirs, find_nvcc, writable_dir
 
 __all__ = [
     "CONFIGS",
@@ -129,24 +129,6 @@ def _epilogue_defines(cfg: Config, epilogue: int) -> list[str]:
 
 class BuildError(RuntimeError):
     """The library cannot be built or found here (names the fix and the fallback)."""
-
-
-def find_nvcc() -> str | None:
-    """The nvcc binary: $NVCC, $CUDA_HOME/bin, PATH, /usr/local/cuda/bin."""
-    cands = []
-    if os.environ.get("NVCC"):
-        cands.append(os.environ["NVCC"])
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            cands.append(os.path.join(os.environ[var], "bin", "nvcc"))
-    which = shutil.which("nvcc")
-    if which:
-        cands.append(which)
-    cands.append("/usr/local/cuda/bin/nvcc")
-    for c in cands:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
 
 
 def find_cutlass() -> tuple[Path, Path]:
@@ -307,28 +289,11 @@ def _unit_key(unit: _Unit, toolchain: bytes) -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("SPARSE24_CUTLASS_CACHE_DIR"):
-        dirs.append(Path(os.environ["SPARSE24_CUTLASS_CACHE_DIR"]))
-    if os.environ.get("SPARSE24_CACHE_DIR"):
-        dirs.append(Path(os.environ["SPARSE24_CACHE_DIR"]) / "cutlass")
-    dirs.append(Path.home() / ".cache" / "sparse24_jax" / "cutlass")
-    dirs.append(HERE / "build")
-    dirs.append(Path(tempfile.gettempdir()) / "sparse24_jax" / "cutlass")
-    return dirs
+    return cache_dirs("cutlass", HERE, own_env="SPARSE24_CUTLASS_CACHE_DIR")
 
 
 def _writable_dir(cands: list[Path]) -> Path:
-    for d in cands:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / f".probe{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            return d
-        except OSError:
-            continue
-    raise BuildError(f"no writable directory for the built library among {[str(c) for c in cands]}")
+    return writable_dir(cands, BuildError)
 
 
 def _run(cmd: list[str], what: str) -> float:
