@@ -72,6 +72,7 @@ def dense_triton(a, b, config, *, b_transposed=False, out_transposed=False, out_
     import triton
     import triton.language as tl
 
+    from sparse24_jax_kernels.triton import matmul
     from sparse24_jax_kernels.triton._runtime import cdiv, jt
 
     global _dense_kernel
@@ -81,14 +82,7 @@ def dense_triton(a, b, config, *, b_transposed=False, out_transposed=False, out_
                           STRIDE_BR: tl.constexpr, STRIDE_BJ: tl.constexpr, STRIDE_CI: tl.constexpr,
                           STRIDE_CJ: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
                           BLOCK_R: tl.constexpr, GROUP_I: tl.constexpr):
-            pid = tl.program_id(0)
-            num_i: tl.constexpr = (N_I + BLOCK_I - 1) // BLOCK_I
-            num_j: tl.constexpr = (N_J + BLOCK_J - 1) // BLOCK_J
-            per_group: tl.constexpr = GROUP_I * num_j
-            first_i = (pid // per_group) * GROUP_I
-            group_size = tl.minimum(num_i - first_i, GROUP_I)
-            pid_i = first_i + (pid % per_group) % group_size
-            pid_j = (pid % per_group) // group_size
+            pid_i, pid_j = matmul.grouped_tile(tl.program_id(0), N_I, N_J, BLOCK_I, BLOCK_J, GROUP_I)
             offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
             offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
             offs_r = tl.arange(0, BLOCK_R)

@@ -53,6 +53,19 @@ def _prmt_pair(w, sel, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def grouped_tile(pid, N_I: tl.constexpr, N_J: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+                 GROUP_I: tl.constexpr):
+    """The (row, column) tile of program ``pid`` in grouped order (Triton's matmul
+    tutorial): GROUP_I row-tiles share their B column tiles while those are in L2."""
+    num_i: tl.constexpr = (N_I + BLOCK_I - 1) // BLOCK_I
+    num_j: tl.constexpr = (N_J + BLOCK_J - 1) // BLOCK_J
+    per_group: tl.constexpr = GROUP_I * num_j
+    first_i = (pid // per_group) * GROUP_I
+    group_size = tl.minimum(num_i - first_i, GROUP_I)
+    return first_i + (pid % per_group) % group_size, (pid % per_group) // group_size
+
+
+@triton.jit
 def sparse24_matmul_kernel(
     a_val_ptr, a_meta_ptr,  # packed A_s: (I, R/2) values, (I, ceil(R/8)) uint8 meta
     b_ptr,  # dense B, element (r, j) at r * STRIDE_BR + j * STRIDE_BJ
@@ -78,16 +91,7 @@ def sparse24_matmul_kernel(
     expanded in registers: split into each group's first/second value,
     selects on the four candidate positions, interleaved back to
     ``(BLOCK_I, BLOCK_R)`` (no gathers)."""
-    # Grouped program order (Triton's matmul tutorial): GROUP_I row-tiles share
-    # their B column tiles while those are in L2.
-    pid = tl.program_id(0)
-    num_i: tl.constexpr = (N_I + BLOCK_I - 1) // BLOCK_I
-    num_j: tl.constexpr = (N_J + BLOCK_J - 1) // BLOCK_J
-    per_group: tl.constexpr = GROUP_I * num_j
-    first_i = (pid // per_group) * GROUP_I
-    group_size = tl.minimum(num_i - first_i, GROUP_I)
-    pid_i = first_i + (pid % per_group) % group_size
-    pid_j = (pid % per_group) // group_size
+    pid_i, pid_j = grouped_tile(tl.program_id(0), N_I, N_J, BLOCK_I, BLOCK_J, GROUP_I)
 
     half: tl.constexpr = N_R // 2
     meta_w: tl.constexpr = (N_R + 7) // 8
