@@ -25,8 +25,8 @@ import threading
 import numpy as np
 
 from ._library import PREFIX, load, load_library
-from .build import CONFIGS, EPILOGUE_CONFIGS, EPILOGUES
-from .ops import meta_nbytes, problem
+from .build import EPILOGUE_CONFIGS, EPILOGUES
+from .ops import check_operands, problem
 
 __all__ = [
     "DEFAULT_EPILOGUE_CONFIG",
@@ -131,24 +131,6 @@ def _epilogue_id(epilogue: str) -> int:
     return EPILOGUES[epilogue]
 
 
-def _check_common(what, values, meta, b, config):
-    import jax.numpy as jnp
-
-    if values.ndim != 2 or jnp.dtype(values.dtype) != jnp.bfloat16:
-        raise ValueError(f"{what}: values must be 2-D bfloat16 (from ops.compress), got "
-                         f"{values.dtype} {values.shape}")
-    if jnp.dtype(b.dtype) != jnp.bfloat16:
-        raise ValueError(f"{what}: the dense operand must be bfloat16, got {b.dtype}: cast it")
-    rows, cols = values.shape[0], 2 * values.shape[1]
-    if meta.shape != (meta_nbytes(rows, cols),) or jnp.dtype(meta.dtype) != jnp.uint8:
-        raise ValueError(f"{what}: meta must be uint8 ({meta_nbytes(rows, cols)},) for a {rows} "
-                         f"x {cols} sparse operand, got {meta.dtype} {meta.shape} "
-                         "(make it with ops.compress)")
-    if config not in CONFIGS:
-        raise ValueError(f"unknown CUTLASS config {config!r}; known: {list(CONFIGS)}")
-    return rows, cols
-
-
 def _call(epilogue, config, mnk, out_shape, values, meta, b, extra):
     import jax
     import jax.numpy as jnp
@@ -175,7 +157,7 @@ def spmm_fwd_gelu(values, meta, x, bias=None, *, config: str = DEFAULT_EPILOGUE_
     """
     import jax.numpy as jnp
 
-    rows, cols = _check_common("fwd_gelu", values, meta, x, config)
+    rows, cols = check_operands(values, meta, x, config, "fwd_gelu")
     mnk, out_shape, _ = problem("fwd", (rows, cols), x.shape)
     if bias is None:
         bias = jnp.zeros((0,), jnp.bfloat16)
@@ -196,7 +178,7 @@ def spmm_dx_dgelu(values, meta, dy, z1, *, config: str = DEFAULT_EPILOGUE_CONFIG
     """
     import jax.numpy as jnp
 
-    rows, cols = _check_common("dx_dgelu", values, meta, dy, config)
+    rows, cols = check_operands(values, meta, dy, config, "dx_dgelu")
     mnk, out_shape, _ = problem("dx", (rows, cols), dy.shape)
     if tuple(z1.shape) != tuple(out_shape) or jnp.dtype(z1.dtype) != jnp.bfloat16:
         raise ValueError(f"dx_dgelu: Z1 must be bfloat16 {tuple(out_shape)} (the output's shape: "

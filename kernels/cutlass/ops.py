@@ -148,6 +148,27 @@ def problem(product, sparse_shape, dense_shape) -> tuple[tuple[int, int, int], t
     return (rows, nc, cols), out_shape, out_dtype
 
 
+def check_operands(values, meta, b, config: str, what: str | None = None) -> tuple[int, int]:
+    """Check a GEMM's compressed operand (``values``, ``meta`` from :func:`compress`), its
+    dense operand ``b`` and ``config``; returns the sparse operand's (rows, cols). Errors
+    start with ``what:`` when given (the fused-epilogue ops name themselves)."""
+    import jax.numpy as jnp
+
+    pre = f"{what}: " if what else ""
+    if values.ndim != 2 or jnp.dtype(values.dtype) != jnp.bfloat16:
+        raise ValueError(f"{pre}values must be 2-D bfloat16 (from ops.compress), got "
+                         f"{values.dtype} {values.shape}")
+    if jnp.dtype(b.dtype) != jnp.bfloat16:
+        raise ValueError(f"{pre}the dense operand must be bfloat16, got {b.dtype}: cast it")
+    rows, cols = values.shape[0], 2 * values.shape[1]
+    if meta.shape != (meta_nbytes(rows, cols),) or jnp.dtype(meta.dtype) != jnp.uint8:
+        raise ValueError(f"{pre}meta must be uint8 ({meta_nbytes(rows, cols)},) for a {rows} x {cols} "
+                         f"sparse operand, got {meta.dtype} {meta.shape} (make it with ops.compress)")
+    if config not in CONFIGS:
+        raise ValueError(f"unknown CUTLASS config {config!r}; known: {list(CONFIGS)}")
+    return rows, cols
+
+
 def spmm(product, values, meta, b, *, config: str = DEFAULT_CONFIG):
     """One product of a 2:4 linear on CUTLASS's sm90 sparse kernel ``config``.
 
@@ -159,18 +180,8 @@ def spmm(product, values, meta, b, *, config: str = DEFAULT_CONFIG):
     import jax.numpy as jnp
 
     p = _product_id(product)
-    if values.ndim != 2 or jnp.dtype(values.dtype) != jnp.bfloat16:
-        raise ValueError(f"values must be 2-D bfloat16 (from ops.compress), got "
-                         f"{values.dtype} {values.shape}")
-    if jnp.dtype(b.dtype) != jnp.bfloat16:
-        raise ValueError(f"the dense operand must be bfloat16, got {b.dtype}: cast it")
-    rows, cols = values.shape[0], 2 * values.shape[1]
+    rows, cols = check_operands(values, meta, b, config)
     (mc, nc, kc), out_shape, out_dtype = problem(p, (rows, cols), b.shape)
-    if meta.shape != (meta_nbytes(rows, cols),) or jnp.dtype(meta.dtype) != jnp.uint8:
-        raise ValueError(f"meta must be uint8 ({meta_nbytes(rows, cols)},) for a {rows} x {cols} "
-                         f"sparse operand, got {meta.dtype} {meta.shape} (make it with ops.compress)")
-    if config not in CONFIGS:
-        raise ValueError(f"unknown CUTLASS config {config!r}; known: {list(CONFIGS)}")
     load()
     ws = workspace_bytes(config, p, mc, nc, kc)
     call = jax.ffi.ffi_call(
