@@ -135,14 +135,13 @@ def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, ki
 
 def _ffn_bwd(kind, method, backend, fused, res, dy):
     x, z1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
+    dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
     if fused and kind in capabilities(backend).linear_activation_grad:
         # dZ1 = (dY @ W2_s) * act'(Z1) in one GEMM's epilogue (no dA pass), then the MVUE
         dz1 = match_varying(backend.matmul_dx_activation_grad(kind, dy, w2_op, z1), dy, z1)
-        dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
         g1 = backend.prune_grad(key1, dz1)
     else:
         da = match_varying(backend.matmul_dx(dy, w2_op), dy)
-        dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
         dz1, g1 = _act_grad_and_prune(kind, backend, fused, z1, da, key1)
     dx = backend.matmul_dx(dz1, w1_op)
     dw1 = backend.matmul_dw(g1, x)
