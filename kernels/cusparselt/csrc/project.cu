@@ -56,35 +56,6 @@ __host__ __device__ inline int SwizzledChunk(int n, int c) {
   return c ^ (((n >> 4) & 1) << 2);
 }
 
-// prmt.b32 (host + device): byte n of the result is byte s[4n+2:4n] of the
-// pair (a, b) (a holds bytes 0-3), or that byte's sign replicated when
-// s[4n+3] is set. Only s[15:0] counts.
-__host__ __device__ inline uint32_t Prmt(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
-  return r;
-#else
-  const uint64_t src = a | (static_cast<uint64_t>(b) << 32);
-  uint32_t r = 0;
-  for (int n = 0; n < 4; ++n) {
-    const uint32_t sel = (s >> (4 * n)) & 0xFu;
-    uint32_t byte = static_cast<uint32_t>(src >> (8 * (sel & 7u))) & 0xFFu;
-    if (sel & 8u) byte = (byte & 0x80u) ? 0xFFu : 0u;
-    r |= byte << (8 * n);
-  }
-  return r;
-#endif
-}
-
-__host__ __device__ inline int Popc(uint32_t x) {
-#ifdef __CUDA_ARCH__
-  return __popc(x);
-#else
-  return __builtin_popcount(x);
-#endif
-}
-
 // W and the mask are read exactly once: streaming loads (evict first).
 template <typename T>
 __host__ __device__ inline T LoadOnce(const T* p) {
@@ -107,17 +78,6 @@ __host__ __device__ inline uint32_t Pack2(float lo, float hi) {
     memcpy(&u, &h, sizeof(u));
   }
   return u;
-}
-
-// Bit i set: element i of a group of 16-bit values, packed as w01 = x0 | x1 << 16
-// and w23, is non-zero (+0 and -0 are zero). (x & 0x7FFF) + 0x7FFF reaches
-// bit 15 exactly when x's magnitude is non-zero, and never carries out of
-// its half.
-__host__ __device__ inline uint32_t NonzeroMask(uint32_t w01, uint32_t w23) {
-  const uint32_t a = ((w01 & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u;  // bits 15, 31
-  const uint32_t b = ((w23 & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u;
-  const uint32_t f = (a >> 15) | (b >> 13);  // bits 0, 16 (x0, x1) and 2, 18 (x2, x3)
-  return (f | (f >> 15)) & 0xFu;
 }
 
 // One 8-byte metadata word from two rows' nibbles of 8 groups (one byte per
