@@ -22,7 +22,7 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
   const OwnProject::Args args{w, mask, static_cast<uint32_t*>(values), meta,
                               static_cast<uint32_t*>(values_t), meta_t, n, k};
   if (emulate) {
-    OwnProject::Emulate(args);
+    OwnEmulate<OwnProject>(args);
     return cudaSuccess;
   }
   OwnKernel<OwnProject><<<OwnProject::Grid(n, k), kOwnThreads, 0, stream>>>(args);
@@ -36,7 +36,7 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
   const OwnMvue::Args args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values),
                            meta, n, m};
   if (emulate) {
-    OwnMvue::Emulate(args);
+    OwnEmulate<OwnMvue>(args);
     return cudaSuccess;
   }
   OwnKernel<OwnMvue><<<OwnMvue::Grid(n, m), kOwnThreads, 0, stream>>>(args);

@@ -1,9 +1,9 @@
 // Our own kernels writing CUTLASS's sm90 compressed 2:4 operand (bf16, tile K
 // 128; LAYOUT.md, sm90_layout.cuh): host + device code. Each kernel is a
-// struct of phase functions that a __global__ wrapper runs block by block and
-// that Emulate runs on the host thread by thread with the same index
-// arithmetic (the CPU tests' view of the kernels, as the cuSPARSELt library
-// does in compress_kernels.cuh).
+// struct of phases (kPhases, Phase(p, ...)) that a __global__ wrapper runs
+// block by block with a barrier between phases, and that OwnEmulate runs on
+// the host thread by thread with the same index arithmetic (the CPU tests'
+// view of the kernels, as the cuSPARSELt library does in compress_kernels.cuh).
 //
 //   OwnProject: the float32 master W (N, K) and the boolean 2:4 (transposable)
 //     mask -> W_s = where(mask, W, +0) rounded to bf16, written as CUTLASS's
@@ -12,21 +12,20 @@
 //     in CUTLASS's format, with the cuSPARSELt MVUE kernel's randomness
 //     (MvueTransposed::PruneGroup: same seed, same kept entries, same bits).
 //
-// The per-group math is the cuSPARSELt library's (group.cuh: KeepTop2,
-// MVUE; compress_kernels.cuh: MvueTransposed::PruneGroup), included from
-// kernels/cusparselt/csrc; the code and value rules are CUTLASS's
-// (sm90_layout.cuh: GroupCode, PackedToCutlass), so the bytes equal CUTLASS's
-// own compressor's for the same dense pruned matrix.
+// Both are streams over memory, built as the cuSPARSELt library's fast
+// kernels are (project.cu, MvueTransposed): every global load of a thread
+// issued before the first use, value pairs leaving as 16-byte (or whole-row)
+// stores, and the metadata leaving in CUTLASS's byte order as 8 contiguous
+// bytes per thread (OwnMetaChunk), so that a warp writes 256 contiguous bytes.
+// The per-group code rule is CUTLASS's (sm90_layout.cuh): the bytes equal
+// CUTLASS's own compressor's for the same dense pruned matrix.
 //
-// A block owns a 128 x 128 tile of the sparse operand's dense matrix in
-// shared memory (bf16 bits). Phase 2 runs over 32-bit metadata words: word
-// (rows R, R+8 of a 64-row block; columns 32j + 16h .. +15 of a 128-column
-// K tile) holds row R's 4 codes in its low half-word and row R+8's in the high
-// one (LAYOUT.md); a thread builds one word from the tile, writes it and the
-// two rows' 4 value pairs (8 bytes per row). Columns past the operand's 2:4
-// axis (its last tile of 64 when that axis is an odd multiple of 64) are
-// zeros in the tile and code 0 in the metadata, as CUTLASS's compressor
-// leaves them (the handler clears nothing: every metadata byte is written).
+// Metadata atoms: 64 rows x 128 columns (32 groups) of an operand, 1024
+// contiguous bytes (LAYOUT.md). A block holds each atom it touches whole in
+// shared memory as one code byte per group ([row][group]), and zeros for the
+// columns past the operand's 2:4 axis (an axis that is an odd multiple of 64
+// ends in half an atom: CUTLASS's compressor leaves code 0 there). Every
+// metadata byte is written (the handler clears nothing).
 
 #pragma once
 
@@ -38,103 +37,126 @@
 
 namespace s24c {
 
-constexpr int kOwnTile = 128;     // tile rows and columns (sparse operand's dense matrix)
+
 constexpr int kOwnThreads = 256;  // threads per block
-constexpr int kOwnAlign = 64;     // both axes multiples of this (whole metadata row blocks)
-// metadata words of one 128 x 128 tile: 128 rows / 2 x 128 cols / 16
-constexpr int kOwnWords = kOwnTile / 2 * kOwnTile / 16;
+constexpr int kOwnAtomRows = 64;  // metadata atom: 64 rows x 32 groups (128 columns)
+constexpr int kOwnAtomGroups = 32;
 
-// The word's rows and columns: word index u (0 .. kOwnWords-1) in a tile ->
-// tile-local row R0 (R0 % 16 < 8; rows R0 and R0 + 8) and first column c0 (a
-// multiple of 16). Consecutive u walk the 16 column halves first, so a warp
-// writes 8 bytes of each of its rows' values at 64 consecutive columns.
-__host__ __device__ inline void OwnWordPlace(int u, int* r0, int* c0) {
-  const int cw = u & 7;            // 16-column chunk of the tile's 128 columns
-  const int pair = u >> 3;         // row pair 0 .. 63
-  *r0 = 16 * (pair >> 3) + (pair & 7);
-  *c0 = 16 * cw;
-}
-
-// Byte offset of the metadata word holding (rows r, r + 8; columns c .. c+15)
-// of an m-row operand, r % 16 < 8, c % 16 == 0 (MetaByteOffset at byte column
-// c / 8 is a multiple of 4 there).
-__host__ __device__ inline int64_t OwnWordOffset(int64_t r, int64_t c, int64_t m) {
-  return s24cutlass::MetaByteOffset(r, c / 8, m, 2, s24cutlass::kDefaultTileK);
-}
-
-// One row's 4 groups (columns c0 .. c0+15 of tile row `row`) -> CUTLASS's 4
-// codes (nibbles, column order) and 4 value pairs (lo | hi << 16); `cs`: the
-// element stride between columns (1, or the pitch when reading a tile transposed).
-__host__ __device__ inline uint32_t OwnRowCodes(const uint16_t* row, int cs, uint32_t pairs[4]) {
-  uint32_t codes = 0;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    // KeepTop2 first: a group with more than two non-zeros (a W_s^T group of a
-    // mask that is not transposable) keeps its two largest, as cuSPARSELt's
-    // projection does; a 2:4 group passes unchanged
-    uint32_t x[4], y[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = row[(4 * q + i) * cs];
-    s24::KeepTop2<0x7FFFu>(x, y);
-    uint16_t a[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = static_cast<uint16_t>(y[i]);
-    uint16_t v0 = 0, v1 = 0;
-    const uint8_t code = s24cutlass::GroupCode<2, true>(a, v0, v1);
-    codes |= static_cast<uint32_t>(code & 0xFu) << (4 * q);
-    pairs[q] = static_cast<uint32_t>(v0) | (static_cast<uint32_t>(v1) << 16);
-  }
-  return codes;
-}
-
-// Writes one metadata word and the value pairs of its two rows. `tile`: the
-// operand's dense 128 x 128 tile, element (r, c) at tile[r * rs + c * cs]
-// (a [n][k] tile read as is, or read transposed for W_s^T), starting at
-// operand row r_base and column c_base; values: (m, k/2) bf16 as 32-bit words
-// (k / 4 per row), meta: the operand's metadata buffer.
-__host__ __device__ inline void OwnEmitWord(const uint16_t* tile, int rs, int cs, int u, int64_t r_base,
-                                            int64_t c_base, int64_t m, int64_t k,
-                                            uint32_t* values, uint8_t* meta) {
-  int r0, c0;
-  OwnWordPlace(u, &r0, &c0);
-  const int64_t gr = r_base + r0, gc = c_base + c0;
-  if (gr >= m || gc >= s24cutlass::MetaCols(k, s24cutlass::kDefaultTileK)) return;
-  uint32_t p_lo[4], p_hi[4];
-  const uint32_t lo = OwnRowCodes(tile + r0 * rs + c0 * cs, cs, p_lo);
-  const uint32_t hi = OwnRowCodes(tile + (r0 + 8) * rs + c0 * cs, cs, p_hi);
-  *reinterpret_cast<uint32_t*>(meta + OwnWordOffset(gr, gc, m)) = lo | (hi << 16);
-  if (gc < k) {  // k is a multiple of 64: the 16 columns are all in or all out
-    const int64_t kg = k / 4;
-    uint32_t* d0 = values + gr * kg + gc / 4;
-    uint32_t* d1 = values + (gr + 8) * kg + gc / 4;
-#ifdef __CUDA_ARCH__
-    *reinterpret_cast<uint4*>(d0) = make_uint4(p_lo[0], p_lo[1], p_lo[2], p_lo[3]);
-    *reinterpret_cast<uint4*>(d1) = make_uint4(p_hi[0], p_hi[1], p_hi[2], p_hi[3]);
-#else
-    for (int q = 0; q < 4; ++q) {
-      d0[q] = p_lo[q];
-      d1[q] = p_hi[q];
+// CUTLASS's code of a group by its non-zero mask m (bit i: element i non-zero;
+// at most two bits set): two at i < j -> i | j << 2; one at i < 3 -> i | 3 << 2;
+// one at 3 -> 0 | 3 << 2; none -> 0 (sm90_layout.cuh: GroupCode). Nibble m of
+// the constant; masks with three or four bits never look it up.
+__host__ __device__ constexpr uint64_t OwnCodeTable() {
+  uint64_t t = 0;
+  for (int m = 0; m < 16; ++m) {
+    int idx[2] = {0, 0}, n = 0;
+    for (int i = 0; i < 4; ++i) {
+      if ((m >> i) & 1) {
+        if (n < 2) idx[n] = i;
+        ++n;
+      }
     }
-#endif
+    uint64_t code = 0;
+    if (n == 2) code = static_cast<uint64_t>(idx[0] | (idx[1] << 2));
+    if (n == 1) code = idx[0] == 3 ? 0xCu : static_cast<uint64_t>(idx[0] | (3 << 2));
+    t |= code << (4 * m);
   }
+  return t;
+}
+constexpr uint64_t kOwnCodes = OwnCodeTable();
+
+// One group of bf16 bits packed as w01 = x0 | x1 << 16 and w23 (more than two
+// non-zeros: KeepTop2's two largest, as cuSPARSELt's projection keeps) ->
+// CUTLASS's code in *code and its stored pair as one word (first value low).
+// -0 counts as zero and is stored as +0; with the zeros cleared, CUTLASS's
+// pair is exactly the elements at the code's two positions (a lone value's
+// partner is the +0 at position 3, or at 0 for a lone value at 3; an empty
+// group stores element 0 twice). w01 and w23 return cleaned (and top-2), the
+// group as it is stored. ~20 instructions (no branch but the rare top-2).
+__host__ __device__ inline uint32_t OwnGroup(uint32_t& w01, uint32_t& w23, uint32_t* code) {
+  uint32_t m = s24::NonzeroMask(w01, w23);
+  if (s24::Popc(m) > 2) {
+    const uint32_t x[4] = {w01 & 0xFFFFu, w01 >> 16, w23 & 0xFFFFu, w23 >> 16};
+    uint32_t y[4];
+    s24::KeepTop2<0x7FFFu>(x, y);
+    w01 = y[0] | (y[1] << 16);
+    w23 = y[2] | (y[3] << 16);
+    m = s24::NonzeroMask(w01, w23);
+  }
+  // a zero-magnitude half (+0 or -0) becomes +0: keep its sign bit only when non-zero
+  w01 &= 0x7FFF7FFFu | (((w01 & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u);
+  w23 &= 0x7FFF7FFFu | (((w23 & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u);
+  const uint32_t c = static_cast<uint32_t>(kOwnCodes >> (4 * m)) & 0xFu;
+  const uint32_t i0 = c & 3u, i1 = c >> 2;
+  *code = c;
+  return s24::Prmt(w01, w23, (2 * i0) | ((2 * i0 + 1) << 4) | ((2 * i1) << 8) | ((2 * i1 + 1) << 12));
+}
+
+// Four code bytes (one group each, < 16) -> their two metadata bytes
+// (groups 0, 1 in the first, 2, 3 in the second; lower group in the low nibble).
+__host__ __device__ inline uint32_t OwnSquash(uint32_t w) {
+  const uint32_t t = (w | (w >> 4)) & 0x00FF00FFu;
+  return (t & 0xFFu) | ((t >> 8) & 0xFF00u);
+}
+
+// Bytes 8t .. 8t+7 (t = 0 .. 127) of one metadata atom from its codes,
+// code[r * pitch + g] for atom row r (0..63) and group g (0..31); pitch a
+// multiple of 4. Inverting LAYOUT.md's offset (nk = 4): byte 8t + j holds row
+// R = 16 (t / 32) + 8 ((j / 2) % 2) + (t / 2) % 8, byte column
+// B = j % 2 + 2 ((t / 16) % 2) + 4 (j / 4) + 8 (t % 2), i.e. groups 2B, 2B+1:
+// rows R0 and R0 + 8 of groups g0 .. g0+3 and g0+8 .. g0+11, four 32-bit
+// shared loads. t % 2 picks the atom's column half (groups 16 (t % 2) ..);
+// half_atom: `code` holds only that half's 16 groups (g counted from it).
+__host__ __device__ inline uint2 OwnMetaChunk(const uint8_t* code, int pitch, int t, bool half_atom = false) {
+  const int r0 = 16 * (t >> 5) + ((t >> 1) & 7);
+  const int g0 = 4 * ((t >> 4) & 1) + (half_atom ? 0 : 16 * (t & 1));
+  const uint8_t* a = code + r0 * pitch + g0;
+  const uint8_t* b = a + 8 * pitch;
+  const uint32_t a0 = *reinterpret_cast<const uint32_t*>(a), a1 = *reinterpret_cast<const uint32_t*>(a + 8);
+  const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b), b1 = *reinterpret_cast<const uint32_t*>(b + 8);
+  return make_uint2(OwnSquash(a0) | (OwnSquash(b0) << 16), OwnSquash(a1) | (OwnSquash(b1) << 16));
+}
+
+// First byte of metadata atom (row block ma, column block ka) of an operand of m rows.
+__host__ __device__ inline int64_t OwnAtomOffset(int64_t ma, int64_t ka, int64_t m) {
+  return ka * s24cutlass::MetaRows(m) * (kOwnAtomGroups / 2) + ma * (kOwnAtomRows * kOwnAtomGroups / 2);
+}
+
+__host__ __device__ inline void OwnStore8(uint8_t* dst, uint2 v) {
+  *reinterpret_cast<uint2*>(dst) = v;
 }
 
 // ---------------------------------------------------------------------------
 // Weight projection: W (N, K) f32 + mask -> CUTLASS's W_s and W_s^T (bf16)
 // ---------------------------------------------------------------------------
 //
-// Block (bx, by): W rows 128 by .. +127 (N), columns 128 bx .. +127 (K).
-// Phase 1: the projected tile, where(mask, W, +0) rounded to bf16 (KeepTop2
-//   along K first: a mask keeping more than two of a group keeps the two
-//   largest, as the cuSPARSELt projection does), into `tile` [n][k]:
-//   coalesced float4 reads of W and 4-byte reads of the mask.
-// Phase 2: threads 0..127 emit W_s's words (4 each), 128..255 W_s^T's (the
-//   same tile read transposed). 33 KB of shared memory.
+// Block (bx, by): W rows 64 by .. +63 (N: one W_s atom row), columns 128 bx ..
+// +127 (K: one W_s atom column, two W_s^T atom rows).
+// Phase 0: warp w reads rows w + 8i (i = 0..7), lane l the float4 l of the
+//   row (512 contiguous bytes of W, 128 of the mask), all 8 loads issued
+//   first. Each float4 is one W_s group: masked, rounded to bf16, OwnGroup ->
+//   its pair straight to W_s's values (128 contiguous bytes per warp), its
+//   code to shared memory, the stored group into the tile [n][k].
+// Phase 1: W_s^T's groups along N: thread (p, j) reads the tile's word p
+//   (columns 2p, 2p+1) of rows 4j .. 4j+3 (a warp reads 32 consecutive words
+//   of a row: no bank conflict) and compresses the two groups; pairs and
+//   codes to shared memory.
+// Phase 2: W_s^T's values leave as 16-byte stores (64 bytes per row), and
+//   both metadata: W_s's whole atom (threads 0..127), W_s^T's half atoms
+//   (the block's 64 columns of N; threads 128..255), zeros for the other half
+//   where N ends in half an atom.
 struct OwnProject {
-  static constexpr int kPitch = kOwnTile + 2;  // odd word count: transposed writes spread banks
+  static constexpr int kPhases = 3;
+  static constexpr int kRows = 64;     // N
+  static constexpr int kCols = 128;    // K
+  static constexpr int kGroupsK = kCols / 4;  // W_s groups per tile row: 32
+  static constexpr int kGroupsN = kRows / 4;  // W_s^T groups per tile column: 16
 
   struct alignas(16) Smem {
-    uint16_t tile[kOwnTile][kPitch];  // W_s [n][k]
+    uint32_t tile[kRows][kCols / 2];          // W_s as stored, [n][k] bf16 pairs
+    uint32_t vals_t[kCols][kGroupsN + 1];     // W_s^T pairs [k][group along n] (odd pitch)
+    alignas(16) uint8_t code[kRows][kGroupsK + 4];   // W_s codes [n][group along k]
+    alignas(16) uint8_t code_t[kCols][kGroupsN + 4];  // W_s^T codes [k][group along n]
   };
 
   struct Args {
@@ -147,61 +169,86 @@ struct OwnProject {
     int64_t m, k;          // m = N (rows of W), k = K
   };
 
-  static __host__ __device__ inline void Phase1(const Args& a, Smem& sm, int bx, int by, int tid) {
-    const int64_t n0 = static_cast<int64_t>(by) * kOwnTile, k0 = static_cast<int64_t>(bx) * kOwnTile;
-    // 128 rows x 32 groups of 4 columns: 16 groups per thread
-    for (int idx = tid; idx < kOwnTile * (kOwnTile / 4); idx += kOwnThreads) {
-      const int r = idx / (kOwnTile / 4), g = idx % (kOwnTile / 4);
-      const int64_t gr = n0 + r, gc = k0 + 4 * g;
-      uint32_t x[4] = {0u, 0u, 0u, 0u};
-      if (gr < a.m && gc < a.k) {
-        const float4 v = *reinterpret_cast<const float4*>(a.w + gr * a.k + gc);
-        const uint32_t mk = *reinterpret_cast<const uint32_t*>(a.mask + gr * a.k + gc);
-        const float f[4] = {v.x, v.y, v.z, v.w};
-        uint32_t y[4];
+  static __host__ __device__ inline void Phase(int p, const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int64_t n0 = static_cast<int64_t>(by) * kRows, k0 = static_cast<int64_t>(bx) * kCols;
+    if (p == 0) {
+      const int lane = tid & 31, warp = tid >> 5;
+      const int64_t gc = k0 + 4 * lane;
+      const bool in = gc < a.k;  // a.k is a multiple of 64: the tile's last 16 groups may be past it
+      float4 v[8];
+      uint32_t mk[8];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const bool keep = ((mk >> (8 * i)) & 0xFFu) != 0u;
-          y[i] = keep ? s24::DTraits<s24::kBF16>::FromFloat(f[i]) : 0u;
-        }
-        s24::KeepTop2<0x7FFFu>(y, x);
+      for (int i = 0; i < 8; ++i) {
+        const int64_t off = (n0 + warp + 8 * i) * a.k + gc;
+        v[i] = in ? *reinterpret_cast<const float4*>(a.w + off) : make_float4(0.f, 0.f, 0.f, 0.f);
+        mk[i] = in ? *reinterpret_cast<const uint32_t*>(a.mask + off) : 0u;
       }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int r = warp + 8 * i;
+        const float f[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        uint32_t b[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          b[e] = ((mk[i] >> (8 * e)) & 0xFFu) ? s24::DTraits<s24::kBF16>::FromFloat(f[e]) : 0u;
+        }
+        uint32_t w01 = b[0] | (b[1] << 16), w23 = b[2] | (b[3] << 16), code;
+        const uint32_t pair = OwnGroup(w01, w23, &code);
+        if (in) a.values[(n0 + r) * (a.k / 4) + gc / 4] = pair;
+        sm.code[r][lane] = static_cast<uint8_t>(code);
+        *reinterpret_cast<uint2*>(&sm.tile[r][2 * lane]) = make_uint2(w01, w23);
+      }
+    } else if (p == 1) {
+      const int pw = (tid & 31) + 32 * ((tid >> 5) & 1);  // word: columns 2pw, 2pw + 1
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        sm.tile[r][4 * g + i] = static_cast<uint16_t>(x[i]);
+        const int j = (tid >> 6) + 4 * i;  // group along n: rows 4j .. 4j+3
+        const uint32_t x0 = sm.tile[4 * j][pw], x1 = sm.tile[4 * j + 1][pw];
+        const uint32_t x2 = sm.tile[4 * j + 2][pw], x3 = sm.tile[4 * j + 3][pw];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t sel = h ? 0x7632u : 0x5410u;  // high or low halves: column 2pw + h
+          uint32_t w01 = s24::Prmt(x0, x1, sel), w23 = s24::Prmt(x2, x3, sel), code;
+          sm.vals_t[2 * pw + h][j] = OwnGroup(w01, w23, &code);
+          sm.code_t[2 * pw + h][j] = static_cast<uint8_t>(code);
+        }
       }
-    }
-  }
-
-  static __host__ __device__ inline void Phase2(const Args& a, Smem& sm, int bx, int by, int tid) {
-    const int64_t n0 = static_cast<int64_t>(by) * kOwnTile, k0 = static_cast<int64_t>(bx) * kOwnTile;
-    const int t = tid & 127;
-    for (int u = t; u < kOwnWords; u += 128) {
-      if (tid < 128) {  // W_s: rows n, 2:4 along k
-        OwnEmitWord(&sm.tile[0][0], kPitch, 1, u, n0, k0, a.m, a.k, a.values, a.meta);
-      } else {          // W_s^T: rows k, 2:4 along n
-        OwnEmitWord(&sm.tile[0][0], 1, kPitch, u, k0, n0, a.k, a.m, a.values_t, a.meta_t);
+    } else {
+      // W_s^T values: rows k0 + kr (< K), groups n0/4 .. +15: four 16-byte stores per row
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int idx = tid + kOwnThreads * i, kr = idx >> 2, q = 4 * (idx & 3);
+        if (k0 + kr < a.k) {
+          const uint32_t* s = &sm.vals_t[kr][q];
+          *reinterpret_cast<uint4*>(a.values_t + (k0 + kr) * (a.m / 4) + n0 / 4 + q) =
+              make_uint4(s[0], s[1], s[2], s[3]);
+        }
+      }
+      const int t = tid & 127;
+      if (tid < 128) {
+        // W_s: atom (n0 / 64, k0 / 128), whole (columns past K hold code 0)
+        OwnStore8(a.meta + OwnAtomOffset(n0 / kOwnAtomRows, k0 / kCols, a.m) + 8 * t,
+                  OwnMetaChunk(&sm.code[0][0], kGroupsK + 4, t));
+      } else {
+        // W_s^T: atom rows k0/64 and +1 (those inside K), columns n0 .. n0+63: the
+        // atom's half h = (n0 / 64) % 2, i.e. the chunks with t % 2 == h; the
+        // other half too (zeros) when this is the last half atom of N
+        const int mb = t >> 6, h = static_cast<int>((n0 / kRows) & 1);
+        const int64_t kr0 = k0 + kOwnAtomRows * mb;
+        const bool last_half = h == 0 && n0 + kRows >= a.m;
+        if (kr0 < a.k) {
+          const int64_t base = OwnAtomOffset(kr0 / kOwnAtomRows, n0 / (2 * kRows), a.k);
+          const int c = t & 63;
+          OwnStore8(a.meta_t + base + 8 * (2 * c + h),
+                    OwnMetaChunk(&sm.code_t[kOwnAtomRows * mb][0], kGroupsN + 4, 2 * c + h, true));
+          if (last_half) OwnStore8(a.meta_t + base + 8 * (2 * c + 1), make_uint2(0u, 0u));
+        }
       }
     }
   }
 
   static dim3 Grid(int64_t m, int64_t k) {
-    return dim3(static_cast<unsigned>((k + kOwnTile - 1) / kOwnTile),
-                static_cast<unsigned>((m + kOwnTile - 1) / kOwnTile));
-  }
-
-  static void Emulate(const Args& a) { EmulateTwo<OwnProject>(a); }
-
-  template <typename K>
-  static void EmulateTwo(const typename K::Args& a) {
-    const dim3 grid = K::Grid(a.m, a.k);
-    std::unique_ptr<typename K::Smem> sm(new typename K::Smem());
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        for (int t = 0; t < kOwnThreads; ++t) K::Phase1(a, *sm, bx, by, t);
-        for (int t = 0; t < kOwnThreads; ++t) K::Phase2(a, *sm, bx, by, t);
-      }
-    }
+    return dim3(static_cast<unsigned>((k + kCols - 1) / kCols), static_cast<unsigned>(m / kRows));
   }
 };
 
@@ -209,19 +256,25 @@ struct OwnProject {
 // MVUE of dZ^T: dZ (M tokens, N features) bf16 -> CUTLASS's S(dZ^T) (N, M)
 // ---------------------------------------------------------------------------
 //
-// Block (bx, by): A = dZ^T rows 128 by .. +127 (features), columns 128 bx ..
-// +127 (tokens). Phase 1: dZ's 128 x 128 block read as 32-bit words (two
-// features each, coalesced along features), each thread MVUE-pruning groups
-// of 4 tokens of a feature pair with MvueTransposed<kBF16>::PruneGroup (the
-// cuSPARSELt kernel's function: counter = A row * M/4 + group, the same
-// uniforms and kept bits), the kept pair placed back into the dense tile
-// [feature][token] (the others +0). Phase 2: every thread emits 2 words.
+// Block (bx, by): A = dZ^T rows 64 by .. +63 (features: one atom row), groups
+// 64 bx .. +63 (tokens 256 bx .. +255: two atom columns), as the cuSPARSELt
+// library's MvueTransposed (compress_kernels.cuh) blocks it.
+// Phase 0: warp w, lane l reads the word l of the block's feature pairs
+//   (features 2l, 2l+1) at the four tokens of groups w + 8i (i = 0..7; all 32
+//   loads issued first; 128 contiguous bytes per warp load), MVUE-prunes the
+//   two groups with PruneGroup (the cuSPARSELt kernel's own function: counter
+//   = A row * M/4 + group, the same uniforms and bits) and converts the kept
+//   pair to CUTLASS's code and pair (PackedToCutlass); into shared memory.
+// Phase 1: values as four 16-byte stores per thread (a row's 16 groups), the
+//   two atoms' metadata as one 8-byte chunk per thread.
 struct OwnMvue {
-  static constexpr int kPitch = kOwnTile + 2;
+  static constexpr int kPhases = 2;
+  static constexpr int kRows = 64, kGroups = 64;
   using Mv = s24::MvueTransposed<s24::kBF16>;
 
   struct alignas(16) Smem {
-    uint16_t tile[kOwnTile][kPitch];  // S(dZ^T) [feature][token]
+    uint32_t vals[kRows][kGroups + 4];  // +4 words keeps rows 16-byte aligned
+    alignas(16) uint8_t code[kRows][kGroups + 4];
   };
 
   struct Args {
@@ -232,62 +285,87 @@ struct OwnMvue {
     int64_t m, k;          // m = N (A's rows: features), k = M (tokens, 2:4 axis)
   };
 
-  static __host__ __device__ inline void Phase1(const Args& a, Smem& sm, int bx, int by, int tid) {
-    const int64_t f0 = static_cast<int64_t>(by) * kOwnTile, t0 = static_cast<int64_t>(bx) * kOwnTile;
-    const int64_t words = a.m / 2, kg = a.k / 4;
-    const s24::MvueKeys keys = s24::MakeMvueKeys(a.seed);
-    // 64 feature pairs x 32 token groups: 8 per thread; lanes walk feature pairs
-    for (int idx = tid; idx < (kOwnTile / 2) * (kOwnTile / 4); idx += kOwnThreads) {
-      const int p = idx % (kOwnTile / 2), g = idx / (kOwnTile / 2);
-      const int64_t gf = f0 + 2 * p, gt = t0 + 4 * g;
-      uint32_t pair[2] = {0u, 0u};
-      uint8_t nib[2] = {0, 0};
-      if (gf < a.m && gt < a.k) {
-        uint32_t x[4];
+  static __host__ __device__ inline void Phase(int p, const Args& a, Smem& sm, int bx, int by, int tid) {
+    const int64_t r0 = static_cast<int64_t>(by) * kRows, g0 = static_cast<int64_t>(bx) * kGroups;
+    const int64_t kg = a.k / 4;
+    if (p == 0) {
+      const int lane = tid & 31, warp = tid >> 5;
+      const int64_t words = a.m / 2, col = r0 / 2 + lane;
+      const s24::MvueKeys keys = s24::MakeMvueKeys(a.seed);
+      uint32_t x[8][4];
 #pragma unroll
-        for (int t = 0; t < 4; ++t) x[t] = a.src[(gt + t) * words + gf / 2];
+      for (int i = 0; i < 8; ++i) {
+        const int64_t g = g0 + warp + 8 * i;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) x[i][t] = g < kg ? a.src[(4 * g + t) * words + col] : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int gl = warp + 8 * i;
+        const int64_t g = g0 + gl;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const uint32_t counter = static_cast<uint32_t>((gf + half) * kg + gt / 4);
-          Mv::PruneGroup(keys, counter, x, half, &pair[half], &nib[half]);
+          const int rl = 2 * lane + half;
+          uint32_t pair = 0u;
+          uint8_t code = 0;  // past the tokens: CUTLASS's padding (code 0, never stored values)
+          if (g < kg) {
+            uint8_t nib;
+            Mv::PruneGroup(keys, static_cast<uint32_t>((r0 + rl) * kg + g), x[i], half, &pair, &nib);
+            uint16_t v0, v1;
+            code = s24cutlass::PackedToCutlass<2, true>(nib, static_cast<uint16_t>(pair & 0xFFFFu),
+                                                         static_cast<uint16_t>(pair >> 16), v0, v1);
+            pair = static_cast<uint32_t>(v0) | (static_cast<uint32_t>(v1) << 16);
+          }
+          sm.vals[rl][gl] = pair;
+          sm.code[rl][gl] = code;
         }
       }
+    } else {
+      // values: row tid / 4, groups 16 (tid % 4) .. +15 (kg is a multiple of 16)
+      const int rl = tid >> 2, q = (tid & 3) * 16;
+      if (g0 + q < kg) {
+        uint4* dst = reinterpret_cast<uint4*>(a.values + (r0 + rl) * kg + g0 + q);
+        const uint4* src = reinterpret_cast<const uint4*>(&sm.vals[rl][q]);
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        // cuSPARSELt's kept pair (code p0 | p1 << 2) back to the dense group
-        const int p0 = nib[half] & 3, p1 = (nib[half] >> 2) & 3;
-        uint16_t* row = &sm.tile[2 * p + half][4 * g];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) row[i] = 0;
-        if (gf < a.m && gt < a.k) {
-          row[p0] = static_cast<uint16_t>(pair[half] & 0xFFFFu);
-          row[p1] = static_cast<uint16_t>(pair[half] >> 16);
-        }
+        for (int j = 0; j < 4; ++j) dst[j] = src[j];
       }
-    }
-  }
-
-  static __host__ __device__ inline void Phase2(const Args& a, Smem& sm, int bx, int by, int tid) {
-    const int64_t f0 = static_cast<int64_t>(by) * kOwnTile, t0 = static_cast<int64_t>(bx) * kOwnTile;
-    for (int u = tid; u < kOwnWords; u += kOwnThreads) {
-      OwnEmitWord(&sm.tile[0][0], kPitch, 1, u, f0, t0, a.m, a.k, a.values, a.meta);
+      // metadata: atom column g0/32 + (tid / 128), if inside the operand's metadata
+      const int half = tid >> 7, t = tid & 127;
+      const int64_t ka = g0 / kOwnAtomGroups + half;
+      if (ka * kOwnAtomGroups < s24cutlass::MetaCols(a.k, s24cutlass::kDefaultTileK) / 4) {
+        OwnStore8(a.meta + OwnAtomOffset(r0 / kOwnAtomRows, ka, a.m) + 8 * t,
+                  OwnMetaChunk(&sm.code[0][kOwnAtomGroups * half], kGroups + 4, t));
+      }
     }
   }
 
   static dim3 Grid(int64_t m, int64_t k) {
-    return dim3(static_cast<unsigned>((k + kOwnTile - 1) / kOwnTile),
-                static_cast<unsigned>((m + kOwnTile - 1) / kOwnTile));
+    return dim3(static_cast<unsigned>((k / 4 + kGroups - 1) / kGroups), static_cast<unsigned>(m / kRows));
   }
-
-  static void Emulate(const Args& a) { OwnProject::EmulateTwo<OwnMvue>(a); }
 };
+
+// The host emulation: every block in turn, each phase thread by thread.
+template <typename K>
+void OwnEmulate(const typename K::Args& a) {
+  const dim3 grid = K::Grid(a.m, a.k);
+  std::unique_ptr<typename K::Smem> sm(new typename K::Smem());
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      for (int p = 0; p < K::kPhases; ++p) {
+        for (int t = 0; t < kOwnThreads; ++t) K::Phase(p, a, *sm, bx, by, t);
+      }
+    }
+  }
+}
 
 template <typename K>
 __global__ void __launch_bounds__(kOwnThreads) OwnKernel(typename K::Args args) {
   __shared__ typename K::Smem sm;
-  K::Phase1(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
-  __syncthreads();
-  K::Phase2(args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+#pragma unroll
+  for (int p = 0; p < K::kPhases; ++p) {
+    if (p) __syncthreads();
+    K::Phase(p, args, sm, blockIdx.x, blockIdx.y, threadIdx.x);
+  }
 }
 
 }  // namespace s24c

@@ -10,9 +10,9 @@
 namespace s24c {
 
 // Both axes of every operand a multiple of this (whole 64-row metadata blocks,
-// 16-byte value rows); the grid's y dimension counts 128-row tiles.
+// 16-byte value rows); the grid's y dimension counts 64-row blocks.
 constexpr int64_t kOwnShapeAlign = 64;
-constexpr int64_t kOwnMaxRows = 65535ll * 128;
+constexpr int64_t kOwnMaxRows = 65535ll * 64;
 
 // W (n, k) float32 row-major, mask (n, k) bytes (non-zero keeps) ->
 // W_s = where(mask, W, +0) in bf16 as CUTLASS's (values (n, k/2), meta) and
