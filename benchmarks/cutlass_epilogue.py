@@ -156,6 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="*", default=None,
                    help="only these fused configs (default: every one the build has)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--table-out", help="write the fastest fused config per layer shape here, in the "
+                   "format of kernels/cutlass/epilogue_configs.json (the backend reads it from "
+                   "$SPARSE24_CUTLASS_EPILOGUE_TABLE, or copy it over the shipped file)")
     opts = p.parse_args(argv)
 
     import jax
@@ -179,7 +182,29 @@ def main(argv=None) -> int:
                 json.dump({"device": dev.device_kind, "M": opts.m, "mode": opts.mode,
                            "rows": rows}, fh, indent=1)
     print("\n## all shapes\n" + markdown(rows))
+    if opts.table_out:
+        write_table(opts.table_out, rows, dev.device_kind, argv)
     return 0
+
+
+def write_table(path: str, rows: list[dict], device: str, argv) -> None:
+    """The fastest fused config of each row, keyed by the layer whose weight the GEMM reads:
+    fc1's forward by W1 (h x d), fc2's input gradient by W2 (d x h), as the backend looks
+    them up (its weight operand's N x K)."""
+    import datetime
+
+    table: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if not r["fused_config"]:
+            continue
+        fwd = r["pass"].startswith("fwd")
+        # the rows' N x K is the weight's: W1 (h, d) for fwd, W2 (d, h) for dx
+        table.setdefault(f"{r['N']}x{r['K']}", {})["fwd" if fwd else "dx"] = r["fused_config"]
+    cmd = " ".join(["python3", "benchmarks/cutlass_epilogue.py", *(argv if argv is not None else sys.argv[1:])])
+    with open(path, "w") as fh:
+        json.dump({"device": device, "date": datetime.date.today().isoformat(), "command": cmd,
+                   "M": rows[0]["M"] if rows else None, "table": table}, fh, indent=1)
+    print(f"fused configs per layer shape written to {path}: {table}")
 
 
 if __name__ == "__main__":

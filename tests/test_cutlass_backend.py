@@ -304,3 +304,41 @@ def test_fused_methods_check_their_inputs(be):
     dy = jnp.ones((64, 128), jnp.bfloat16)
     with pytest.raises(ValueError, match="Z must be bfloat16 \\(64, 64\\)"):
         be.matmul_dx_activation_grad("gelu", dy, op, jnp.ones((64, 128), jnp.bfloat16))
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_epilogue_config_choice(be, monkeypatch, tmp_path):
+    """The fused GEMM's config: the epilogue table's entry (the shipped file, then
+    $SPARSE24_CUTLASS_EPILOGUE_TABLE's entries over it) when built, else the plain table's
+    when it has a fused instance, else the first built one; a bad table names its file."""
+    import json
+
+    from sparse24_jax_kernels.cutlass import backend
+    from sparse24_jax_kernels.cutlass.build import CONFIGS
+
+    built = be.epilogue_configs
+    assert len(built) >= 2
+    shipped = backend.epilogue_table()  # the package's own file must load
+    assert all(set(row) <= {"fwd", "dx"} for row in shipped.values())
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"table": {"256x128": {"fwd": built[1]},
+                                           "1280x5120": {"dx": built[-1]}}}))
+    monkeypatch.setenv(backend.EPILOGUE_TABLE_ENV, str(table))
+    be.epilogue_table = backend.epilogue_table()
+    assert be._epilogue_config("fwd", 256, 128) == built[1]
+    assert be._epilogue_config("dx", 1280, 5120) == built[-1]
+    plain = backend.config_for("dx", 256, 128)
+    assert be._epilogue_config("dx", 256, 128) == (plain if plain in built else built[0])
+    # a known config without a fused instance in this library: the fallback
+    unbuilt = next(c for c in CONFIGS if c not in built)
+    be.epilogue_table = {(256, 128): {"fwd": unbuilt}}
+    assert be._epilogue_config("fwd", 256, 128) in built
+    for bad, msg in (({"table": {"256-128": {"fwd": built[0]}}}, "is not 'NxK'"),
+                     ({"table": {"256x128": {"dw": built[0]}}}, "is not a product"),
+                     ({"table": {"256x128": {"fwd": "t1x1x1"}}}, "known config")):
+        table.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            backend.epilogue_table()
+    monkeypatch.setenv(backend.EPILOGUE_TABLE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="no such file"):
+        backend.epilogue_table()

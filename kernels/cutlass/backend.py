@@ -31,13 +31,17 @@ Notes:
   ``gelu'(Z1)``), the capabilities
   :class:`~sparse24_jax.backend.FusedLinearActivation` /
   :class:`~sparse24_jax.backend.FusedLinearActivationGrad` that
-  :func:`sparse24_jax.sparse24_ffn` uses. Config: the product's table entry when
-  a fused instance of it is built, else the first built one.
+  :func:`sparse24_jax.sparse24_ffn` uses. Config: :func:`epilogue_table`'s entry
+  (``epilogue_configs.json``, measured), else the plain table's, when a fused
+  instance of it is built; else the first built one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -46,7 +50,7 @@ import jax.numpy as jnp
 from . import epilogue_ops, ops, own_ops
 
 __all__ = ["CONFIG_TABLE", "DEFAULT_CONFIG", "CutlassBackend", "CutlassGrad", "CutlassWeight",
-           "config_for", "fused_epilogue_configs"]
+           "config_for", "epilogue_table", "fused_epilogue_configs"]
 
 _DTYPES = (jnp.dtype(jnp.bfloat16),)
 _ALIGN = 64
@@ -66,6 +70,42 @@ CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
     (11008, 4096): {"fwd": _T256, "dx": _T128x256, "dw": _C2},
     (4096, 11008): {"fwd": _T256, "dx": _T256, "dw": _T256},
 }
+
+
+#: the measured configs of the fused-epilogue GEMMs (fc1's ``fwd`` with GELU, fc2's ``dx``
+#: with gelu'), written by ``benchmarks/cutlass_epilogue.py --table-out``; a file named by
+#: ``$SPARSE24_CUTLASS_EPILOGUE_TABLE`` (same format) adds to it and wins where both have an
+#: entry, e.g. to tune another GPU without editing the package
+EPILOGUE_TABLE_FILE = Path(__file__).with_name("epilogue_configs.json")
+EPILOGUE_TABLE_ENV = "SPARSE24_CUTLASS_EPILOGUE_TABLE"
+
+
+def epilogue_table() -> dict[tuple[int, int], dict[str, str]]:
+    """(N, K) of the layer -> {"fwd" | "dx": config}: the shipped table, then
+    ``$SPARSE24_CUTLASS_EPILOGUE_TABLE``'s entries over it. ValueError names the file
+    of an entry that is not ``"NxK": {product: a known config}``."""
+    from .build import CONFIGS
+
+    table: dict[tuple[int, int], dict[str, str]] = {}
+    paths = [EPILOGUE_TABLE_FILE]
+    if os.environ.get(EPILOGUE_TABLE_ENV, "").strip():
+        paths.append(Path(os.environ[EPILOGUE_TABLE_ENV]))
+    for path in paths:
+        if not path.is_file():
+            if path != EPILOGUE_TABLE_FILE:
+                raise ValueError(f"${EPILOGUE_TABLE_ENV}={str(path)!r}: no such file")
+            continue
+        for key, row in json.loads(path.read_text()).get("table", {}).items():
+            try:
+                n, k = (int(v) for v in key.split("x"))
+            except ValueError:
+                raise ValueError(f"{path}: table key {key!r} is not 'NxK' (e.g. '5120x1280')") from None
+            bad = {p: c for p, c in row.items() if p not in ("fwd", "dx") or c not in CONFIGS}
+            if bad:
+                raise ValueError(f"{path}: entry {key}: {bad} is not a product (fwd, dx) with a "
+                                 f"known config ({', '.join(CONFIGS)})")
+            table.setdefault((n, k), {}).update(row)
+    return table
 
 
 def config_for(product: str, n: int, k: int) -> str:
@@ -138,6 +178,8 @@ class CutlassBackend:
         ops.load()
         #: configs with fused GELU epilogues; empty: no FusedLinearActivation(Grad)
         self.epilogue_configs = fused_epilogue_configs()
+        #: measured configs of the fused GEMMs per layer shape (epilogue_table())
+        self.epilogue_table = epilogue_table()
 
     # -- fused-epilogue capabilities (sparse24_jax.backend) ------------------
     _FUSED_KINDS = ("gelu",)
@@ -153,8 +195,10 @@ class CutlassBackend:
             raise ValueError(
                 "this CUTLASS library has no fused epilogues: rebuild it (python -m "
                 "sparse24_jax_kernels.cutlass.build) or call the unfused path (fused=False)")
-        cfg = config_for(product, n, k)
-        return cfg if cfg in self.epilogue_configs else self.epilogue_configs[0]
+        for cfg in (self.epilogue_table.get((n, k), {}).get(product), config_for(product, n, k)):
+            if cfg in self.epilogue_configs:
+                return cfg
+        return self.epilogue_configs[0]
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self._FUSED_KINDS:
