@@ -64,8 +64,8 @@ this order (RULES below):
    own compressors (namespace ``s24c::``: ``OwnKernel<OwnProject>``, ``OwnKernel<OwnMvue>``). The mask *search* of the
    xla backend (every mask_interval steps, inside a lax.cond) is ordinary XLA code and lands
    in "dense GEMM"/"other"; it runs only on steps where a refresh is due.
-2. "sparse GEMM (cuSPARSELt)": cusparselt, sparse, spmma, spgemm, sp_gemm, and the
-   ``sm80_sp``/``sm89_sp``/``sm90_sp``/``_sp_`` prefixes of xmma sparse kernels. The Triton
+2. "sparse GEMM (2:4)", whichever library runs it: cusparselt, sparse, spmma, spgemm,
+   sp_gemm, and the ``sm80_sp``/``sm89_sp``/``sm90_sp``/``_sp_`` prefixes of xmma sparse kernels. The Triton
    backend's ``sparse24_matmul_kernel`` lands here too (its 2:4 GEMM, on dense tensor cores),
    and so do the CUTLASS backend's sm90 sparse GEMMs (their mangled names carry the
    collective's ``Sparse``).
@@ -115,15 +115,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import time_steps  # noqa: E402
 from train_step import flops_per_token, load_config, num_params, prepare  # noqa: E402  (the repo root too)
 
-CATEGORIES = ("sparse GEMM (cuSPARSELt)", "2:4 per-step kernels", "dense GEMM", "attention",
+CATEGORIES = ("sparse GEMM (2:4)", "2:4 per-step kernels", "dense GEMM", "attention",
               "collectives/memcpy", "other (XLA fusions)")
 OTHER = CATEGORIES[-1]
 
 # First match wins, on the lower-cased kernel name (the module docstring explains each rule).
 RULES = (
     ("2:4 per-step kernels", ("compress", "mask", "mvue", "soft_threshold", "gated_", "s24::", "s24c::")),
-    ("sparse GEMM (cuSPARSELt)", ("cusparselt", "sparse", "spmma", "spgemm", "sp_gemm", "sm80_sp",
-                                  "sm86_sp", "sm89_sp", "sm90_sp", "sm100_sp", "_sp_")),
+    ("sparse GEMM (2:4)", ("cusparselt", "sparse", "spmma", "spgemm", "sp_gemm", "sm80_sp",
+                           "sm86_sp", "sm89_sp", "sm90_sp", "sm100_sp", "_sp_")),
     ("collectives/memcpy", ("nccl", "memcpy", "memset", "all-reduce", "allreduce", "all_reduce",
                             "all-gather", "allgather", "all_gather", "reduce-scatter", "reducescatter",
                             "reduce_scatter", "all-to-all", "alltoall", "all_to_all",

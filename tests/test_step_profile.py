@@ -47,7 +47,7 @@ def kernel(name, ts, dur, tid=13, pid=1, **args):
 # memcpy on a second stream overlaps the first 2 us of the dense GEMM. (name, dur_us, category)
 STEP = [
     ("sm90_xmma_sparse_gemm_bf16bf16_bf16f32_f32_nt_n_tilesize128x128x64_warpgroupsize1x1x1", 100.0,
-     "sparse GEMM (cuSPARSELt)"),
+     "sparse GEMM (2:4)"),
     ("void Compress24Kernel<1, 2, true>(Compressor<1, 2, true>::Args)", 20.0, "2:4 per-step kernels"),
     ("mvue24_kernel", 5.0, "2:4 per-step kernels"),
     ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NTN", 200.0, "dense GEMM"),
@@ -122,7 +122,7 @@ def test_classifier_rules():
                  "void s24c::OwnKernel<s24c::OwnMvue>(s24c::OwnMvue::Args)"):
         assert c(name) == "2:4 per-step kernels", name
     for name in ("sm90_sp_gemm_bf16_tn", "cusparseLt::kernel", "sparse24_matmul_kernel"):
-        assert c(name) == "sparse GEMM (cuSPARSELt)", name
+        assert c(name) == "sparse GEMM (2:4)", name
     for name in ("cutlass3x_sm90_tensorop_gemm_bf16", "ampere_bf16_s16816gemm_bf16_128x128", "splitKreduce_kernel",
                  "gemm_fusion_dot_12"):
         assert c(name) == "dense GEMM", name
@@ -174,7 +174,7 @@ def test_idle_charged_to_the_kernel_that_ends_the_gap():
     gap_ms = (1000.0 - 436.0) / 1e3 / 2  # per step
     assert out["idle_ms_per_step"] == pytest.approx(gap_ms)
     for c in sp.CATEGORIES:
-        want = gap_ms if c == "sparse GEMM (cuSPARSELt)" else 0.0
+        want = gap_ms if c == "sparse GEMM (2:4)" else 0.0
         assert out["categories"][c]["idle_before_ms_per_step"] == pytest.approx(want, abs=1e-12), c
     dense = out["categories"]["dense GEMM"]["top"]
     assert [k["name"][:5] for k in dense] == ["nvjet", "sm90_"] and dense[0]["ms_per_step"] == pytest.approx(0.2)
