@@ -119,8 +119,7 @@ CONFIGS: dict[str, Config] = {c.name: c for c in _CONFIG_LIST}
 # compile per config, so only the configs listed here get them (a subset of
 # CONFIGS; SPARSE24_CUTLASS_CONFIGS narrows it further).
 EPILOGUES = {"fwd_gelu": 0, "dx_dgelu": 1}
-EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop", "t128x128x128_c1x1_pingpong",
-                    "t128x128x128_c1x1_coop"]
+EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop", "t128x128x128_c1x1_pingpong"]
 
 
 def _epilogue_defines(cfg: Config, epilogue: int) -> list[str]:

@@ -2,11 +2,12 @@
 // what each computes). Same mainloop as gemm_kernel.cuh's fwd / dx products
 // (A = the compressed 2:4 weight, K-major; B K-major; D column-major bf16),
 // with the epilogue built from CUTLASS's fusion operations:
-//   kFwdGelu : fusion::LinCombPerRowBiasEltActAux with thread::GELU (erf form):
+//   kFwdGelu : fusion::LinCombPerRowBiasEltActAux with GeluErfFast (erf form):
 //              Aux = bf16(acc + bias_row), D = bf16(gelu(acc + bias_row)), both
 //              computed from the float32 accumulator; bias null = no bias.
 //   kDxDgelu : fusion::LinCombDeEltAct with DGeluErf (below, the exact GELU's
-//              derivative; CUTLASS's thread::dGELU is the tanh form's):
+//              derivative; CUTLASS's thread::dGELU is the tanh form's; both
+//              on gelu_math.h):
 //              D = bf16(acc * gelu'(Aux)), Aux (bf16, D's layout) read by TMA.
 // Included by epilogue_instance.cu only (compiled once per (config, epilogue)).
 
@@ -20,24 +21,44 @@
 #include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/epilogue/thread/activation.h"
 #include "epilogue.h"
+#include "gelu_math.h"
 #include "gemm_kernel.cuh"
 
 namespace s24c {
 
 using namespace cute;
 
-// d/dz of the exact GELU z * Phi(z), times the incoming gradient:
-//   dgelu(dy, z) = dy * (Phi(z) + z * phi(z)),
-//   Phi(z) = (1 + erf(z / sqrt 2)) / 2, phi(z) = exp(-z^2 / 2) / sqrt(2 pi).
+// The exact GELU (erf form) and its derivative times the incoming gradient, as
+// CUTLASS epilogue activations (scalar and fragment forms), on gelu_math.h's
+// one-exponential Phi / phi: CUTLASS's thread::GELU calls erff, and erff +
+// expf made the fused epilogues compute-bound (gelu_math.h says by how much).
+template <class T>
+struct GeluErfFast {
+  static const bool kIsHeavy = true;
+  CUTLASS_HOST_DEVICE
+  T operator()(T const& z) const { return T(GeluErf(static_cast<float>(z))); }
+};
+
+template <class T, int N>
+struct GeluErfFast<cutlass::Array<T, N>> {
+  static const bool kIsHeavy = true;
+  CUTLASS_HOST_DEVICE
+  cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& z) const {
+    cutlass::Array<T, N> y;
+    GeluErfFast<T> op;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) y[i] = op(z[i]);
+    return y;
+  }
+};
+
+// dgelu(dy, z) = dy * gelu'(z)
 template <class T>
 struct DGeluErf {
   static const bool kIsHeavy = true;
   CUTLASS_HOST_DEVICE
   T operator()(T const& dy, T const& z) const {
-    const float zf = static_cast<float>(z);
-    const float cdf = 0.5f * (1.0f + erff(zf * 0.70710678118654752f));
-    const float pdf = 0.39894228040143268f * expf(-0.5f * zf * zf);
-    return T(static_cast<float>(dy) * (cdf + zf * pdf));
+    return T(static_cast<float>(dy) * GeluErfGrad(static_cast<float>(z)));
   }
 };
 
@@ -62,7 +83,7 @@ template <>
 struct EpilogueTraits<kFwdGelu> {
   using Layout = cutlass::layout::ColumnMajor;  // D and Aux: (M, N) row-major = col-major Mc x Nc
   using FusionOp = cutlass::epilogue::fusion::LinCombPerRowBiasEltActAux<
-      Layout, cutlass::epilogue::thread::GELU, cutlass::bfloat16_t, float,
+      Layout, GeluErfFast, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementBias=*/cutlass::bfloat16_t,
       /*ElementSource=*/void, /*ElementScalar=*/float>;
 };
