@@ -168,7 +168,7 @@ def popen_with_ctrl_c(argv, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path):
+def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     # a save every step: the signal most likely lands in one (cut off inside orbax, a save once left
     # a background thread printing a traceback after the one line)
@@ -195,4 +195,12 @@ def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("sparse24-train: interrupted") and f"--resume --out {out}" in last
     step = Checkpointer(out, 2).latest_step()
-    assert step is not None and f"checkpoint is step {step} in {out / 'checkpoints'}" in last
+    assert step is not None and step >= 2 and f"checkpoint is step {step} in {out / 'checkpoints'}" in last
+
+    # the command the line gives continues from that checkpoint
+    with caplog.at_level("INFO", logger="sparse24_train"):
+        code, stderr = run_cli(capsys, "--resume", "--out", str(out), "--steps", str(step + 2))
+    assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints'} at step {step}" in caplog.text
+    assert Checkpointer(out, 2).latest_step() == step + 2
+    assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
