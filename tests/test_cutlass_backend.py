@@ -96,6 +96,10 @@ def be(request, monkeypatch):
     monkeypatch.setattr(epilogue_ops, "spmm_fwd_gelu", spmm_fwd_gelu)
     monkeypatch.setattr(epilogue_ops, "spmm_dx_dgelu", spmm_dx_dgelu)
     monkeypatch.setattr(ops, "load", lambda: None)
+    from sparse24_jax_kernels.cutlass.build import CONFIGS
+
+    monkeypatch.setattr(ops, "configs", lambda product=None: sorted(
+        n for n, c in CONFIGS.items() if product is None or product in c.products))
     monkeypatch.setattr(ops, "compress", compress)
     monkeypatch.setattr(ops, "spmm", spmm)
     monkeypatch.setattr(own_ops, "project_compress", project_compress)
@@ -162,7 +166,7 @@ def test_products_use_the_config_table(be):
     g = be.prune_grad(jax.random.PRNGKey(0), jnp.ones((64, 1600), jnp.bfloat16))
     be.matmul_dw(g, x)
     assert be.calls == [("fwd", backend.config_for("fwd", 1600, 6400)),
-                        ("dw", "t128x128x128_c1x1_pingpong")]
+                        ("dw", backend.CONFIG_TABLE[(1600, 6400)]["dw"])]
 
 
 def test_prepare_projected_is_prepare_weight(be):
@@ -342,3 +346,15 @@ def test_epilogue_config_choice(be, monkeypatch, tmp_path):
     monkeypatch.setenv(backend.EPILOGUE_TABLE_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="no such file"):
         backend.epilogue_table()
+
+
+def test_config_for_falls_back_from_configs_the_library_lacks():
+    from sparse24_jax_kernels.cutlass import backend
+
+    sk = backend.CONFIG_TABLE[(5120, 1280)]["dw"]
+    assert sk.endswith("_sk")
+    assert backend.config_for("dw", 5120, 1280) == sk
+    assert backend.config_for("dw", 5120, 1280, {sk, backend.DEFAULT_CONFIG}) == sk
+    # a library built before the stream-K configs: the default config, not an unknown name
+    assert backend.config_for("dw", 5120, 1280, {backend.DEFAULT_CONFIG}) == backend.DEFAULT_CONFIG
+    assert backend.config_for("fwd", 96, 64, set()) == backend.DEFAULT_CONFIG

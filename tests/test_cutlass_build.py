@@ -78,8 +78,13 @@ def test_configs_have_tile_k_128_and_unique_names():
     assert len(set(names)) == len(names) == len(build.CONFIGS)
     assert all(c.tile_k == 128 for c in build._CONFIG_LIST)
     assert all(c.schedule in ("coop", "pingpong") for c in build._CONFIG_LIST)
+    assert all(c.scheduler in ("persistent", "streamk") and c.products
+               and set(c.products) <= set(build.PRODUCTS) for c in build._CONFIG_LIST)
     d = build.CONFIGS[names[0]].defines(2)
     assert "-DS24C_PRODUCT=2" in d and f'-DS24C_CONFIG="{names[0]}"' in d
+    assert "-DS24C_STREAMK=0" in d
+    sk = [c for c in build._CONFIG_LIST if c.scheduler == "streamk"]
+    assert sk and all(c.name.endswith("_sk") and "-DS24C_STREAMK=1" in c.defines(2) for c in sk)
 
 
 def test_fused_epilogue_units():
@@ -300,7 +305,7 @@ def test_meta_nbytes_matches_a_prebuilt_library():
     for rows, cols in [(64, 128), (128, 256), (1600, 6400), (6400, 1600), (192, 320)]:
         vbytes, mbytes, ws = ops.compressed_sizes(rows, cols)
         assert (vbytes, mbytes) == (rows * cols, ops.meta_nbytes(rows, cols)), (rows, cols)
-    assert len(ops.instances()) == 3 * len(build.selected_configs())
+    assert len(ops.instances()) == sum(len(c.products) for c in build.selected_configs())
 
 
 def test_a_prebuilt_library_lists_its_fused_instances():

@@ -183,5 +183,6 @@ def test_config_table_names_built_configs():
     assert backend.DEFAULT_CONFIG in build.CONFIGS
     for row in backend.CONFIG_TABLE.values():
         assert set(row) == {"fwd", "dx", "dw"} and set(row.values()) <= set(build.CONFIGS)
-    assert backend.config_for("dw", 1600, 6400) == "t128x128x128_c1x1_pingpong"
+        assert all(p in build.CONFIGS[c].products for p, c in row.items()), row
+    assert backend.config_for("dw", 1600, 6400) == backend.CONFIG_TABLE[(1600, 6400)]["dw"]
     assert backend.config_for("fwd", 64, 64) == backend.DEFAULT_CONFIG

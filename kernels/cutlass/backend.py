@@ -61,12 +61,16 @@ _T256 = "t256x128x128_c1x1_coop"
 _T128x256 = "t128x256x128_c1x1_coop"
 _C2 = "t128x256x128_c2x1_coop"
 _PP = "t128x128x128_c1x1_pingpong"
-#: (N, K) of the layer -> {product: config}, from the H200 sweep (M = 16384)
+_SK128x256 = "t128x256x128_c1x1_coop_sk"
+_SK256 = "t256x128x128_c1x1_coop_sk"
+#: (N, K) of the layer -> {product: config}, from the H200 sweep (M = 16384); the GPT-2
+#: weight gradients on stream-K configs (200-350 output tiles on 132 SMs leave the last
+#: persistent wave half empty)
 CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
-    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _T128x256},
-    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _C2},
-    (6400, 1600): {"fwd": _T256, "dx": _T256, "dw": _T256},
-    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _PP},
+    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _SK128x256},
+    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _SK128x256},
+    (6400, 1600): {"fwd": _T256, "dx": _T256, "dw": _SK256},
+    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _SK256},
     (11008, 4096): {"fwd": _T256, "dx": _T128x256, "dw": _C2},
     (4096, 11008): {"fwd": _T256, "dx": _T256, "dw": _T256},
 }
@@ -108,9 +112,12 @@ def epilogue_table() -> dict[tuple[int, int], dict[str, str]]:
     return table
 
 
-def config_for(product: str, n: int, k: int) -> str:
-    """The CUTLASS config for ``product`` of an (N, K) layer."""
-    return CONFIG_TABLE.get((n, k), {}).get(product, DEFAULT_CONFIG)
+def config_for(product: str, n: int, k: int, built: set[str] | None = None) -> str:
+    """The CUTLASS config for ``product`` of an (N, K) layer: its table entry, or
+    :data:`DEFAULT_CONFIG` where there is none or (``built``: the configs the library has
+    for the product) the library lacks it, e.g. one built before that config existed."""
+    cfg = CONFIG_TABLE.get((n, k), {}).get(product, DEFAULT_CONFIG)
+    return cfg if built is None or cfg in built else DEFAULT_CONFIG
 
 
 def fused_epilogue_configs() -> tuple[str, ...]:
@@ -180,6 +187,8 @@ class CutlassBackend:
         self.epilogue_configs = fused_epilogue_configs()
         #: measured configs of the fused GEMMs per layer shape (epilogue_table())
         self.epilogue_table = epilogue_table()
+        #: product -> the configs the library has for it (config_for falls back from others)
+        self.built = {p: set(ops.configs(p)) for p in ("fwd", "dx", "dw")}
 
     # -- fused-epilogue capabilities (sparse24_jax.backend) ------------------
     _FUSED_KINDS = ("gelu",)
@@ -294,7 +303,7 @@ class CutlassBackend:
         m = x.shape[0]
         mp = _padded(m)
         z = ops.spmm("fwd", w_op.values, w_op.meta, _pad_rows(x, mp),
-                     config=config_for("fwd", w_op.n, w_op.k))
+                     config=config_for("fwd", w_op.n, w_op.k, self.built["fwd"]))
         return z if mp == m else z[:m]
 
     def matmul_dx(self, dz: jax.Array, w_op: CutlassWeight) -> jax.Array:
@@ -305,7 +314,7 @@ class CutlassBackend:
         m = dz.shape[0]
         mp = _padded(m)
         dx = ops.spmm("dx", w_op.values_t, w_op.meta_t, _pad_rows(dz, mp),
-                      config=config_for("dx", w_op.n, w_op.k))
+                      config=config_for("dx", w_op.n, w_op.k, self.built["dx"]))
         return dx if mp == m else dx[:m]
 
     # -- gradient -----------------------------------------------------------
@@ -328,7 +337,7 @@ class CutlassBackend:
                 f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
         k = x.shape[1]
         return ops.spmm("dw", g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp),
-                        config=config_for("dw", g.n, k))
+                        config=config_for("dw", g.n, k, self.built["dw"]))
 
     # -- mask ---------------------------------------------------------------
     def transposable_mask(self, w: jax.Array) -> jax.Array:

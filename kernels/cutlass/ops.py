@@ -62,9 +62,12 @@ def meta_nbytes(rows: int, cols: int) -> int:
     return -(-rows // 64) * 64 * (-(-cols // 128) * 128) // 8
 
 
-def configs() -> list[str]:
-    """The config names this build has (every product of each)."""
-    return sorted({i["config"] for i in instances()})
+def configs(product: str | None = None) -> list[str]:
+    """The config names this build has; with ``product`` ("fwd", "dx", "dw"), those built
+    for it (a stream-K config is built for the weight gradient only)."""
+    if product is not None and product not in PRODUCTS:
+        raise ValueError(f"product must be one of {list(PRODUCTS)}, got {product!r}")
+    return sorted({i["config"] for i in instances() if product in (None, i["product"])})
 
 
 def _check_sparse_shape(what: str, rows: int, cols: int) -> None:

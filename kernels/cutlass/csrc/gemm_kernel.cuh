@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -75,7 +76,12 @@ struct ScheduleTraits<kPingpong> {
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
 };
 
-template <int Product, int TM, int TN, int TK, int CM, int CN, int Schedule>
+// StreamK: CUTLASS's stream-K tile scheduler instead of the persistent one (the
+// last wave's K loops split across CTAs, partial sums reduced through the
+// workspace, which GemmUniversalAdapter::initialize clears): for the weight
+// gradient, whose long K (the tokens) spans few output tiles (200 at GPT-2 774M:
+// 1.5 waves on 132 SMs).
+template <int Product, int TM, int TN, int TK, int CM, int CN, int Schedule, bool StreamK = false>
 struct SparseGemm {
   using PT = ProductTraits<Product>;
   using ElementA = cutlass::bfloat16_t;
@@ -106,8 +112,9 @@ struct SparseGemm {
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       typename ScheduleTraits<Schedule>::Kernel>::CollectiveOp;
 
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<
+      ProblemShape, CollectiveMainloop, CollectiveEpilogue,
+      std::conditional_t<StreamK, cutlass::gemm::StreamKScheduler, void>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   using SparseConfig = typename CollectiveMainloop::SparseConfig;
