@@ -140,9 +140,10 @@ def test_every_local_include_is_in_some_key():
             import re
 
             for inc in re.findall(r'^#include "([^"]+)"', p.read_text(), re.M):
-                # as the preprocessor resolves it: the includer's folder first
-                where = p.parent / inc if (p.parent / inc).is_file() else build.CSRC / inc
-                if where.is_file():
+                # as the preprocessor resolves it: the includer's folder first, then -I
+                where = next((d / inc for d in (p.parent, build.CSRC, build.CUSPARSELT_CSRC)
+                              if (d / inc).is_file()), None)
+                if where is not None:
                     assert where in deps, f"{src.name}: {inc} (via {p.name}) unhashed"
     assert [p.name for p in build.local_deps(build.CSRC / "registry.cc")] == [
         "products.h", "registry.cc"]
@@ -151,6 +152,13 @@ def test_every_local_include_is_in_some_key():
     for name in ("group.cuh", "compress_kernels.cuh", "layout.cuh"):
         assert build.CUSPARSELT_CSRC / name in own, name
     assert build.CSRC / "sm90_layout.cuh" in own
+    # the FFI host units share the cuSPARSELt library's ffi_common.h (on their include path)
+    for cc in ("bindings.cc", "own_bindings.cc", "epilogue_bindings.cc"):
+        assert build.CUSPARSELT_CSRC / "ffi_common.h" in build.local_deps(build.CSRC / cc), cc
+    inc = Path("/nonexistent")
+    for u in build._units(inc, inc, build._CONFIG_LIST[:1]):
+        if u.src.suffix == ".cc":
+            assert str(build.CUSPARSELT_CSRC) in u.flags, u.name
 
 
 def _keys(inc, toolchain=b"toolchain"):
@@ -162,6 +170,9 @@ def test_a_changed_header_recompiles_only_its_units(tmp_path, monkeypatch):
     csrc = tmp_path / "csrc"
     shutil.copytree(build.CSRC, csrc)
     monkeypatch.setattr(build, "CSRC", csrc)
+    lt_csrc = tmp_path / "cusparselt_csrc"
+    shutil.copytree(build.CUSPARSELT_CSRC, lt_csrc)
+    monkeypatch.setattr(build, "CUSPARSELT_CSRC", lt_csrc)
     inc = tmp_path / "cutlass_include"
     keys = _keys(inc)
     n_epi = len(build.EPILOGUES) * sum(
@@ -188,6 +199,13 @@ def test_a_changed_header_recompiles_only_its_units(tmp_path, monkeypatch):
     keys3b = _keys(inc)
     assert {n for n in keys if keys3[n] != keys3b[n]} == {"epilogue_bindings"}
     keys3 = keys3b
+    # the FFI helpers shared with the cuSPARSELt library: the host units that include them
+    with open(lt_csrc / "ffi_common.h", "a") as fh:
+        fh.write("\n// changed\n")
+    keys3c = _keys(inc)
+    assert {n for n in keys if keys3[n] != keys3c[n]} == {
+        "bindings", "own_bindings", "epilogue_bindings"}
+    keys3 = keys3c
     # a new toolchain (nvcc, CUTLASS release) recompiles everything
     keys4 = _keys(inc, b"other")
     assert all(keys3[n] != keys4[n] for n in keys)

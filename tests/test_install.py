@@ -61,6 +61,8 @@ def test_wheel_ships_configs_and_cli_works_from_another_directory(tmp_path):
               "csrc/bindings.cc", "epilogue_ops.py", "csrc/epilogue_instance.cu",
               "csrc/gemm_epilogue.cuh", "csrc/epilogue.h", "csrc/epilogue_bindings.cc"):
         assert f"sparse24_jax_kernels/cutlass/{f}" in names, f
+    # the FFI helpers both libraries' host units include
+    assert "sparse24_jax_kernels/cusparselt/csrc/ffi_common.h" in names
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

@@ -68,7 +68,7 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-CUSPARSELT_CSRC = HERE.parent / "cusparselt" / "csrc"  # group math shared by own_compress.cu
+CUSPARSELT_CSRC = HERE.parent / "cusparselt" / "csrc"  # group math, ffi_common.h: shared
 LIB_NAME = "libsparse24_cutlass"
 ARCH = "90a"  # sparse wgmma needs the arch-specific target
 
@@ -221,8 +221,10 @@ def _units(inc: Path, util: Path, configs: list[Config]) -> list[_Unit]:
     import jax.ffi  # jaxlib's XLA FFI headers, for the host units
 
     common = _common_flags(inc, util)
-    # the quick host units first, so that their errors come before the long compiles
-    units = [_Unit(Path(cc).stem, CSRC / cc, common + ["-I", jax.ffi.include_dir()])
+    # the quick host units first, so that their errors come before the long compiles;
+    # they share the cuSPARSELt library's ffi_common.h
+    host = common + ["-I", jax.ffi.include_dir(), "-I", str(CUSPARSELT_CSRC)]
+    units = [_Unit(Path(cc).stem, CSRC / cc, host)
              for cc in ("registry.cc", "bindings.cc", "own_bindings.cc", "epilogue_bindings.cc")]
     units.append(_Unit("compress", CSRC / "compress.cu", common + _device_flags()))
     # our own CUTLASS-format compressors: the cuSPARSELt library's group math included

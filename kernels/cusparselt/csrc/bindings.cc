@@ -56,7 +56,7 @@ static ffi::Error CheckCompress(const ffi::AnyBuffer& src, const ffi::AnyBuffer&
   int es = 0;
   if (!KernelDtype(src.element_type(), dt, &es)) {
     return InvalidArg("compression supports bfloat16, float16, float8_e4m3fn and float8_e5m2 "
-                      "inputs, got " + FfiDtypeName(src.element_type()));
+                      "inputs, got " + DtypeName(src.element_type()));
   }
   auto d = src.dimensions();
   if (d.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));
@@ -153,7 +153,7 @@ static ffi::Error CheckProjectOut(const ffi::AnyBuffer& out, int64_t m, int64_t 
   if (out.element_type() != ffi::DataType::U8 || out.dimensions().size() != 1 ||
       static_cast<int64_t>(out.element_count()) != want) {
     return InvalidArg(std::string(what) + " must be uint8 of shape (" + std::to_string(want) +
-                      ",), got " + FfiDtypeName(out.element_type()) + " " + DimsText(out));
+                      ",), got " + DtypeName(out.element_type()) + " " + DimsText(out));
   }
   if (!Aligned16(out.untyped_data())) return InvalidArg("buffers must be 16-byte aligned");
   return ffi::Error::Success();
@@ -168,7 +168,7 @@ static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
                               int64_t dtype) {
   if (w.element_type() != ffi::DataType::F32 || w.dimensions().size() != 2) {
     return InvalidArg("project_compress reads the float32 master weight (N, K), got " +
-                      FfiDtypeName(w.element_type()) + " " + DimsText(w) +
+                      DtypeName(w.element_type()) + " " + DimsText(w) +
                       ": pass it in float32, or project it and call compress");
   }
   const int64_t n = w.dimensions()[0], k = w.dimensions()[1];
@@ -191,7 +191,7 @@ static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
     if (!(mt == ffi::DataType::PRED || mt == ffi::DataType::U8 || mt == ffi::DataType::S8) ||
         aux.dimensions().size() != 2 || aux.dimensions()[0] != n || aux.dimensions()[1] != k) {
       return InvalidArg("mask must be bool (or uint8) with the weight's shape " + DimsText(w) +
-                        ", got " + FfiDtypeName(mt) + " " + DimsText(aux));
+                        ", got " + DtypeName(mt) + " " + DimsText(aux));
     }
     if (!Aligned16(aux.untyped_data())) return InvalidArg("mask must be 16-byte aligned");
     if (second) {
@@ -200,7 +200,7 @@ static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
     }
   } else if (mode == kProjectSoft) {
     if (aux.element_type() != ffi::DataType::F32 || aux.element_count() != 1) {
-      return InvalidArg("beta must be one float32, got " + FfiDtypeName(aux.element_type()) +
+      return InvalidArg("beta must be one float32, got " + DtypeName(aux.element_type()) +
                         " " + DimsText(aux) + ": pass beta.astype(float32).reshape(1)");
     }
     const ffi::DataType want = dtype == kBF16 ? ffi::DataType::BF16 : ffi::DataType::F16;
@@ -210,7 +210,7 @@ static ffi::Error ProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
       return InvalidArg("the soft threshold also writes the dense W_s: the call's second "
                         "output must be " + std::string(KernelDtypeName(static_cast<int>(dtype))) +
                         " " + DimsText(w) +
-                        (second ? ", got " + FfiDtypeName((*second)->element_type()) + " " +
+                        (second ? ", got " + DtypeName((*second)->element_type()) + " " +
                                       DimsText(**second)
                                 : std::string(", got none")));
     }
@@ -255,8 +255,8 @@ static ffi::Error ActGradMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyB
   if (!KernelDtype(z.element_type(), &dt, &es) || es != 2 ||
       da.element_type() != z.element_type() || dz->element_type() != z.element_type()) {
     return InvalidArg(std::string("activation gradient + MVUE needs dA, z and dz all bfloat16 or "
-                                  "all float16, got dA ") + FfiDtypeName(da.element_type()) +
-                      ", z " + FfiDtypeName(z.element_type()));
+                                  "all float16, got dA ") + DtypeName(da.element_type()) +
+                      ", z " + DtypeName(z.element_type()));
   }
   auto zd = z.dimensions(), dd = da.dimensions(), od = dz->dimensions();
   if (zd.size() != 2 || dd.size() != 2 || od.size() != 2) {

@@ -1,6 +1,7 @@
-// What the FFI units (bindings.cc, spmm.cc) share: error helpers, the device
-// scope, and the element types as XLA, our kernels and cuSPARSELt name them.
-// Host-only C++.
+// What the FFI units (bindings.cc, spmm.cc) share: error helpers naming this
+// library, and the element types as XLA, our kernels and cuSPARSELt name them;
+// on top of ffi_common.h (the device scope, buffer text, error shapes), which the
+// CUTLASS library's host units share. Host-only C++.
 
 #pragma once
 
@@ -10,16 +11,16 @@
 #include <cstdint>
 #include <string>
 
+#include "ffi_common.h"
 #include "layout.cuh"
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
 
 namespace s24 {
 
 // ---------------------------------------------------------------------------
 // Error helpers
 // ---------------------------------------------------------------------------
+
+constexpr char kLibrary[] = "sparse24 cuSPARSELt";
 
 inline std::string LtStatusText(cusparseStatus_t s) {
   const char* name = cusparseLtGetErrorName(s);
@@ -33,19 +34,15 @@ inline std::string LtStatusText(cusparseStatus_t s) {
 }
 
 inline ffi::Error LtError(const char* what, cusparseStatus_t s) {
-  return ffi::Error::Internal(std::string("sparse24 cuSPARSELt: ") + what +
-                              " failed: " + LtStatusText(s));
+  return ffi::Error::Internal(std::string(kLibrary) + ": " + what + " failed: " +
+                              LtStatusText(s));
 }
 
 inline ffi::Error CudaError(const char* what, cudaError_t e) {
-  return ffi::Error::Internal(std::string("sparse24 cuSPARSELt: ") + what +
-                              " failed: " + cudaGetErrorName(e) + ": " +
-                              cudaGetErrorString(e));
+  return CudaFailure(kLibrary, what, e);
 }
 
-inline ffi::Error InvalidArg(const std::string& msg) {
-  return ffi::Error::InvalidArgument("sparse24 cuSPARSELt: " + msg);
-}
+inline ffi::Error InvalidArg(const std::string& msg) { return InvalidArgument(kLibrary, msg); }
 
 #define S24_LT_CHECK(expr)                                  \
   do {                                                      \
@@ -55,43 +52,7 @@ inline ffi::Error InvalidArg(const std::string& msg) {
     }                                                       \
   } while (0)
 
-#define S24_CUDA_CHECK(expr)                                \
-  do {                                                      \
-    cudaError_t s24_err_ = (expr);                          \
-    if (s24_err_ != cudaSuccess) {                          \
-      return ::s24::CudaError(#expr, s24_err_);             \
-    }                                                       \
-  } while (0)
-
-#define S24_RETURN_IF_ERROR(expr)                           \
-  do {                                                      \
-    ffi::Error s24_e_ = (expr);                             \
-    if (!s24_e_.success()) return s24_e_;                   \
-  } while (0)
-
-// Makes `device` the current CUDA device for the scope (XLA calls handlers on
-// threads whose current device is normally right already: then it does
-// nothing) and restores the previous one afterwards.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    int current = -1;
-    status_ = cudaGetDevice(&current);
-    if (status_ != cudaSuccess) return;
-    if (current != device) {
-      status_ = cudaSetDevice(device);
-      if (status_ == cudaSuccess) previous_ = current;
-    }
-  }
-  ~DeviceScope() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  cudaError_t status() const { return status_; }
-
- private:
-  int previous_ = -1;
-  cudaError_t status_ = cudaSuccess;
-};
+#define S24_CUDA_CHECK(expr) S24_CUDA_CHECK_WITH(::s24::CudaError, expr)
 
 // ---------------------------------------------------------------------------
 // Dtypes
@@ -148,20 +109,6 @@ inline cudaDataType KernelCudaDtype(int dt) {
   }
 }
 
-// The numpy / JAX name of a buffer's dtype, for error messages.
-inline std::string FfiDtypeName(ffi::DataType t) {
-  int dt, es;
-  if (KernelDtype(t, &dt, &es)) return KernelDtypeName(dt);
-  switch (t) {
-    case ffi::DataType::F32:
-      return "float32";
-    case ffi::DataType::U8:
-      return "uint8";
-    default:
-      return "dtype #" + std::to_string(static_cast<int>(t));
-  }
-}
-
 inline bool CudaDtype(ffi::DataType t, cudaDataType* out) {
   switch (t) {
     case ffi::DataType::BF16:
@@ -183,18 +130,5 @@ inline bool CudaDtype(ffi::DataType t, cudaDataType* out) {
       return false;
   }
 }
-
-inline std::string DimsText(const ffi::AnyBuffer& b) {
-  std::string s = "(";
-  auto d = b.dimensions();
-  for (size_t i = 0; i < d.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(d[i]);
-  }
-  if (d.size() == 1) s += ",";
-  return s + ")";
-}
-
-inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace s24

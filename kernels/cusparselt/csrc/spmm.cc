@@ -239,7 +239,7 @@ struct SpmmCall {
 // format it (a dozen string appends and heap allocations) for nothing.
 static std::string SpmmRequestText(const SpmmCall& c) {
   return std::string("sparse A ") + KernelDtypeName(c.a_dt) + " x dense B " +
-         FfiDtypeName(c.b_type) + " -> D " + FfiDtypeName(c.d_type) +
+         DtypeName(c.b_type) + " -> D " + DtypeName(c.d_type) +
          ", compute float32, m=" + std::to_string(c.m) + ", n=" + std::to_string(c.n) +
          ", k=" + std::to_string(c.k) + (c.transpose_b ? ", opB=T" : ", opB=N") +
          (c.d_col_major ? ", D column-major" : ", D row-major");
@@ -275,20 +275,20 @@ static ffi::Error CheckSpmmTypes(const ffi::AnyBuffer& b, const ffi::AnyBuffer& 
   int b_dt, b_es;
   if (!KernelDtype(b.element_type(), &b_dt, &b_es)) {
     return InvalidArg("the dense operand must be bfloat16, float16, float8_e4m3fn or float8_e5m2, "
-                      "got " + FfiDtypeName(b.element_type()));
+                      "got " + DtypeName(b.element_type()));
   }
   // Mixed types only among the fp8 ones (the question of e4m3 x e5m2 GEMMs);
   // a 16-bit A with another B has no cuSPARSELt kernel, and the buffer layout
   // follows A's element size.
   if (b_es != es || (es == 2 && b_dt != a_dt)) {
     return InvalidArg(std::string("the sparse operand is ") + KernelDtypeName(a_dt) +
-                      " but the dense one is " + FfiDtypeName(b.element_type()) +
+                      " but the dense one is " + DtypeName(b.element_type()) +
                       ": 16-bit operands must have the same type, fp8 ones may mix e4m3 and "
                       "e5m2 (cast one operand)");
   }
   if (!CudaDtype(d.element_type(), td_out)) {
     return InvalidArg("the output must be bfloat16, float16, float8_e4m3fn, float8_e5m2 or "
-                      "float32, got " + FfiDtypeName(d.element_type()));
+                      "float32, got " + DtypeName(d.element_type()));
   }
   CudaDtype(b.element_type(), tb_out);  // cannot fail: KernelDtype took it
   *a_dt_out = a_dt;
@@ -462,7 +462,7 @@ ffi::Error LibCompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer s
   int kdt, es;
   if (!KernelDtype(src.element_type(), &kdt, &es) || !CudaDtype(src.element_type(), &t)) {
     return InvalidArg("compression supports bfloat16, float16, float8_e4m3fn and float8_e5m2 "
-                      "inputs, got " + FfiDtypeName(src.element_type()));
+                      "inputs, got " + DtypeName(src.element_type()));
   }
   auto sd = src.dimensions();
   if (sd.size() != 2) return InvalidArg("compression input must be 2-D, got " + DimsText(src));

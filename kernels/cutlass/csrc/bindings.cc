@@ -93,30 +93,30 @@ static ffi::Error ProductProblem(int64_t product, const ffi::AnyBuffer& values,
     case kFwd:  // W_s (N, K) @ X^T: b = X (M, K), d = Z (M, N)
       what = "fwd (Z = X @ W_s^T)";
       nc = bd[0];
-      S24C_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
-      S24C_RETURN_IF_ERROR(Expect2D("fwd: X", b, ffi::DataType::BF16, nc, kc));
-      S24C_RETURN_IF_ERROR(Expect2D("fwd: Z", d, ffi::DataType::BF16, nc, mc));
+      S24_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
+      S24_RETURN_IF_ERROR(Expect2D("fwd: X", b, ffi::DataType::BF16, nc, kc));
+      S24_RETURN_IF_ERROR(Expect2D("fwd: Z", d, ffi::DataType::BF16, nc, mc));
       break;
     case kDx:  // W_s^T (K, N) @ dZ^T: b = dZ (M, N), d = dX (M, K)
       what = "dx (dX = dZ @ W_s)";
       nc = bd[0];
-      S24C_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
-      S24C_RETURN_IF_ERROR(Expect2D("dx: dZ", b, ffi::DataType::BF16, nc, kc));
-      S24C_RETURN_IF_ERROR(Expect2D("dx: dX", d, ffi::DataType::BF16, nc, mc));
+      S24_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
+      S24_RETURN_IF_ERROR(Expect2D("dx: dZ", b, ffi::DataType::BF16, nc, kc));
+      S24_RETURN_IF_ERROR(Expect2D("dx: dX", d, ffi::DataType::BF16, nc, mc));
       break;
     case kDw:  // S(dZ^T) (N, M) @ X (M, K): b = X (M, K), d = dW (N, K)
       what = "dw (dW = S(dZ^T) @ X)";
       nc = bd[1];
-      S24C_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
-      S24C_RETURN_IF_ERROR(Expect2D("dw: X", b, ffi::DataType::BF16, kc, nc));
-      S24C_RETURN_IF_ERROR(Expect2D("dw: dW", d, ffi::DataType::F32, mc, nc));
+      S24_RETURN_IF_ERROR(CheckMultiples(what, mc, nc, kc));
+      S24_RETURN_IF_ERROR(Expect2D("dw: X", b, ffi::DataType::BF16, kc, nc));
+      S24_RETURN_IF_ERROR(Expect2D("dw: dW", d, ffi::DataType::F32, mc, nc));
       break;
     default:
       return InvalidArg("product must be 0 (fwd), 1 (dx) or 2 (dw), got " +
                         std::to_string(product));
   }
-  S24C_RETURN_IF_ERROR(Expect2D("values", values, ffi::DataType::BF16, rows, cols / 2));
-  S24C_RETURN_IF_ERROR(CheckMeta(meta, rows, cols));
+  S24_RETURN_IF_ERROR(Expect2D("values", values, ffi::DataType::BF16, rows, cols / 2));
+  S24_RETURN_IF_ERROR(CheckMeta(meta, rows, cols));
   if (!Aligned16(meta.untyped_data())) return InvalidArg("metadata must be 16-byte aligned");
   call->m = static_cast<int>(mc);
   call->n = static_cast<int>(nc);
@@ -129,7 +129,7 @@ static ffi::Error GemmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer v
                            ffi::Result<ffi::AnyBuffer> workspace, int64_t product,
                            std::string_view config) {
   GemmCall call;
-  S24C_RETURN_IF_ERROR(ProductProblem(product, values, meta, b, *d, &call));
+  S24_RETURN_IF_ERROR(ProductProblem(product, values, meta, b, *d, &call));
   const std::string name(config);
   const GemmInstance* inst = FindGemm(name.c_str(), static_cast<int>(product));
   if (inst == nullptr) {
@@ -176,8 +176,8 @@ static ffi::Error CompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuff
                       "and the 2:4 axis a multiple of 64 (pad it)");
   }
   if (!Aligned16(dense.untyped_data())) return InvalidArg("input must be 16-byte aligned");
-  S24C_RETURN_IF_ERROR(Expect2D("values", *values, ffi::DataType::BF16, rows, cols / 2));
-  S24C_RETURN_IF_ERROR(CheckMeta(*meta, rows, cols));
+  S24_RETURN_IF_ERROR(Expect2D("values", *values, ffi::DataType::BF16, rows, cols / 2));
+  S24_RETURN_IF_ERROR(CheckMeta(*meta, rows, cols));
   const CompressSizes s = CompressedSizes(static_cast<int>(rows), static_cast<int>(cols));
   if (static_cast<int64_t>(workspace->size_bytes()) < s.workspace_bytes) {
     return InvalidArg("compress workspace must hold " + std::to_string(s.workspace_bytes) +

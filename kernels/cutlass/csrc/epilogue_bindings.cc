@@ -88,8 +88,8 @@ ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, f
                       ") needs Mc % 64 == 0 (weight rows), Kc % 64 == 0 (its 2:4 axis) and "
                       "Nc % 16 == 0 (tokens); pad the operands or use the unfused path");
   }
-  S24C_RETURN_IF_ERROR(Check2D(epilogue == kFwdGelu ? "fwd_gelu: X" : "dx_dgelu: dY", b, nc, kc));
-  S24C_RETURN_IF_ERROR(Check2D("values", values, mc, kc / 2));
+  S24_RETURN_IF_ERROR(Check2D(epilogue == kFwdGelu ? "fwd_gelu: X" : "dx_dgelu: dY", b, nc, kc));
+  S24_RETURN_IF_ERROR(Check2D("values", values, mc, kc / 2));
   const CompressSizes s = CompressedSizes(static_cast<int>(mc), static_cast<int>(kc));
   if (meta.element_type() != ffi::DataType::U8 || meta.dimensions().size() != 1 ||
       static_cast<int64_t>(meta.element_count()) != s.meta_bytes || !Aligned16(meta.untyped_data())) {
@@ -97,11 +97,11 @@ ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, f
                       std::to_string(s.meta_bytes) + ",), got " + DtypeName(meta.element_type()) +
                       " " + DimsText(meta) + " (make it with ops.compress)");
   }
-  S24C_RETURN_IF_ERROR(Check2D("output", *d, nc, mc));
+  S24_RETURN_IF_ERROR(Check2D("output", *d, nc, mc));
   const void* bias = nullptr;
   void* aux = nullptr;
   if (epilogue == kFwdGelu) {
-    S24C_RETURN_IF_ERROR(Check2D("fwd_gelu: pre-activation output", *aux_out, nc, mc));
+    S24_RETURN_IF_ERROR(Check2D("fwd_gelu: pre-activation output", *aux_out, nc, mc));
     aux = aux_out->untyped_data();
     auto ed = extra.dimensions();
     if (extra.element_type() != ffi::DataType::BF16 || ed.size() != 1 ||
@@ -115,7 +115,7 @@ ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, f
       bias = extra.untyped_data();
     }
   } else {
-    S24C_RETURN_IF_ERROR(Check2D("dx_dgelu: Z1 (the first linear's pre-activation)", extra, nc, mc));
+    S24_RETURN_IF_ERROR(Check2D("dx_dgelu: Z1 (the first linear's pre-activation)", extra, nc, mc));
     aux = const_cast<void*>(extra.untyped_data());
   }
   const std::string name(config);

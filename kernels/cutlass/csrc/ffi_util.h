@@ -1,5 +1,8 @@
-// What the FFI unit (bindings.cc) needs beside the handlers: error helpers,
-// the device scope, shape text, the SM count. Host-only C++.
+// What the CUTLASS library's FFI units (bindings.cc, epilogue_bindings.cc,
+// own_bindings.cc) need beside the handlers: errors naming this library, the
+// SM count, CUTLASS's status text; on top of the cuSPARSELt library's
+// ffi_common.h (the device scope, buffer text, error shapes; the build adds
+// kernels/cusparselt/csrc to the include path). Host-only C++.
 
 #pragma once
 
@@ -10,57 +13,26 @@
 #include <cstdint>
 #include <string>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "ffi_common.h"
 
 namespace s24c {
 
+using s24::Aligned16;
+using s24::DeviceScope;
+using s24::DimsText;
+using s24::DtypeName;
+
+constexpr char kLibrary[] = "sparse24 CUTLASS";
+
 inline ffi::Error CudaError(const char* what, cudaError_t e) {
-  return ffi::Error::Internal(std::string("sparse24 CUTLASS: ") + what + " failed: " +
-                              cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  return s24::CudaFailure(kLibrary, what, e);
 }
 
 inline ffi::Error InvalidArg(const std::string& msg) {
-  return ffi::Error::InvalidArgument("sparse24 CUTLASS: " + msg);
+  return s24::InvalidArgument(kLibrary, msg);
 }
 
-#define S24C_CUDA_CHECK(expr)                \
-  do {                                       \
-    cudaError_t s24c_err_ = (expr);          \
-    if (s24c_err_ != cudaSuccess) {          \
-      return ::s24c::CudaError(#expr, s24c_err_); \
-    }                                        \
-  } while (0)
-
-#define S24C_RETURN_IF_ERROR(expr)          \
-  do {                                       \
-    ffi::Error s24c_e_ = (expr);             \
-    if (!s24c_e_.success()) return s24c_e_;  \
-  } while (0)
-
-// Makes `device` current for the scope (normally it already is) and restores
-// the previous one afterwards.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    int current = -1;
-    status_ = cudaGetDevice(&current);
-    if (status_ != cudaSuccess) return;
-    if (current != device) {
-      status_ = cudaSetDevice(device);
-      if (status_ == cudaSuccess) previous_ = current;
-    }
-  }
-  ~DeviceScope() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  cudaError_t status() const { return status_; }
-
- private:
-  int previous_ = -1;
-  cudaError_t status_ = cudaSuccess;
-};
+#define S24C_CUDA_CHECK(expr) S24_CUDA_CHECK_WITH(::s24c::CudaError, expr)
 
 // The device's SM count (for CUTLASS's persistent tile scheduler), asked once.
 inline cudaError_t SmCount(int device, int* out) {
@@ -79,34 +51,6 @@ inline cudaError_t SmCount(int device, int* out) {
   *out = c;
   return cudaSuccess;
 }
-
-inline std::string DimsText(const ffi::AnyBuffer& b) {
-  std::string s = "(";
-  auto d = b.dimensions();
-  for (size_t i = 0; i < d.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(d[i]);
-  }
-  if (d.size() == 1) s += ",";
-  return s + ")";
-}
-
-inline std::string DtypeName(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::BF16:
-      return "bfloat16";
-    case ffi::DataType::F16:
-      return "float16";
-    case ffi::DataType::F32:
-      return "float32";
-    case ffi::DataType::U8:
-      return "uint8";
-    default:
-      return "dtype #" + std::to_string(static_cast<int>(t));
-  }
-}
-
-inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 inline const char* StatusText(int s) {
   switch (s) {

@@ -58,7 +58,7 @@ static ffi::Error OwnProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBu
                       DtypeName(w.element_type()) + " " + DimsText(w));
   }
   const int64_t n = wd[0], k = wd[1];
-  S24C_RETURN_IF_ERROR(OwnShape("own_project: W (N, K)", n, k));
+  S24_RETURN_IF_ERROR(OwnShape("own_project: W (N, K)", n, k));
   auto md = mask.dimensions();
   if ((mask.element_type() != ffi::DataType::PRED && mask.element_type() != ffi::DataType::U8) ||
       md.size() != 2 || md[0] != n || md[1] != k) {
@@ -68,10 +68,10 @@ static ffi::Error OwnProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBu
   if (!Aligned16(w.untyped_data()) || !Aligned16(mask.untyped_data())) {
     return InvalidArg("own_project: W and the mask must be 16-byte aligned");
   }
-  S24C_RETURN_IF_ERROR(OwnOut("own_project: values", *values, ffi::DataType::BF16, {n, k / 2}));
-  S24C_RETURN_IF_ERROR(OwnOut("own_project: meta", *meta, ffi::DataType::U8, {OwnMetaBytes(n, k)}));
-  S24C_RETURN_IF_ERROR(OwnOut("own_project: values_t", *values_t, ffi::DataType::BF16, {k, n / 2}));
-  S24C_RETURN_IF_ERROR(OwnOut("own_project: meta_t", *meta_t, ffi::DataType::U8, {OwnMetaBytes(k, n)}));
+  S24_RETURN_IF_ERROR(OwnOut("own_project: values", *values, ffi::DataType::BF16, {n, k / 2}));
+  S24_RETURN_IF_ERROR(OwnOut("own_project: meta", *meta, ffi::DataType::U8, {OwnMetaBytes(n, k)}));
+  S24_RETURN_IF_ERROR(OwnOut("own_project: values_t", *values_t, ffi::DataType::BF16, {k, n / 2}));
+  S24_RETURN_IF_ERROR(OwnOut("own_project: meta_t", *meta_t, ffi::DataType::U8, {OwnMetaBytes(k, n)}));
   DeviceScope scope(device);
   S24C_CUDA_CHECK(scope.status());
   S24C_CUDA_CHECK(LaunchOwnProject(stream, static_cast<const float*>(w.untyped_data()),
@@ -91,14 +91,14 @@ static ffi::Error OwnMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
                       DtypeName(dz.element_type()) + " " + DimsText(dz));
   }
   const int64_t m = dd[0], n = dd[1];
-  S24C_RETURN_IF_ERROR(OwnShape("own_mvue: dZ (M, N)", m, n));
+  S24_RETURN_IF_ERROR(OwnShape("own_mvue: dZ (M, N)", m, n));
   if (seed.element_type() != ffi::DataType::U32 || seed.element_count() != 2) {
     return InvalidArg("own_mvue: the seed must be uint32 of 2 words, got " +
                       DtypeName(seed.element_type()) + " " + DimsText(seed));
   }
   if (!Aligned16(dz.untyped_data())) return InvalidArg("own_mvue: dZ must be 16-byte aligned");
-  S24C_RETURN_IF_ERROR(OwnOut("own_mvue: values", *values, ffi::DataType::BF16, {n, m / 2}));
-  S24C_RETURN_IF_ERROR(OwnOut("own_mvue: meta", *meta, ffi::DataType::U8, {OwnMetaBytes(n, m)}));
+  S24_RETURN_IF_ERROR(OwnOut("own_mvue: values", *values, ffi::DataType::BF16, {n, m / 2}));
+  S24_RETURN_IF_ERROR(OwnOut("own_mvue: meta", *meta, ffi::DataType::U8, {OwnMetaBytes(n, m)}));
   DeviceScope scope(device);
   S24C_CUDA_CHECK(scope.status());
   S24C_CUDA_CHECK(LaunchOwnMvue(stream, dz.untyped_data(),
