@@ -109,26 +109,18 @@ inline cudaDataType KernelCudaDtype(int dt) {
   }
 }
 
+// cuSPARSELt's type of a dense operand or output: the kernel dtypes', or float32.
 inline bool CudaDtype(ffi::DataType t, cudaDataType* out) {
-  switch (t) {
-    case ffi::DataType::BF16:
-      *out = CUDA_R_16BF;
-      return true;
-    case ffi::DataType::F16:
-      *out = CUDA_R_16F;
-      return true;
-    case ffi::DataType::F8E4M3FN:
-      *out = CUDA_R_8F_E4M3;
-      return true;
-    case ffi::DataType::F8E5M2:
-      *out = CUDA_R_8F_E5M2;
-      return true;
-    case ffi::DataType::F32:
-      *out = CUDA_R_32F;
-      return true;
-    default:
-      return false;
+  int dt, es;
+  if (KernelDtype(t, &dt, &es)) {
+    *out = KernelCudaDtype(dt);
+    return true;
   }
+  if (t == ffi::DataType::F32) {
+    *out = CUDA_R_32F;
+    return true;
+  }
+  return false;
 }
 
 }  // namespace s24
