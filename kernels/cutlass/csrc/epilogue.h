@@ -1,15 +1,12 @@
 // The plain-C++ interface between the fused-epilogue GEMM units
 // (epilogue_instance.cu: CUTLASS templates, device code) and their host unit
-// (epilogue_bindings.cc: registry, XLA FFI). Nothing CUTLASS here. Separate from
-// products.h on purpose: the plain instances' cache keys hash the headers they
-// include, so the fused epilogues touch none of them.
+// (epilogue_bindings.cc: its table, XLA FFI). Nothing CUTLASS here. The plain
+// instances include none of it (their cache keys hash the headers they
+// include, so the fused epilogues touch none of them).
 
 #pragma once
 
-#include <cuda_runtime.h>
-
-#include <cstddef>
-#include <cstdint>
+#include "products.h"
 
 namespace s24c {
 
@@ -22,34 +19,12 @@ namespace s24c {
 enum Epilogue : int { kFwdGelu = 0, kDxDgelu = 1, kNumEpilogues = 2 };
 
 // One call in CUTLASS's terms: D (m x n) = epi(A (m x k, compressed) @ B (k x n)).
-struct EpiCall {
-  int m = 0, n = 0, k = 0;
-  const void* a_values = nullptr;  // CUTLASS's compressed values of A
-  const void* a_meta = nullptr;    // CUTLASS's metadata of A
-  const void* b = nullptr;
-  void* d = nullptr;
+struct EpiCall : GemmCall {
   void* aux = nullptr;         // kFwdGelu: written (pre-activation); kDxDgelu: read (Z1)
   const void* bias = nullptr;  // kFwdGelu only: per-row of D (m,) bf16, or null (no bias)
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
-  cudaStream_t stream = nullptr;
-  int device = 0;
-  int sm_count = 0;
 };
 
-struct EpiInstance {
-  const char* config;  // e.g. "t128x256x128_c1x1_coop"
-  int epilogue;
-  int tile_m, tile_n, tile_k, cluster_m, cluster_n, schedule;
-  int (*run)(const EpiCall&);
-  int (*can_implement)(const EpiCall&);
-  size_t (*workspace_bytes)(const EpiCall&);
-};
-
-// epilogue_bindings.cc holds the table; each instance unit registers itself.
-bool RegisterEpi(const EpiInstance& inst);
-const EpiInstance* FindEpi(const char* config, int epilogue);
-int NumEpis();
-const EpiInstance* EpiAt(int i);
+using EpiInstance = Instance<EpiCall>;
+using EpiRegistry = Registry<EpiCall>;  // its table: epilogue_bindings.cc
 
 }  // namespace s24c

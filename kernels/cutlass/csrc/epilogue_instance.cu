@@ -22,12 +22,6 @@ using G = s24c::SparseEpiGemm<S24C_EPILOGUE, S24C_TILE_M, S24C_TILE_N, S24C_TILE
 static_assert(std::is_same_v<G::SparseConfig, s24c::CompressorConfig>,
               "this config's compressed-A format differs from compress.cu's (tile K must be 128)");
 
-int RunIt(const s24c::EpiCall& c) { return G::Run(c); }
-int CanIt(const s24c::EpiCall& c) { return G::CanImplement(c); }
-size_t WsIt(const s24c::EpiCall& c) { return G::WorkspaceBytes(c); }
-
-const bool registered = s24c::RegisterEpi(s24c::EpiInstance{
-    S24C_CONFIG, S24C_EPILOGUE, S24C_TILE_M, S24C_TILE_N, S24C_TILE_K, S24C_CLUSTER_M,
-    S24C_CLUSTER_N, S24C_SCHEDULE, &RunIt, &CanIt, &WsIt});
+const bool registered = s24c::EpiRegistry::Add(G::Describe(S24C_CONFIG, S24C_EPILOGUE));
 
 }  // namespace

@@ -1,7 +1,7 @@
 // CUTLASS sm90 structured-sparse GEMMs with fused epilogues (epilogue.h says
-// what each computes). Same mainloop as gemm_kernel.cuh's fwd / dx products
-// (A = the compressed 2:4 weight, K-major; B K-major; D column-major bf16),
-// with the epilogue built from CUTLASS's fusion operations:
+// what each computes): gemm_kernel.cuh's SparseGemmOf with traits that are its
+// fwd / dx products' (A = the compressed 2:4 weight, K-major; B K-major; D
+// column-major bf16) but for the epilogue, built from CUTLASS's fusion operations:
 //   kFwdGelu : fusion::LinCombPerRowBiasEltActAux with GeluErfFast (erf form):
 //              Aux = bf16(acc + bias_row), D = bf16(gelu(acc + bias_row)), both
 //              computed from the float32 accumulator; bias null = no bias.
@@ -14,9 +14,6 @@
 #pragma once
 
 #include <cuda_runtime.h>
-
-#include <cstddef>
-#include <cstdint>
 
 #include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/epilogue/thread/activation.h"
@@ -79,114 +76,42 @@ struct DGeluErf<cutlass::Array<T, N>> {
 template <int Epi>
 struct EpilogueTraits;
 
+// Aux (Z) has D's shape and layout.
+template <class FusionArgs>
+void SetAuxStride(FusionArgs& fusion, const EpiCall& c) {
+  using StrideAux = typename FusionArgs::StrideAux;
+  fusion.dAux = cutlass::make_cute_packed_stride(StrideAux{}, make_shape(c.m, c.n, 1));
+}
+
 template <>
-struct EpilogueTraits<kFwdGelu> {
-  using Layout = cutlass::layout::ColumnMajor;  // D and Aux: (M, N) row-major = col-major Mc x Nc
+struct EpilogueTraits<kFwdGelu> : ProductTraits<kFwd> {
+  using Call = EpiCall;
   using FusionOp = cutlass::epilogue::fusion::LinCombPerRowBiasEltActAux<
-      Layout, GeluErfFast, cutlass::bfloat16_t, float,
+      LayoutD, GeluErfFast, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementBias=*/cutlass::bfloat16_t,
       /*ElementSource=*/void, /*ElementScalar=*/float>;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
+    SetAuxStride(fusion, c);
+    fusion.aux_ptr = static_cast<cutlass::bfloat16_t*>(c.aux);
+    fusion.bias_ptr = static_cast<const cutlass::bfloat16_t*>(c.bias);
+  }
 };
 
 template <>
-struct EpilogueTraits<kDxDgelu> {
-  using Layout = cutlass::layout::ColumnMajor;
+struct EpilogueTraits<kDxDgelu> : ProductTraits<kDx> {
+  using Call = EpiCall;
   using FusionOp = cutlass::epilogue::fusion::LinCombDeEltAct<
-      Layout, DGeluErf, cutlass::bfloat16_t, float,
+      LayoutD, DGeluErf, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementSource=*/void, /*ElementScalar=*/float>;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
+    SetAuxStride(fusion, c);
+    fusion.aux_ptr = static_cast<const cutlass::bfloat16_t*>(c.aux);
+  }
 };
 
 template <int Epi, int TM, int TN, int TK, int CM, int CN, int Schedule>
-struct SparseEpiGemm {
-  using ET = EpilogueTraits<Epi>;
-  using ElementA = cutlass::bfloat16_t;
-  using ElementB = cutlass::bfloat16_t;
-  using ElementD = cutlass::bfloat16_t;
-  using ElementAux = cutlass::bfloat16_t;
-  using ElementAcc = float;
-  using LayoutA = cutlass::layout::RowMajor;
-  using LayoutB = cutlass::layout::ColumnMajor;
-  using LayoutD = typename ET::Layout;
-  static constexpr int kAlignA = 128 / cutlass::sizeof_bits<ElementA>::value;
-  static constexpr int kAlignB = 128 / cutlass::sizeof_bits<ElementB>::value;
-  static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
-  using TileShape = Shape<Int<TM>, Int<TN>, Int<TK>>;
-  using ClusterShape = Shape<Int<CM>, Int<CN>, _1>;
-  using ProblemShape = Shape<int, int, int, int>;
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD,
-      kAlignD, ElementD, LayoutD, kAlignD, typename ScheduleTraits<Schedule>::Epilogue,
-      typename ET::FusionOp>::CollectiveOp;
-
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, ElementA, LayoutA, kAlignA,
-      ElementB, LayoutB, kAlignB, ElementAcc, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      typename ScheduleTraits<Schedule>::Kernel>::CollectiveOp;
-
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  using SparseConfig = typename CollectiveMainloop::SparseConfig;
-  using ElementE = typename CollectiveMainloop::ElementE;
-  using StrideB = typename Kernel::StrideB;
-  using StrideD = typename Kernel::StrideD;
-
-  static typename Gemm::Arguments Args(const EpiCall& c) {
-    ProblemShape ps = make_tuple(c.m, c.n, c.k, 1);
-    auto layout_a = SparseConfig::fill_layoutA(ps);
-    auto layout_e = SparseConfig::fill_layoutE(ps);
-    auto stride_b = cutlass::make_cute_packed_stride(StrideB{}, make_shape(c.n, c.k, 1));
-    auto stride_d = cutlass::make_cute_packed_stride(StrideD{}, make_shape(c.m, c.n, 1));
-    cutlass::KernelHardwareInfo hw;
-    hw.device_id = c.device;
-    hw.sm_count = c.sm_count;
-    typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        ps,
-        {static_cast<const ElementA*>(c.a_values), layout_a, static_cast<const ElementB*>(c.b),
-         stride_b, static_cast<const ElementE*>(c.a_meta), layout_e},
-        {{}, nullptr, stride_d, static_cast<ElementD*>(c.d), stride_d},
-        hw};
-    auto& fusion = args.epilogue.thread;
-    fusion.alpha = 1.0f;
-    fusion.beta = 0.0f;
-    using StrideAux = typename std::remove_reference_t<decltype(fusion)>::StrideAux;
-    fusion.dAux = cutlass::make_cute_packed_stride(StrideAux{}, make_shape(c.m, c.n, 1));
-    if constexpr (Epi == kFwdGelu) {
-      fusion.aux_ptr = static_cast<ElementAux*>(c.aux);
-      fusion.bias_ptr = static_cast<const cutlass::bfloat16_t*>(c.bias);
-    } else {
-      fusion.aux_ptr = static_cast<const ElementAux*>(c.aux);
-    }
-    return args;
-  }
-
-  static int CanImplement(const EpiCall& c) {
-    auto args = Args(c);
-    return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
-  }
-
-  static size_t WorkspaceBytes(const EpiCall& c) {
-    auto args = Args(c);
-    return Gemm::get_workspace_size(args);
-  }
-
-  static int Run(const EpiCall& c) {
-    auto args = Args(c);
-    if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return kErrCannotImplement;
-    if (Gemm::get_workspace_size(args) > c.workspace_bytes) return kErrWorkspace;
-    Gemm gemm;
-    if (gemm.initialize(args, c.workspace, c.stream) != cutlass::Status::kSuccess) {
-      return kErrInitialize;
-    }
-    if (gemm.run(c.stream) != cutlass::Status::kSuccess) return kErrLaunch;
-    return cudaGetLastError() == cudaSuccess ? 0 : kErrLaunch;
-  }
-};
+using SparseEpiGemm = SparseGemmOf<EpilogueTraits<Epi>, TM, TN, TK, CM, CN, Schedule>;
 
 }  // namespace s24c

@@ -1,8 +1,7 @@
 // One instance of gemm_kernel.cuh: compiled by build.py once per (config,
 // product) with -DS24C_PRODUCT, -DS24C_TILE_M/N/K, -DS24C_CLUSTER_M/N,
 // -DS24C_SCHEDULE, -DS24C_STREAMK and -DS24C_CONFIG (the config's name, a
-// string literal).
-// Its static initialiser registers it with registry.cc.
+// string literal). Its static initialiser registers it with registry.cc's table.
 
 #include <type_traits>
 
@@ -23,12 +22,6 @@ using G = s24c::SparseGemm<S24C_PRODUCT, S24C_TILE_M, S24C_TILE_N, S24C_TILE_K, 
 static_assert(std::is_same_v<G::SparseConfig, s24c::CompressorConfig>,
               "this config's compressed-A format differs from compress.cu's (tile K must be 128)");
 
-int RunIt(const s24c::GemmCall& c) { return G::Run(c); }
-int CanIt(const s24c::GemmCall& c) { return G::CanImplement(c); }
-size_t WsIt(const s24c::GemmCall& c) { return G::WorkspaceBytes(c); }
-
-const bool registered = s24c::RegisterGemm(s24c::GemmInstance{
-    S24C_CONFIG, S24C_PRODUCT, S24C_TILE_M, S24C_TILE_N, S24C_TILE_K, S24C_CLUSTER_M,
-    S24C_CLUSTER_N, S24C_SCHEDULE, &RunIt, &CanIt, &WsIt});
+const bool registered = s24c::GemmRegistry::Add(G::Describe(S24C_CONFIG, S24C_PRODUCT));
 
 }  // namespace

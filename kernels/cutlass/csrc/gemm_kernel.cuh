@@ -1,8 +1,12 @@
 // One CUTLASS 3.x sm90 structured-sparse GEMM (warp-specialised, TMA, sparse
-// wgmma), as a template over the tile / cluster / schedule and the product of
-// a 2:4 linear it computes. Included by gemm_instance.cu only, which the build
-// compiles once per (config, product) with -D flags (so instances compile in
-// parallel and cache separately).
+// wgmma), as a template over the tile / cluster / schedule and what it
+// computes: SparseGemmOf<Traits, ...>, whose Traits name B's and D's layouts,
+// D's type, the epilogue's fusion op and the call it takes. Here the plain
+// products of a 2:4 linear (SparseGemm<product, ...>: D = acc); the fused
+// epilogues are gemm_epilogue.cuh's traits over the same template. Included by
+// gemm_instance.cu, which the build compiles once per (config, product) with -D
+// flags (so instances compile in parallel and cache separately), and by
+// gemm_epilogue.cuh.
 //
 // CUTLASS's convention: D (Mc x Nc) = A (Mc x Kc, 2:4 along Kc, K-major,
 // given compressed: values + metadata) @ B (Kc x Nc). Our three products
@@ -27,6 +31,7 @@
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/gemm/collective/collective_builder.hpp"
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/dispatch_policy.hpp"
@@ -38,30 +43,6 @@
 namespace s24c {
 
 using namespace cute;
-
-template <int Product>
-struct ProductTraits;
-
-// fwd: B K-major (ColumnMajor Kc x Nc), D column-major bf16
-template <>
-struct ProductTraits<kFwd> {
-  using LayoutB = cutlass::layout::ColumnMajor;
-  using LayoutD = cutlass::layout::ColumnMajor;
-  using ElementD = cutlass::bfloat16_t;
-};
-template <>
-struct ProductTraits<kDx> {
-  using LayoutB = cutlass::layout::ColumnMajor;
-  using LayoutD = cutlass::layout::ColumnMajor;
-  using ElementD = cutlass::bfloat16_t;
-};
-// dw: B MN-major (RowMajor Kc x Nc), D row-major float32
-template <>
-struct ProductTraits<kDw> {
-  using LayoutB = cutlass::layout::RowMajor;
-  using LayoutD = cutlass::layout::RowMajor;
-  using ElementD = float;
-};
 
 template <int Schedule>
 struct ScheduleTraits;
@@ -76,21 +57,55 @@ struct ScheduleTraits<kPingpong> {
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
 };
 
+// The plain products' epilogue: D = acc, CUTLASS's default fusion op
+// (LinearCombination, alpha 1, beta 0; no source C: ElementC void).
+template <class ElementD_>
+struct PlainEpilogue {
+  using ElementD = ElementD_;
+  using FusionOp = cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>;
+  using Call = GemmCall;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs&, const GemmCall&) {}
+};
+
+template <int Product>
+struct ProductTraits;
+
+// fwd: B K-major (ColumnMajor Kc x Nc), D column-major bf16
+template <>
+struct ProductTraits<kFwd> : PlainEpilogue<cutlass::bfloat16_t> {
+  using LayoutB = cutlass::layout::ColumnMajor;
+  using LayoutD = cutlass::layout::ColumnMajor;
+};
+// dx: as fwd (the operands differ, not their layouts)
+template <>
+struct ProductTraits<kDx> : ProductTraits<kFwd> {};
+// dw: B MN-major (RowMajor Kc x Nc), D row-major float32
+template <>
+struct ProductTraits<kDw> : PlainEpilogue<float> {
+  using LayoutB = cutlass::layout::RowMajor;
+  using LayoutD = cutlass::layout::RowMajor;
+};
+
+// Traits: LayoutB, LayoutD, ElementD, FusionOp, Call (GemmCall or a struct
+// derived from it) and SetFusion(fusion arguments, call), which fills what the
+// fusion op reads beyond alpha (1) and beta (0).
 // StreamK: CUTLASS's stream-K tile scheduler instead of the persistent one (the
 // last wave's K loops split across CTAs, partial sums reduced through the
 // workspace, which GemmUniversalAdapter::initialize clears): for the weight
 // gradient, whose long K (the tokens) spans few output tiles (200 at GPT-2 774M:
 // 1.5 waves on 132 SMs).
-template <int Product, int TM, int TN, int TK, int CM, int CN, int Schedule, bool StreamK = false>
-struct SparseGemm {
-  using PT = ProductTraits<Product>;
+template <class Traits, int TM, int TN, int TK, int CM, int CN, int Schedule,
+          bool StreamK = false>
+struct SparseGemmOf {
+  using Call = typename Traits::Call;
   using ElementA = cutlass::bfloat16_t;
   using ElementB = cutlass::bfloat16_t;
-  using ElementD = typename PT::ElementD;
+  using ElementD = typename Traits::ElementD;
   using ElementAcc = float;
   using LayoutA = cutlass::layout::RowMajor;
-  using LayoutB = typename PT::LayoutB;
-  using LayoutD = typename PT::LayoutD;
+  using LayoutB = typename Traits::LayoutB;
+  using LayoutD = typename Traits::LayoutD;
   static constexpr int kAlignA = 128 / cutlass::sizeof_bits<ElementA>::value;
   static constexpr int kAlignB = 128 / cutlass::sizeof_bits<ElementB>::value;
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
@@ -98,12 +113,12 @@ struct SparseGemm {
   using ClusterShape = Shape<Int<CM>, Int<CN>, _1>;
   using ProblemShape = Shape<int, int, int, int>;
 
-  // No source C (void): D = acc, nothing read.
+  // No source C (void): nothing read but what the fusion op reads itself.
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD,
-      kAlignD, ElementD, LayoutD, kAlignD,
-      typename ScheduleTraits<Schedule>::Epilogue>::CollectiveOp;
+      kAlignD, ElementD, LayoutD, kAlignD, typename ScheduleTraits<Schedule>::Epilogue,
+      typename Traits::FusionOp>::CollectiveOp;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, ElementA, LayoutA, kAlignA,
@@ -122,7 +137,7 @@ struct SparseGemm {
   using StrideB = typename Kernel::StrideB;
   using StrideD = typename Kernel::StrideD;
 
-  static typename Gemm::Arguments Args(const GemmCall& c) {
+  static typename Gemm::Arguments Args(const Call& c) {
     ProblemShape ps = make_tuple(c.m, c.n, c.k, 1);
     auto layout_a = SparseConfig::fill_layoutA(ps);
     auto layout_e = SparseConfig::fill_layoutE(ps);
@@ -136,23 +151,26 @@ struct SparseGemm {
         ps,
         {static_cast<const ElementA*>(c.a_values), layout_a, static_cast<const ElementB*>(c.b),
          stride_b, static_cast<const ElementE*>(c.a_meta), layout_e},
-        {{ElementAcc(1), ElementAcc(0)}, nullptr, stride_d, static_cast<ElementD*>(c.d),
-         stride_d},
+        {{}, nullptr, stride_d, static_cast<ElementD*>(c.d), stride_d},
         hw};
+    auto& fusion = args.epilogue.thread;
+    fusion.alpha = ElementAcc(1);
+    fusion.beta = ElementAcc(0);
+    Traits::SetFusion(fusion, c);
     return args;
   }
 
-  static int CanImplement(const GemmCall& c) {
+  static int CanImplement(const Call& c) {
     auto args = Args(c);
     return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
   }
 
-  static size_t WorkspaceBytes(const GemmCall& c) {
+  static size_t WorkspaceBytes(const Call& c) {
     auto args = Args(c);
     return Gemm::get_workspace_size(args);
   }
 
-  static int Run(const GemmCall& c) {
+  static int Run(const Call& c) {
     auto args = Args(c);
     if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return kErrCannotImplement;
     if (Gemm::get_workspace_size(args) > c.workspace_bytes) return kErrWorkspace;
@@ -163,7 +181,16 @@ struct SparseGemm {
     if (gemm.run(c.stream) != cutlass::Status::kSuccess) return kErrLaunch;
     return cudaGetLastError() == cudaSuccess ? 0 : kErrLaunch;
   }
+
+  // This instance's row of its table (kind: the product or the epilogue).
+  static Instance<Call> Describe(const char* config, int kind) {
+    return Instance<Call>{config, kind, TM, TN, TK, CM, CN, Schedule,
+                          &Run, &CanImplement, &WorkspaceBytes};
+  }
 };
+
+template <int Product, int TM, int TN, int TK, int CM, int CN, int Schedule, bool StreamK = false>
+using SparseGemm = SparseGemmOf<ProductTraits<Product>, TM, TN, TK, CM, CN, Schedule, StreamK>;
 
 // The compressed-A format every instance and compress.cu share (it depends on
 // A's type and majorness and min(tile K, 128) only).

@@ -1,6 +1,7 @@
 // The plain-C++ interface between the CUTLASS instance units (gemm_instance.cu,
-// compress.cu: heavy templates, device code) and the host units (registry.cc,
-// bindings.cc: XLA FFI). Nothing CUTLASS here, so the host units compile fast.
+// epilogue_instance.cu, compress.cu: heavy templates, device code) and the host
+// units (registry.cc, bindings.cc, epilogue_bindings.cc: XLA FFI). Nothing
+// CUTLASS here, so the host units compile fast.
 
 #pragma once
 
@@ -26,6 +27,7 @@ enum GemmStatus : int {
 };
 
 // One call in CUTLASS's terms: D (m x n) = A (m x k, compressed) @ B (k x n).
+// (epilogue.h's EpiCall adds the fused epilogues' operands.)
 struct GemmCall {
   int m = 0, n = 0, k = 0;
   const void* a_values = nullptr;  // CUTLASS's compressed values of A
@@ -39,26 +41,32 @@ struct GemmCall {
   int sm_count = 0;
 };
 
-// An instance of gemm_kernel.cuh, as registry.cc lists it.
-struct GemmInstance {
+// An instance of gemm_kernel.cuh's SparseGemmOf, as its table lists it: a
+// plain product's (Call = GemmCall, kind = its Product) or a fused epilogue's
+// (Call = EpiCall, kind = its Epilogue).
+template <class Call>
+struct Instance {
   const char* config;  // e.g. "t128x128x128_c1x1_coop"
-  int product;
+  int kind;
   int tile_m, tile_n, tile_k, cluster_m, cluster_n, schedule;
-  int (*run)(const GemmCall&);
-  int (*can_implement)(const GemmCall&);
-  size_t (*workspace_bytes)(const GemmCall&);
+  int (*run)(const Call&);
+  int (*can_implement)(const Call&);
+  size_t (*workspace_bytes)(const Call&);
 };
 
-// Called by each instance unit's static initialiser.
-bool RegisterGemm(const GemmInstance& inst);
+// The table of one kind of instance: each instance unit's static initialiser
+// adds itself (registration order is link order, which nothing depends on).
+// Defined in instance_table.h and instantiated by the host unit that owns the
+// table: registry.cc for GemmCall, epilogue_bindings.cc for EpiCall.
+template <class Call>
+struct Registry {
+  static bool Add(const Instance<Call>& inst);
+  static const Instance<Call>* Find(const char* config, int kind);  // or null
+  static int Size();
+  static const Instance<Call>* At(int i);  // or null
+};
 
-}  // namespace s24c
-
-namespace s24c {
-
-// registry.cc: the instance of (config, product), or null.
-const GemmInstance* FindGemm(const char* config, int product);
-int NumGemms();
-const GemmInstance* GemmAt(int i);
+using GemmInstance = Instance<GemmCall>;
+using GemmRegistry = Registry<GemmCall>;
 
 }  // namespace s24c
