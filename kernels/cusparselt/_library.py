@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 
 import numpy as np
+
+from .._loader import FfiLibrary
 
 __all__ = [
     "ACT_KINDS",
@@ -45,86 +46,56 @@ TARGETS = {
     PREFIX + "act_grad_mvue": "s24_act_grad_mvue",
 }
 
-_LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_REGISTERED = False
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.s24_cusparselt_version.restype = ctypes.c_int
+    for name in ("s24_num_plans", "s24_num_searches", "s24_num_matmuls"):
+        getattr(lib, name).restype = ctypes.c_int64
+    lib.s24_compressed_bytes.restype = ctypes.c_int64
+    lib.s24_compressed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.s24_emulate_compress.restype = ctypes.c_int
+    lib.s24_emulate_compress.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+    ]
+    lib.s24_emulate_project.restype = ctypes.c_int
+    lib.s24_emulate_project.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+    ]
+    lib.s24_emulate_act_grad_mvue.restype = ctypes.c_int
+    lib.s24_emulate_act_grad_mvue.argtypes = [
+        ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+    ]
+
+
+_LIBRARY = FfiLibrary(
+    f"{__package__}.build",
+    fallback="use backend='xla' or 'triton'",
+    no_gpu="the cusparselt backend needs an NVIDIA GPU visible to JAX (jax[cuda13]); "
+           "none found: use backend='xla' (runs anywhere)",
+    declare=_declare,
+)
 
 
 def load_library() -> ctypes.CDLL:
     """Build if needed and ctypes-load the library (no GPU needed for this)."""
-    global _LIB
-    with _LOCK:
-        if _LIB is None:
-            from .build import library_path
-
-            path = library_path()
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as err:
-                raise RuntimeError(
-                    f"could not load {path}: {err}. Rebuild with "
-                    "`python -m sparse24_jax_kernels.cusparselt.build --force`, or use "
-                    "backend='xla' or 'triton'"
-                ) from err
-            lib.s24_cusparselt_version.restype = ctypes.c_int
-            for name in ("s24_num_plans", "s24_num_searches", "s24_num_matmuls"):
-                getattr(lib, name).restype = ctypes.c_int64
-            lib.s24_compressed_bytes.restype = ctypes.c_int64
-            lib.s24_compressed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-            lib.s24_emulate_compress.restype = ctypes.c_int
-            lib.s24_emulate_compress.argtypes = [
-                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-            ]
-            lib.s24_emulate_project.restype = ctypes.c_int
-            lib.s24_emulate_project.argtypes = [
-                ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-            ]
-            lib.s24_emulate_act_grad_mvue.restype = ctypes.c_int
-            lib.s24_emulate_act_grad_mvue.argtypes = [
-                ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-            ]
-            _LIB = lib
-        return _LIB
-
-
-def _has_cuda_device() -> bool:
-    import jax
-
-    try:
-        return any(d.platform == "gpu" for d in jax.devices("gpu"))
-    except RuntimeError:
-        return False
+    return _LIBRARY.library()
 
 
 def load() -> ctypes.CDLL:
     """Load the library and register its FFI targets for CUDA (once).
 
     Raises RuntimeError (naming the fallback backends) when JAX has no CUDA
-    GPU, or the library cannot be built or loaded.
+    GPU, or the library cannot be built or loaded. With
+    $SPARSE24_CUSPARSELT_CMD_BUFFER set, the matmul's target is the handler that
+    CUDA graphs may capture (s24_spmm_graph).
     """
-    global _REGISTERED
-    if not _has_cuda_device():
-        raise RuntimeError(
-            "the cusparselt backend needs an NVIDIA GPU visible to JAX (jax[cuda13]); "
-            "none found: use backend='xla' (runs anywhere)"
-        )
-    lib = load_library()
-    with _LOCK:
-        if not _REGISTERED:
-            import jax
-
-            graphs = os.environ.get("SPARSE24_CUSPARSELT_CMD_BUFFER", "0") not in ("", "0", "false")
-            for target, symbol in TARGETS.items():
-                if symbol == "s24_spmm" and graphs:
-                    symbol = "s24_spmm_graph"
-                jax.ffi.register_ffi_target(
-                    target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
-                )
-            _REGISTERED = True
-    return lib
+    graphs = os.environ.get("SPARSE24_CUSPARSELT_CMD_BUFFER", "0") not in ("", "0", "false")
+    targets = dict(TARGETS)
+    if graphs:
+        targets[PREFIX + "spmm"] = "s24_spmm_graph"
+    return _LIBRARY.register(targets)
 
 
 def version() -> int:

@@ -9,12 +9,15 @@ which needs a CUDA GPU visible to JAX.
 from __future__ import annotations
 
 import ctypes
-import threading
+
+from .._loader import FfiLibrary
 
 __all__ = [
+    "LIBRARY",
     "PREFIX",
     "TARGETS",
     "compressed_sizes",
+    "instance_table",
     "instances",
     "load",
     "load_library",
@@ -25,88 +28,71 @@ PREFIX = "sparse24_cutlass_"
 TARGETS = {PREFIX + "gemm": "s24c_gemm", PREFIX + "compress": "s24c_compress",
            PREFIX + "own_project": "s24c_own_project", PREFIX + "own_mvue": "s24c_own_mvue"}
 
-_LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_REGISTERED = False
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.s24c_num_gemms.restype = ctypes.c_int
+    lib.s24c_gemm_info.restype = ctypes.c_int
+    lib.s24c_gemm_info.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.c_int)]
+    lib.s24c_gemm_workspace_bytes.restype = ctypes.c_int64
+    lib.s24c_gemm_workspace_bytes.argtypes = [ctypes.c_char_p] + [ctypes.c_int] * 5
+    lib.s24c_compressed_sizes.restype = ctypes.c_int
+    lib.s24c_compressed_sizes.argtypes = [ctypes.c_int, ctypes.c_int,
+                                          ctypes.POINTER(ctypes.c_int64)]
+    if hasattr(lib, "s24c_num_epis"):  # fused epilogues (epilogue_ops); not in older builds
+        lib.s24c_num_epis.restype = ctypes.c_int
+        lib.s24c_epi_info.restype = ctypes.c_int
+        lib.s24c_epi_info.argtypes = lib.s24c_gemm_info.argtypes
+        lib.s24c_epi_workspace_bytes.restype = ctypes.c_int64
+        lib.s24c_epi_workspace_bytes.argtypes = lib.s24c_gemm_workspace_bytes.argtypes
+
+
+#: the library (epilogue_ops registers its fused handler through it too)
+LIBRARY = FfiLibrary(
+    f"{__package__}.build",
+    fallback="use the cuSPARSELt or XLA path",
+    no_gpu="the CUTLASS kernels need an NVIDIA Hopper GPU visible to JAX (jax[cuda13]); "
+           "none found: use the XLA path (runs anywhere)",
+    declare=_declare,
+)
 
 
 def load_library() -> ctypes.CDLL:
     """Build if needed and ctypes-load the library."""
-    global _LIB
-    with _LOCK:
-        if _LIB is None:
-            from .build import library_path
-
-            path = library_path()
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as err:
-                raise RuntimeError(
-                    f"could not load {path}: {err}. Rebuild with "
-                    "`python -m sparse24_jax_kernels.cutlass.build --force`, or use the "
-                    "cuSPARSELt or XLA path"
-                ) from err
-            lib.s24c_num_gemms.restype = ctypes.c_int
-            lib.s24c_gemm_info.restype = ctypes.c_int
-            lib.s24c_gemm_info.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                                           ctypes.POINTER(ctypes.c_int)]
-            lib.s24c_gemm_workspace_bytes.restype = ctypes.c_int64
-            lib.s24c_gemm_workspace_bytes.argtypes = [ctypes.c_char_p] + [ctypes.c_int] * 5
-            lib.s24c_compressed_sizes.restype = ctypes.c_int
-            lib.s24c_compressed_sizes.argtypes = [ctypes.c_int, ctypes.c_int,
-                                                  ctypes.POINTER(ctypes.c_int64)]
-            _LIB = lib
-        return _LIB
-
-
-def _has_cuda_device() -> bool:
-    import jax
-
-    try:
-        return any(d.platform == "gpu" for d in jax.devices("gpu"))
-    except RuntimeError:
-        return False
+    return LIBRARY.library()
 
 
 def load() -> ctypes.CDLL:
     """Load the library and register its FFI targets for CUDA (once)."""
-    global _REGISTERED
-    if not _has_cuda_device():
-        raise RuntimeError(
-            "the CUTLASS kernels need an NVIDIA Hopper GPU visible to JAX (jax[cuda13]); "
-            "none found: use the XLA path (runs anywhere)"
-        )
-    lib = load_library()
-    with _LOCK:
-        if not _REGISTERED:
-            import jax
+    return LIBRARY.register(TARGETS)
 
-            for target, symbol in TARGETS.items():
-                jax.ffi.register_ffi_target(
-                    target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
-                )
-            _REGISTERED = True
-    return lib
+
+def instance_table(count, info, kind_key: str, kind_names: dict[int, str]) -> list[dict]:
+    """Rows of one of the library's instance tables, read through its exports
+    ``count()`` and ``info(i, name, buflen, ints)`` (csrc/gemm_ffi.h's InstanceInfo):
+    config, ``kind_key`` (the product or epilogue, by ``kind_names``), tile, cluster,
+    schedule."""
+    out = []
+    for i in range(count()):
+        buf = ctypes.create_string_buffer(128)
+        ints = (ctypes.c_int * 7)()
+        if info(i, buf, 128, ints) != 0:
+            continue
+        out.append({
+            "config": buf.value.decode(),
+            kind_key: kind_names.get(ints[0], str(ints[0])),
+            "tile": (ints[1], ints[2], ints[3]),
+            "cluster": (ints[4], ints[5]),
+            "schedule": "coop" if ints[6] == 0 else "pingpong",
+        })
+    return out
 
 
 def instances() -> list[dict]:
     """The library's GEMM instances: name, product, tile, cluster, schedule."""
     lib = load_library()
-    out = []
-    names = {0: "fwd", 1: "dx", 2: "dw"}
-    for i in range(lib.s24c_num_gemms()):
-        buf = ctypes.create_string_buffer(128)
-        info = (ctypes.c_int * 7)()
-        if lib.s24c_gemm_info(i, buf, 128, info) != 0:
-            continue
-        out.append({
-            "config": buf.value.decode(),
-            "product": names.get(info[0], str(info[0])),
-            "tile": (info[1], info[2], info[3]),
-            "cluster": (info[4], info[5]),
-            "schedule": "coop" if info[6] == 0 else "pingpong",
-        })
-    return out
+    return instance_table(lib.s24c_num_gemms, lib.s24c_gemm_info, "product",
+                          {0: "fwd", 1: "dx", 2: "dw"})
 
 
 def workspace_bytes(config: str, product: int, m: int, n: int, k: int) -> int:

@@ -20,11 +20,10 @@ Importing this module imports nothing heavy; the library loads on first call.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
-from ._library import PREFIX, load, load_library
+from ._library import LIBRARY, PREFIX, instance_table, load, load_library
 from .build import EPILOGUE_CONFIGS, EPILOGUES
 from .ops import check_operands, problem
 
@@ -45,65 +44,30 @@ __all__ = [
 EPI_TARGET = PREFIX + "gemm_epi"
 DEFAULT_EPILOGUE_CONFIG = EPILOGUE_CONFIGS[0]
 
-_LOCK = threading.Lock()
-_READY = False
-_REGISTERED = False
-
 
 def _lib() -> ctypes.CDLL:
-    global _READY
     lib = load_library()
-    with _LOCK:
-        if not _READY:
-            if not hasattr(lib, "s24c_num_epis"):
-                raise RuntimeError(
-                    "this CUTLASS library has no fused epilogues (built before they were "
-                    "added): rebuild with `python -m sparse24_jax_kernels.cutlass.build`, or "
-                    "use the unfused path (ops.spmm + XLA's gelu)")
-            lib.s24c_num_epis.restype = ctypes.c_int
-            lib.s24c_epi_info.restype = ctypes.c_int
-            lib.s24c_epi_info.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                                          ctypes.POINTER(ctypes.c_int)]
-            lib.s24c_epi_workspace_bytes.restype = ctypes.c_int64
-            lib.s24c_epi_workspace_bytes.argtypes = [ctypes.c_char_p] + [ctypes.c_int] * 5
-            _READY = True
+    if not hasattr(lib, "s24c_num_epis"):
+        raise RuntimeError(
+            "this CUTLASS library has no fused epilogues (built before they were "
+            "added): rebuild with `python -m sparse24_jax_kernels.cutlass.build`, or "
+            "use the unfused path (ops.spmm + XLA's gelu)")
     return lib
 
 
 def load_epilogues() -> ctypes.CDLL:
     """Load the library (:func:`.ops.load`: needs a CUDA GPU) and register the
     fused handler ``sparse24_cutlass_gemm_epi`` (once)."""
-    global _REGISTERED
     load()
-    lib = _lib()
-    with _LOCK:
-        if not _REGISTERED:
-            import jax
-
-            jax.ffi.register_ffi_target(EPI_TARGET, jax.ffi.pycapsule(lib.s24c_gemm_epi),
-                                        platform="CUDA")
-            _REGISTERED = True
-    return lib
+    _lib()
+    return LIBRARY.register({EPI_TARGET: "s24c_gemm_epi"})
 
 
 def epilogue_instances() -> list[dict]:
     """The library's fused instances: config, epilogue, tile, cluster, schedule."""
     lib = _lib()
-    names = {v: k for k, v in EPILOGUES.items()}
-    out = []
-    for i in range(lib.s24c_num_epis()):
-        buf = ctypes.create_string_buffer(128)
-        info = (ctypes.c_int * 7)()
-        if lib.s24c_epi_info(i, buf, 128, info) != 0:
-            continue
-        out.append({
-            "config": buf.value.decode(),
-            "epilogue": names.get(info[0], str(info[0])),
-            "tile": (info[1], info[2], info[3]),
-            "cluster": (info[4], info[5]),
-            "schedule": "coop" if info[6] == 0 else "pingpong",
-        })
-    return out
+    return instance_table(lib.s24c_num_epis, lib.s24c_epi_info, "epilogue",
+                          {v: k for k, v in EPILOGUES.items()})
 
 
 def epilogue_configs() -> list[str]:
