@@ -73,42 +73,41 @@ struct DGeluErf<cutlass::Array<T, N>> {
   }
 };
 
+// What both fused epilogues are: their product's layouts and D type, EpiCall,
+// and an Aux tensor (Z) of D's shape and layout, written (fwd_gelu) or read
+// (dx_dgelu) through the fusion op's aux_ptr.
+template <int Product>
+struct FusedProductTraits : ProductTraits<Product> {
+  using Call = EpiCall;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
+    using StrideAux = typename FusionArgs::StrideAux;
+    fusion.dAux = cutlass::make_cute_packed_stride(StrideAux{}, make_shape(c.m, c.n, 1));
+    fusion.aux_ptr = static_cast<decltype(fusion.aux_ptr)>(c.aux);
+  }
+};
+
 template <int Epi>
 struct EpilogueTraits;
 
-// Aux (Z) has D's shape and layout.
-template <class FusionArgs>
-void SetAuxStride(FusionArgs& fusion, const EpiCall& c) {
-  using StrideAux = typename FusionArgs::StrideAux;
-  fusion.dAux = cutlass::make_cute_packed_stride(StrideAux{}, make_shape(c.m, c.n, 1));
-}
-
 template <>
-struct EpilogueTraits<kFwdGelu> : ProductTraits<kFwd> {
-  using Call = EpiCall;
+struct EpilogueTraits<kFwdGelu> : FusedProductTraits<kFwd> {
   using FusionOp = cutlass::epilogue::fusion::LinCombPerRowBiasEltActAux<
       LayoutD, GeluErfFast, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementBias=*/cutlass::bfloat16_t,
       /*ElementSource=*/void, /*ElementScalar=*/float>;
   template <class FusionArgs>
   static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
-    SetAuxStride(fusion, c);
-    fusion.aux_ptr = static_cast<cutlass::bfloat16_t*>(c.aux);
+    FusedProductTraits<kFwd>::SetFusion(fusion, c);
     fusion.bias_ptr = static_cast<const cutlass::bfloat16_t*>(c.bias);
   }
 };
 
 template <>
-struct EpilogueTraits<kDxDgelu> : ProductTraits<kDx> {
-  using Call = EpiCall;
+struct EpilogueTraits<kDxDgelu> : FusedProductTraits<kDx> {
   using FusionOp = cutlass::epilogue::fusion::LinCombDeEltAct<
       LayoutD, DGeluErf, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementSource=*/void, /*ElementScalar=*/float>;
-  template <class FusionArgs>
-  static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
-    SetAuxStride(fusion, c);
-    fusion.aux_ptr = static_cast<const cutlass::bfloat16_t*>(c.aux);
-  }
 };
 
 template <int Epi, int TM, int TN, int TK, int CM, int CN, int Schedule>
