@@ -351,10 +351,10 @@ def test_epilogue_config_choice(be, monkeypatch, tmp_path):
 def test_config_for_falls_back_from_configs_the_library_lacks():
     from sparse24_jax_kernels.cutlass import backend
 
-    sk = backend.CONFIG_TABLE[(5120, 1280)]["dw"]
+    sk = backend.CONFIG_TABLE[(6400, 1600)]["dw"]
     assert sk.endswith("_sk")
-    assert backend.config_for("dw", 5120, 1280) == sk
-    assert backend.config_for("dw", 5120, 1280, {sk, backend.DEFAULT_CONFIG}) == sk
+    assert backend.config_for("dw", 6400, 1600) == sk
+    assert backend.config_for("dw", 6400, 1600, {sk, backend.DEFAULT_CONFIG}) == sk
     # a library built before the stream-K configs: the default config, not an unknown name
-    assert backend.config_for("dw", 5120, 1280, {backend.DEFAULT_CONFIG}) == backend.DEFAULT_CONFIG
+    assert backend.config_for("dw", 6400, 1600, {backend.DEFAULT_CONFIG}) == backend.DEFAULT_CONFIG
     assert backend.config_for("fwd", 96, 64, set()) == backend.DEFAULT_CONFIG

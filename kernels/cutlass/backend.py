@@ -61,16 +61,15 @@ _T256 = "t256x128x128_c1x1_coop"
 _T128x256 = "t128x256x128_c1x1_coop"
 _C2 = "t128x256x128_c2x1_coop"
 _PP = "t128x128x128_c1x1_pingpong"
-_SK128x256 = "t128x256x128_c1x1_coop_sk"
 _SK256 = "t256x128x128_c1x1_coop_sk"
-#: (N, K) of the layer -> {product: config}, from the H200 sweep (M = 16384); the GPT-2
-#: weight gradients on stream-K configs (200-350 output tiles on 132 SMs leave the last
-#: persistent wave half empty)
+#: (N, K) of the layer -> {product: config}, from the H200 sweeps at M = 16384 (fwd, dx:
+#: session 6; dw at GPT-2 sizes: session 7 call 4, with the stream-K configs, which won at
+#: 1558M's fc1 only: docs/BENCHMARKS.md section 9)
 CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
-    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _SK128x256},
-    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _SK128x256},
+    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _T256},
+    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _C2},
     (6400, 1600): {"fwd": _T256, "dx": _T256, "dw": _SK256},
-    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _SK256},
+    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _PP},
     (11008, 4096): {"fwd": _T256, "dx": _T128x256, "dw": _C2},
     (4096, 11008): {"fwd": _T256, "dx": _T256, "dw": _T256},
 }
