@@ -358,3 +358,33 @@ def test_prune_keeps_only_what_the_build_uses(tmp_path, monkeypatch):
                                             "libsparse24_cutlass-old1.so"]
     assert sorted(p.name for p in tmp_path.rglob("*.*")) == [
         "bindings-bbbb.o", "libsparse24_cutlass-cccc.so", "registry-aaaa.o"]
+
+
+def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
+    """Only with a prebuilt library, on a machine without a GPU: each instance's workspace
+    query answers (the stream-K scheduler divided by an SM count of 0 and killed the process:
+    run in a child so that a crash fails this test, not the suite). CUTLASS's heuristic
+    decomposes with stream-K only where it pays: not at GPT-2 774M's fc1 weight gradient
+    (200 tiles: data parallel, no workspace), but at 1558M's with 256 x 128 tiles (325 tiles
+    on 132 SMs), whose partial sums need a workspace."""
+    import subprocess
+    import sys
+
+    path = os.environ.get("SPARSE24_CUTLASS_KERNELS")
+    if not path or not Path(path).is_file():
+        pytest.skip("no prebuilt CUTLASS library (set SPARSE24_CUTLASS_KERNELS)")
+    code = (
+        "from sparse24_jax_kernels.cutlass import _library as L, build\n"
+        "for i in L.instances():\n"
+        "    p = build.PRODUCTS[i['product']]\n"
+        "    # CUTLASS's (Mc, Nc, Kc): GPT-2 774M's fc1 weight gradient / forward, 1558M's fc1 dW\n"
+        "    mnk = (5120, 1280, 16384) if i['product'] == 'dw' else (5120, 16384, 1280)\n"
+        "    big = L.workspace_bytes(i['config'], p, 6400, 1600, 16384) if p == 2 else 0\n"
+        "    print(i['config'], i['product'], L.workspace_bytes(i['config'], p, *mnk), big)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sizes = {tuple(w[:2]): (int(w[2]), int(w[3])) for w in map(str.split, res.stdout.splitlines())}
+    assert len(sizes) == sum(len(c.products) for c in build.selected_configs())
+    assert all(a >= 0 and b >= 0 for a, b in sizes.values()), sizes
+    if ("t256x128x128_c1x1_coop_sk", "dw") in sizes:
+        assert sizes[("t256x128x128_c1x1_coop_sk", "dw")][1] > 0

@@ -154,8 +154,13 @@ int InstanceInfo(int i, char* name, int buflen, int* info) {
 
 // s24c_*_workspace_bytes: workspace bytes of (config, kind) for CUTLASS's
 // (m, n, k); -1 when no such instance, -2 when CUTLASS cannot implement the
-// problem. sm_count <= 0: the current device's (what the handler passes), or 0
-// without a GPU.
+// problem. sm_count <= 0: the current device's (what the handler passes), or
+// without a GPU kNoGpuSmCount: the stream-K scheduler divides by the SM count
+// (0 killed the process with SIGFPE), and its workspace grows with it, so a
+// program traced on a machine without a GPU is sized for the largest Hopper
+// part (H100 / H200 SXM: 132 SMs) and has enough on any of them.
+constexpr int kNoGpuSmCount = 132;
+
 template <class Call>
 int64_t InstanceWorkspace(const char* config, int kind, int m, int n, int k, int sm_count) {
   const Instance<Call>* g = Registry<Call>::Find(config, kind);
@@ -163,8 +168,8 @@ int64_t InstanceWorkspace(const char* config, int kind, int m, int n, int k, int
   if (sm_count <= 0) {
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || SmCount(device, &sm_count) != cudaSuccess) {
-      cudaGetLastError();  // no GPU here: clear the error, size for sm_count 0
-      sm_count = 0;
+      cudaGetLastError();  // no GPU here: clear the error
+      sm_count = kNoGpuSmCount;
     }
   }
   Call c;
