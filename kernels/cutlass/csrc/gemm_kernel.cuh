@@ -94,7 +94,9 @@ struct ProductTraits<kDw> : PlainEpilogue<float> {
 // last wave's K loops split across CTAs, partial sums reduced through the
 // workspace, which GemmUniversalAdapter::initialize clears): for the weight
 // gradient, whose long K (the tokens) spans few output tiles (200 at GPT-2 774M:
-// 1.5 waves on 132 SMs).
+// 1.5 waves on 132 SMs). Its default arguments leave the decomposition to
+// CUTLASS's heuristic, which keeps some problems data parallel (GPT-2 774M's
+// weight gradients) and splits others (1558M's): see kernels/cutlass/README.md.
 template <class Traits, int TM, int TN, int TK, int CM, int CN, int Schedule,
           bool StreamK = false>
 struct SparseGemmOf {
