@@ -17,6 +17,7 @@ import pytest
 from sparse24_jax_kernels.cutlass import layout
 
 import _cutlass_own
+from _ffn_cases import ffn_grad_fn, ffn_weights, rel
 
 ok, why = _cutlass_own.available()
 pytestmark = pytest.mark.skipif(not ok, reason=why)
@@ -115,11 +116,6 @@ def build_epi_configs():
     return sorted(EPILOGUE_CONFIGS)
 
 
-def rel(a, b):
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
-
-
 @pytest.mark.parametrize("method", ["srste", "ste", "sste"])
 @pytest.mark.parametrize("m, n, k", [(100, 128, 192), (64, 320, 128)])
 def test_linear_matches_xla(be, method, m, n, k):
@@ -201,31 +197,6 @@ def test_check_names_the_fix(be):
 
 # -- fused GELU epilogues (FusedLinearActivation / FusedLinearActivationGrad) --
 
-def _ffn_loss_and_grads(backend, x, fc, proj, method, keys=(None, None), fused=True):
-    from sparse24_jax.ffn import sparse24_ffn
-
-    def loss(x, w1, w2):
-        y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method=method,
-                         backend=backend, mvue=keys[0] is not None, fused=fused)
-        y = y.astype(jnp.float32)
-        return jnp.mean(y * y + y)
-
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, fc.w, proj.w)
-
-
-def _ffn_weights(d, h, method, seed=0):
-    import sparse24_jax as s24
-    from sparse24_jax.ffn import Sparse24Weight
-
-    rng = np.random.default_rng(seed)
-    w1 = jnp.asarray(rng.standard_normal((h, d)).astype(np.float32) * 0.1)
-    w2 = jnp.asarray(rng.standard_normal((d, h)).astype(np.float32) * 0.1)
-    if method == "sste":
-        return Sparse24Weight(w1, beta=s24.sste_scale(w1)), Sparse24Weight(w2, beta=s24.sste_scale(w2))
-    return (Sparse24Weight(w1, s24.transposable_mask_24(w1)),
-            Sparse24Weight(w2, s24.transposable_mask_24(w2)))
-
-
 @pytest.mark.parametrize("be", [True], indirect=True)
 @pytest.mark.parametrize("method, m", [("srste", 100), ("srste", 128), ("sste", 64)])
 def test_ffn_block_runs_the_fused_epilogues(be, method, m):
@@ -238,11 +209,11 @@ def test_ffn_block_runs_the_fused_epilogues(be, method, m):
     caps = capabilities(be)
     assert caps.linear_activation == ("gelu",) and caps.linear_activation_grad == ("gelu",)
     d, h = 128, 256
-    fc, proj = _ffn_weights(d, h, method)
+    fc, proj = ffn_weights(d, h, method)
     rng = np.random.default_rng(m)
     x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
     be.calls.clear()
-    got = _ffn_loss_and_grads(be, x, fc, proj, method)
+    got = ffn_grad_fn(be, fc, proj, method)(x, fc.w, proj.w)
     names = [c[0] for c in be.calls]
     assert names.count("fwd_gelu") == 1
     # S-STE's W2_s^T is not 2:4: its input gradient is the dense product (no dx_dgelu)
@@ -251,13 +222,13 @@ def test_ffn_block_runs_the_fused_epilogues(be, method, m):
     assert fused_cfgs["fwd_gelu"] == (backend.config_for("fwd", h, d)
                                       if backend.config_for("fwd", h, d) in be.epilogue_configs
                                       else be.epilogue_configs[0])
-    ref = _ffn_loss_and_grads("xla", x, fc, proj, method)
+    ref = ffn_grad_fn("xla", fc, proj, method)(x, fc.w, proj.w)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         assert g.dtype == r.dtype and g.shape == r.shape
         assert rel(g, r) < 2e-2, rel(g, r)
     # fused=False: the plain products only, same numbers as before the epilogues
     be.calls.clear()
-    unfused = _ffn_loss_and_grads(be, x, fc, proj, method, fused=False)
+    unfused = ffn_grad_fn(be, fc, proj, method, fused=False)(x, fc.w, proj.w)
     assert not {"fwd_gelu", "dx_dgelu"} & {c[0] for c in be.calls}
     for g, r in zip(jax.tree.leaves(unfused), jax.tree.leaves(ref)):
         assert rel(g, r) < 2e-2
@@ -268,13 +239,13 @@ def test_ffn_block_fused_with_mvue(be):
     """With MVUE on, the fused path feeds dZ1 to our MVUE kernel: the weight
     gradients are unbiased estimates in xla's error distribution."""
     d, h, m = 128, 256, 128
-    fc, proj = _ffn_weights(d, h, "srste", seed=1)
+    fc, proj = ffn_weights(d, h, "srste", seed=1)
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
     keys = (jax.random.PRNGKey(3), jax.random.PRNGKey(4))
-    exact = _ffn_loss_and_grads("xla", x, fc, proj, "srste")
-    got = _ffn_loss_and_grads(be, x, fc, proj, "srste", keys)
-    ref = _ffn_loss_and_grads("xla", x, fc, proj, "srste", keys)
+    exact = ffn_grad_fn("xla", fc, proj, "srste")(x, fc.w, proj.w)
+    got = ffn_grad_fn(be, fc, proj, "srste", keys)(x, fc.w, proj.w)
+    ref = ffn_grad_fn("xla", fc, proj, "srste", keys)(x, fc.w, proj.w)
     assert [c[0] for c in be.calls].count("dx_dgelu") == 1
     assert rel(got[0], exact[0]) < 1e-2
     for i in (1, 2):

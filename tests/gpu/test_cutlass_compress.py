@@ -20,6 +20,7 @@ pytestmark = pytest.mark.gpu
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+from _ffn_cases import rel  # noqa: E402
 from _random24 import awkward_f32  # noqa: E402
 
 SHAPES = [(128, 192), (192, 1600), (1600, 320), (1280, 5120)]
@@ -95,11 +96,6 @@ def test_own_ops_errors(own):
 
 
 # -- the backend ---------------------------------------------------------------
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
 
 
 @pytest.mark.parametrize("method", ["srste", "ste"])

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.gpu
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+from _ffn_cases import ffn_grad_fn, ffn_weights, rel  # noqa: E402
+
 EPI = "sparse24_cutlass_gemm_epi"
 
 
@@ -34,36 +36,6 @@ def be():
     return b
 
 
-def rel(a, b):
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
-
-
-def weights(d, h, method, seed=0):
-    import sparse24_jax as s24
-    from sparse24_jax.ffn import Sparse24Weight
-
-    rng = np.random.default_rng(seed)
-    w1 = jnp.asarray(rng.standard_normal((h, d)).astype(np.float32) * 0.05)
-    w2 = jnp.asarray(rng.standard_normal((d, h)).astype(np.float32) * 0.05)
-    if method == "sste":
-        return Sparse24Weight(w1, beta=s24.sste_scale(w1)), Sparse24Weight(w2, beta=s24.sste_scale(w2))
-    return (Sparse24Weight(w1, s24.transposable_mask_24(w1)),
-            Sparse24Weight(w2, s24.transposable_mask_24(w2)))
-
-
-def grad_fn(backend, fc, proj, method, keys=(None, None), fused=True):
-    from sparse24_jax.ffn import sparse24_ffn
-
-    def loss(x, w1, w2):
-        y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method=method,
-                         backend=backend, mvue=keys[0] is not None, fused=fused)
-        y = y.astype(jnp.float32)
-        return jnp.mean(y * y + y)
-
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-
-
 def test_capabilities(be):
     from sparse24_jax.backend import capabilities
 
@@ -74,13 +46,13 @@ def test_capabilities(be):
 @pytest.mark.parametrize("method", ["srste", "sste"])
 @pytest.mark.parametrize("m, d, h", [(200, 256, 1024), (2048, 1280, 5120)])
 def test_ffn_matches_xla(be, method, m, d, h):
-    fc, proj = weights(d, h, method, seed=m)
+    fc, proj = ffn_weights(d, h, method, seed=m, scale=0.05)
     rng = np.random.default_rng(m + 1)
     x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
     args = (x, fc.w, proj.w)
-    got = grad_fn("cutlass", fc, proj, method)(*args)
-    ref = grad_fn("xla", fc, proj, method)(*args)
-    unfused = grad_fn("cutlass", fc, proj, method, fused=False)(*args)
+    got = ffn_grad_fn("cutlass", fc, proj, method)(*args)
+    ref = ffn_grad_fn("xla", fc, proj, method)(*args)
+    unfused = ffn_grad_fn("cutlass", fc, proj, method, fused=False)(*args)
     for g, r, u in zip(jax.tree.leaves(got), jax.tree.leaves(ref), jax.tree.leaves(unfused)):
         assert g.dtype == r.dtype and g.shape == r.shape
         assert rel(g, r) < 2e-2, rel(g, r)
@@ -89,14 +61,14 @@ def test_ffn_matches_xla(be, method, m, d, h):
 
 def test_ffn_with_mvue_is_unbiased_like_xla(be):
     m, d, h = 1024, 256, 1024
-    fc, proj = weights(d, h, "srste", seed=3)
+    fc, proj = ffn_weights(d, h, "srste", seed=3, scale=0.05)
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
     keys = (jax.random.PRNGKey(1), jax.random.PRNGKey(2))
     args = (x, fc.w, proj.w)
-    exact = grad_fn("xla", fc, proj, "srste")(*args)
-    got = grad_fn("cutlass", fc, proj, "srste", keys)(*args)
-    ref = grad_fn("xla", fc, proj, "srste", keys)(*args)
+    exact = ffn_grad_fn("xla", fc, proj, "srste")(*args)
+    got = ffn_grad_fn("cutlass", fc, proj, "srste", keys)(*args)
+    ref = ffn_grad_fn("xla", fc, proj, "srste", keys)(*args)
     assert rel(got[0], exact[0]) < 1e-2
     for i in (1, 2):  # dW1, dW2: MVUE estimates
         e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
@@ -106,10 +78,10 @@ def test_ffn_with_mvue_is_unbiased_like_xla(be):
 @pytest.mark.parametrize("fused", [True, False])
 def test_fused_custom_calls_in_the_step(be, fused):
     m, d, h = 512, 1280, 5120
-    fc, proj = weights(d, h, "srste")
+    fc, proj = ffn_weights(d, h, "srste", scale=0.05)
     x = jnp.zeros((m, d), jnp.bfloat16)
     keys = (jax.random.PRNGKey(1), jax.random.PRNGKey(2))
-    hlo = grad_fn("cutlass", fc, proj, "srste", keys, fused).lower(x, fc.w, proj.w).compile().as_text()
+    hlo = ffn_grad_fn("cutlass", fc, proj, "srste", keys, fused).lower(x, fc.w, proj.w).compile().as_text()
     n = hlo.count(f'custom_call_target="{EPI}"')
     assert n == (2 if fused else 0), n
 
