@@ -488,21 +488,27 @@ def test_gated_wide_offsets_flag(K):
 # ---------------------------------------------------------------------------
 # offline compile for Hopper (sm_90): no GPU needed, catches what the
 # interpreter lets through (see triton_sm90_compile.py).
-@pytest.mark.slow
-def test_every_kernel_compiles_for_sm90(tmp_path_factory):
-    """Compiled in a fresh process (this one interprets)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _sm90_compile_run(tmp_path_factory, code: str, drop=()) -> None:
+    """Runs `code` (which imports triton_sm90_compile) in a fresh process, not interpreting
+    (this one interprets), without the environment variables in `drop`; fails with its output
+    unless it exits 0."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and k not in drop}
     # a real cache directory (an empty TRITON_CACHE_DIR, as jax-triton leaves
     # it, makes triton fail)
     if not env.get("TRITON_CACHE_DIR"):
         env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
-    code = (
-        "import triton_sm90_compile as t; fails = t.compile_all(); "
-        "print('\\n'.join(fails)); raise SystemExit(1 if fails else 0)"
-    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_sm90(tmp_path_factory):
+    """Compiled in a fresh process (this one interprets)."""
+    _sm90_compile_run(tmp_path_factory, (
+        "import triton_sm90_compile as t; fails = t.compile_all(); "
+        "print('\\n'.join(fails)); raise SystemExit(1 if fails else 0)"
+    ))
 
 
 @pytest.mark.slow
@@ -512,18 +518,12 @@ def test_gemm_at_ffn_shapes_is_pipelined_wgmma(tmp_path_factory):
     layouts and tuned/default configs, element and prmt decompression): wgmma, every global load a cp.async
     into shared memory (software-pipelined; the old kernel's runtime-int sizes
     gave 128 scalar ld.global per thread per iteration and no cp.async),
-    16-byte stores, no spills. Compiled in a fresh process (this one interprets)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if not env.get("TRITON_CACHE_DIR"):
-        env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
-    env.pop("SPARSE24_TRITON_GEMM_CONFIGS", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
-    code = (
+    16-byte stores, no spills. Compiled in a fresh process (this one interprets), with the
+    shipped config table (no $SPARSE24_TRITON_GEMM_CONFIGS)."""
+    _sm90_compile_run(tmp_path_factory, (
         "import triton_sm90_compile as t; lines, fails = t.gemm_report(); "
         "print('\\n'.join(lines + fails)); raise SystemExit(1 if fails or len(lines) != 18 else 0)"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    ), drop=("SPARSE24_TRITON_GEMM_CONFIGS",))
 
 
 def test_gemm_config_table(K, tmp_path, monkeypatch):
