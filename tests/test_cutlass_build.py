@@ -324,6 +324,11 @@ def test_meta_nbytes_matches_a_prebuilt_library():
         vbytes, mbytes, ws = ops.compressed_sizes(rows, cols)
         assert (vbytes, mbytes) == (rows * cols, ops.meta_nbytes(rows, cols)), (rows, cols)
     assert len(ops.instances()) == sum(len(c.products) for c in build.selected_configs())
+    for name, p in build.PRODUCTS.items():  # the configs built for each product, by name or number
+        want = sorted(c.name for c in build.selected_configs() if name in c.products)
+        assert ops.configs(name) == ops.configs(p) == want
+    with pytest.raises(ValueError, match="product must be one of"):
+        ops.configs("dy")
 
 
 def test_a_prebuilt_library_lists_its_fused_instances():

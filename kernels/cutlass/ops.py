@@ -63,11 +63,12 @@ def meta_nbytes(rows: int, cols: int) -> int:
 
 
 def configs(product: str | None = None) -> list[str]:
-    """The config names this build has; with ``product`` ("fwd", "dx", "dw"), those built
-    for it (a stream-K config is built for the weight gradient only)."""
-    if product is not None and product not in PRODUCTS:
-        raise ValueError(f"product must be one of {list(PRODUCTS)}, got {product!r}")
-    return sorted({i["config"] for i in instances() if product in (None, i["product"])})
+    """The config names this build has; with ``product`` ("fwd", "dx", "dw", or its
+    number), those built for it (a stream-K config is built for the weight gradient only)."""
+    if product is None:
+        return sorted({i["config"] for i in instances()})
+    name = {v: k for k, v in PRODUCTS.items()}[_product_id(product)]
+    return sorted({i["config"] for i in instances() if i["product"] == name})
 
 
 def _check_sparse_shape(what: str, rows: int, cols: int) -> None:
