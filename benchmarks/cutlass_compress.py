@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from shapes import SHAPES
+from shapes import LAYERS, SHAPES
 from timing import time_jax
-
-LAYERS = {"gpt2-124m": 12, "gpt2-350m": 24, "gpt2-774m": 36, "gpt2-1558m": 48, "llama-7b": 32}
 
 
 def bench(fn, *args, calls: int) -> float:

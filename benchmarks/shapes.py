@@ -16,6 +16,8 @@ SHAPES = {
     "gpt2-1558m": (1600, 6400),
     "llama-7b": (4096, 11008),
 }
+# model: FFN layers (transformer blocks), for per-step sums of per-layer costs
+LAYERS = {"gpt2-124m": 12, "gpt2-350m": 24, "gpt2-774m": 36, "gpt2-1558m": 48, "llama-7b": 32}
 
 # a transposable 2:4 pattern (two ones in every row and column of each 4x4 block)
 _BLOCK = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], bool)
