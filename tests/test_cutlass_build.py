@@ -368,10 +368,10 @@ def test_prune_keeps_only_what_the_build_uses(tmp_path, monkeypatch):
 def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
     """Only with a prebuilt library, on a machine without a GPU: each instance's workspace
     query answers (the stream-K scheduler divided by an SM count of 0 and killed the process:
-    run in a child so that a crash fails this test, not the suite). CUTLASS's heuristic
-    decomposes with stream-K only where it pays: not at GPT-2 774M's fc1 weight gradient
-    (200 tiles: data parallel, no workspace), but at 1558M's with 256 x 128 tiles (325 tiles
-    on 132 SMs), whose partial sums need a workspace."""
+    run in a child so that a crash fails this test, not the suite). The stream-K instances
+    force the stream-K decomposition, so their partial sums need a workspace at GPT-2 774M's
+    fc1 weight gradient too (200 tiles on 132 SMs, which CUTLASS's heuristic would have run
+    data parallel, without one), as at 1558M's (325 tiles)."""
     import subprocess
     import sys
 
@@ -391,5 +391,6 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
     sizes = {tuple(w[:2]): (int(w[2]), int(w[3])) for w in map(str.split, res.stdout.splitlines())}
     assert len(sizes) == sum(len(c.products) for c in build.selected_configs())
     assert all(a >= 0 and b >= 0 for a, b in sizes.values()), sizes
-    if ("t256x128x128_c1x1_coop_sk", "dw") in sizes:
-        assert sizes[("t256x128x128_c1x1_coop_sk", "dw")][1] > 0
+    streamk = {k: v for k, v in sizes.items() if k[0].endswith("_sk")}
+    assert all(a > 0 and b > 0 for a, b in streamk.values()), streamk
+    assert all(v == (0, 0) for k, v in sizes.items() if k not in streamk), sizes

@@ -94,9 +94,10 @@ struct ProductTraits<kDw> : PlainEpilogue<float> {
 // last wave's K loops split across CTAs, partial sums reduced through the
 // workspace, which GemmUniversalAdapter::initialize clears): for the weight
 // gradient, whose long K (the tokens) spans few output tiles (200 at GPT-2 774M:
-// 1.5 waves on 132 SMs). Its default arguments leave the decomposition to
-// CUTLASS's heuristic, which keeps some problems data parallel (GPT-2 774M's
-// weight gradients) and splits others (1558M's): see kernels/cutlass/README.md.
+// 1.5 waves on 132 SMs). The decomposition is forced to stream-K: CUTLASS's
+// heuristic runs a problem data parallel when its last wave is at least half
+// full, which is GPT-2 774M's weight gradients (200 = 132 + 68 tiles), the very
+// case stream-K is for (the persistent configs cover data parallel anyway).
 template <class Traits, int TM, int TN, int TK, int CM, int CN, int Schedule,
           bool StreamK = false>
 struct SparseGemmOf {
@@ -155,6 +156,10 @@ struct SparseGemmOf {
          stride_b, static_cast<const ElementE*>(c.a_meta), layout_e},
         {{}, nullptr, stride_d, static_cast<ElementD*>(c.d), stride_d},
         hw};
+    if constexpr (StreamK) {
+      using Decomposition = decltype(args.scheduler.decomposition_mode);
+      args.scheduler.decomposition_mode = Decomposition::StreamK;
+    }
     auto& fusion = args.epilogue.thread;
     fusion.alpha = ElementAcc(1);
     fusion.beta = ElementAcc(0);
