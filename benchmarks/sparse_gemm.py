@@ -277,10 +277,15 @@ def main(argv=None) -> int:
     p.add_argument("--cutlass-configs", nargs="*", default=None,
                    help="only these CUTLASS configs (default: every one the build has)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--table-out", help="with --cutlass: write the fastest CUTLASS config per layer "
+                   "shape and product here, in the format of kernels/cutlass/gemm_configs.json (the "
+                   "backend reads it from $SPARSE24_CUTLASS_GEMM_TABLE, or copy it over the shipped file)")
     p.add_argument("--backend", choices=["cusparselt", "triton"], default="cusparselt",
                    help="whose 2:4 GEMMs are 'ours' (triton: the decompress-in-registers kernel, "
                         "block configs from the tuned table / $SPARSE24_TRITON_GEMM_CONFIGS)")
     opts = p.parse_args(argv)
+    if opts.table_out and not opts.cutlass:
+        p.error("--table-out writes the CUTLASS configs' table: add --cutlass")
 
     import jax
 
@@ -337,7 +342,29 @@ def main(argv=None) -> int:
             json.dump({"device": dev.device_kind, "backend": opts.backend, "M": opts.m, "mode": opts.mode,
                                "rows": rows},
                       fh, indent=1)
+    if opts.table_out:
+        write_table(opts.table_out, rows, dev.device_kind, argv)
     return 0
+
+
+#: sparse_gemm's GEMM names -> the CUTLASS products (gemm_configs.json's keys)
+_PRODUCTS = {"fwd": "fwd", "dX": "dx", "dW": "dw"}
+
+
+def write_table(path: str, rows: list[dict], device: str, argv) -> None:
+    """The fastest CUTLASS config of each (layer, product), keyed as the backend looks it
+    up: by the weight's N x K (the dW product's output has the weight's shape too)."""
+    import datetime
+
+    table: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r["gemm"] in _PRODUCTS and r.get("cutlass_config"):
+            table.setdefault(f"{r['N']}x{r['K']}", {})[_PRODUCTS[r["gemm"]]] = r["cutlass_config"]
+    cmd = " ".join(["python3", "benchmarks/sparse_gemm.py", *(argv if argv is not None else sys.argv[1:])])
+    with open(path, "w") as fh:
+        json.dump({"device": device, "date": datetime.date.today().isoformat(), "command": cmd,
+                   "M": rows[0]["M"] if rows else None, "table": table}, fh, indent=1)
+    print(f"CUTLASS configs per layer shape written to {path}: {table}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ GPU (tests/gpu/test_cutlass_compress.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -162,7 +164,7 @@ def test_products_use_the_config_table(be):
     g = be.prune_grad(jax.random.PRNGKey(0), jnp.ones((64, 1600), jnp.bfloat16))
     be.matmul_dw(g, x)
     assert be.calls == [("fwd", backend.config_for("fwd", 1600, 6400)),
-                        ("dw", backend.CONFIG_TABLE[(1600, 6400)]["dw"])]
+                        ("dw", backend.gemm_table()[(1600, 6400)]["dw"])]
 
 
 def test_prepare_projected_is_prepare_weight(be):
@@ -310,7 +312,7 @@ def test_epilogue_config_choice(be, monkeypatch, tmp_path):
     assert be._epilogue_config("fwd", 256, 128) in built
     for bad, msg in (({"table": {"256-128": {"fwd": built[0]}}}, "is not 'NxK'"),
                      ({"table": {"256x128": {"dw": built[0]}}}, "is not a product"),
-                     ({"table": {"256x128": {"fwd": "t1x1x1"}}}, "known config")):
+                     ({"table": {"256x128": {"fwd": "t1x1x1"}}}, "config built for it")):
         table.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=msg):
             backend.epilogue_table()
@@ -319,10 +321,56 @@ def test_epilogue_config_choice(be, monkeypatch, tmp_path):
         backend.epilogue_table()
 
 
+def test_gemm_table_file_and_override(monkeypatch, tmp_path):
+    """The plain GEMMs' configs: the shipped gemm_configs.json, then
+    $SPARSE24_CUTLASS_GEMM_TABLE's entries over it; what benchmarks/sparse_gemm.py
+    --table-out writes is such a file; a bad entry names its file and the fix."""
+    import json
+    import sys
+
+    from sparse24_jax_kernels.cutlass import backend
+    from sparse24_jax_kernels.cutlass.build import CONFIGS
+
+    shipped = backend.gemm_table()
+    assert shipped and all(set(row) == {"fwd", "dx", "dw"} for row in shipped.values())
+    # the benchmark's writer -> the backend's reader
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import sparse_gemm
+    finally:
+        sys.path.pop(0)
+    sk = next(c for c in CONFIGS if c.endswith("_sk"))
+    rows = [{"N": 1280, "K": 5120, "M": 16384, "gemm": "dW", "cutlass_config": sk},
+            {"N": 1280, "K": 5120, "M": 16384, "gemm": "fwd", "cutlass_config": backend.DEFAULT_CONFIG},
+            {"N": 1280, "K": 5120, "M": 16384, "gemm": "compress W,W.T"},  # not a product
+            {"N": 96, "K": 64, "M": 16384, "gemm": "dX"}]  # no CUTLASS time: no entry
+    table = tmp_path / "t.json"
+    sparse_gemm.write_table(str(table), rows, "NVIDIA H200", ["--cutlass"])
+    assert json.loads(table.read_text())["table"] == {
+        "1280x5120": {"dw": sk, "fwd": backend.DEFAULT_CONFIG}}
+    monkeypatch.setenv(backend.GEMM_TABLE_ENV, str(table))
+    got = backend.gemm_table()
+    assert got[(1280, 5120)] == {**shipped[(1280, 5120)], "dw": sk, "fwd": backend.DEFAULT_CONFIG}
+    assert backend.config_for("dw", 1280, 5120) == sk
+    assert backend.config_for("dx", 1280, 5120) == shipped[(1280, 5120)]["dx"]  # from the shipped file
+    stream_k_fwd = {"table": {"256x128": {"fwd": sk}}}  # built for dw only
+    for bad, msg in (({"table": {"256-128": {"fwd": backend.DEFAULT_CONFIG}}}, "is not 'NxK'"),
+                     ({"table": {"256x128": {"bwd": backend.DEFAULT_CONFIG}}}, "is not a product"),
+                     ({"table": {"256x128": {"fwd": "t1x1x1"}}}, "built for it"),
+                     (stream_k_fwd, "built for it")):
+        table.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg) as err:
+            backend.gemm_table()
+        assert str(table) in str(err.value)
+    monkeypatch.setenv(backend.GEMM_TABLE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="SPARSE24_CUTLASS_GEMM_TABLE.*no such file"):
+        backend.gemm_table()
+
+
 def test_config_for_falls_back_from_configs_the_library_lacks():
     from sparse24_jax_kernels.cutlass import backend
 
-    sk = backend.CONFIG_TABLE[(6400, 1600)]["dw"]
+    sk = backend.gemm_table()[(6400, 1600)]["dw"]
     assert sk.endswith("_sk")
     assert backend.config_for("dw", 6400, 1600) == sk
     assert backend.config_for("dw", 6400, 1600, {sk, backend.DEFAULT_CONFIG}) == sk

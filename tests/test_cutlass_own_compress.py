@@ -181,8 +181,9 @@ def test_config_table_names_built_configs():
     from sparse24_jax_kernels.cutlass import backend, build
 
     assert backend.DEFAULT_CONFIG in build.CONFIGS
-    for row in backend.CONFIG_TABLE.values():
+    table = backend.gemm_table()
+    for row in table.values():
         assert set(row) == {"fwd", "dx", "dw"} and set(row.values()) <= set(build.CONFIGS)
         assert all(p in build.CONFIGS[c].products for p, c in row.items()), row
-    assert backend.config_for("dw", 1600, 6400) == backend.CONFIG_TABLE[(1600, 6400)]["dw"]
+    assert backend.config_for("dw", 1600, 6400) == table[(1600, 6400)]["dw"]
     assert backend.config_for("fwd", 64, 64) == backend.DEFAULT_CONFIG

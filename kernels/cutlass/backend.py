@@ -13,9 +13,11 @@ Compression: ``prepare_projected`` (SR-STE / STE) runs our projection kernel
 W_s and W_s^T in CUTLASS's format out, one pass); ``prune_grad`` our MVUE
 kernel (:func:`.own_ops.mvue_compress`, the cuSPARSELt kernel's randomness).
 ``prepare_weight`` of an already projected ``W_s`` uses CUTLASS's own
-compressor (:func:`.ops.compress`). Per-shape GEMM configs: :data:`CONFIG_TABLE`
-(best of the five built configs on an H200 at M = 16384,
-/work/notes/gpu2/cutlass_bench.log, 2026-11-30), else :data:`DEFAULT_CONFIG`.
+compressor (:func:`.ops.compress`). Per-shape GEMM configs: :func:`gemm_table`
+(``gemm_configs.json``, the fastest built config per layer shape and product,
+measured on an H200 at M = 16384 by ``benchmarks/sparse_gemm.py --cutlass
+--table-out``; ``$SPARSE24_CUTLASS_GEMM_TABLE`` adds one's own), else
+:data:`DEFAULT_CONFIG`.
 
 Notes:
 
@@ -49,31 +51,20 @@ import jax.numpy as jnp
 
 from . import epilogue_ops, ops, own_ops
 
-__all__ = ["CONFIG_TABLE", "DEFAULT_CONFIG", "CutlassBackend", "CutlassGrad", "CutlassWeight",
-           "config_for", "epilogue_table", "fused_epilogue_configs"]
+__all__ = ["DEFAULT_CONFIG", "CutlassBackend", "CutlassGrad", "CutlassWeight", "config_for",
+           "epilogue_table", "fused_epilogue_configs", "gemm_table"]
 
 _DTYPES = (jnp.dtype(jnp.bfloat16),)
 _ALIGN = 64
 
 #: the config measured best most often (8 of the 18 GEMMs)
 DEFAULT_CONFIG = "t256x128x128_c1x1_coop"
-_T256 = "t256x128x128_c1x1_coop"
-_T128x256 = "t128x256x128_c1x1_coop"
-_C2 = "t128x256x128_c2x1_coop"
-_PP = "t128x128x128_c1x1_pingpong"
-_SK256 = "t256x128x128_c1x1_coop_sk"
-#: (N, K) of the layer -> {product: config}, from the H200 sweeps at M = 16384 (fwd, dx:
-#: session 6; dw at GPT-2 sizes: session 7 call 4, with the stream-K configs, which won at
-#: 1558M's fc1 only: docs/BENCHMARKS.md section 9)
-CONFIG_TABLE: dict[tuple[int, int], dict[str, str]] = {
-    (5120, 1280): {"fwd": _T128x256, "dx": _T256, "dw": _T256},
-    (1280, 5120): {"fwd": _T256, "dx": _T256, "dw": _C2},
-    (6400, 1600): {"fwd": _T256, "dx": _T256, "dw": _SK256},
-    (1600, 6400): {"fwd": _T256, "dx": _T256, "dw": _PP},
-    (11008, 4096): {"fwd": _T256, "dx": _T128x256, "dw": _C2},
-    (4096, 11008): {"fwd": _T256, "dx": _T256, "dw": _T256},
-}
 
+#: the measured configs of the plain GEMMs (``fwd``, ``dx``, ``dw``) per layer shape, written
+#: by ``benchmarks/sparse_gemm.py --cutlass --table-out``; ``$SPARSE24_CUTLASS_GEMM_TABLE``
+#: names a file in the same format whose entries win, e.g. a table tuned on another GPU
+GEMM_TABLE_FILE = Path(__file__).with_name("gemm_configs.json")
+GEMM_TABLE_ENV = "SPARSE24_CUTLASS_GEMM_TABLE"
 
 #: the measured configs of the fused-epilogue GEMMs (fc1's ``fwd`` with GELU, fc2's ``dx``
 #: with gelu'), written by ``benchmarks/cutlass_epilogue.py --table-out``; a file named by
@@ -83,39 +74,55 @@ EPILOGUE_TABLE_FILE = Path(__file__).with_name("epilogue_configs.json")
 EPILOGUE_TABLE_ENV = "SPARSE24_CUTLASS_EPILOGUE_TABLE"
 
 
-def epilogue_table() -> dict[tuple[int, int], dict[str, str]]:
-    """(N, K) of the layer -> {"fwd" | "dx": config}: the shipped table, then
-    ``$SPARSE24_CUTLASS_EPILOGUE_TABLE``'s entries over it. ValueError names the file
-    of an entry that is not ``"NxK": {product: a known config}``."""
+def _config_table(shipped: Path, env: str, products: tuple[str, ...]) -> dict[tuple[int, int], dict[str, str]]:
+    """(N, K) -> {product: config}: ``shipped``'s table, then the entries of the file that
+    ``$env`` names over it. ValueError names the file of an entry that is not
+    ``"NxK": {product: a config built for that product}``."""
     from .build import CONFIGS
 
     table: dict[tuple[int, int], dict[str, str]] = {}
-    paths = [EPILOGUE_TABLE_FILE]
-    if os.environ.get(EPILOGUE_TABLE_ENV, "").strip():
-        paths.append(Path(os.environ[EPILOGUE_TABLE_ENV]))
+    paths = [shipped]
+    if os.environ.get(env, "").strip():
+        paths.append(Path(os.environ[env]))
     for path in paths:
         if not path.is_file():
-            if path != EPILOGUE_TABLE_FILE:
-                raise ValueError(f"${EPILOGUE_TABLE_ENV}={str(path)!r}: no such file")
+            if path != shipped:
+                raise ValueError(f"${env}={str(path)!r}: no such file")
             continue
         for key, row in json.loads(path.read_text()).get("table", {}).items():
             try:
                 n, k = (int(v) for v in key.split("x"))
             except ValueError:
                 raise ValueError(f"{path}: table key {key!r} is not 'NxK' (e.g. '5120x1280')") from None
-            bad = {p: c for p, c in row.items() if p not in ("fwd", "dx") or c not in CONFIGS}
+            bad = {p: c for p, c in row.items()
+                   if p not in products or c not in CONFIGS or p not in CONFIGS[c].products}
             if bad:
-                raise ValueError(f"{path}: entry {key}: {bad} is not a product (fwd, dx) with a "
-                                 f"known config ({', '.join(CONFIGS)})")
+                raise ValueError(f"{path}: entry {key}: {bad} is not a product ({', '.join(products)}) "
+                                 f"with a config built for it ({', '.join(CONFIGS)})")
             table.setdefault((n, k), {}).update(row)
     return table
 
 
-def config_for(product: str, n: int, k: int, built: set[str] | None = None) -> str:
-    """The CUTLASS config for ``product`` of an (N, K) layer: its table entry, or
-    :data:`DEFAULT_CONFIG` where there is none or (``built``: the configs the library has
-    for the product) the library lacks it, e.g. one built before that config existed."""
-    cfg = CONFIG_TABLE.get((n, k), {}).get(product, DEFAULT_CONFIG)
+def gemm_table() -> dict[tuple[int, int], dict[str, str]]:
+    """(N, K) of the layer -> {"fwd" | "dx" | "dw": config}: the shipped
+    ``gemm_configs.json``, then ``$SPARSE24_CUTLASS_GEMM_TABLE``'s entries over it."""
+    return _config_table(GEMM_TABLE_FILE, GEMM_TABLE_ENV, ("fwd", "dx", "dw"))
+
+
+def epilogue_table() -> dict[tuple[int, int], dict[str, str]]:
+    """(N, K) of the layer -> {"fwd" | "dx": config}: the shipped
+    ``epilogue_configs.json``, then ``$SPARSE24_CUTLASS_EPILOGUE_TABLE``'s entries over it."""
+    return _config_table(EPILOGUE_TABLE_FILE, EPILOGUE_TABLE_ENV, ("fwd", "dx"))
+
+
+def config_for(product: str, n: int, k: int, built: set[str] | None = None,
+               table: dict[tuple[int, int], dict[str, str]] | None = None) -> str:
+    """The CUTLASS config for ``product`` of an (N, K) layer: its entry in ``table``
+    (default :func:`gemm_table`), or :data:`DEFAULT_CONFIG` where there is none or
+    (``built``: the configs the library has for the product) the library lacks it,
+    e.g. one built before that config existed."""
+    table = gemm_table() if table is None else table
+    cfg = table.get((n, k), {}).get(product, DEFAULT_CONFIG)
     return cfg if built is None or cfg in built else DEFAULT_CONFIG
 
 
@@ -184,7 +191,8 @@ class CutlassBackend:
         ops.load()
         #: configs with fused GELU epilogues; empty: no FusedLinearActivation(Grad)
         self.epilogue_configs = fused_epilogue_configs()
-        #: measured configs of the fused GEMMs per layer shape (epilogue_table())
+        #: measured configs of the plain and the fused GEMMs per layer shape
+        self.gemm_table = gemm_table()
         self.epilogue_table = epilogue_table()
         #: product -> the configs the library has for it (config_for falls back from others)
         self.built = {p: set(ops.configs(p)) for p in ("fwd", "dx", "dw")}
@@ -203,10 +211,14 @@ class CutlassBackend:
             raise ValueError(
                 "this CUTLASS library has no fused epilogues: rebuild it (python -m "
                 "sparse24_jax_kernels.cutlass.build) or call the unfused path (fused=False)")
-        for cfg in (self.epilogue_table.get((n, k), {}).get(product), config_for(product, n, k)):
+        for cfg in (self.epilogue_table.get((n, k), {}).get(product),
+                    config_for(product, n, k, table=self.gemm_table)):
             if cfg in self.epilogue_configs:
                 return cfg
         return self.epilogue_configs[0]
+
+    def _config(self, product: str, n: int, k: int) -> str:
+        return config_for(product, n, k, self.built[product], self.gemm_table)
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self._FUSED_KINDS:
@@ -302,7 +314,7 @@ class CutlassBackend:
         m = x.shape[0]
         mp = _padded(m)
         z = ops.spmm("fwd", w_op.values, w_op.meta, _pad_rows(x, mp),
-                     config=config_for("fwd", w_op.n, w_op.k, self.built["fwd"]))
+                     config=self._config("fwd", w_op.n, w_op.k))
         return z if mp == m else z[:m]
 
     def matmul_dx(self, dz: jax.Array, w_op: CutlassWeight) -> jax.Array:
@@ -313,7 +325,7 @@ class CutlassBackend:
         m = dz.shape[0]
         mp = _padded(m)
         dx = ops.spmm("dx", w_op.values_t, w_op.meta_t, _pad_rows(dz, mp),
-                      config=config_for("dx", w_op.n, w_op.k, self.built["dx"]))
+                      config=self._config("dx", w_op.n, w_op.k))
         return dx if mp == m else dx[:m]
 
     # -- gradient -----------------------------------------------------------
@@ -336,7 +348,7 @@ class CutlassBackend:
                 f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
         k = x.shape[1]
         return ops.spmm("dw", g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp),
-                        config=config_for("dw", g.n, k, self.built["dw"]))
+                        config=self._config("dw", g.n, k))
 
     # -- mask ---------------------------------------------------------------
     def transposable_mask(self, w: jax.Array) -> jax.Array:
