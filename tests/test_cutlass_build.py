@@ -78,7 +78,8 @@ def test_configs_have_tile_k_128_and_unique_names():
     assert len(set(names)) == len(names) == len(build.CONFIGS)
     assert all(c.tile_k == 128 for c in build._CONFIG_LIST)
     assert all(c.schedule in ("coop", "pingpong") for c in build._CONFIG_LIST)
-    assert all(c.scheduler in ("persistent", "streamk") and c.products
+    # a config without products is a shaped fused epilogue's (below)
+    assert all(c.scheduler in ("persistent", "streamk") and (c.products or c.shaped_epilogue)
                and set(c.products) <= set(build.PRODUCTS) for c in build._CONFIG_LIST)
     d = build.CONFIGS[names[0]].defines(2)
     assert "-DS24C_PRODUCT=2" in d and f'-DS24C_CONFIG="{names[0]}"' in d
@@ -111,6 +112,34 @@ def test_fused_epilogue_units():
     assert not plain & {"epilogue.h", "gemm_epilogue.cuh"}
     assert {"epilogue.h", "gemm_epilogue.cuh", "gemm_kernel.cuh"} <= {
         p.name for p in build.local_deps(build.CSRC / "epilogue_instance.cu")}
+
+
+def test_shaped_epilogue_configs():
+    """A shaped fused epilogue (Config.epi_*) is its own config, named after its plain config
+    plus the shape (so a benchmark lists it beside the auto one), builds fused epilogues
+    only, and its plain config has the plain products (the benchmark's "GEMM alone"). Its
+    units pass the shape as -DS24C_EPI_*; the auto configs pass zeros."""
+    shaped = [c for c in build._CONFIG_LIST if c.shaped_epilogue]
+    assert shaped
+    for c in shaped:
+        assert c.products == () and c.name in build.EPILOGUE_CONFIGS, c.name
+        assert c.name.startswith(c.plain_config + "_e") and c.name != c.plain_config
+        assert {"fwd", "dx"} <= set(build.CONFIGS[c.plain_config].products), c.name
+        assert c.epi_n % 16 == 0 and c.epi_m == (128 if c.schedule == "coop" else 64), c.name
+    assert build.CONFIGS["t256x128x128_c1x1_coop_e128x16_sc3"].epi_stages_c == 3
+    for c in build._CONFIG_LIST:
+        if not c.shaped_epilogue:
+            assert c.plain_config == c.name
+    inc = Path("/nonexistent")
+    units = {u.name: u for u in build._units(inc, inc, build._CONFIG_LIST)}
+    for c in build._CONFIG_LIST:
+        if c.name not in build.EPILOGUE_CONFIGS:
+            continue
+        flags = units[f"epi_{c.name}_dx_dgelu"].flags
+        assert [f"-DS24C_EPI_TILE_M={c.epi_m}", f"-DS24C_EPI_TILE_N={c.epi_n}",
+                f"-DS24C_EPI_STAGES_C={c.epi_stages_c}",
+                f"-DS24C_EPI_STAGES_D={c.epi_stages_d}"] == flags[-4:], c.name
+        assert not any(n.startswith(f"gemm_{c.name}_") for n in units) or not c.shaped_epilogue
 
 
 def test_selected_configs_narrow_the_fused_units(monkeypatch):

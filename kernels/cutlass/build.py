@@ -93,11 +93,34 @@ class Config:
     # tiles on 132 SMs at GPT-2 774M
     scheduler: str = "persistent"
     products: tuple[str, ...] = ("fwd", "dx", "dw")  # the products built for this config
+    # The fused epilogues' shared memory (gemm_epilogue.cuh EpilogueShape; 0: CUTLASS's auto
+    # choice): epilogue tile epi_m x epi_n (M 128 for coop, 64 for pingpong; N a multiple of
+    # 16), epi_stages_c TMA-load stages of a loaded Aux (dx_dgelu's Z1), epi_stages_d stages
+    # of D and of a stored Aux (fwd_gelu's Z). A smaller epilogue leaves the sparse mainloop
+    # another stage (tests/cutlass_src/epilogue_smem_probe.cu prints them). Such a config is
+    # for EPILOGUE_CONFIGS only (products=()); its plain GEMM is plain_config's.
+    epi_m: int = 0
+    epi_n: int = 0
+    epi_stages_c: int = 0
+    epi_stages_d: int = 0
+
+    @property
+    def plain_config(self) -> str:
+        """The name without the epilogue-shape suffix: the config of the same GEMM with
+        CUTLASS's auto epilogue (whose plain products a shaped config shares)."""
+        return (f"t{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}"
+                f"_{self.schedule}" + ("_sk" if self.scheduler == "streamk" else ""))
+
+    @property
+    def shaped_epilogue(self) -> bool:
+        return bool(self.epi_m or self.epi_n or self.epi_stages_c or self.epi_stages_d)
 
     @property
     def name(self) -> str:
-        return (f"t{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}"
-                f"_{self.schedule}" + ("_sk" if self.scheduler == "streamk" else ""))
+        # _e<M>x<N>: epilogue tile; _sc<n> / _sd<n>: StagesC / StagesD
+        return (self.plain_config + (f"_e{self.epi_m}x{self.epi_n}" if self.epi_m else "")
+                + (f"_sc{self.epi_stages_c}" if self.epi_stages_c else "")
+                + (f"_sd{self.epi_stages_d}" if self.epi_stages_d else ""))
 
     def defines(self, product: int) -> list[str]:
         return [
@@ -122,6 +145,14 @@ _CONFIG_LIST = [
     # stream-K weight gradients (long K = the tokens, few output tiles)
     Config(128, 256, 128, 1, 1, "coop", "streamk", ("dw",)),
     Config(256, 128, 128, 1, 1, "coop", "streamk", ("dw",)),
+    # fused epilogues only, with a smaller epilogue (tile 128x16 instead of 128x32) so that
+    # the sparse mainloop keeps the plain GEMM's stage count (probe table in
+    # tests/cutlass_src/epilogue_smem_probe.cu): at 256x128 the auto epilogue leaves 2 stages
+    # of 68 KB (plain: 3), this one 3, with 3 Aux-load stages (4 would cost the stage); at
+    # 128x128 coop 4 stages (auto: 3). 128x256 has 2 stages of 84 KB whatever the epilogue,
+    # ping-pong 128x128 has 4 already.
+    Config(256, 128, 128, 1, 1, "coop", products=(), epi_m=128, epi_n=16, epi_stages_c=3),
+    Config(128, 128, 128, 1, 1, "coop", products=(), epi_m=128, epi_n=16),
 ]
 CONFIGS: dict[str, Config] = {c.name: c for c in _CONFIG_LIST}
 
@@ -129,12 +160,17 @@ CONFIGS: dict[str, Config] = {c.name: c for c in _CONFIG_LIST}
 # compile per config, so only the configs listed here get them (a subset of
 # CONFIGS; SPARSE24_CUTLASS_CONFIGS narrows it further).
 EPILOGUES = {"fwd_gelu": 0, "dx_dgelu": 1}
-EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop", "t128x128x128_c1x1_pingpong"]
+# The first is the default (epilogue_ops.DEFAULT_EPILOGUE_CONFIG); the shaped ones
+# (Config.epi_*) are their own configs, so a benchmark times them beside the auto ones.
+EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop", "t128x128x128_c1x1_pingpong",
+                    "t256x128x128_c1x1_coop_e128x16_sc3", "t128x128x128_c1x1_coop_e128x16"]
 
 
 def _epilogue_defines(cfg: Config, epilogue: int) -> list[str]:
     return [f"-DS24C_EPILOGUE={epilogue}"] + [
-        d for d in cfg.defines(0) if not d.startswith("-DS24C_PRODUCT=")]
+        d for d in cfg.defines(0) if not d.startswith("-DS24C_PRODUCT=")] + [
+        f"-DS24C_EPI_TILE_M={cfg.epi_m}", f"-DS24C_EPI_TILE_N={cfg.epi_n}",
+        f"-DS24C_EPI_STAGES_C={cfg.epi_stages_c}", f"-DS24C_EPI_STAGES_D={cfg.epi_stages_d}"]
 
 
 class BuildError(RuntimeError):

@@ -66,6 +66,14 @@ def configs(epi):
     return epi.epilogue_configs()
 
 
+def plain_config(config: str) -> str:
+    """The plain GEMM's config of a fused one: itself, or a shaped epilogue's (build.Config.epi_*)
+    name without the shape suffix."""
+    from sparse24_jax_kernels.cutlass.build import CONFIGS
+
+    return CONFIGS[config].plain_config if config in CONFIGS else config
+
+
 def test_the_fused_instances_are_built(epi):
     from sparse24_jax_kernels.cutlass.build import EPILOGUE_CONFIGS, EPILOGUES, selected_configs
 
@@ -117,11 +125,13 @@ def test_fwd_gelu_matches_reference(epi, ops, n, k, m, with_bias):
         # H is gelu of the float32 accumulator: within a bf16 rounding of gelu(Z)
         check_close(f"{config} H vs gelu(Z)", h,
                     jax.nn.gelu(z.astype(jnp.float32), approximate=False).astype(jnp.bfloat16))
-        if not with_bias and config in ops.configs():
-            # same mainloop, same accumulation order: Z is the plain fwd GEMM's output bit for bit
+        plain = plain_config(config)
+        if not with_bias and plain in ops.configs():
+            # same mainloop, same accumulation order: Z is the plain fwd GEMM's output bit for
+            # bit (a shaped epilogue's too: its plain config's, the epilogue tile aside)
             np.testing.assert_array_equal(as_np(z), as_np(ops.spmm("fwd", vals, meta, x,
-                                                                   config=config)),
-                                          err_msg=f"{config}: fused Z != plain fwd")
+                                                                   config=plain)),
+                                          err_msg=f"{config}: fused Z != plain fwd ({plain})")
 
 
 # (K, N, M): the dx of fc2 (W2 (d, h): W2_s^T (h, d), 2:4 on d) for GPT-2 774M / 1.5B, small ones
@@ -140,11 +150,12 @@ def test_dx_dgelu_matches_reference(epi, ops, kk, n, m):
         out = epi.spmm_dx_dgelu(vals, meta, dy, z1, config=config)
         assert out.shape == (m, kk) and out.dtype == jnp.bfloat16
         check_close(f"{config} dZ1", out, ref)
-        if config in ops.configs():
+        plain = plain_config(config)
+        if plain in ops.configs():
             # the unfused path: plain dx GEMM (bf16), then XLA's multiply by gelu'(Z1)
             from sparse24_jax.ffn import activation_vjp
 
-            dh = ops.spmm("dx", vals, meta, dy, config=config)
+            dh = ops.spmm("dx", vals, meta, dy, config=plain)
             check_close(f"{config} dZ1 vs unfused", out, activation_vjp("gelu", z1, dh))
 
 
