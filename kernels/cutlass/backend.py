@@ -74,12 +74,11 @@ EPILOGUE_TABLE_FILE = Path(__file__).with_name("epilogue_configs.json")
 EPILOGUE_TABLE_ENV = "SPARSE24_CUTLASS_EPILOGUE_TABLE"
 
 
-def _config_table(shipped: Path, env: str, products: tuple[str, ...]) -> dict[tuple[int, int], dict[str, str]]:
+def _config_table(shipped: Path, env: str, products: tuple[str, ...],
+                  configs: dict[str, tuple[str, ...]]) -> dict[tuple[int, int], dict[str, str]]:
     """(N, K) -> {product: config}: ``shipped``'s table, then the entries of the file that
-    ``$env`` names over it. ValueError names the file of an entry that is not
-    ``"NxK": {product: a config built for that product}``."""
-    from .build import CONFIGS
-
+    ``$env`` names over it. ``configs``: config -> the products it is built for. ValueError
+    names the file of an entry that is not ``"NxK": {product: a config built for it}``."""
     table: dict[tuple[int, int], dict[str, str]] = {}
     paths = [shipped]
     if os.environ.get(env, "").strip():
@@ -94,11 +93,10 @@ def _config_table(shipped: Path, env: str, products: tuple[str, ...]) -> dict[tu
                 n, k = (int(v) for v in key.split("x"))
             except ValueError:
                 raise ValueError(f"{path}: table key {key!r} is not 'NxK' (e.g. '5120x1280')") from None
-            bad = {p: c for p, c in row.items()
-                   if p not in products or c not in CONFIGS or p not in CONFIGS[c].products}
+            bad = {p: c for p, c in row.items() if p not in products or p not in configs.get(c, ())}
             if bad:
                 raise ValueError(f"{path}: entry {key}: {bad} is not a product ({', '.join(products)}) "
-                                 f"with a config built for it ({', '.join(CONFIGS)})")
+                                 f"with a config built for it ({', '.join(configs)})")
             table.setdefault((n, k), {}).update(row)
     return table
 
@@ -106,13 +104,20 @@ def _config_table(shipped: Path, env: str, products: tuple[str, ...]) -> dict[tu
 def gemm_table() -> dict[tuple[int, int], dict[str, str]]:
     """(N, K) of the layer -> {"fwd" | "dx" | "dw": config}: the shipped
     ``gemm_configs.json``, then ``$SPARSE24_CUTLASS_GEMM_TABLE``'s entries over it."""
-    return _config_table(GEMM_TABLE_FILE, GEMM_TABLE_ENV, ("fwd", "dx", "dw"))
+    from .build import CONFIGS
+
+    return _config_table(GEMM_TABLE_FILE, GEMM_TABLE_ENV, ("fwd", "dx", "dw"),
+                         {name: c.products for name, c in CONFIGS.items()})
 
 
 def epilogue_table() -> dict[tuple[int, int], dict[str, str]]:
     """(N, K) of the layer -> {"fwd" | "dx": config}: the shipped
     ``epilogue_configs.json``, then ``$SPARSE24_CUTLASS_EPILOGUE_TABLE``'s entries over it."""
-    return _config_table(EPILOGUE_TABLE_FILE, EPILOGUE_TABLE_ENV, ("fwd", "dx"))
+    from .build import EPILOGUE_CONFIGS
+
+    # each fused config is built with both epilogues: fc1's fwd_gelu, fc2's dx_dgelu
+    return _config_table(EPILOGUE_TABLE_FILE, EPILOGUE_TABLE_ENV, ("fwd", "dx"),
+                         {name: ("fwd", "dx") for name in EPILOGUE_CONFIGS})
 
 
 def config_for(product: str, n: int, k: int, built: set[str] | None = None,
