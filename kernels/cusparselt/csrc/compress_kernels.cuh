@@ -269,18 +269,17 @@ struct MvueTransposed {
                                                         uint32_t* code) {
     const uint32_t sel = half ? 0x7632u : 0x5410u;
     const uint32_t w01 = Prmt(x[0], x[1], sel), w23 = Prmt(x[2], x[3], sel);
-    const float a[4] = {fabsf(Tr::ToFloat(w01 & 0xFFFFu)) + 1.19209e-07f,
-                        fabsf(Tr::ToFloat(w01 >> 16)) + 1.19209e-07f,
-                        fabsf(Tr::ToFloat(w23 & 0xFFFFu)) + 1.19209e-07f,
-                        fabsf(Tr::ToFloat(w23 >> 16)) + 1.19209e-07f};
+    const float a[4] = {MvueA(Tr::ToFloat(w01 & 0xFFFFu)), MvueA(Tr::ToFloat(w01 >> 16)),
+                        MvueA(Tr::ToFloat(w23 & 0xFFFFu)), MvueA(Tr::ToFloat(w23 >> 16))};
     float u1, u2;
     MvueUniforms(keys, counter, &u1, &u2);
     const MvueDraw d = MvueSample(a, u1, u2);
-    const uint32_t kept = Prmt(w01, w23, 0x1010u + 0x22u * d.lo + 0x2200u * d.hi);
+    // prmt selector of bytes 2 lo, 2 lo + 1, 2 hi, 2 hi + 1: 0x1010 + 0x22 lo + 0x2200 hi
+    const uint32_t kept = Prmt(w01, w23, 0x1010u + 0x22u * d.code + (0x2200u - 0x88u) * (d.code >> 2));
     const uint32_t bl = Tr::FromFloat(MvueScale(Tr::ToFloat(kept & 0xFFFFu), d.s, d.t_lo));
     const uint32_t bh = Tr::FromFloat(MvueScale(Tr::ToFloat(kept >> 16), d.s, d.t_hi));
     *pair = bl | (bh << 16);
-    *code = static_cast<uint32_t>(d.lo) | (static_cast<uint32_t>(d.hi) << 2);
+    *code = d.code;
     return (bl & Tr::kMag) && (bh & Tr::kMag);
   }
 
@@ -314,22 +313,23 @@ struct MvueTransposed {
   }
 
   // Phase 1's loads: from p (dZ's word of this thread's feature pair at the first token of
-  // group g_first), the four tokens of groups g_first + 8 i (i = 0..7), zeros from group kg on;
-  // all 32 issued before any use. A load's token row is 32 i + t rows of `words` words after
-  // p's: one IMAD.WIDE each (a 64-bit index product per load cost ~12 instructions).
+  // group g_first < kg), the four tokens of groups g_first + 8 i (i = 0..7); all 32 issued
+  // before any use. Groups from kg on (the last block column) load group g_first + 8 i_max
+  // again, i_max the last in range: their words are not used, and no load is predicated. A
+  // load's token row is 32 i + t rows of `words` words after p's: one IMAD.WIDE each (a
+  // 64-bit index product per load cost ~12 instructions).
   static __host__ __device__ inline void LoadGroups(const uint32_t* p, int64_t words, int64_t g_first,
                                                     int64_t kg, uint32_t x[8][4]) {
     const uint32_t pitch = static_cast<uint32_t>(4 * words);  // bytes per token row
     const char* base = reinterpret_cast<const char*>(p);
-    const int64_t left = kg - g_first;
+    const int64_t left = kg - g_first;  // >= 1
+    const uint32_t last = left > 56 ? 224u : static_cast<uint32_t>(32 * ((left - 1) / 8));  // 32 i_max
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const bool in = 8 * i < left;
+      const uint32_t row = 32u * i < last ? 32u * i : last;
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const uint32_t* w = reinterpret_cast<const uint32_t*>(base + static_cast<uint64_t>(32u * i + t) * pitch);
-        x[i][t] = in ? *w : 0u;
-      }
+      for (int t = 0; t < 4; ++t)
+        x[i][t] = *reinterpret_cast<const uint32_t*>(base + static_cast<uint64_t>(row + t) * pitch);
     }
   }
 

@@ -190,13 +190,17 @@ __host__ __device__ inline float Mux(uint32_t m, float x, float y) {
 // the slots' a) and T_i1 (the sum of their r). The second draw compares u2 R_i1 with the
 // slots' first two cumulative sums (so it never lands past slot 2), and
 // T_i2 = r_i1 + (r of the two slots not drawn). No division, ~20 selects fewer than
-// picking every quantity by index. u1, u2: uniforms in [0, 1].
+// picking every quantity by index.
+// a = |v| + eps (the reference's eps).
+__host__ __device__ inline float MvueA(float v) { return fabsf(v) + 1.19209e-07f; }
+
 struct MvueDraw {
-  int lo, hi;        // kept positions, lo < hi
+  uint32_t code;     // kept positions lo < hi as lo | hi << 2
   float s;           // S
   float t_lo, t_hi;  // T_lo, T_hi
 };
 
+// a: the MvueA of the group; u1, u2: the two uniforms in [0, 1].
 __host__ __device__ inline MvueDraw MvueSample(const float a[4], float u1, float u2) {
   const float c1 = a[0] + a[1], c2 = c1 + a[2], s = c2 + a[3], p23 = a[2] + a[3];
   // r_j = a_j / R_j, R_j summed from the other three (R_3 = c2)
@@ -215,35 +219,36 @@ __host__ __device__ inline MvueDraw MvueSample(const float a[4], float u1, float
   const float t_1 = (f0 + f1) + f2;                                               // T_i1
   const float r_i1 = Mux(pc, r3, Mux(pb, r2, Mux(pa, r1, r0)));
   const float t_2 = r_i1 + Mux(q2, f0 + f1, Mux(q1, f0 + f2, f1 + f2));          // T_i2
-  const int i1 = -static_cast<int>(pa + pb + pc), slot = -static_cast<int>(q1 + q2);
-  const bool second_first = slot < i1;  // i2 = slot < i1 ? slot : slot + 1
-  const int i2 = slot + !second_first;
+  // i1 = -na, slot = -ns; i2 = slot + 1 when slot >= i1 (then lo = i1, hi = slot + 1),
+  // else slot (lo = slot, hi = i1)
+  const uint32_t na = pa + pb + pc, ns = q1 + q2;
+  const bool first_lo = static_cast<int>(ns) <= static_cast<int>(na);  // -slot <= -i1
   MvueDraw d;
-  d.lo = second_first ? i2 : i1;
-  d.hi = second_first ? i1 : i2;
+  d.code = first_lo ? 4u - (na + 4u * ns) : 0u - (ns + 4u * na);
   d.s = s;
-  d.t_lo = second_first ? t_2 : t_1;
-  d.t_hi = second_first ? t_1 : t_2;
+  d.t_lo = first_lo ? t_1 : t_2;
+  d.t_hi = first_lo ? t_2 : t_1;
   return d;
 }
 
-// v / p for a kept v with a = |v| + eps: v S / (a (1 + T)).
+// v / p for a kept v: v S / (a (1 + T)).
 __host__ __device__ inline float MvueScale(float v, float s, float t) {
-  const float a = fabsf(v) + 1.19209e-07f;
+  const float a = MvueA(v);
   return v * s * Rcp(fmaf(a, t, a));
 }
 
-// MvueSample on the values v; returns the kept positions lo < hi and their values.
+// MvueSample on the values v; returns the kept positions lo < hi and
+// their values.
 __host__ __device__ inline void MvuePick(const float v[4], float u1, float u2, int* lo, int* hi,
                                          float* v_lo, float* v_hi) {
   float a[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) a[i] = fabsf(v[i]) + 1.19209e-07f;
+  for (int i = 0; i < 4; ++i) a[i] = MvueA(v[i]);
   const MvueDraw d = MvueSample(a, u1, u2);
-  *lo = d.lo;
-  *hi = d.hi;
-  *v_lo = MvueScale(d.lo == 0 ? v[0] : (d.lo == 1 ? v[1] : v[2]), d.s, d.t_lo);
-  *v_hi = MvueScale(d.hi == 1 ? v[1] : (d.hi == 2 ? v[2] : v[3]), d.s, d.t_hi);
+  *lo = static_cast<int>(d.code & 3u);
+  *hi = static_cast<int>(d.code >> 2);
+  *v_lo = MvueScale(*lo == 0 ? v[0] : (*lo == 1 ? v[1] : v[2]), d.s, d.t_lo);
+  *v_hi = MvueScale(*hi == 1 ? v[1] : (*hi == 2 ? v[2] : v[3]), d.s, d.t_hi);
 }
 
 // MVUE of one group in bit form: y holds the two kept values (the others +0).
@@ -261,14 +266,16 @@ __host__ __device__ inline void Mvue4(const uint32_t x[4], uint32_t y[4], float 
   for (int i = 0; i < 4; ++i) y[i] = i == lo ? bl : (i == hi ? bh : 0u);
 }
 
-// The two uniforms of group number c (A's row * groups per row + group), from two
-// independent hashes (no dependency chain). u = h * 2^-32 rounded to float: its CDF is within
-// 2^-25 of the uniform's (24 significant bits, finer below 1/2), as good as (h >> 8) * 2^-24
-// and one shift cheaper; u can round to 1.0, which MvueSample's draws take (the last
-// element / slot).
+// The two uniforms of group number c (A's row * groups per row + group): u = h 2^-32
+// rounded to float, whose CDF is within 2^-25 of the uniform's (24 significant bits, finer
+// below 1/2): as good as (h >> 8) 2^-24, and a shift cheaper. u can round to 1, which
+// MvueSample's draws take (the last element / slot). h2 hashes h1, not c: hashing c ^ k1
+// too would give groups c and c ^ k0 ^ k1 each other's uniforms, swapped.
 __host__ __device__ inline void MvueUniforms(const MvueKeys& keys, uint32_t c, float* u1, float* u2) {
-  *u1 = static_cast<float>(Hash32(c ^ keys.k0)) * 2.3283064365386963e-10f;
-  *u2 = static_cast<float>(Hash32(c ^ keys.k1)) * 2.3283064365386963e-10f;
+  const uint32_t h1 = Hash32(c ^ keys.k0);
+  const uint32_t h2 = Hash32(h1 ^ keys.k1);
+  *u1 = static_cast<float>(h1) * 2.3283064365386963e-10f;
+  *u2 = static_cast<float>(h2) * 2.3283064365386963e-10f;
 }
 
 }  // namespace s24
