@@ -37,14 +37,18 @@ UNITS = {
     "cusparselt": (CUSP_CSRC / "compress.cu", "MvueTransposedKernel"),
     "act_grad": (CUSP_CSRC / "act_grad.cu", "Mvue"),
 }
-GROUPS_PER_THREAD = {"own": 16, "cusparselt": 16, "act_grad": 16}
+GROUPS_PER_THREAD = 16  # groups of 4 a thread prunes: 8 loaded words x 2 halves
+
+
+def groups_per_thread(name: str) -> int:
+    return 2 * GROUPS_PER_THREAD if "Swiglu" in name else GROUPS_PER_THREAD  # x and gate halves
 
 # (file name, text of the line just before the region (its branch condition), text of the
 # region's last line): code that runs only for a group whose kept pair holds a zero, or (own
 # projection) a group of more than two non-zeros. The first occurrence of each snippet counts.
 RARE = [
     ("compress_kernels.cuh", "if (!PruneGroupDraw(keys, counter, x, half, &pair, &code)) {", "}  // end MvueZeroKept"),
-    ("own_compress.cuh", "if (in && !Mv::PruneGroupDraw(", "}  // end OwnMvueZeroKept"),
+    ("own_compress.cuh", "if (!Mv::PruneGroupDraw(", "}  // end OwnMvueZeroKept"),
     ("compress_kernels.cuh", "if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {", "code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);"),
     ("sm90_layout.cuh", "if (na && nb) { v0 = a; v1 = b; return p; }", "return 0;"),
     ("own_compress.cuh", "if (s24::Popc(m) > 2) {", "m = s24::NonzeroMask(w01, w23);"),
@@ -195,7 +199,7 @@ def main() -> None:
             regs = dict(re.findall(r"Function (\w+):\s*\n\s*REG:(\d+)", res))
             for name, (ins, labels) in parse(dis, filt).items():
                 total, path = common_path(ins, labels, rare)
-                g = GROUPS_PER_THREAD[unit]
+                g = groups_per_thread(name)
                 mufu = sum("MUFU" in t for _, t, _ in path)
                 dem = subprocess.run([shutil.which("cu++filt") or "c++filt"], input=name,
                                      capture_output=True, text=True).stdout.strip()

@@ -315,7 +315,8 @@ struct MvueTransposed {
   // Phase 1's loads: from p (dZ's word of this thread's feature pair at the first token of
   // group g_first < kg), the four tokens of groups g_first + 8 i (i = 0..7); all 32 issued
   // before any use. Groups from kg on (the last block column) load group g_first + 8 i_max
-  // again, i_max the last in range: their words are not used, and no load is predicated. A
+  // again, i_max the last in range: stand-in words whose results are never stored, and no
+  // load is predicated. A
   // load's token row is 32 i + t rows of `words` words after p's: one IMAD.WIDE each (a
   // 64-bit index product per load cost ~12 instructions).
   static __host__ __device__ inline void LoadGroups(const uint32_t* p, int64_t words, int64_t g_first,
@@ -343,15 +344,18 @@ struct MvueTransposed {
     uint32_t x[8][4];
     LoadGroups(a.src + 4 * gf * words + r0 / 2 + lane, words, gf, kg, x);
     // counter of group gf + 8 i, row r0 + 2 lane + half: c + half * kg + 8 i
-    const uint32_t c = static_cast<uint32_t>((r0 + 2 * lane) * kg + gf), kg32 = static_cast<uint32_t>(kg);
+    // (Opaque: kept in registers, not recomputed for every group)
+    const uint32_t c = Opaque(static_cast<uint32_t>((r0 + 2 * lane) * kg + gf));
+    const uint32_t c_hi = Opaque(c + static_cast<uint32_t>(kg));
     uint32_t* vals = &sm.vals[2 * lane][warp];
     uint8_t* nib = &sm.nib[2 * lane][warp];
+    // groups past the tokens (the last block column) run on LoadGroups' stand-in words, without
+    // a branch: Phase2 stores none of their values and nibbles
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      if (8 * i >= kg - gf) continue;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        PruneGroup(keys, c + half * kg32 + 8 * i, x[i], half, &vals[half * (kMvGroups + 4) + 8 * i],
+        PruneGroup(keys, (half ? c_hi : c) + 8 * i, x[i], half, &vals[half * (kMvGroups + 4) + 8 * i],
                    &nib[half * (kMvGroups + 4) + 8 * i]);
       }
     }

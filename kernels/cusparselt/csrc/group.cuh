@@ -36,6 +36,15 @@ __host__ __device__ inline uint32_t Prmt(uint32_t a, uint32_t b, uint32_t s) {
 #endif
 }
 
+// x, hidden from the optimizer (no instruction): a value that the compiler would otherwise
+// recompute from its inputs at every use (to save a register) stays in one.
+__host__ __device__ inline uint32_t Opaque(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+r"(x));
+#endif
+  return x;
+}
+
 __host__ __device__ inline int Popc(uint32_t x) {
 #ifdef __CUDA_ARCH__
   return __popc(x);

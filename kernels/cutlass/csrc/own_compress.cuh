@@ -295,17 +295,21 @@ struct OwnMvue {
       const s24::MvueKeys keys = s24::MakeMvueKeys(a.seed);
       uint32_t x[8][4];
       Mv::LoadGroups(a.src + 4 * gf * words + r0 / 2 + lane, words, gf, kg, x);
-      // counter of group gf + 8 i, A row r0 + 2 lane + half: c + half * kg + 8 i
-      const uint32_t c = static_cast<uint32_t>((r0 + 2 * lane) * kg + gf), kg32 = static_cast<uint32_t>(kg);
+      // counter of group gf + 8 i, A row r0 + 2 lane + half: c + half * kg + 8 i. s24::Opaque:
+      // kept in registers, not recomputed from r0, lane, kg and gf for every group
+      const uint32_t c = s24::Opaque(static_cast<uint32_t>((r0 + 2 * lane) * kg + gf));
+      const uint32_t c_hi = s24::Opaque(c + static_cast<uint32_t>(kg));
+      const int groups_in = static_cast<int>(kg - gf < 64 ? kg - gf : 64);  // groups gf + 8 i < kg
       uint32_t* vals = &sm.vals[2 * lane][warp];
       uint8_t* codes = &sm.code[2 * lane][warp];
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
-        const bool in = 8 * i < kg - gf;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          uint32_t pair = 0u, code = 0u;  // past the tokens: CUTLASS's padding (code 0, never stored values)
-          if (in && !Mv::PruneGroupDraw(keys, c + half * kg32 + 8 * i, x[i], half, &pair, &code)) {
+          // groups past the tokens (the last block column) run on LoadGroups' stand-in words,
+          // without a branch: their values are never stored, and their code is CUTLASS's padding, 0
+          uint32_t pair, code;
+          if (!Mv::PruneGroupDraw(keys, (half ? c_hi : c) + 8 * i, x[i], half, &pair, &code)) {
             // a kept value is zero (rare): CUTLASS's code and pair of the dense kept group
             const uint64_t y = (static_cast<uint64_t>(pair & 0xFFFFu) << (16 * (code & 3u))) |
                                (static_cast<uint64_t>(pair >> 16) << (16 * (code >> 2)));  // w01 | w23 << 32
@@ -313,7 +317,7 @@ struct OwnMvue {
             pair = OwnGroup(w01, w23, &code);
           }  // end OwnMvueZeroKept
           vals[half * (kGroups + 4) + 8 * i] = pair;
-          codes[half * (kGroups + 4) + 8 * i] = static_cast<uint8_t>(code);
+          codes[half * (kGroups + 4) + 8 * i] = static_cast<uint8_t>(8 * i < groups_in ? code : 0u);
         }
       }
     } else {
