@@ -185,7 +185,9 @@ def test_ffn_block_fused_matches_unfused(ops, monkeypatch, kind):
     kernel against fused=False: the same gradients up to the MVUE draws that
     dZ's rounding moves. swiglu's unfused dZ is rounded once too (equal here);
     GELU's comes from autodiff in bf16 (several roundings): a few groups draw
-    differently, ~3% of dW1's largest entry at 200 tokens."""
+    differently, moving a few of dW1's entries by up to ~13% of its largest
+    (8 key pairs, 2026-11-30: at most 0.5% of the entries past the 5% tolerance,
+    under both the MVUE's old and its new random stream)."""
     import jax
     import jax.numpy as jnp
 
@@ -218,7 +220,12 @@ def test_ffn_block_fused_matches_unfused(ops, monkeypatch, kind):
     for g, r in zip(got, ref):
         g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
         scale = np.abs(r).max()
-        np.testing.assert_allclose(g, r, atol=5e-2 * scale, rtol=5e-2)
+        if kind == "swiglu":
+            np.testing.assert_allclose(g, r, atol=5e-2 * scale, rtol=5e-2)
+        else:  # a few redrawn groups: few entries off, none far off
+            off = np.abs(g - r) > 5e-2 * scale + 5e-2 * np.abs(r)
+            assert off.mean() <= 0.01, off.mean()
+            assert np.abs(g - r).max() <= 0.25 * scale
 
 
 def test_lowering_for_cuda(monkeypatch):

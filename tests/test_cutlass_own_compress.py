@@ -160,6 +160,40 @@ def test_mvue_is_unbiased():
     assert np.mean(err / scale) < 0.06
 
 
+# groups for the sampler's statistics: plain, mixed signs and scales, one value dwarfing three
+# small ones (the case where S - a_j cancels in float32), equal values
+MVUE_GROUPS = [(1.0, 2.0, 3.0, 4.0), (-0.5, 0.25, 8.0, -1.0), (1e-3, 2e-3, 5.0, 1e-3),
+               (1.0, 1.0, 1.0, 1.0), (100.0, 1.0, -1.0, 100.0), (1.0, -1.0, 1e-3, 3.0)]
+
+
+def test_mvue_draws_the_reference_inclusion_probabilities():
+    """Each group of MVUE_GROUPS repeated over 8192 groups (its own counters, so independent
+    draws): the kept frequency of each position is sparse24_jax.mvue's inclusion probability
+    p_i, and the mean kept value is x_i (kept values are x_i / p_i), within 5 standard errors
+    (+ bf16 rounding)."""
+    from sparse24_jax.mvue import EPS, mvue_inclusion_probs
+
+    groups = np.array(MVUE_GROUPS, np.float32).astype(BF16)
+    ng, m = len(MVUE_GROUPS), 4096
+    n = 64 * ((ng + 63) // 64)  # feature f holds group f % ng at every token group
+    col = np.tile(groups, (1, 1))[np.arange(n) % ng]  # (n, 4)
+    dz = np.ascontiguousarray(np.tile(col, (1, m // 4)).T)  # (m, n): dz[4g + e, f] = col[f, e]
+    draws = np.zeros((ng, 4)), np.zeros((ng, 4))
+    for seed in range(2):
+        vals, meta = _cutlass_own.mvue(dz, (seed, 99))
+        d = layout.decompress_sm90(vals, meta, n, m).astype(np.float64).reshape(n, -1, 4)
+        for f in range(n):
+            draws[0][f % ng] += (d[f] != 0).sum(0)
+            draws[1][f % ng] += d[f].sum(0)
+    count = 2 * (m // 4) * np.bincount(np.arange(n) % ng, minlength=ng)[:, None]
+    x = groups.astype(np.float64)
+    p = np.asarray(mvue_inclusion_probs(np.abs(groups.astype(np.float32)) + np.float32(EPS)), np.float64)
+    freq, mean = draws[0] / count, draws[1] / count
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / count) + 1e-9)
+    se = np.abs(x) * np.sqrt(np.maximum(1 / p - 1, 0) / count)
+    np.testing.assert_array_less(np.abs(mean - x), 5 * se + 4e-3 * np.abs(x) + 1e-9)
+
+
 @pytest.mark.parametrize("shape", [(64, 96), (32, 64), (100, 64)])
 def test_shapes_the_kernels_refuse(shape):
     n, k = shape

@@ -257,38 +257,81 @@ struct MvueTransposed {
 
   // MVUE of one group of A: its four elements are the low (half = 0) or high
   // halves of the words x[0..3] (four consecutive tokens of a feature pair),
-  // `counter` its index in A. Writes the kept pair as one word (lo | hi << 16)
-  // and its nibble. Kernels that compute dZ before pruning it (act_grad) call
-  // this too, so that their buffers are this kernel's, byte for byte.
+  // `counter` its index in A. Writes the drawn pair as one word (lo | hi << 16)
+  // and its code lo | hi << 2, and returns whether both kept values are non-zero:
+  // then (almost always) the pair and code are final in both cuSPARSELt's and
+  // CUTLASS's formats; otherwise the caller moves the zero to its format's
+  // positions (PruneGroup; OwnMvue in kernels/cutlass). The kept bits come out of
+  // the packed group with one prmt (bytes 2 lo, 2 lo + 1, 2 hi, 2 hi + 1), and
+  // MvueScale recomputes their a_i: the same floats MvuePick uses.
+  static __host__ __device__ inline bool PruneGroupDraw(const MvueKeys& keys, uint32_t counter,
+                                                        const uint32_t x[4], int half, uint32_t* pair,
+                                                        uint32_t* code) {
+    const uint32_t sel = half ? 0x7632u : 0x5410u;
+    const uint32_t w01 = Prmt(x[0], x[1], sel), w23 = Prmt(x[2], x[3], sel);
+    const float a[4] = {MvueA(Tr::ToFloat(w01 & 0xFFFFu)), MvueA(Tr::ToFloat(w01 >> 16)),
+                        MvueA(Tr::ToFloat(w23 & 0xFFFFu)), MvueA(Tr::ToFloat(w23 >> 16))};
+    float u1, u2;
+    MvueUniforms(keys, counter, &u1, &u2);
+    const MvueDraw d = MvueSample(a, u1, u2);
+    // prmt selector of bytes 2 lo, 2 lo + 1, 2 hi, 2 hi + 1: 0x1010 + 0x22 lo + 0x2200 hi
+    const uint32_t kept = Prmt(w01, w23, 0x1010u + 0x22u * d.code + (0x2200u - 0x88u) * (d.code >> 2));
+    const uint32_t bl = Tr::FromFloat(MvueScale(Tr::ToFloat(kept & 0xFFFFu), d.s, d.t_lo));
+    const uint32_t bh = Tr::FromFloat(MvueScale(Tr::ToFloat(kept >> 16), d.s, d.t_hi));
+    *pair = bl | (bh << 16);
+    *code = d.code;
+    return (bl & Tr::kMag) && (bh & Tr::kMag);
+  }
+
+  // PruneGroupDraw in cuSPARSELt's format: a kept zero moves to cuSPARSELt's
+  // canonical positions (CanonicalPair). Kernels that compute dZ before pruning
+  // it (act_grad) call this too, so that their buffers are this kernel's, byte
+  // for byte.
   static __host__ __device__ inline void PruneGroup(const MvueKeys& keys, uint32_t counter,
                                                     const uint32_t x[4], int half, uint32_t* vals,
                                                     uint8_t* nib) {
-    float v[4];
-#pragma unroll
-    for (int t = 0; t < 4; ++t) v[t] = Tr::ToFloat(half ? x[t] >> 16 : x[t] & 0xFFFFu);
-    float u1, u2;
-    MvueUniforms(keys, counter, &u1, &u2);
-    int lo, hi;
-    float vl, vh;
-    MvuePick(v, u1, u2, &lo, &hi, &vl, &vh);
-    uint32_t bl = Tr::FromFloat(vl), bh = Tr::FromFloat(vh);
-    uint32_t code = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 2);
-    if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {
-      // a kept value is zero: cuSPARSELt's canonical positions (rare)
+    uint32_t pair, code;
+    if (!PruneGroupDraw(keys, counter, x, half, &pair, &code)) {
+      // a kept value is zero (rare: zeros in the input)
+      const int lo = static_cast<int>(code & 3u), hi = static_cast<int>(code >> 2);
       uint32_t y[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) y[j] = j == lo ? bl : (j == hi ? bh : 0u);
+      for (int j = 0; j < 4; ++j) y[j] = j == lo ? pair & 0xFFFFu : (j == hi ? pair >> 16 : 0u);
       int c0, c1;
       CanonicalPair<Tr::kMag>(y, &c0, &c1);
+      uint32_t bl = 0, bh = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if (j == c0) bl = y[j];
         if (j == c1) bh = y[j];
       }
+      pair = bl | (bh << 16);
       code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);
-    }
-    *vals = bl | (bh << 16);
+    }  // end MvueZeroKept
+    *vals = pair;
     *nib = static_cast<uint8_t>(code);
+  }
+
+  // Phase 1's loads: from p (dZ's word of this thread's feature pair at the first token of
+  // group g_first < kg), the four tokens of groups g_first + 8 i (i = 0..7); all 32 issued
+  // before any use. Groups from kg on (the last block column) load group g_first + 8 i_max
+  // again, i_max the last in range: stand-in words whose results are never stored, and no
+  // load is predicated. A
+  // load's token row is 32 i + t rows of `words` words after p's: one IMAD.WIDE each (a
+  // 64-bit index product per load cost ~12 instructions).
+  static __host__ __device__ inline void LoadGroups(const uint32_t* p, int64_t words, int64_t g_first,
+                                                    int64_t kg, uint32_t x[8][4]) {
+    const uint32_t pitch = static_cast<uint32_t>(4 * words);  // bytes per token row
+    const char* base = reinterpret_cast<const char*>(p);
+    const int64_t left = kg - g_first;  // >= 1
+    const uint32_t last = left > 56 ? 224u : static_cast<uint32_t>(32 * ((left - 1) / 8));  // 32 i_max
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t row = 32u * i < last ? 32u * i : last;
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+        x[i][t] = *reinterpret_cast<const uint32_t*>(base + static_cast<uint64_t>(row + t) * pitch);
+    }
   }
 
   static __host__ __device__ inline void Phase1(const Args& a, Smem& sm, int bx, int by, int tid) {
@@ -296,25 +339,24 @@ struct MvueTransposed {
     const int64_t r0 = static_cast<int64_t>(by) * kMvRows;
     const int64_t g0 = static_cast<int64_t>(bx) * kMvGroups;
     const int64_t kg = a.k / 4, words = a.m / 2;
-    const int64_t col = r0 / 2 + lane;
+    const int64_t gf = g0 + warp;  // the thread's first group
     const MvueKeys keys = MakeMvueKeys(a.seed);
     uint32_t x[8][4];
+    LoadGroups(a.src + 4 * gf * words + r0 / 2 + lane, words, gf, kg, x);
+    // counter of group gf + 8 i, row r0 + 2 lane + half: c + half * kg + 8 i
+    // (Opaque: kept in registers, not recomputed for every group)
+    const uint32_t c = Opaque(static_cast<uint32_t>((r0 + 2 * lane) * kg + gf));
+    const uint32_t c_hi = Opaque(c + static_cast<uint32_t>(kg));
+    uint32_t* vals = &sm.vals[2 * lane][warp];
+    uint8_t* nib = &sm.nib[2 * lane][warp];
+    // groups past the tokens (the last block column) run on LoadGroups' stand-in words, without
+    // a branch: Phase2 stores none of their values and nibbles
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const int64_t g = g0 + warp + 8 * i;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) x[i][t] = g < kg ? a.src[(4 * g + t) * words + col] : 0u;
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int gl = warp + 8 * i;
-      const int64_t g = g0 + gl;
-      if (g >= kg) continue;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int rl = 2 * lane + half;
-        PruneGroup(keys, static_cast<uint32_t>((r0 + rl) * kg + g), x[i], half, &sm.vals[rl][gl],
-                   &sm.nib[rl][gl]);
+        PruneGroup(keys, (half ? c_hi : c) + 8 * i, x[i], half, &vals[half * (kMvGroups + 4) + 8 * i],
+                   &nib[half * (kMvGroups + 4) + 8 * i]);
       }
     }
   }

@@ -36,6 +36,15 @@ __host__ __device__ inline uint32_t Prmt(uint32_t a, uint32_t b, uint32_t s) {
 #endif
 }
 
+// x, hidden from the optimizer (no instruction): a value that the compiler would otherwise
+// recompute from its inputs at every use (to save a register) stays in one.
+__host__ __device__ inline uint32_t Opaque(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+r"(x));
+#endif
+  return x;
+}
+
 __host__ __device__ inline int Popc(uint32_t x) {
 #ifdef __CUDA_ARCH__
   return __popc(x);
@@ -148,48 +157,108 @@ __host__ __device__ inline float Rcp(float x) {
 #endif
 }
 
-// MVUE 2:4 of one group (docs/algorithms.md, section 3): a_i = |v_i| + 1.19209e-07, S = sum a;
-// i1 ~ a_i / S, then i2 ~ a_j / (S - a_i1) among the other three; the kept
-// values become v_i / p_i with p_i the inclusion probability
-//   p_i = a_i * (1/S + sum_{j != i} q_j),   q_j = a_j / (S * R_j),   R_j = S - a_j,
-// where R_j is summed from the other three, never subtracted (for a group like
-// (0, 0, 5, 0), S - a_2 cancels in float32). u1, u2: the two uniforms in
-// [0, 1) (24 bits each). Returns the kept positions lo < hi and their values.
-// Branch-free (selects), ~80 instructions: the kernel is a memory-bound stream.
+// All ones when a >= b, else 0 (ptxas: FSETP + SEL). MvueSample draws with these masks
+// rather than bools: Mux on them is one LOP3 like an FSEL, and a draw's index is minus the
+// sum of its masks (one IADD3). Against bools and FSELs (2026-11-30): the same instruction
+// count, fewer registers (MvueTransposed 60-63 instead of 72).
+__host__ __device__ inline uint32_t GeMask(float a, float b) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a >= b ? ~0u : 0u;
+#endif
+}
+
+// m ? x : y for a mask m of GeMask.
+__host__ __device__ inline float Mux(uint32_t m, float x, float y) {
+  uint32_t xb, yb;
+  memcpy(&xb, &x, 4);
+  memcpy(&yb, &y, 4);
+  const uint32_t r = (m & xb) | (~m & yb);
+  float f;
+  memcpy(&f, &r, 4);
+  return f;
+}
+
+// MVUE 2:4 of one group (docs/algorithms.md, section 3): a_i = |v_i| + 1.19209e-07,
+// S = sum a; i1 ~ a_i / S, then i2 ~ a_j / R_i1 among the other three, R_j = S - a_j.
+// The kept values become v_i / p_i with p_i the inclusion probability
+//   p_i = a_i / S + sum_{j != i} (a_j / S) (a_i / R_j) = (a_i / S) (1 + T_i),
+//   T_i = sum_{j != i} r_j,   r_j = a_j / R_j,
+// i.e. v_i / p_i = v_i S / (a_i (1 + T_i)). Every R_j and T_i is summed from its terms,
+// never formed by a subtraction: for a group like (0, 0, 5, 0), S - a_2 cancels in float32,
+// and r_2 (~1e7) would swamp the others' T. (r_j overflows for |v_j| > ~1e32, where the
+// group's small kept values read 0; bf16 gradients stay far below.)
+//
+// The draws work on "slots", the three elements other than i1 in index order: slot k
+// holds element k when k < i1, else k + 1. With the first draw's comparisons
+// pa = (i1 >= 1), pb = (i1 >= 2), pc = (i1 == 3) (the cumulative sums increase, so
+// pa >= pb >= pc), slot k's element is picked by one select each (slot 0: pa ? 0 : 1,
+// slot 1: pb ? 1 : 2, slot 2: pc ? 2 : 3), and so are their a, their r, R_i1 (the sum of
+// the slots' a) and T_i1 (the sum of their r). The second draw compares u2 R_i1 with the
+// slots' first two cumulative sums (so it never lands past slot 2), and
+// T_i2 = r_i1 + (r of the two slots not drawn). No division, ~20 selects fewer than
+// picking every quantity by index.
+
+// a = |v| + eps (the reference's eps).
+__host__ __device__ inline float MvueA(float v) { return fabsf(v) + 1.19209e-07f; }
+
+struct MvueDraw {
+  uint32_t code;     // kept positions lo < hi as lo | hi << 2
+  float s;           // S
+  float t_lo, t_hi;  // T_lo, T_hi
+};
+
+// a: the MvueA of the group; u1, u2: the two uniforms in [0, 1].
+__host__ __device__ inline MvueDraw MvueSample(const float a[4], float u1, float u2) {
+  const float c1 = a[0] + a[1], c2 = c1 + a[2], s = c2 + a[3], p23 = a[2] + a[3];
+  // r_j = a_j / R_j, R_j summed from the other three (R_3 = c2)
+  const float r0 = a[0] * Rcp(a[1] + p23), r1 = a[1] * Rcp(a[0] + p23);
+  const float r2 = a[2] * Rcp(c1 + a[3]), r3 = a[3] * Rcp(c2);
+  // first draw: inverse CDF, i1 = pa + pb + pc (masks)
+  const float t1 = u1 * s;
+  const uint32_t pa = GeMask(t1, a[0]), pb = GeMask(t1, c1), pc = GeMask(t1, c2);
+  // the slots' a and r
+  const float b0 = Mux(pa, a[0], a[1]), b1 = Mux(pb, a[1], a[2]), b2 = Mux(pc, a[2], a[3]);
+  const float f0 = Mux(pa, r0, r1), f1 = Mux(pb, r1, r2), f2 = Mux(pc, r2, r3);
+  // second draw among the slots: slot = q1 + q2 (t2 <= R_i1, so the last slot takes the rest)
+  const float b01 = b0 + b1;
+  const float t2 = u2 * (b01 + b2);
+  const uint32_t q1 = GeMask(t2, b0), q2 = GeMask(t2, b01);
+  const float t_1 = (f0 + f1) + f2;                                               // T_i1
+  const float r_i1 = Mux(pc, r3, Mux(pb, r2, Mux(pa, r1, r0)));
+  const float t_2 = r_i1 + Mux(q2, f0 + f1, Mux(q1, f0 + f2, f1 + f2));          // T_i2
+  // i1 = -na, slot = -ns; i2 = slot + 1 when slot >= i1 (then lo = i1, hi = slot + 1),
+  // else slot (lo = slot, hi = i1)
+  const uint32_t na = pa + pb + pc, ns = q1 + q2;
+  const bool first_lo = static_cast<int>(ns) <= static_cast<int>(na);  // -slot <= -i1
+  MvueDraw d;
+  d.code = first_lo ? 4u - (na + 4u * ns) : 0u - (ns + 4u * na);
+  d.s = s;
+  d.t_lo = first_lo ? t_1 : t_2;
+  d.t_hi = first_lo ? t_2 : t_1;
+  return d;
+}
+
+// v / p for a kept v: v S / (a (1 + T)).
+__host__ __device__ inline float MvueScale(float v, float s, float t) {
+  const float a = MvueA(v);
+  return v * s * Rcp(fmaf(a, t, a));
+}
+
+// MvueSample on the values v; returns the kept positions lo < hi and their values.
 __host__ __device__ inline void MvuePick(const float v[4], float u1, float u2, int* lo, int* hi,
                                          float* v_lo, float* v_hi) {
   float a[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) a[i] = fabsf(v[i]) + 1.19209e-07f;
-  const float c0 = a[0], c1 = c0 + a[1], c2 = c1 + a[2], s = c2 + a[3];
-  // first draw: inverse CDF (the c's increase, so the index is a count)
-  const float t1 = u1 * s;
-  const int i1 = (t1 >= c0) + (t1 >= c1) + (t1 >= c2);
-  // second draw among the other three, proportional to a_j (a_i1 set to 0)
-  const float w0 = i1 == 0 ? 0.f : a[0], w1 = i1 == 1 ? 0.f : a[1];
-  const float w2 = i1 == 2 ? 0.f : a[2], w3 = i1 == 3 ? 0.f : a[3];
-  const float d0 = w0, d1 = d0 + w1, d2 = d1 + w2;
-  const float t2 = u2 * (d2 + w3);
-  int i2 = (t2 >= d0) + (t2 >= d1) + (t2 >= d2);
-  if (i2 == i1) i2 = i1 == 3 ? 2 : 3;  // u2 * total rounded up onto i1's empty interval
-  const int l = i1 < i2 ? i1 : i2, h = i1 < i2 ? i2 : i1;
-  // inclusion probabilities of the two kept positions
-  const float p01 = a[0] + a[1], p23 = a[2] + a[3];
-  const float inv_s = Rcp(s);
-  const float q0 = a[0] * inv_s * Rcp(a[1] + p23), q1 = a[1] * inv_s * Rcp(a[0] + p23);
-  const float q2 = a[2] * inv_s * Rcp(p01 + a[3]), q3 = a[3] * inv_s * Rcp(p01 + a[2]);
-  const float q01 = q0 + q1, q23 = q2 + q3;
-  // sum of q_j over j != i, added directly (no subtraction): lo is 0..2, hi 1..3
-  const float qo_l = l == 0 ? q1 + q23 : (l == 1 ? q0 + q23 : q01 + q3);
-  const float qo_h = h == 1 ? q0 + q23 : (h == 2 ? q01 + q3 : q01 + q2);
-  const float a_l = l == 0 ? a[0] : (l == 1 ? a[1] : a[2]);
-  const float a_h = h == 1 ? a[1] : (h == 2 ? a[2] : a[3]);
-  const float x_l = l == 0 ? v[0] : (l == 1 ? v[1] : v[2]);
-  const float x_h = h == 1 ? v[1] : (h == 2 ? v[2] : v[3]);
-  *lo = l;
-  *hi = h;
-  *v_lo = x_l * Rcp(a_l * (inv_s + qo_l));
-  *v_hi = x_h * Rcp(a_h * (inv_s + qo_h));
+  for (int i = 0; i < 4; ++i) a[i] = MvueA(v[i]);
+  const MvueDraw d = MvueSample(a, u1, u2);
+  *lo = static_cast<int>(d.code & 3u);
+  *hi = static_cast<int>(d.code >> 2);
+  *v_lo = MvueScale(*lo == 0 ? v[0] : (*lo == 1 ? v[1] : v[2]), d.s, d.t_lo);
+  *v_hi = MvueScale(*hi == 1 ? v[1] : (*hi == 2 ? v[2] : v[3]), d.s, d.t_hi);
 }
 
 // MVUE of one group in bit form: y holds the two kept values (the others +0).
@@ -207,12 +276,16 @@ __host__ __device__ inline void Mvue4(const uint32_t x[4], uint32_t y[4], float 
   for (int i = 0; i < 4; ++i) y[i] = i == lo ? bl : (i == hi ? bh : 0u);
 }
 
-// The two uniforms of group number c (A's row * groups per row + group).
+// The two uniforms of group number c (A's row * groups per row + group): u = h 2^-32
+// rounded to float, whose CDF is within 2^-25 of the uniform's (24 significant bits, finer
+// below 1/2): as good as (h >> 8) 2^-24, and a shift cheaper. u can round to 1, which
+// MvueSample's draws take (the last element / slot). h2 hashes h1, not c: hashing c ^ k1
+// too would give groups c and c ^ k0 ^ k1 each other's uniforms, swapped.
 __host__ __device__ inline void MvueUniforms(const MvueKeys& keys, uint32_t c, float* u1, float* u2) {
   const uint32_t h1 = Hash32(c ^ keys.k0);
   const uint32_t h2 = Hash32(h1 ^ keys.k1);
-  *u1 = static_cast<float>(h1 >> 8) * 5.9604644775390625e-08f;
-  *u2 = static_cast<float>(h2 >> 8) * 5.9604644775390625e-08f;
+  *u1 = static_cast<float>(h1) * 2.3283064365386963e-10f;
+  *u2 = static_cast<float>(h2) * 2.3283064365386963e-10f;
 }
 
 }  // namespace s24

@@ -262,9 +262,10 @@ struct OwnProject {
 // Phase 0: warp w, lane l reads the word l of the block's feature pairs
 //   (features 2l, 2l+1) at the four tokens of groups w + 8i (i = 0..7; all 32
 //   loads issued first; 128 contiguous bytes per warp load), MVUE-prunes the
-//   two groups with PruneGroup (the cuSPARSELt kernel's own function: counter
-//   = A row * M/4 + group, the same uniforms and bits) and converts the kept
-//   pair to CUTLASS's code and pair (PackedToCutlass); into shared memory.
+//   two groups with PruneGroupDraw (the cuSPARSELt kernel's own draw: counter
+//   = A row * M/4 + group, the same uniforms and bits). Its pair and code are
+//   CUTLASS's when both kept values are non-zero; a kept zero (rare) goes
+//   through OwnGroup, CUTLASS's rule on the dense group. Into shared memory.
 // Phase 1: values as four 16-byte stores per thread (a row's 16 groups), the
 //   two atoms' metadata as one 8-byte chunk per thread.
 struct OwnMvue {
@@ -290,34 +291,33 @@ struct OwnMvue {
     const int64_t kg = a.k / 4;
     if (p == 0) {
       const int lane = tid & 31, warp = tid >> 5;
-      const int64_t words = a.m / 2, col = r0 / 2 + lane;
+      const int64_t words = a.m / 2, gf = g0 + warp;  // gf: the thread's first group
       const s24::MvueKeys keys = s24::MakeMvueKeys(a.seed);
       uint32_t x[8][4];
+      Mv::LoadGroups(a.src + 4 * gf * words + r0 / 2 + lane, words, gf, kg, x);
+      // counter of group gf + 8 i, A row r0 + 2 lane + half: c + half * kg + 8 i. s24::Opaque:
+      // kept in registers, not recomputed from r0, lane, kg and gf for every group
+      const uint32_t c = s24::Opaque(static_cast<uint32_t>((r0 + 2 * lane) * kg + gf));
+      const uint32_t c_hi = s24::Opaque(c + static_cast<uint32_t>(kg));
+      const int groups_in = static_cast<int>(kg - gf < 64 ? kg - gf : 64);  // groups gf + 8 i < kg
+      uint32_t* vals = &sm.vals[2 * lane][warp];
+      uint8_t* codes = &sm.code[2 * lane][warp];
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
-        const int64_t g = g0 + warp + 8 * i;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) x[i][t] = g < kg ? a.src[(4 * g + t) * words + col] : 0u;
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int gl = warp + 8 * i;
-        const int64_t g = g0 + gl;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int rl = 2 * lane + half;
-          uint32_t pair = 0u;
-          uint8_t code = 0;  // past the tokens: CUTLASS's padding (code 0, never stored values)
-          if (g < kg) {
-            uint8_t nib;
-            Mv::PruneGroup(keys, static_cast<uint32_t>((r0 + rl) * kg + g), x[i], half, &pair, &nib);
-            uint16_t v0, v1;
-            code = s24cutlass::PackedToCutlass<2, true>(nib, static_cast<uint16_t>(pair & 0xFFFFu),
-                                                         static_cast<uint16_t>(pair >> 16), v0, v1);
-            pair = static_cast<uint32_t>(v0) | (static_cast<uint32_t>(v1) << 16);
-          }
-          sm.vals[rl][gl] = pair;
-          sm.code[rl][gl] = code;
+          // groups past the tokens (the last block column) run on LoadGroups' stand-in words,
+          // without a branch: their values are never stored, and their code is CUTLASS's padding, 0
+          uint32_t pair, code;
+          if (!Mv::PruneGroupDraw(keys, (half ? c_hi : c) + 8 * i, x[i], half, &pair, &code)) {
+            // a kept value is zero (rare): CUTLASS's code and pair of the dense kept group
+            const uint64_t y = (static_cast<uint64_t>(pair & 0xFFFFu) << (16 * (code & 3u))) |
+                               (static_cast<uint64_t>(pair >> 16) << (16 * (code >> 2)));  // w01 | w23 << 32
+            uint32_t w01 = static_cast<uint32_t>(y), w23 = static_cast<uint32_t>(y >> 32);
+            pair = OwnGroup(w01, w23, &code);
+          }  // end OwnMvueZeroKept
+          vals[half * (kGroups + 4) + 8 * i] = pair;
+          codes[half * (kGroups + 4) + 8 * i] = static_cast<uint8_t>(8 * i < groups_in ? code : 0u);
         }
       }
     } else {
