@@ -251,6 +251,25 @@ def gpu_breakdown(trace, steps: int, top: int = 15) -> dict:
     return out
 
 
+#: timed steps this much slower than the profiled steps' GPU span get a warning line
+TIMING_GAP = 0.05
+
+
+def timing_check(step_ms: float, prof: dict) -> str | None:
+    """A warning when the timed steps (``step_ms``) took more than :data:`TIMING_GAP` longer
+    than the profiled steps' GPU span per step (busy time plus the idle gaps between their
+    kernels): then the timed window holds something the profiled one does not (first-step
+    effects such as the allocator growing its pool or a late compilation, or host stalls
+    between steps), and its tokens/s understate the steady state. None when they agree."""
+    span = prof.get("busy_ms_per_step", 0.0) + prof.get("idle_ms_per_step", 0.0)
+    if span <= 0 or step_ms <= span * (1 + TIMING_GAP):
+        return None
+    return (f"* **timing**: the timed steps took {step_ms:.2f} ms each, {100 * (step_ms / span - 1):.0f}% "
+            f"more than the profiled steps' GPU span ({span:.2f} ms: busy + idle between kernels): "
+            f"the timed window holds first-step effects or host stalls; time more steps or raise "
+            f"--warmup before trusting its tokens/s")
+
+
 def _idle_before(timelines) -> dict:
     """GPU idle time (us) between the first and last kernel of each GPU, each gap charged to
     the category of the kernel that ends it: a gap before a sparse GEMM is time the GPU waited
@@ -316,7 +335,9 @@ def report(result: dict) -> str:
                      f"Trace: {p.get('trace_file') or 'not found'}")
         return "\n".join(lines) + "\n"
     wall = p["wall_ms_per_step"]
-    lines += [f"* GPU busy: **{p['busy_ms_per_step']:.2f} ms/step** of {t['step_ms']:.2f} ms wall "
+    check = timing_check(t["step_ms"], p)
+    lines += ([check] if check else []) + [
+              f"* GPU busy: **{p['busy_ms_per_step']:.2f} ms/step** of {t['step_ms']:.2f} ms wall "
               f"({100 * p['busy_ms_per_step'] / t['step_ms']:.0f}%; profiled steps took {wall:.2f} ms each); "
               f"summed kernel time {p['kernel_ms_per_step']:.2f} ms/step, {p['kernels_per_step']:.0f} kernels/step "
               f"on {p['n_gpus']} GPU(s), streams: {', '.join(p['threads'])}",

@@ -178,3 +178,15 @@ def test_idle_charged_to_the_kernel_that_ends_the_gap():
         assert out["categories"][c]["idle_before_ms_per_step"] == pytest.approx(want, abs=1e-12), c
     dense = out["categories"]["dense GEMM"]["top"]
     assert [k["name"][:5] for k in dense] == ["nvjet", "sm90_"] and dense[0]["ms_per_step"] == pytest.approx(0.2)
+
+
+def test_timing_check_flags_timed_steps_slower_than_the_gpu_span():
+    """Numbers of two H200 runs (docs/BENCHMARKS.md section 10): GPT-2 1558M SR-STE, 10 timed
+    steps at 186.7 ms against a profiled GPU span of 169.7 + 2.7 ms, is flagged; 774M, whose
+    timed and profiled steps agree, and a run without a GPU profile are not."""
+    sp = load_step_profile()
+    msg = sp.timing_check(186.73, {"busy_ms_per_step": 169.66, "idle_ms_per_step": 2.70})
+    assert msg is not None and "186.73 ms" in msg and "8%" in msg and "--warmup" in msg
+    assert sp.timing_check(172.80, {"busy_ms_per_step": 172.25, "idle_ms_per_step": 1.83}) is None
+    assert sp.timing_check(100.0, {}) is None
+
