@@ -88,7 +88,9 @@ this order (RULES below):
    AdamW, copies/transposes, the mask search's non-GEMM parts).
 
 Output: a markdown table (category, ms/step, % of GPU kernel time), GPU busy vs wall step
-time, the top 15 kernels by time, and everything in --json. On a machine without a GPU
+time (with a warning when the timed steps run over 5% longer than the profiled steps' GPU
+span: first-step effects in the timed window), the top 15 kernels by time, and everything in
+--json. On a machine without a GPU
 (or if the profiler records no device activity) it says so and reports tok/s and MFU only.
 """
 
