@@ -423,3 +423,52 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
     streamk = {k: v for k, v in sizes.items() if k[0].endswith("_sk")}
     assert all(a > 0 and b > 0 for a, b in streamk.values()), streamk
     assert all(v == (0, 0) for k, v in sizes.items() if k not in streamk), sizes
+
+
+def test_command_buffer_handler_twins(monkeypatch):
+    """$SPARSE24_CUTLASS_CMD_BUFFER maps each FFI target to its handler's
+    command-buffer-compatible twin (same target names, so no custom call changes); with
+    a prebuilt library, both sets of handler symbols are exported. On a machine without
+    a GPU, loading still names the GPU fix first."""
+    import ctypes
+
+    from sparse24_jax_kernels.cutlass import _library as L
+    from sparse24_jax_kernels.cutlass import epilogue_ops
+
+    names = {**L.TARGETS, epilogue_ops.EPI_TARGET: "s24c_gemm_epi"}
+    assert L.targets(names, cmd_buffer=False) == names
+    twins = L.targets(names, cmd_buffer=True)
+    assert twins.keys() == names.keys()
+    assert all(twins[t] == names[t] + "_graph" for t in names)
+    for value, on in (("1", True), ("true", True), ("0", False), ("false", False), ("", False)):
+        monkeypatch.setenv(L.CMD_BUFFER_ENV, value)
+        assert L.command_buffers() is on and L.targets(names) == (twins if on else names), value
+    monkeypatch.setenv(L.CMD_BUFFER_ENV, "1")
+    from sparse24_jax_kernels._loader import has_cuda_device
+
+    if not has_cuda_device():
+        with pytest.raises(RuntimeError, match="Hopper"):
+            L.load()
+    path = os.environ.get("SPARSE24_CUTLASS_KERNELS")
+    if path and Path(path).is_file():
+        lib = ctypes.CDLL(path)
+        missing = [s for s in (*names.values(), *twins.values()) if not hasattr(lib, s)]
+        assert not missing, missing
+
+
+def test_command_buffer_twins_missing_from_an_older_library_name_the_fix(monkeypatch):
+    """A library built before the twins lacks their symbols: ctypes' AttributeError
+    becomes a RuntimeError that says to rebuild or unset the variable."""
+    from sparse24_jax_kernels.cutlass import _library as L
+
+    seen = {}
+
+    def register(targets):  # what FfiLibrary.register meets in such a library
+        seen.update(targets)
+        raise AttributeError("/x/libsparse24_cutlass-old.so: undefined symbol: s24c_gemm_graph")
+
+    monkeypatch.setenv(L.CMD_BUFFER_ENV, "1")
+    monkeypatch.setattr(L.LIBRARY, "register", register)
+    with pytest.raises(RuntimeError, match="rebuild it .*or unset \\$SPARSE24_CUTLASS_CMD_BUFFER"):
+        L.load()
+    assert seen == L.targets(L.TARGETS, cmd_buffer=True)

@@ -3,12 +3,17 @@
 ``load_library()`` builds the library on first use (:mod:`.build`, or takes
 ``$SPARSE24_CUTLASS_KERNELS``) and loads it with ctypes (no GPU needed for
 that). ``load()`` also registers its XLA FFI handlers for the CUDA platform,
-which needs a CUDA GPU visible to JAX.
+which needs a CUDA GPU visible to JAX. With ``$SPARSE24_CUTLASS_CMD_BUFFER`` set
+(before the first load in the process) the targets get the handlers' twins that
+are marked command-buffer compatible, so that XLA may capture them into its CUDA
+graphs instead of splitting its graphs at every CUTLASS call (experimental: not
+measured yet).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 
 from .._loader import FfiLibrary
 
@@ -21,6 +26,7 @@ __all__ = [
     "instances",
     "load",
     "load_library",
+    "targets",
     "workspace_bytes",
 ]
 
@@ -62,9 +68,41 @@ def load_library() -> ctypes.CDLL:
     return LIBRARY.library()
 
 
+#: set (not "0" / "false"): register the command-buffer-compatible handlers
+CMD_BUFFER_ENV = "SPARSE24_CUTLASS_CMD_BUFFER"
+#: the suffix of a handler symbol's command-buffer-compatible twin (csrc/bindings.cc)
+GRAPH_SUFFIX = "_graph"
+
+
+def command_buffers() -> bool:
+    """Whether ``$SPARSE24_CUTLASS_CMD_BUFFER`` asks for the command-buffer-compatible handlers."""
+    return os.environ.get(CMD_BUFFER_ENV, "0").strip().lower() not in ("", "0", "false")
+
+
+def targets(names: dict[str, str], cmd_buffer: bool | None = None) -> dict[str, str]:
+    """FFI target -> handler symbol for ``names``: as given, or (``cmd_buffer``; default
+    :func:`command_buffers`) each symbol's command-buffer-compatible twin. The target
+    names stay the same, so the callers' custom calls do not change."""
+    if cmd_buffer is None:
+        cmd_buffer = command_buffers()
+    return {t: sym + GRAPH_SUFFIX if cmd_buffer else sym for t, sym in names.items()}
+
+
+def register(names: dict[str, str]) -> ctypes.CDLL:
+    """Register ``names`` (target -> handler symbol) through :func:`targets`; a library
+    built before the command-buffer twins existed is a RuntimeError naming the fix."""
+    try:
+        return LIBRARY.register(targets(names))
+    except AttributeError as err:  # ctypes: no such symbol
+        raise RuntimeError(
+            f"this CUTLASS library lacks a handler ({err}): it was built before the "
+            f"command-buffer-compatible handlers; rebuild it (python -m "
+            f"sparse24_jax_kernels.cutlass.build) or unset ${CMD_BUFFER_ENV}") from err
+
+
 def load() -> ctypes.CDLL:
     """Load the library and register its FFI targets for CUDA (once)."""
-    return LIBRARY.register(TARGETS)
+    return register(TARGETS)
 
 
 def instance_table(count, info, kind_key: str, kind_names: dict[int, str]) -> list[dict]:

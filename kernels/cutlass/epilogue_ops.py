@@ -23,7 +23,7 @@ import ctypes
 
 import numpy as np
 
-from ._library import LIBRARY, PREFIX, instance_table, load, load_library
+from ._library import PREFIX, instance_table, load, load_library, register
 from .build import EPILOGUE_CONFIGS, EPILOGUES
 from .ops import check_operands, problem
 
@@ -60,7 +60,7 @@ def load_epilogues() -> ctypes.CDLL:
     fused handler ``sparse24_cutlass_gemm_epi`` (once)."""
     load()
     _lib()
-    return LIBRARY.register({EPI_TARGET: "s24c_gemm_epi"})
+    return register({EPI_TARGET: "s24c_gemm_epi"})
 
 
 def epilogue_instances() -> list[dict]:
