@@ -107,43 +107,26 @@ static ffi::Error CompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuff
 
 }  // namespace s24c
 
-#define S24C_GEMM_BINDING                      \
-  ffi::Ffi::Bind()                             \
-  .Ctx<ffi::PlatformStream<cudaStream_t>>()    \
-  .Ctx<ffi::DeviceOrdinal>()                   \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Attr<int64_t>("product")                    \
-  .Attr<std::string_view>("config")
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_gemm, s24c::GemmImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Attr<int64_t>("product")
+                                .Attr<std::string_view>("config"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_gemm, s24c::GemmImpl, S24C_GEMM_BINDING);
-
-// The same handler marked command-buffer compatible, so that XLA may capture it
-// into its CUDA graphs (opt-in: $SPARSE24_CUTLASS_CMD_BUFFER, _library.py). Under
-// capture it does what it does otherwise, and nothing in it synchronises: host-side
-// checks, then stream-ordered work only (CUTLASS's initialize builds the TMA
-// descriptors on the host and clears a stream-K workspace with cudaMemsetAsync;
-// the launch).
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_gemm_graph, s24c::GemmImpl, S24C_GEMM_BINDING,
-                              {ffi::Traits::kCmdBufferCompatible});
-
-#define S24C_COMPRESS_BINDING                  \
-  ffi::Ffi::Bind()                             \
-  .Ctx<ffi::PlatformStream<cudaStream_t>>()    \
-  .Ctx<ffi::DeviceOrdinal>()                   \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_compress, s24c::CompressImpl, S24C_COMPRESS_BINDING);
-
-// Its command-buffer-compatible twin (bindings.cc's s24c_gemm_graph says why it is safe).
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_compress_graph, s24c::CompressImpl, S24C_COMPRESS_BINDING,
-                              {ffi::Traits::kCmdBufferCompatible});
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_compress, s24c::CompressImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>());
 
 // Plain C exports for ctypes.
 extern "C" {

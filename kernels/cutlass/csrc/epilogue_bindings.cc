@@ -77,25 +77,19 @@ ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, f
 }  // namespace
 }  // namespace s24c
 
-#define S24C_GEMM_EPI_BINDING                                     \
-  ffi::Ffi::Bind()                                                \
-  .Ctx<ffi::PlatformStream<cudaStream_t>>()                       \
-  .Ctx<ffi::DeviceOrdinal>()                                      \
-  .Arg<ffi::AnyBuffer>()   /* values */                           \
-  .Arg<ffi::AnyBuffer>()   /* meta */                             \
-  .Arg<ffi::AnyBuffer>()   /* X or dY */                          \
-  .Arg<ffi::AnyBuffer>()   /* bias (fwd_gelu) or Z1 (dx_dgelu) */ \
-  .Ret<ffi::AnyBuffer>()   /* H or dZ1 */                         \
-  .Ret<ffi::AnyBuffer>()   /* Z (fwd_gelu) or a (16,) dummy */    \
-  .Ret<ffi::AnyBuffer>()   /* workspace */                        \
-  .Attr<int64_t>("epilogue")                                      \
-  .Attr<std::string_view>("config")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_gemm_epi, s24c::EpiImpl, S24C_GEMM_EPI_BINDING);
-
-// Its command-buffer-compatible twin (bindings.cc's s24c_gemm_graph says why it is safe).
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_gemm_epi_graph, s24c::EpiImpl, S24C_GEMM_EPI_BINDING,
-                              {ffi::Traits::kCmdBufferCompatible});
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_gemm_epi, s24c::EpiImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()   // values
+                                .Arg<ffi::AnyBuffer>()   // meta
+                                .Arg<ffi::AnyBuffer>()   // X or dY
+                                .Arg<ffi::AnyBuffer>()   // bias (fwd_gelu) or Z1 (dx_dgelu)
+                                .Ret<ffi::AnyBuffer>()   // H or dZ1
+                                .Ret<ffi::AnyBuffer>()   // Z (fwd_gelu) or a (16,) dummy
+                                .Ret<ffi::AnyBuffer>()   // workspace
+                                .Attr<int64_t>("epilogue")
+                                .Attr<std::string_view>("config"));
 
 extern "C" {
 

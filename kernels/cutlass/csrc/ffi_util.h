@@ -34,6 +34,16 @@ inline ffi::Error InvalidArg(const std::string& msg) {
 
 #define S24C_CUDA_CHECK(expr) S24_CUDA_CHECK_WITH(::s24c::CudaError, expr)
 
+// The XLA FFI handler symbol `name`, and its twin `name##_graph`: the same handler
+// marked command-buffer compatible, so that XLA may capture it into its CUDA graphs
+// (opt-in: $SPARSE24_CUTLASS_CMD_BUFFER, _library.py). Under capture a handler does
+// what it does otherwise, and nothing in it synchronises: host-side checks, then
+// stream-ordered work only (CUTLASS's initialize builds the TMA descriptors on the
+// host and clears a stream-K workspace with cudaMemsetAsync; the launches).
+#define S24C_DEFINE_HANDLER_SYMBOLS(name, impl, binding) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl, binding);    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name##_graph, impl, binding, {ffi::Traits::kCmdBufferCompatible})
+
 // The device's SM count (for CUTLASS's persistent tile scheduler), asked once.
 inline cudaError_t SmCount(int device, int* out) {
   static std::array<std::atomic<int>, 64> cache{};

@@ -110,34 +110,22 @@ static ffi::Error OwnMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
 
 }  // namespace s24c
 
-#define S24C_OWN_PROJECT_BINDING               \
-  ffi::Ffi::Bind()                             \
-  .Ctx<ffi::PlatformStream<cudaStream_t>>()    \
-  .Ctx<ffi::DeviceOrdinal>()                   \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_project, s24c::OwnProjectImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_own_project, s24c::OwnProjectImpl, S24C_OWN_PROJECT_BINDING);
-
-// Its command-buffer-compatible twin (bindings.cc's s24c_gemm_graph says why it is safe).
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_own_project_graph, s24c::OwnProjectImpl, S24C_OWN_PROJECT_BINDING,
-                              {ffi::Traits::kCmdBufferCompatible});
-
-#define S24C_OWN_MVUE_BINDING                  \
-  ffi::Ffi::Bind()                             \
-  .Ctx<ffi::PlatformStream<cudaStream_t>>()    \
-  .Ctx<ffi::DeviceOrdinal>()                   \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Arg<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()                       \
-  .Ret<ffi::AnyBuffer>()
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_own_mvue, s24c::OwnMvueImpl, S24C_OWN_MVUE_BINDING);
-
-// Its command-buffer-compatible twin (bindings.cc's s24c_gemm_graph says why it is safe).
-XLA_FFI_DEFINE_HANDLER_SYMBOL(s24c_own_mvue_graph, s24c::OwnMvueImpl, S24C_OWN_MVUE_BINDING,
-                              {ffi::Traits::kCmdBufferCompatible});
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_mvue, s24c::OwnMvueImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>());
