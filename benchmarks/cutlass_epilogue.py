@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 
+from config_tables import write_config_table
 from shapes import SHAPES, tiled_mask
 from timing import time_jax
 
@@ -213,8 +214,6 @@ def write_table(path: str, rows: list[dict], device: str, argv) -> None:
     """The fastest fused config of each row, keyed by the layer whose weight the GEMM reads:
     fc1's forward by W1 (h x d), fc2's input gradient by W2 (d x h), as the backend looks
     them up (its weight operand's N x K)."""
-    import datetime
-
     table: dict[str, dict[str, str]] = {}
     for r in rows:
         if not r["fused_config"]:
@@ -222,11 +221,8 @@ def write_table(path: str, rows: list[dict], device: str, argv) -> None:
         fwd = r["pass"].startswith("fwd")
         # the rows' N x K is the weight's: W1 (h, d) for fwd, W2 (d, h) for dx
         table.setdefault(f"{r['N']}x{r['K']}", {})["fwd" if fwd else "dx"] = r["fused_config"]
-    cmd = " ".join(["python3", "benchmarks/cutlass_epilogue.py", *(argv if argv is not None else sys.argv[1:])])
-    with open(path, "w") as fh:
-        json.dump({"device": device, "date": datetime.date.today().isoformat(), "command": cmd,
-                   "M": rows[0]["M"] if rows else None, "table": table}, fh, indent=1)
-    print(f"fused configs per layer shape written to {path}: {table}")
+    write_config_table(path, table, device=device, m=rows[0]["M"] if rows else None,
+                       script="cutlass_epilogue.py", argv=argv, what="fused configs")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 
+from config_tables import write_config_table
 from shapes import SHAPES, tiled_mask
 from timing import time_jax, time_torch
 
@@ -354,17 +355,12 @@ _PRODUCTS = {"fwd": "fwd", "dX": "dx", "dW": "dw"}
 def write_table(path: str, rows: list[dict], device: str, argv) -> None:
     """The fastest CUTLASS config of each (layer, product), keyed as the backend looks it
     up: by the weight's N x K (the dW product's output has the weight's shape too)."""
-    import datetime
-
     table: dict[str, dict[str, str]] = {}
     for r in rows:
         if r["gemm"] in _PRODUCTS and r.get("cutlass_config"):
             table.setdefault(f"{r['N']}x{r['K']}", {})[_PRODUCTS[r["gemm"]]] = r["cutlass_config"]
-    cmd = " ".join(["python3", "benchmarks/sparse_gemm.py", *(argv if argv is not None else sys.argv[1:])])
-    with open(path, "w") as fh:
-        json.dump({"device": device, "date": datetime.date.today().isoformat(), "command": cmd,
-                   "M": rows[0]["M"] if rows else None, "table": table}, fh, indent=1)
-    print(f"CUTLASS configs per layer shape written to {path}: {table}")
+    write_config_table(path, table, device=device, m=rows[0]["M"] if rows else None,
+                       script="sparse_gemm.py", argv=argv, what="CUTLASS configs")
 
 
 if __name__ == "__main__":
