@@ -1,12 +1,13 @@
 """What the two FFI libraries' Python loaders share (``cusparselt._library``,
 ``cutlass._library``): the library built on first use and ctypes-loaded once per
-process under a lock, the error a failed load raises, and its XLA FFI handlers
-registered for CUDA once each."""
+process under a lock, the error a failed load raises, its XLA FFI handlers
+registered for CUDA once each, and the on/off switches they read from the environment."""
 
 from __future__ import annotations
 
 import ctypes
 import importlib
+import os
 import threading
 from typing import Callable
 
@@ -19,6 +20,11 @@ def has_cuda_device() -> bool:
         return any(d.platform == "gpu" for d in jax.devices("gpu"))
     except RuntimeError:
         return False
+
+
+def env_flag(name: str) -> bool:
+    """Whether ``$name`` is set to something other than empty, "0" or "false" (any case)."""
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false")
 
 
 class FfiLibrary:

@@ -11,11 +11,10 @@ needs a CUDA GPU visible to JAX. Also here: the codes the library's calls take
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 
-from .._loader import FfiLibrary
+from .._loader import FfiLibrary, env_flag
 
 __all__ = [
     "ACT_KINDS",
@@ -91,7 +90,7 @@ def load() -> ctypes.CDLL:
     $SPARSE24_CUSPARSELT_CMD_BUFFER set, the matmul's target is the handler that
     CUDA graphs may capture (s24_spmm_graph).
     """
-    graphs = os.environ.get("SPARSE24_CUSPARSELT_CMD_BUFFER", "0") not in ("", "0", "false")
+    graphs = env_flag("SPARSE24_CUSPARSELT_CMD_BUFFER")
     targets = dict(TARGETS)
     if graphs:
         targets[PREFIX + "spmm"] = "s24_spmm_graph"

@@ -13,9 +13,8 @@ measured yet).
 from __future__ import annotations
 
 import ctypes
-import os
 
-from .._loader import FfiLibrary
+from .._loader import FfiLibrary, env_flag
 
 __all__ = [
     "LIBRARY",
@@ -76,7 +75,7 @@ GRAPH_SUFFIX = "_graph"
 
 def command_buffers() -> bool:
     """Whether ``$SPARSE24_CUTLASS_CMD_BUFFER`` asks for the command-buffer-compatible handlers."""
-    return os.environ.get(CMD_BUFFER_ENV, "0").strip().lower() not in ("", "0", "false")
+    return env_flag(CMD_BUFFER_ENV)
 
 
 def targets(names: dict[str, str], cmd_buffer: bool | None = None) -> dict[str, str]:
