@@ -321,7 +321,7 @@ def test_epilogue_config_choice(be, monkeypatch, tmp_path):
         backend.epilogue_table()
 
 
-def test_gemm_table_file_and_override(monkeypatch, tmp_path):
+def test_gemm_table_file_and_override(monkeypatch, tmp_path, capsys):
     """The plain GEMMs' configs: the shipped gemm_configs.json, then
     $SPARSE24_CUTLASS_GEMM_TABLE's entries over it; what benchmarks/sparse_gemm.py
     --table-out writes is such a file; a bad entry names its file and the fix."""
@@ -345,6 +345,10 @@ def test_gemm_table_file_and_override(monkeypatch, tmp_path):
             {"N": 1280, "K": 5120, "M": 16384, "gemm": "compress W,W.T"},  # not a product
             {"N": 96, "K": 64, "M": 16384, "gemm": "dX"}]  # no CUTLASS time: no entry
     table = tmp_path / "t.json"
+    with pytest.raises(SystemExit):  # the table is the CUTLASS configs': refused without them
+        sparse_gemm.main(["--table-out", str(table)])
+    assert "--table-out writes the CUTLASS configs' table: add --cutlass" in capsys.readouterr().err
+    assert not table.exists()
     sparse_gemm.write_table(str(table), rows, "NVIDIA H200", ["--cutlass"])
     assert json.loads(table.read_text())["table"] == {
         "1280x5120": {"dw": sk, "fwd": backend.DEFAULT_CONFIG}}
