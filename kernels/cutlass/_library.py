@@ -69,7 +69,7 @@ def load_library() -> ctypes.CDLL:
 
 #: set (not "0" / "false"): register the command-buffer-compatible handlers
 CMD_BUFFER_ENV = "SPARSE24_CUTLASS_CMD_BUFFER"
-#: the suffix of a handler symbol's command-buffer-compatible twin (csrc/bindings.cc)
+#: the suffix of a handler symbol's command-buffer-compatible twin (csrc/ffi_util.h S24C_DEFINE_HANDLER_SYMBOLS)
 GRAPH_SUFFIX = "_graph"
 
 
