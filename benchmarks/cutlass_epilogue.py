@@ -5,14 +5,20 @@
 
 Per model (d, h = 4d), bf16, one GPU, X (M, d) tokens:
 
-* fwd of the first linear (W1_s: h x d), which writes A = gelu(Z1) and keeps Z1:
-    fused   ``epilogue_ops.spmm_fwd_gelu``  (one GEMM: D = gelu(acc), Aux = acc)
+* fwd of the first linear (W1_s: h x d), which writes A = gelu(Z1) and keeps
+  what the backward needs (fused: G1 = gelu'(Z1); unfused: Z1):
+    fused   ``epilogue_ops.spmm_fwd_gelu``  (one GEMM: D = gelu(acc), Aux = gelu'(acc))
     plain   CUTLASS fwd GEMM -> Z1, then XLA ``jax.nn.gelu(Z1, approximate=False)``
     XLA     ``jnp.dot(X, W1.T)`` -> Z1, then the same gelu
 * input gradient of the second linear (W2_s: d x h) times gelu'(Z1), i.e. dZ1:
-    fused   ``epilogue_ops.spmm_dx_dgelu``  (one GEMM: D = acc * gelu'(Aux), Aux = Z1 read)
+    fused   ``epilogue_ops.spmm_dx_dgelu``  (one GEMM: D = acc * Aux, Aux = G1 read)
     plain   CUTLASS dx GEMM -> dA, then ``sparse24_jax.ffn.activation_vjp("gelu", Z1, dA)``
     XLA     ``jnp.dot(dY, W2_s)`` -> dA, then the same activation_vjp
+* the same with fc1's weight-gradient operand S_z(dZ1^T) (MVUE-pruned, compressed):
+    fused   ``epilogue_ops.spmm_dx_dgelu_mvue``  (the MVUE in the same epilogue)
+    plain   ``spmm_dx_dgelu`` then ``own_ops.mvue_compress`` (what the FFN runs today)
+    ("GEMM alone" is spmm_dx_dgelu; "act pass alone" the MVUE pass; "err" 0 when the
+    fused outputs are the two-pass path's bytes, inf when not)
 
 "GEMM alone" is the plain CUTLASS GEMM without the elementwise pass (the floor
 the fused epilogue approaches); a shaped-epilogue config (build.Config.epi_*,
@@ -110,7 +116,8 @@ def bench_model(name: str, d: int, h: int, m: int, opts) -> list[dict]:
     rows.append(r)
 
     # ---- (ii) fc2 input gradient times gelu'(Z1): dZ1
-    ref_d = jax.jit(epi.reference_dx_dgelu)(w2_s.T, dy, z1)
+    g1 = jax.jit(lambda z: epi.reference_gelu_grad(z).astype(jnp.bfloat16))(z1)
+    ref_d = jax.jit(epi.reference_dx_dgelu)(w2_s.T, dy, g1)
     r = {"model": name, "pass": f"dx*gelu' ({h}x{d})", "M": m, "N": d, "K": h,
          "xla": tj(lambda dy, w, z: activation_vjp("gelu", z, jnp.dot(dy, w)), dy, w2_s, z1),
          "act_alone": tj(lambda a, z: activation_vjp("gelu", z, a), z1, z1),
@@ -118,8 +125,8 @@ def bench_model(name: str, d: int, h: int, m: int, opts) -> list[dict]:
     for cfg in configs:
         try:
             fused = lambda dy, v, mt, z, cfg=cfg: epi.spmm_dx_dgelu(v, mt, dy, z, config=cfg)  # noqa: E731
-            r["err"][cfg] = _err(jax.jit(fused)(dy, v2, m2, z1), ref_d)
-            r["fused_all"][cfg] = tj(fused, dy, v2, m2, z1)
+            r["err"][cfg] = _err(jax.jit(fused)(dy, v2, m2, g1), ref_d)
+            r["fused_all"][cfg] = tj(fused, dy, v2, m2, g1)
             plain_times(
                 r, cfg, lambda base: lambda dy, v, mt: cops.spmm("dx", v, mt, dy, config=base),
                 (dy, v2, m2),
@@ -129,6 +136,40 @@ def bench_model(name: str, d: int, h: int, m: int, opts) -> list[dict]:
             print(f"  {cfg} dx_dgelu failed: {type(err).__name__}: {str(err)[:300]}",
                   file=sys.stderr, flush=True)
     rows.append(r)
+
+    # ---- (iii) the same and S_z(dZ1^T) (fc1's weight-gradient operand): MVUE in the epilogue
+    # vs dx_dgelu then own_mvue (the two passes the FFN runs today); no XLA counterpart
+    # (dense training prunes nothing): "XLA" is row (ii)'s
+    if opts.mvue:
+        from sparse24_jax_kernels.cutlass import own_ops
+
+        seed = own_ops.seed_from_key(jax.random.fold_in(key, 6))
+        mvue = lambda d: own_ops.mvue_compress(seed, d)  # noqa: E731
+        r = {"model": name, "pass": f"dx*gelu'+MVUE ({h}x{d})", "M": m, "N": d, "K": h,
+             "xla": rows[-1]["xla"], "act_alone": tj(mvue, ref_d),
+             "fused_all": {}, "plain_all": {}, "gemm_all": {}, "err": {}}
+        have = {i["config"] for i in epi.epilogue_instances() if i["epilogue"] == "dx_dgelu_mvue"}
+        for cfg in (c for c in configs if c in have):  # build.MVUE_EPILOGUE_CONFIGS
+            try:
+                fused = lambda dy, v, mt, g, cfg=cfg: epi.spmm_dx_dgelu_mvue(v, mt, dy, g, seed, config=cfg)  # noqa: E731
+                two = lambda dy, v, mt, g, cfg=cfg: (lambda d: (d, mvue(d)))(  # noqa: E731
+                    epi.spmm_dx_dgelu(v, mt, dy, g, config=cfg))
+                d_f, pruned = jax.jit(fused)(dy, v2, m2, g1)
+                d_t, pruned_t = jax.jit(two)(dy, v2, m2, g1)
+                same = all(bool(jnp.array_equal(a, b)) for a, b in
+                           zip(jax.tree.leaves((d_f, pruned)), jax.tree.leaves((d_t, pruned_t))))
+                r["err"][cfg] = 0.0 if same else float("inf")  # bytes: the two-pass path's or not
+                if not same:
+                    print(f"  {cfg} dx_dgelu_mvue: NOT the bytes of dx_dgelu + own_mvue",
+                          file=sys.stderr, flush=True)
+                r["fused_all"][cfg] = tj(fused, dy, v2, m2, g1)
+                r["plain_all"][cfg] = tj(two, dy, v2, m2, g1)
+                r["gemm_all"][cfg] = tj(lambda dy, v, mt, g, cfg=cfg: epi.spmm_dx_dgelu(
+                    v, mt, dy, g, config=cfg), dy, v2, m2, g1)
+            except Exception as err:  # noqa: BLE001
+                print(f"  {cfg} dx_dgelu_mvue failed: {type(err).__name__}: {str(err)[:300]}",
+                      file=sys.stderr, flush=True)
+        rows.append(r)
     for r in rows:
         for k in ("fused", "plain", "gemm"):
             a = r[f"{k}_all"]
@@ -178,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=["loop", "pipelined"], default="loop")
     p.add_argument("--configs", nargs="*", default=None,
                    help="only these fused configs (default: every one the build has)")
+    p.add_argument("--no-mvue", dest="mvue", action="store_false",
+                   help="skip the dx_dgelu_mvue row (MVUE of dZ1 in the epilogue vs own_mvue after)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--table-out", help="write the fastest fused config per layer shape here, in the "
                    "format of kernels/cutlass/epilogue_configs.json (the backend reads it from "
@@ -216,8 +259,8 @@ def write_table(path: str, rows: list[dict], device: str, argv) -> None:
     them up (its weight operand's N x K)."""
     table: dict[str, dict[str, str]] = {}
     for r in rows:
-        if not r["fused_config"]:
-            continue
+        if not r["fused_config"] or "MVUE" in r["pass"]:
+            continue  # the MVUE row times dx_dgelu_mvue, not the dx_dgelu the table picks for
         fwd = r["pass"].startswith("fwd")
         # the rows' N x K is the weight's: W1 (h, d) for fwd, W2 (d, h) for dx
         table.setdefault(f"{r['N']}x{r['K']}", {})["fwd" if fwd else "dx"] = r["fused_config"]

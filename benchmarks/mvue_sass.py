@@ -48,7 +48,7 @@ def groups_per_thread(name: str) -> int:
 # projection) a group of more than two non-zeros. The first occurrence of each snippet counts.
 RARE = [
     ("compress_kernels.cuh", "if (!PruneGroupDraw(keys, counter, x, half, &pair, &code)) {", "}  // end MvueZeroKept"),
-    ("own_compress.cuh", "if (!Mv::PruneGroupDraw(", "}  // end OwnMvueZeroKept"),
+    ("own_compress.cuh", "if (!s24::MvueTransposed<s24::kBF16>::PruneGroupDraw(", "}  // end OwnMvueZeroKept"),
     ("compress_kernels.cuh", "if (!(bl & Tr::kMag) || !(bh & Tr::kMag)) {", "code = static_cast<uint32_t>(c0) | (static_cast<uint32_t>(c1) << 2);"),
     ("sm90_layout.cuh", "if (na && nb) { v0 = a; v1 = b; return p; }", "return 0;"),
     ("own_compress.cuh", "if (s24::Popc(m) > 2) {", "m = s24::NonzeroMask(w01, w23);"),

@@ -180,8 +180,8 @@ class FusedActivationGradPrune(Protocol):
 @runtime_checkable
 class FusedLinearActivation(Protocol):
     """The forward GEMM with the activation in its epilogue: the FFN's first
-    linear writes ``A = act(Z)`` and the pre-activation ``Z`` (which the
-    backward needs) from the float32 accumulator, with no separate pass over
+    linear writes ``A = act(Z)`` and ``G = act'(Z)`` (what the backward
+    multiplies by) from the float32 accumulator, with no separate pass over
     ``Z`` (:mod:`sparse24_jax.ffn`). Ungated activations only (``act`` is
     elementwise on ``Z``)."""
 
@@ -189,29 +189,30 @@ class FusedLinearActivation(Protocol):
         """The activations (``"gelu"``, ...) its forward epilogue applies."""
 
     def matmul_fwd_activation(self, kind: str, x: Array, w_op: Any) -> tuple[Array, Array]:
-        """``(A, Z)`` with ``Z = X @ W_s.T`` (as :meth:`Backend.matmul_fwd`:
-        ``(M, K) -> (M, N)`` in ``x.dtype``) and ``A = act(Z)``, the activation
-        applied to the float32 accumulator and rounded once to ``x.dtype``
-        (gelu: ``z Phi(z)``, exact). ``A`` may differ from ``act`` of the
-        rounded ``Z`` by one rounding of ``Z``."""
+        """``(A, G)`` with ``Z = X @ W_s.T`` (as :meth:`Backend.matmul_fwd`:
+        ``(M, K) -> (M, N)``), ``A = act(Z)`` and ``G = act'(Z)``, both computed
+        from the float32 accumulator and rounded once to ``x.dtype`` (gelu:
+        ``z Phi(z)`` and ``Phi(z) + z phi(z)``, exact). They may differ from
+        ``act`` and ``act'`` of the rounded ``Z`` by one rounding of ``Z``."""
 
 
 @runtime_checkable
 class FusedLinearActivationGrad(Protocol):
     """The input-gradient GEMM of the FFN's second linear with the activation's
-    backward in its epilogue: ``dZ1 = (dY @ W2_s) * act'(Z1)`` in one GEMM that
-    reads the saved ``Z1`` (no ``dA`` written and read back; :mod:`sparse24_jax.ffn`)."""
+    backward in its epilogue: ``dZ1 = (dY @ W2_s) * G1`` in one GEMM that reads
+    the saved ``G1 = act'(Z1)`` (no ``dA`` written and read back;
+    :mod:`sparse24_jax.ffn`)."""
 
     def linear_activation_grad_kinds(self) -> tuple[str, ...]:
         """The activations whose derivative its input-gradient epilogue applies."""
 
-    def matmul_dx_activation_grad(self, kind: str, dy: Array, w_op: Any, z: Array) -> Array:
-        """``dZ = (dY @ W_s) * act'(Z)``: ``dY`` (M, N), ``w_op`` the second
-        linear's operands (as :meth:`Backend.matmul_dx`), ``Z`` (M, K) the first
-        linear's pre-activation; the product kept in float32, multiplied by
-        ``act'(Z)`` in float32 and rounded once to ``z``'s dtype (gelu:
-        ``act'(z) = Phi(z) + z phi(z)``, :func:`sparse24_jax.ffn.activation_vjp`
-        of the unrounded ``dA``)."""
+    def matmul_dx_activation_grad(self, kind: str, dy: Array, w_op: Any, g: Array) -> Array:
+        """``dZ = (dY @ W_s) * G``: ``dY`` (M, N), ``w_op`` the second linear's
+        operands (as :meth:`Backend.matmul_dx`), ``G`` (M, K) the first linear's
+        ``act'(Z1)`` (:meth:`FusedLinearActivation.matmul_fwd_activation`'s
+        second output, or :func:`sparse24_jax.ffn.activation_grad`); the product
+        kept in float32, multiplied by ``G`` in float32 and rounded once to
+        ``g``'s dtype."""
 
 
 @dataclasses.dataclass(frozen=True)

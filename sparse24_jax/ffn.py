@@ -26,16 +26,18 @@ Backward, with ``g`` the pruned operands and ``w_op`` the compressed weights::
     dW1     = matmul_dw(g1, X)
 
 A backend with :class:`~sparse24_jax.backend.FusedLinearActivation` runs the
-forward's ``Z1`` and ``A`` as one GEMM whose epilogue applies ``act`` (no pass
-over ``Z1``); one with :class:`~sparse24_jax.backend.FusedLinearActivationGrad`
-replaces the first two lines' ``dA`` and the activation backward with one GEMM,
-``dZ1 = matmul_dx(dY, W2) * act'(Z1)`` in its epilogue, then ``g1 =
-prune_grad(k1, dZ1)`` (this path is taken before ``activation_grad_prune``:
-it writes no ``dA``). Both keep the product in float32 until the activation,
-so they differ from the composed path by a bf16 rounding of ``Z1`` / ``dA``.
+forward as one GEMM whose epilogue writes ``A = act(Z1)`` and ``G1 = act'(Z1)``
+(no pass over ``Z1``; the backward needs only the derivative); one with
+:class:`~sparse24_jax.backend.FusedLinearActivationGrad` replaces the first
+line's ``dA`` and the activation backward with one GEMM, ``dZ1 =
+matmul_dx(dY, W2) * G1`` in its epilogue, then ``g1 = prune_grad(k1, dZ1)``
+(taken before ``activation_grad_prune``: it writes no ``dA``). Both keep the
+product in float32 until the activation, so they differ from the composed path
+by a bf16 rounding of ``Z1`` / ``dA`` / ``G1``.
 
-Residuals: ``X``, ``Z1``, ``A`` and both compressed weights (the two-linear
-path keeps the same tensors).
+Residuals: ``X``, ``A``, both compressed weights and ``Z1`` or, with either
+epilogue capability, ``G1 = act'(Z1)`` (:func:`activation_grad`; the same
+bytes: a multiply is all the backward's epilogue then does).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from .activations import GATED_KINDS, gated, gated_activation
 from .backend import Backend, capabilities, get_backend
 from .linear import prepare, tokens_2d, validate
 
-__all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_vjp", "sparse24_ffn"]
+__all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_grad", "activation_vjp",
+           "sparse24_ffn"]
 
 #: "gelu": exact (erf) GELU, GPT-2's; the gated kinds of sparse24_jax.activations
 ACTIVATIONS = ("gelu", *GATED_KINDS)
@@ -83,6 +86,16 @@ def _gelu_grad_f32(z):
     phi = jnp.exp(-0.5 * z * z) * (1.0 / jnp.sqrt(2.0 * jnp.pi))
     cdf = 0.5 * (1.0 + jax.lax.erf(z * (1.0 / jnp.sqrt(2.0))))
     return cdf + z * phi
+
+
+def activation_grad(kind: str, z: jax.Array) -> jax.Array:
+    """``act'(z)`` of an ungated activation, computed in float32 and rounded once
+    to ``z``'s dtype: what a :class:`~sparse24_jax.backend.FusedLinearActivation`
+    forward saves for the backward (gelu: ``Phi(z) + z phi(z)``)."""
+    if kind != "gelu":
+        raise ValueError(f"activation_grad: {kind!r} is gated (its backward needs Z1 itself); "
+                         f"only 'gelu' has an elementwise derivative here")
+    return _gelu_grad_f32(z.astype(jnp.float32)).astype(z.dtype)
 
 
 def activation_vjp(kind: str, z: jax.Array, da: jax.Array) -> jax.Array:
@@ -117,32 +130,48 @@ def _ffn(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, 
                     fused)[0]
 
 
+def _epilogues(kind, backend, fused):
+    """(fused forward, fused input gradient): which FFN epilogue capabilities the
+    block uses. With either, the residual is ``G1 = act'(Z1)``, not ``Z1``."""
+    caps = capabilities(backend)
+    return fused and kind in caps.linear_activation, fused and kind in caps.linear_activation_grad
+
+
 def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend, fused):
     w1_op = prepare(w1, mask1, beta1, method, backend, x.dtype) if prep1 is None else prep1
     w2_op = prepare(w2, mask2, beta2, method, backend, x.dtype) if prep2 is None else prep2
+    fused_fwd, fused_grad = _epilogues(kind, backend, fused)
     # custom calls are typed invariant under shard_map: give results their operands' axes
-    if fused and kind in capabilities(backend).linear_activation:
-        # one GEMM whose epilogue writes A = act(Z1) and Z1 (no separate activation pass)
-        a, z1 = backend.matmul_fwd_activation(kind, x, w1_op)
-        a, z1 = match_varying(a, x, w1), match_varying(z1, x, w1)
+    if fused_fwd:
+        # one GEMM whose epilogue writes A = act(Z1) and G1 = act'(Z1) (no pass over Z1)
+        a, r1 = backend.matmul_fwd_activation(kind, x, w1_op)
+        a, r1 = match_varying(a, x, w1), match_varying(r1, x, w1)
     else:
         z1 = match_varying(backend.matmul_fwd(x, w1_op), x, w1)
         a = activation(kind, z1, backend, fused)
+        # the fused input gradient multiplies by act'(Z1): XLA fuses it into the activation
+        r1 = activation_grad(kind, z1) if fused_grad else z1
     y = match_varying(backend.matmul_fwd(a, w2_op), a, w2)
     protos = (match_varying(jnp.zeros((), w1.dtype), w1), match_varying(jnp.zeros((), w2.dtype), w2))
-    return y, (x, z1, a, w1_op, w2_op, key1, key2, protos)
+    return y, (x, r1, a, w1_op, w2_op, key1, key2, protos)
 
 
 def _ffn_bwd(kind, method, backend, fused, res, dy):
-    x, z1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
+    x, r1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
+    fused_fwd, fused_grad = _epilogues(kind, backend, fused)
     dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
-    if fused and kind in capabilities(backend).linear_activation_grad:
-        # dZ1 = (dY @ W2_s) * act'(Z1) in one GEMM's epilogue (no dA pass), then the MVUE
-        dz1 = match_varying(backend.matmul_dx_activation_grad(kind, dy, w2_op, z1), dy, z1)
+    if fused_grad:
+        # dZ1 = (dY @ W2_s) * G1 in one GEMM's epilogue (no dA pass), then the MVUE
+        dz1 = match_varying(backend.matmul_dx_activation_grad(kind, dy, w2_op, r1), dy, r1)
+        g1 = backend.prune_grad(key1, dz1)
+    elif fused_fwd:
+        # the forward saved G1 = act'(Z1): the activation's backward is a multiply
+        da = match_varying(backend.matmul_dx(dy, w2_op), dy)
+        dz1 = (da.astype(jnp.float32) * r1.astype(jnp.float32)).astype(r1.dtype)
         g1 = backend.prune_grad(key1, dz1)
     else:
         da = match_varying(backend.matmul_dx(dy, w2_op), dy)
-        dz1, g1 = _act_grad_and_prune(kind, backend, fused, z1, da, key1)
+        dz1, g1 = _act_grad_and_prune(kind, backend, fused, r1, da, key1)
     dx = backend.matmul_dx(dz1, w1_op)
     dw1 = backend.matmul_dw(g1, x)
     # each cotangent must vary over exactly its primal's axes (custom_vjp's check)

@@ -66,6 +66,7 @@ def load() -> ctypes.CDLL:
     lib.s24c_emulate_own_project.argtypes = [p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_emulate_own_mvue.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_test_cusparselt_mvue.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64]
+    lib.s24c_test_own_meta_byte.argtypes = [p, ctypes.c_int64, ctypes.c_int64]
     _LIB = lib
     return lib
 
@@ -121,4 +122,12 @@ def cusparselt_mvue(dz: np.ndarray, seed) -> np.ndarray:
     out = _poisoned(cl.compressed_nbytes(n, m, dz.dtype))
     if load().s24c_test_cusparselt_mvue(dz.ctypes.data, sd.ctypes.data, out.ctypes.data, m, n):
         raise ValueError(f"cuSPARSELt's MVUE kernel does not take dZ of shape {dz.shape}")
+    return out
+
+
+def own_meta_byte(rows: int, cols: int) -> np.ndarray:
+    """OwnMetaByte(r, g) for every row r and group g (rows, cols // 4) uint32: the byte
+    of the metadata the fused MVUE epilogue writes for groups g & ~1, g | 1 of row r."""
+    out = np.zeros((rows, cols // 4), np.uint32)
+    load().s24c_test_own_meta_byte(out.ctypes.data, rows, cols)
     return out

@@ -221,3 +221,15 @@ def test_config_table_names_built_configs():
         assert all(p in build.CONFIGS[c].products for p, c in row.items()), row
     assert backend.config_for("dw", 1600, 6400) == table[(1600, 6400)]["dw"]
     assert backend.config_for("fwd", 64, 64) == backend.DEFAULT_CONFIG
+
+
+@pytest.mark.parametrize("rows, cols", [(64, 128), (192, 1600), (1600, 320), (128, 192)])
+def test_fused_mvue_metadata_address_is_the_layouts(rows, cols):
+    """The fused MVUE epilogue (csrc/epilogue_mvue.cuh) stores each metadata byte at
+    OwnMetaByte(row, group): layout.py's byte of that row's byte column group // 2,
+    for odd and even groups alike (their byte is one), inside the buffer."""
+    got = _cutlass_own.own_meta_byte(rows, cols).astype(np.int64)
+    r, g = np.meshgrid(np.arange(rows), np.arange(cols // 4), indexing="ij")
+    want = layout.metadata_byte_offset(r, g // 2, rows, 2)
+    np.testing.assert_array_equal(got, want)
+    assert got.max() < layout.compressed_shapes(rows, cols, BF16).metadata_nbytes

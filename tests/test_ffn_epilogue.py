@@ -12,7 +12,7 @@ from flax import nnx
 
 import sparse24_jax as s24
 from sparse24_jax import nnx as s24nnx
-from sparse24_jax.ffn import _gelu_grad_f32, activation_vjp, sparse24_ffn
+from sparse24_jax.ffn import _gelu_grad_f32, activation_grad, activation_vjp, sparse24_ffn
 from sparse24_jax.xla_backend import XlaBackend
 
 from test_ffn import D, H, FusingXla, composed, loss_and_grads, weights
@@ -38,13 +38,13 @@ class EpilogueXla(XlaBackend):
         assert kind == "gelu"
         self.calls.append(("fwd", x.shape, w_op.shape))
         acc = jnp.dot(x, w_op.T.astype(x.dtype), preferred_element_type=jnp.float32)
-        return jax.nn.gelu(acc, approximate=False).astype(x.dtype), acc.astype(x.dtype)
+        return jax.nn.gelu(acc, approximate=False).astype(x.dtype), _gelu_grad_f32(acc).astype(x.dtype)
 
-    def matmul_dx_activation_grad(self, kind, dy, w_op, z):
+    def matmul_dx_activation_grad(self, kind, dy, w_op, g):
         assert kind == "gelu"
-        self.calls.append(("dx", dy.shape, z.shape))
+        self.calls.append(("dx", dy.shape, g.shape))
         acc = jnp.dot(dy, w_op.astype(dy.dtype), preferred_element_type=jnp.float32)
-        return (acc * _gelu_grad_f32(z.astype(jnp.float32))).astype(z.dtype)
+        return (acc * g.astype(jnp.float32)).astype(g.dtype)
 
 
 class BothXla(EpilogueXla, FusingXla):
@@ -132,16 +132,35 @@ def test_gated_kinds_do_not_reach_the_gelu_epilogues():
 
 
 def test_twin_dx_is_activation_vjp_of_the_unrounded_product():
-    """The capability's contract: (dY @ W_s) * gelu'(Z) = activation_vjp of the
-    float32 dA, rounded once."""
+    """The capability's contract: (dY @ W_s) * G with G = activation_grad(Z) the
+    saved derivative, the product in float32, rounded once: activation_vjp of
+    the float32 dA but for G's own bf16 rounding."""
     be = EpilogueXla()
     w = jax.random.normal(jax.random.key(0), (D, H)) * 0.2
     dy = jax.random.normal(jax.random.key(1), (8, D)).astype(jnp.bfloat16)
     z = (jax.random.normal(jax.random.key(2), (8, H)) * 2).astype(jnp.bfloat16)
-    got = be.matmul_dx_activation_grad("gelu", dy, w, z)
+    g = activation_grad("gelu", z)
+    assert g.dtype == jnp.bfloat16
+    got = be.matmul_dx_activation_grad("gelu", dy, w, g)
     da = jnp.dot(dy, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    want = activation_vjp("gelu", z.astype(jnp.float32), da).astype(jnp.bfloat16)
+    want = (da * g.astype(jnp.float32)).astype(jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    vjp = activation_vjp("gelu", z.astype(jnp.float32), da)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(vjp), rtol=1.6e-2,
+                               atol=1e-2 * float(jnp.max(jnp.abs(vjp))))
+
+
+def test_activation_grad_is_the_derivative_rounded_once():
+    z = jnp.linspace(-6.0, 6.0, 1001, dtype=jnp.float32)
+    g = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(z)
+    np.testing.assert_allclose(np.asarray(activation_grad("gelu", z)), np.asarray(g), rtol=1e-5,
+                               atol=1e-6)
+    zb = z.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(
+        np.asarray(activation_grad("gelu", zb), np.float32),
+        np.asarray(_gelu_grad_f32(zb.astype(jnp.float32)).astype(jnp.bfloat16), np.float32))
+    with pytest.raises(ValueError, match="gated"):
+        activation_grad("swiglu", z)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -29,8 +29,8 @@ Notes:
 * The dw product writes float32 directly (no bf16 rounding of dW).
 * Fused epilogues (:mod:`.epilogue_ops`, kind ``"gelu"``, when the library has
   them): ``matmul_fwd_activation`` (the FFN's fc1 forward writing ``gelu(Z)``
-  and ``Z``) and ``matmul_dx_activation_grad`` (fc2's input gradient times
-  ``gelu'(Z1)``), the capabilities
+  and ``gelu'(Z)``) and ``matmul_dx_activation_grad`` (fc2's input gradient
+  times that saved ``gelu'(Z1)``), the capabilities
   :class:`~sparse24_jax.backend.FusedLinearActivation` /
   :class:`~sparse24_jax.backend.FusedLinearActivationGrad` that
   :func:`sparse24_jax.sparse24_ffn` uses. Config: :func:`epilogue_table`'s entry
@@ -132,15 +132,14 @@ def config_for(product: str, n: int, k: int, built: set[str] | None = None,
 
 
 def fused_epilogue_configs() -> tuple[str, ...]:
-    """The configs with fused-epilogue instances (both ``fwd_gelu`` and
+    """The configs with the FFN's fused-epilogue instances (both ``fwd_gelu`` and
     ``dx_dgelu``) in the loaded library; ``()`` for a library built before them."""
     try:
         inst = epilogue_ops.epilogue_instances()
     except RuntimeError:  # no s24c_num_epis: a library without fused epilogues
         return ()
     have = {(i["config"], i["epilogue"]) for i in inst}
-    return tuple(sorted({c for c, _ in have
-                         if all((c, e) in have for e in epilogue_ops.EPILOGUES)}))
+    return tuple(sorted({c for c, _ in have if all((c, e) in have for e in ("fwd_gelu", "dx_dgelu"))}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,32 +230,32 @@ class CutlassBackend:
                              f"epilogues, not {kind!r}: use the unfused path (fused=False)")
 
     def matmul_fwd_activation(self, kind: str, x: jax.Array, w_op: CutlassWeight):
-        """``(gelu(Z), Z)``, ``Z = X @ W_s^T``, from one GEMM (:func:`.epilogue_ops.spmm_fwd_gelu`)."""
+        """``(gelu(Z), gelu'(Z))``, ``Z = X @ W_s^T``, from one GEMM
+        (:func:`.epilogue_ops.spmm_fwd_gelu`)."""
         self._check_kind(kind)
         self._check_x(x, w_op.k, "x")
         m = x.shape[0]
         mp = _padded(m)
-        h, z = epilogue_ops.spmm_fwd_gelu(w_op.values, w_op.meta, _pad_rows(x, mp),
+        h, g = epilogue_ops.spmm_fwd_gelu(w_op.values, w_op.meta, _pad_rows(x, mp),
                                           config=self._epilogue_config("fwd", w_op.n, w_op.k))
-        return (h, z) if mp == m else (h[:m], z[:m])
+        return (h, g) if mp == m else (h[:m], g[:m])
 
     def matmul_dx_activation_grad(self, kind: str, dy: jax.Array, w_op: CutlassWeight,
-                                  z: jax.Array) -> jax.Array:
-        """``(dY @ W_s) * gelu'(Z)`` from one GEMM (:func:`.epilogue_ops.spmm_dx_dgelu`);
-        without a transposable W_s (S-STE) the dense product, then the factor in float32."""
+                                  g: jax.Array) -> jax.Array:
+        """``(dY @ W_s) * G``, ``G = gelu'(Z1)``, from one GEMM
+        (:func:`.epilogue_ops.spmm_dx_dgelu`); without a transposable W_s (S-STE)
+        the dense product, then the factor in float32."""
         self._check_kind(kind)
         self._check_x(dy, w_op.n, "dY")
-        if z.shape != (dy.shape[0], w_op.k) or jnp.dtype(z.dtype) != jnp.bfloat16:
-            raise ValueError(f"Z must be bfloat16 ({dy.shape[0]}, {w_op.k}) (tokens x the weight's K), "
-                             f"got {z.dtype} {tuple(z.shape)}")
+        if g.shape != (dy.shape[0], w_op.k) or jnp.dtype(g.dtype) != jnp.bfloat16:
+            raise ValueError(f"G = gelu'(Z1) must be bfloat16 ({dy.shape[0]}, {w_op.k}) (tokens x the "
+                             f"weight's K), got {g.dtype} {tuple(g.shape)}")
         if w_op.values_t is None:
-            from sparse24_jax.ffn import _gelu_grad_f32
-
             da = jnp.dot(dy, w_op.dense.astype(dy.dtype), preferred_element_type=jnp.float32)
-            return (da * _gelu_grad_f32(z.astype(jnp.float32))).astype(z.dtype)
+            return (da * g.astype(jnp.float32)).astype(g.dtype)
         m = dy.shape[0]
         mp = _padded(m)
-        dz = epilogue_ops.spmm_dx_dgelu(w_op.values_t, w_op.meta_t, _pad_rows(dy, mp), _pad_rows(z, mp),
+        dz = epilogue_ops.spmm_dx_dgelu(w_op.values_t, w_op.meta_t, _pad_rows(dy, mp), _pad_rows(g, mp),
                                         config=self._epilogue_config("dx", w_op.n, w_op.k))
         return dz if mp == m else dz[:m]
 

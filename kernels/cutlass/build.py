@@ -10,7 +10,8 @@ objects, each cached under a hash of its inputs, compiled in parallel:
 * ``own_compress.cu``: our own kernels writing CUTLASS's format (no CUTLASS
   header; includes the cuSPARSELt library's group math);
 * ``epilogue_instance.cu`` once per (config, fused epilogue) for the configs
-  in :data:`EPILOGUE_CONFIGS` (fwd_gelu, dx_dgelu: README "Fused epilogues");
+  in :data:`EPILOGUE_CONFIGS` (fwd_gelu, dx_dgelu, dx_dgelu_mvue: README "Fused
+  epilogues");
 * ``registry.cc``, ``bindings.cc``, ``own_bindings.cc``, ``epilogue_bindings.cc``:
   host-only C++ (XLA FFI handlers).
 
@@ -54,10 +55,12 @@ __all__ = [
     "CONFIGS",
     "EPILOGUES",
     "EPILOGUE_CONFIGS",
+    "MVUE_EPILOGUE_CONFIGS",
     "PRODUCTS",
     "BuildError",
     "Config",
     "build",
+    "epilogues_of",
     "find_cutlass",
     "find_nvcc",
     "library_path",
@@ -159,11 +162,23 @@ CONFIGS: dict[str, Config] = {c.name: c for c in _CONFIG_LIST}
 # Fused-epilogue GEMMs (csrc/gemm_epilogue.cuh): each is one more ~90-150 s
 # compile per config, so only the configs listed here get them (a subset of
 # CONFIGS; SPARSE24_CUTLASS_CONFIGS narrows it further).
-EPILOGUES = {"fwd_gelu": 0, "dx_dgelu": 1}
+EPILOGUES = {"fwd_gelu": 0, "dx_dgelu": 1, "dx_dgelu_mvue": 2}
 # The first is the default (epilogue_ops.DEFAULT_EPILOGUE_CONFIG); the shaped ones
 # (Config.epi_*) are their own configs, so a benchmark times them beside the auto ones.
 EPILOGUE_CONFIGS = ["t128x256x128_c1x1_coop", "t256x128x128_c1x1_coop", "t128x128x128_c1x1_pingpong",
                     "t256x128x128_c1x1_coop_e128x16_sc3", "t128x128x128_c1x1_coop_e128x16"]
+# dx_dgelu_mvue (the MVUE of dZ1 in the input-gradient epilogue) ran 2.2x slower than dx_dgelu
+# followed by our own MVUE kernel at GPT-2 774M on an H200 (docs/BENCHMARKS.md section 11): the
+# FFN does not use it. Built for the two configs measured, for its GPU test and benchmark.
+MVUE_EPILOGUE_CONFIGS = ["t128x128x128_c1x1_pingpong", "t128x256x128_c1x1_coop"]
+
+
+def epilogues_of(config: str) -> list[str]:
+    """The fused epilogues built for ``config``: none outside :data:`EPILOGUE_CONFIGS`;
+    fwd_gelu and dx_dgelu in it; dx_dgelu_mvue too in :data:`MVUE_EPILOGUE_CONFIGS`."""
+    if config not in EPILOGUE_CONFIGS:
+        return []
+    return [e for e in EPILOGUES if e != "dx_dgelu_mvue" or config in MVUE_EPILOGUE_CONFIGS]
 
 
 def _epilogue_defines(cfg: Config, epilogue: int) -> list[str]:
@@ -272,11 +287,12 @@ def _units(inc: Path, util: Path, configs: list[Config]) -> list[_Unit]:
             units.append(_Unit(f"gemm_{cfg.name}_{pname}", CSRC / "gemm_instance.cu",
                                common + _device_flags() + cfg.defines(p)))
     for cfg in configs:
-        if cfg.name not in EPILOGUE_CONFIGS:
-            continue
-        for ename, e in EPILOGUES.items():
+        for ename in epilogues_of(cfg.name):
+            e = EPILOGUES[ename]
+            # dx_dgelu_mvue's MVUE is our own compressor's (own_compress.cuh: cuSPARSELt's group math)
             units.append(_Unit(f"epi_{cfg.name}_{ename}", CSRC / "epilogue_instance.cu",
-                               common + _device_flags() + _epilogue_defines(cfg, e)))
+                               common + _device_flags() + _epilogue_defines(cfg, e)
+                               + ["-I", str(CUSPARSELT_CSRC)]))
     return units
 
 

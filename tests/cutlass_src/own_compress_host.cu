@@ -16,3 +16,15 @@ extern "C" __attribute__((visibility("default"))) int s24c_test_cusparselt_mvue(
   K::Emulate(args);
   return 0;
 }
+
+// OwnMetaByte (the fused MVUE epilogue's metadata address, 32-bit) for each (row, group)
+// of an operand of `rows` rows and `cols` columns (2:4 axis): out[r * cols/4 + g].
+extern "C" __attribute__((visibility("default"))) void s24c_test_own_meta_byte(
+    uint32_t* out, int64_t rows, int64_t cols) {
+  const uint32_t meta_rows = static_cast<uint32_t>(s24cutlass::MetaRows(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < cols / 4; ++g) {
+      out[r * (cols / 4) + g] = s24c::OwnMetaByte(static_cast<uint32_t>(r), static_cast<uint32_t>(g), meta_rows);
+    }
+  }
+}

@@ -11,17 +11,24 @@
 namespace s24c {
 
 // The fused products (README "Fused epilogues"), both on a 2:4 weight W_s:
-//   kFwdGelu : H = gelu(X @ W_s^T + b) bf16 and Aux = Z = X @ W_s^T + b bf16
-//              (CUTLASS: A = W_s (N, K), B = X (M, K) K-major, D = H^T col-major)
-//   kDxDgelu : dZ1 = (dY @ W_s) * gelu'(Aux) bf16, Aux = Z1 read (M, K) bf16
+//   kFwdGelu : H = gelu(Z) bf16 and Aux = G = gelu'(Z) bf16, Z = X @ W_s^T + b
+//              in float32 (CUTLASS: A = W_s (N, K), B = X (M, K) K-major, D = H^T
+//              col-major)
+//   kDxDgelu : dZ1 = (dY @ W_s) * Aux bf16, Aux = G1 = gelu'(Z1) read (M, K) bf16
 //              (CUTLASS: A = W_s^T (K, N), B = dY (M, N) K-major, D = dZ1^T col-major)
 // gelu is the exact (erf) GELU; gelu'(z) = Phi(z) + z * phi(z).
-enum Epilogue : int { kFwdGelu = 0, kDxDgelu = 1, kNumEpilogues = 2 };
+//   kDxDgeluMvue : kDxDgelu, and S_z(dZ1^T) (the MVUE of the stored bf16 dZ1
+//              along the tokens, CUTLASS's compressed format; OwnMvue's bytes
+//              for the same seed) written from the epilogue (epilogue_mvue.cuh)
+enum Epilogue : int { kFwdGelu = 0, kDxDgelu = 1, kDxDgeluMvue = 2, kNumEpilogues = 3 };
 
 // One call in CUTLASS's terms: D (m x n) = epi(A (m x k, compressed) @ B (k x n)).
 struct EpiCall : GemmCall {
-  void* aux = nullptr;         // kFwdGelu: written (pre-activation); kDxDgelu: read (Z1)
+  void* aux = nullptr;         // kFwdGelu: written (gelu'(Z)); kDxDgelu: read (gelu'(Z1))
   const void* bias = nullptr;  // kFwdGelu only: per-row of D (m,) bf16, or null (no bias)
+  void* mvue_values = nullptr;  // kDxDgeluMvue: S_z(dZ1^T) values (m, n/2) bf16
+  void* mvue_meta = nullptr;    // ... and metadata (CUTLASS's, an (m, n) operand)
+  const void* seed = nullptr;   // ... uint32[2]: the MVUE's draw
 };
 
 using EpiInstance = Instance<EpiCall>;

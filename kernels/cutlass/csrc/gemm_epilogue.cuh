@@ -2,13 +2,17 @@
 // what each computes): gemm_kernel.cuh's SparseGemmOf with traits that are its
 // fwd / dx products' (A = the compressed 2:4 weight, K-major; B K-major; D
 // column-major bf16) but for the epilogue, built from CUTLASS's fusion operations:
-//   kFwdGelu : fusion::LinCombPerRowBiasEltActAux with GeluErfFast (erf form):
-//              Aux = bf16(acc + bias_row), D = bf16(gelu(acc + bias_row)), both
-//              computed from the float32 accumulator; bias null = no bias.
-//   kDxDgelu : fusion::LinCombDeEltAct with DGeluErf (below, the exact GELU's
-//              derivative; CUTLASS's thread::dGELU is the tanh form's; both
-//              on gelu_math.h):
-//              D = bf16(acc * gelu'(Aux)), Aux (bf16, D's layout) read by TMA.
+//   kFwdGelu : LinCombPerRowBiasGeluGradAux (below: CUTLASS's
+//              LinCombPerRowBiasEltActAux tree with a mapped Aux store), z = acc + bias_row:
+//              D = bf16(gelu(z)), Aux = bf16(gelu'(z)), both from the float32 z;
+//              bias null = no bias.
+//   kDxDgelu : fusion::LinCombDeEltAct with MulAux (below):
+//              D = bf16(acc * Aux), Aux = gelu'(Z1) (bf16, D's layout) read by TMA.
+// Why the forward saves gelu'(z) rather than z: the input-gradient epilogue runs
+// after each tile's mainloop, and a multiply there costs less than gelu'(z)
+// (one exponential, one reciprocal and about 15 more instructions per element);
+// the forward epilogue already has Phi(z) and phi(z) for gelu(z) (gelu_math.h),
+// so gelu'(z) = Phi(z) + z phi(z) costs it two instructions. Same bytes either way.
 // Included by epilogue_instance.cu only (compiled once per (config, epilogue)).
 
 #pragma once
@@ -20,6 +24,7 @@
 #include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/epilogue/thread/activation.h"
 #include "epilogue.h"
+#include "epilogue_mvue.cuh"
 #include "gelu_math.h"
 #include "gemm_kernel.cuh"
 
@@ -51,33 +56,102 @@ struct GeluErfFast<cutlass::Array<T, N>> {
   }
 };
 
-// dgelu(dy, z) = dy * gelu'(z)
+// gelu'(z), for the forward's Aux. Inlined beside GeluErfFast on the same z, so
+// the compiler computes NormalCdfPdf once for both.
 template <class T>
-struct DGeluErf {
-  static const bool kIsHeavy = true;
+struct GeluErfGradFast {
   CUTLASS_HOST_DEVICE
-  T operator()(T const& dy, T const& z) const {
-    return T(static_cast<float>(dy) * GeluErfGrad(static_cast<float>(z)));
-  }
+  T operator()(T const& z) const { return T(GeluErfGrad(static_cast<float>(z))); }
 };
 
 template <class T, int N>
-struct DGeluErf<cutlass::Array<T, N>> {
-  static const bool kIsHeavy = true;
+struct GeluErfGradFast<cutlass::Array<T, N>> {
   CUTLASS_HOST_DEVICE
-  cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& dy,
-                                  cutlass::Array<T, N> const& z) const {
+  cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& z) const {
     cutlass::Array<T, N> y;
-    DGeluErf<T> op;
+    GeluErfGradFast<T> op;
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) y[i] = op(dy[i], z[i]);
+    for (int i = 0; i < N; ++i) y[i] = op(z[i]);
     return y;
   }
 };
 
-// What both fused epilogues are: their product's layouts and D type, EpiCall,
-// and an Aux tensor (Z) of D's shape and layout, written (fwd_gelu) or read
-// (dx_dgelu) through the fusion op's aux_ptr.
+// The input-gradient epilogue's "activation backward": dy times the saved
+// derivative g = gelu'(z) (LinCombDeEltAct hands it the Aux tensor as its
+// second operand, in float32).
+template <class T>
+struct MulAux {
+  static const bool kIsHeavy = false;
+  CUTLASS_HOST_DEVICE
+  T operator()(T const& dy, T const& g) const { return dy * g; }
+};
+
+template <class T, int N>
+struct MulAux<cutlass::Array<T, N>> {
+  static const bool kIsHeavy = false;
+  CUTLASS_HOST_DEVICE
+  cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& dy,
+                                  cutlass::Array<T, N> const& g) const {
+    cutlass::Array<T, N> y;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) y[i] = dy[i] * g[i];
+    return y;
+  }
+};
+
+// An Aux store that writes Fn(input) and passes its input on unchanged (CUTLASS's
+// Sm90AuxStore writes the input itself): everything but the consumer callbacks'
+// visit is Store's.
+template <template <class> class Fn, class Store>
+struct Sm90MappedAuxStore : Store {
+  using Store::Store;
+
+  template <class Callbacks>
+  struct MappedCallbacks : Callbacks {
+    CUTLASS_DEVICE explicit MappedCallbacks(Callbacks&& cb) : Callbacks(cute::move(cb)) {}
+
+    template <class ElementAccumulator, class ElementInput, int FragmentSize>
+    CUTLASS_DEVICE auto visit(cutlass::Array<ElementAccumulator, FragmentSize> const& frg_acc,
+                              int epi_v, int epi_m, int epi_n,
+                              cutlass::Array<ElementInput, FragmentSize> const& frg_input) {
+      Callbacks::visit(frg_acc, epi_v, epi_m, epi_n,
+                       Fn<cutlass::Array<ElementInput, FragmentSize>>{}(frg_input));
+      return frg_input;
+    }
+  };
+
+  template <bool ReferenceSrc, class... Args>
+  CUTLASS_DEVICE auto get_consumer_store_callbacks(
+      cutlass::epilogue::fusion::ConsumerStoreArgs<Args...> const& args) {
+    auto cb = Store::template get_consumer_store_callbacks<ReferenceSrc>(args);
+    return MappedCallbacks<decltype(cb)>(cute::move(cb));
+  }
+};
+
+// D = gelu(z), Aux = gelu'(z), z = alpha acc + per-row bias: CUTLASS's
+// LinCombPerRowBiasEltActAux (whose traits the builder reads) but for the Aux
+// written, which the FusionCallbacks specialisation at the end of this file builds.
+template <class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
+          class ElementBias, class ElementScalar>
+struct LinCombPerRowBiasGeluGradAux
+    : cutlass::epilogue::fusion::LinCombPerRowBiasEltActAux<
+          GmemLayoutTagAux, GeluErfFast, ElementOutput, ElementCompute, ElementAux, ElementBias,
+          /*ElementSource=*/void, ElementScalar> {};
+
+// dZ1 = acc * Aux as LinCombDeEltAct<MulAux>, and S_z(dZ1^T) from the stored
+// bf16 dZ1 (epilogue_mvue.cuh): CUTLASS's operation (whose traits the builder
+// reads) with the MVUE node on top, built by the FusionCallbacks
+// specialisation at the end of this file.
+template <class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
+          class ElementScalar>
+struct LinCombMulAuxMvue
+    : cutlass::epilogue::fusion::LinCombDeEltAct<GmemLayoutTagAux, MulAux, ElementOutput,
+                                                 ElementCompute, ElementAux,
+                                                 /*ElementSource=*/void, ElementScalar> {};
+
+// What the fused epilogues are: their product's layouts and D type, EpiCall,
+// and an Aux tensor (gelu'(Z)) of D's shape and layout, written (fwd_gelu) or
+// read (dx_dgelu) through the fusion op's aux_ptr.
 template <int Product>
 struct FusedProductTraits : ProductTraits<Product> {
   using Call = EpiCall;
@@ -94,10 +168,9 @@ struct EpilogueTraits;
 
 template <>
 struct EpilogueTraits<kFwdGelu> : FusedProductTraits<kFwd> {
-  using FusionOp = cutlass::epilogue::fusion::LinCombPerRowBiasEltActAux<
-      LayoutD, GeluErfFast, cutlass::bfloat16_t, float,
-      /*ElementAux=*/cutlass::bfloat16_t, /*ElementBias=*/cutlass::bfloat16_t,
-      /*ElementSource=*/void, /*ElementScalar=*/float>;
+  using FusionOp = LinCombPerRowBiasGeluGradAux<
+      LayoutD, cutlass::bfloat16_t, float, /*ElementAux=*/cutlass::bfloat16_t,
+      /*ElementBias=*/cutlass::bfloat16_t, /*ElementScalar=*/float>;
   template <class FusionArgs>
   static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
     FusedProductTraits<kFwd>::SetFusion(fusion, c);
@@ -108,8 +181,21 @@ struct EpilogueTraits<kFwdGelu> : FusedProductTraits<kFwd> {
 template <>
 struct EpilogueTraits<kDxDgelu> : FusedProductTraits<kDx> {
   using FusionOp = cutlass::epilogue::fusion::LinCombDeEltAct<
-      LayoutD, DGeluErf, cutlass::bfloat16_t, float,
+      LayoutD, MulAux, cutlass::bfloat16_t, float,
       /*ElementAux=*/cutlass::bfloat16_t, /*ElementSource=*/void, /*ElementScalar=*/float>;
+};
+
+template <>
+struct EpilogueTraits<kDxDgeluMvue> : FusedProductTraits<kDx> {
+  using FusionOp = LinCombMulAuxMvue<LayoutD, cutlass::bfloat16_t, float,
+                                     /*ElementAux=*/cutlass::bfloat16_t, /*ElementScalar=*/float>;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs& fusion, const EpiCall& c) {
+    FusedProductTraits<kDx>::SetFusion(fusion, c);
+    fusion.mvue_values = static_cast<uint32_t*>(c.mvue_values);
+    fusion.mvue_meta = static_cast<uint8_t*>(c.mvue_meta);
+    fusion.mvue_seed = static_cast<const uint32_t*>(c.seed);
+  }
 };
 
 // The epilogue's shared-memory layout, when CUTLASS's auto choice leaves the
@@ -202,3 +288,176 @@ S24C_SHAPED_EPILOGUE_BUILDER(TmaWarpSpecializedCooperative)
 #undef S24C_SHAPED_EPILOGUE_BUILDER
 
 }  // namespace cutlass::epilogue::collective
+
+namespace cutlass::epilogue::fusion {
+
+// The callbacks of s24c::LinCombPerRowBiasGeluGradAux: CUTLASS's for
+// LinCombPerRowBiasEltActAux (sm90_callbacks_tma_warpspecialized.hpp, the same
+// tree and Arguments) with the Aux store mapped through gelu':
+//   D = gelu(store_{Aux = gelu'(z)}(z)),  z = alpha acc + bias_row.
+template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
+          class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
+          class ElementBias, class ElementScalar, class CtaTileShapeMNK, class EpilogueTile,
+          class SmemLayoutAtom, class CopyOpR2S>
+struct FusionCallbacks<
+    epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC, DelayTmaStore>,
+    s24c::LinCombPerRowBiasGeluGradAux<GmemLayoutTagAux, ElementOutput, ElementCompute,
+                                       ElementAux, ElementBias, ElementScalar>,
+    CtaTileShapeMNK, EpilogueTile, SmemLayoutAtom, CopyOpR2S>
+    : Sm90EVT<Sm90Compute<s24c::GeluErfFast, ElementOutput, ElementCompute,
+                          FloatRoundStyle::round_to_nearest>,
+              Sm90EVT<s24c::Sm90MappedAuxStore<
+                           s24c::GeluErfGradFast,
+                           Sm90AuxStore<StagesD, EpilogueTile, ElementAux,
+                                        FloatRoundStyle::round_to_nearest,
+                                        cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>,
+                                        SmemLayoutAtom, CopyOpR2S,
+                                        128 / sizeof_bits_v<ElementAux>>>,
+                      Sm90LinCombPerRowBias<CtaTileShapeMNK, ElementCompute, ElementCompute,
+                                            ElementBias, /*ElementSource=*/void, ElementScalar,
+                                            128 / sizeof_bits_v<ElementBias>,
+                                            FloatRoundStyle::round_to_nearest>>> {
+  using Impl = Sm90EVT<
+      Sm90Compute<s24c::GeluErfFast, ElementOutput, ElementCompute,
+                  FloatRoundStyle::round_to_nearest>,
+      Sm90EVT<s24c::Sm90MappedAuxStore<
+                  s24c::GeluErfGradFast,
+                  Sm90AuxStore<StagesD, EpilogueTile, ElementAux, FloatRoundStyle::round_to_nearest,
+                               cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
+                               CopyOpR2S, 128 / sizeof_bits_v<ElementAux>>>,
+              Sm90LinCombPerRowBias<CtaTileShapeMNK, ElementCompute, ElementCompute, ElementBias,
+                                    void, ElementScalar, 128 / sizeof_bits_v<ElementBias>,
+                                    FloatRoundStyle::round_to_nearest>>>;
+  using Operation = s24c::LinCombPerRowBiasGeluGradAux<GmemLayoutTagAux, ElementOutput,
+                                                       ElementCompute, ElementAux, ElementBias,
+                                                       ElementScalar>;
+
+  // CUTLASS's LinCombPerRowBiasEltActAux arguments (gemm_epilogue.cuh's SetFusion
+  // fills aux_ptr, dAux and bias_ptr), mapped onto the tree the same way.
+  struct Arguments {
+    ElementScalar alpha = ElementScalar(1);
+    ElementScalar beta = ElementScalar(0);
+    ElementScalar const* alpha_ptr = nullptr;
+    ElementScalar const* beta_ptr = nullptr;
+
+    using StrideAlpha = Stride<_0, _0, int64_t>;
+    using StrideBeta = Stride<_0, _0, int64_t>;
+    StrideAlpha dAlpha = {_0{}, _0{}, 0};
+    StrideBeta dBeta = {_0{}, _0{}, 0};
+
+    using StrideBias = Stride<_1, _0, int64_t>;
+    ElementBias const* bias_ptr = nullptr;
+    StrideBias dBias = {};
+
+    using StrideAux = cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>;
+    ElementAux* aux_ptr = nullptr;
+    StrideAux dAux = {};
+
+    operator typename Impl::Arguments() const {
+      return {
+          // unary op: gelu(store(beta * C + (alpha * acc + bias)))
+          {
+              // unary op: store_{gelu'}(beta * C + (alpha * acc + bias))
+              {
+                  // ternary op: beta * C + (alpha * acc + bias)
+                  {{beta}, {beta_ptr}, {dBeta}},  // leaf: beta
+                  {},                             // leaf: C
+                  {
+                      // ternary op: alpha * acc + bias
+                      {{alpha}, {alpha_ptr}, {dAlpha}},    // leaf: alpha
+                      {},                                  // leaf: acc
+                      {bias_ptr, ElementBias(0), dBias},  // leaf: bias
+                      {}                                   // multiply_add
+                  },
+                  {}  // multiply_add
+              },
+              {aux_ptr, dAux}  // store
+          },
+          {}  // gelu
+      };
+    }
+  };
+
+  using Impl::Impl;
+};
+
+}  // namespace cutlass::epilogue::fusion
+
+namespace cutlass::epilogue::fusion {
+
+// The callbacks of s24c::LinCombMulAuxMvue: CUTLASS's LinCombDeEltAct tree
+// (sm90_callbacks_tma_warpspecialized.hpp, its arguments too) under the MVUE node:
+//   mvue_store(bf16(acc * aux)),  which passes dZ1 on to D unchanged.
+template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
+          class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
+          class ElementScalar, class CtaTileShapeMNK, class EpilogueTile, class SmemLayoutAtom,
+          class CopyOpS2R>
+struct FusionCallbacks<
+    epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC, DelayTmaStore>,
+    s24c::LinCombMulAuxMvue<GmemLayoutTagAux, ElementOutput, ElementCompute, ElementAux,
+                            ElementScalar>,
+    CtaTileShapeMNK, EpilogueTile, SmemLayoutAtom, CopyOpS2R>
+    : Sm90EVT<s24c::Sm90MvueStore,
+              Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
+                                  cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
+                                  CopyOpS2R, s24c::MulAux, ElementOutput, ElementCompute,
+                                  ElementAux, /*ElementSource=*/void, ElementScalar,
+                                  128 / sizeof_bits_v<ElementAux>,
+                                  FloatRoundStyle::round_to_nearest>> {
+  using Impl =
+      Sm90EVT<s24c::Sm90MvueStore,
+              Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
+                                  cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
+                                  CopyOpS2R, s24c::MulAux, ElementOutput, ElementCompute,
+                                  ElementAux, void, ElementScalar, 128 / sizeof_bits_v<ElementAux>,
+                                  FloatRoundStyle::round_to_nearest>>;
+  using Operation = s24c::LinCombMulAuxMvue<GmemLayoutTagAux, ElementOutput, ElementCompute,
+                                            ElementAux, ElementScalar>;
+
+  struct Arguments {
+    ElementScalar alpha = ElementScalar(1);
+    ElementScalar beta = ElementScalar(0);
+    ElementScalar const* alpha_ptr = nullptr;
+    ElementScalar const* beta_ptr = nullptr;
+
+    using StrideAlpha = Stride<_0, _0, int64_t>;
+    using StrideBeta = Stride<_0, _0, int64_t>;
+    StrideAlpha dAlpha = {_0{}, _0{}, 0};
+    StrideBeta dBeta = {_0{}, _0{}, 0};
+
+    using StrideAux = cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>;
+    ElementAux const* aux_ptr = nullptr;
+    StrideAux dAux = {};
+
+    uint32_t* mvue_values = nullptr;
+    uint8_t* mvue_meta = nullptr;
+    uint32_t const* mvue_seed = nullptr;
+
+    operator typename Impl::Arguments() const {
+      return {
+          {
+              // binary op: MulAux(beta * C + (alpha * acc), aux)
+              {
+                  // ternary op: beta * C + (alpha * acc)
+                  {{beta}, {beta_ptr}, {dBeta}},  // leaf: beta
+                  {},                             // leaf: C
+                  {
+                      // binary op: alpha * acc
+                      {{alpha}, {alpha_ptr}, {dAlpha}},  // leaf: alpha
+                      {},                                // leaf: acc
+                      {}                                 // multiplies
+                  },
+                  {}  // multiply_add
+              },
+              {aux_ptr, ElementAux(0), dAux},  // leaf: aux
+              {}                               // MulAux
+          },
+          {mvue_values, mvue_meta, mvue_seed}  // the MVUE store
+      };
+    }
+  };
+
+  using Impl::Impl;
+};
+
+}  // namespace cutlass::epilogue::fusion

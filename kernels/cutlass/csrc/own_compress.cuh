@@ -92,6 +92,24 @@ __host__ __device__ inline uint32_t OwnGroup(uint32_t& w01, uint32_t& w23, uint3
   return s24::Prmt(w01, w23, (2 * i0) | ((2 * i0 + 1) << 4) | ((2 * i1) << 8) | ((2 * i1 + 1) << 12));
 }
 
+// MVUE of one group (x[0..3]: its four bf16 values in the `half` 16 bits of each
+// word, as MvueTransposed::PruneGroupDraw takes them) with the cuSPARSELt MVUE
+// kernel's draw for `counter` (A row * M/4 + group) -> CUTLASS's code and stored
+// pair: the draw's own when both kept values are non-zero; a kept zero (rare)
+// goes through OwnGroup, CUTLASS's rule on the dense kept group. Shared by
+// OwnMvue and the fused input-gradient epilogue (gemm_epilogue.cuh
+// Sm90MvueStore): the same bytes from either.
+__host__ __device__ inline void OwnMvueGroup(const s24::MvueKeys& keys, uint32_t counter, const uint32_t x[4],
+                                             int half, uint32_t* pair, uint32_t* code) {
+  if (!s24::MvueTransposed<s24::kBF16>::PruneGroupDraw(keys, counter, x, half, pair, code)) {
+    // a kept value is zero: CUTLASS's code and pair of the dense kept group
+    const uint64_t y = (static_cast<uint64_t>(*pair & 0xFFFFu) << (16 * (*code & 3u))) |
+                       (static_cast<uint64_t>(*pair >> 16) << (16 * (*code >> 2)));  // w01 | w23 << 32
+    uint32_t w01 = static_cast<uint32_t>(y), w23 = static_cast<uint32_t>(y >> 32);
+    *pair = OwnGroup(w01, w23, code);
+  }  // end OwnMvueZeroKept
+}
+
 // Four code bytes (one group each, < 16) -> their two metadata bytes
 // (groups 0, 1 in the first, 2, 3 in the second; lower group in the low nibble).
 __host__ __device__ inline uint32_t OwnSquash(uint32_t w) {
@@ -115,6 +133,16 @@ __host__ __device__ inline uint2 OwnMetaChunk(const uint8_t* code, int pitch, in
   const uint32_t a0 = *reinterpret_cast<const uint32_t*>(a), a1 = *reinterpret_cast<const uint32_t*>(a + 8);
   const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b), b1 = *reinterpret_cast<const uint32_t*>(b + 8);
   return make_uint2(OwnSquash(a0) | (OwnSquash(b0) << 16), OwnSquash(a1) | (OwnSquash(b1) << 16));
+}
+
+// Byte of the metadata holding groups g & ~1 (low nibble) and g | 1 of row r of an
+// operand whose metadata has meta_rows rows (MetaRows: m rounded up to 64):
+// sm90_layout.cuh's MetaByteOffset (nk = 4) in 32-bit shifts and masks, for the
+// epilogue's per-group stores (the caller keeps the buffer under 4 GB).
+__host__ __device__ inline uint32_t OwnMetaByte(uint32_t r, uint32_t g, uint32_t meta_rows) {
+  const uint32_t kb = g >> 1, b = kb & 15u, rr = r & 63u;
+  return (kb >> 4) * meta_rows * 16u + (r >> 6) * 1024u + (b & 1u) + ((rr >> 3) & 1u) * 2u +
+         (b >> 2) * 4u + (rr & 7u) * 16u + ((b >> 1) & 1u) * 128u + (rr >> 4) * 256u;
 }
 
 // First byte of metadata atom (row block ma, column block ka) of an operand of m rows.
@@ -309,13 +337,7 @@ struct OwnMvue {
           // groups past the tokens (the last block column) run on LoadGroups' stand-in words,
           // without a branch: their values are never stored, and their code is CUTLASS's padding, 0
           uint32_t pair, code;
-          if (!Mv::PruneGroupDraw(keys, (half ? c_hi : c) + 8 * i, x[i], half, &pair, &code)) {
-            // a kept value is zero (rare): CUTLASS's code and pair of the dense kept group
-            const uint64_t y = (static_cast<uint64_t>(pair & 0xFFFFu) << (16 * (code & 3u))) |
-                               (static_cast<uint64_t>(pair >> 16) << (16 * (code >> 2)));  // w01 | w23 << 32
-            uint32_t w01 = static_cast<uint32_t>(y), w23 = static_cast<uint32_t>(y >> 32);
-            pair = OwnGroup(w01, w23, &code);
-          }  // end OwnMvueZeroKept
+          OwnMvueGroup(keys, (half ? c_hi : c) + 8 * i, x[i], half, &pair, &code);
           vals[half * (kGroups + 4) + 8 * i] = pair;
           codes[half * (kGroups + 4) + 8 * i] = static_cast<uint8_t>(8 * i < groups_in ? code : 0u);
         }
