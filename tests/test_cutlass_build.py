@@ -460,10 +460,10 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
 
 
 def test_command_buffer_handler_twins(monkeypatch):
-    """$SPARSE24_CUTLASS_CMD_BUFFER maps each FFI target to its handler's
-    command-buffer-compatible twin (same target names, so no custom call changes); with
-    a prebuilt library, both sets of handler symbols are exported. On a machine without
-    a GPU, loading still names the GPU fix first."""
+    """Each FFI target maps to its handler's command-buffer-compatible twin (same target
+    names, so no custom call changes) unless $SPARSE24_CUTLASS_CMD_BUFFER says "0",
+    "false" or ""; with a prebuilt library, both sets of handler symbols are exported. On
+    a machine without a GPU, loading still names the GPU fix first."""
     import ctypes
 
     from sparse24_jax_kernels.cutlass import _library as L
@@ -475,8 +475,12 @@ def test_command_buffer_handler_twins(monkeypatch):
     twins = L.targets(names, cmd_buffer=True)
     assert twins.keys() == names.keys()
     assert all(twins[t] == names[t] + "_graph" for t in names)
-    for value, on in (("1", True), ("true", True), ("0", False), ("false", False), ("", False)):
-        monkeypatch.setenv(L.CMD_BUFFER_ENV, value)
+    for value, on in (("1", True), ("true", True), ("0", False), ("false", False), ("", False),
+                      (" FALSE ", False), (None, True)):
+        if value is None:
+            monkeypatch.delenv(L.CMD_BUFFER_ENV, raising=False)  # the default: twins
+        else:
+            monkeypatch.setenv(L.CMD_BUFFER_ENV, value)
         assert L.command_buffers() is on and L.targets(names) == (twins if on else names), value
     monkeypatch.setenv(L.CMD_BUFFER_ENV, "1")
     from sparse24_jax_kernels._loader import has_cuda_device
@@ -492,8 +496,9 @@ def test_command_buffer_handler_twins(monkeypatch):
 
 
 def test_command_buffer_twins_missing_from_an_older_library_name_the_fix(monkeypatch):
-    """A library built before the twins lacks their symbols: ctypes' AttributeError
-    becomes a RuntimeError that says to rebuild or unset the variable."""
+    """A library built before the twins lacks their symbols: asked for them by the
+    variable, ctypes' AttributeError becomes a RuntimeError that says to rebuild or set
+    the variable to 0; by default, the library's plain handlers are registered."""
     from sparse24_jax_kernels.cutlass import _library as L
 
     seen = {}
@@ -504,6 +509,23 @@ def test_command_buffer_twins_missing_from_an_older_library_name_the_fix(monkeyp
 
     monkeypatch.setenv(L.CMD_BUFFER_ENV, "1")
     monkeypatch.setattr(L.LIBRARY, "register", register)
-    with pytest.raises(RuntimeError, match="rebuild it .*or unset \\$SPARSE24_CUTLASS_CMD_BUFFER"):
+    with pytest.raises(RuntimeError, match="rebuild it .*or set \\$SPARSE24_CUTLASS_CMD_BUFFER=0"):
         L.load()
     assert seen == L.targets(L.TARGETS, cmd_buffer=True)
+
+    # unset (the default) on such a library: its plain handlers, no error
+    import types
+
+    monkeypatch.delenv(L.CMD_BUFFER_ENV)
+    old = types.SimpleNamespace(**{sym: object() for sym in L.TARGETS.values()})
+    got = {}
+    monkeypatch.setattr(L, "has_cuda_device", lambda: True)
+    monkeypatch.setattr(L.LIBRARY, "library", lambda: old)
+    monkeypatch.setattr(L.LIBRARY, "register", lambda targets: got.update(targets) or old)
+    assert L.load() is old and got == L.TARGETS
+    # ... and a library with the twins: the twins
+    new = types.SimpleNamespace(**{s: object() for sym in L.TARGETS.values() for s in (sym, sym + "_graph")})
+    got.clear()
+    monkeypatch.setattr(L.LIBRARY, "library", lambda: new)
+    monkeypatch.setattr(L.LIBRARY, "register", lambda targets: got.update(targets) or new)
+    assert L.load() is new and got == L.targets(L.TARGETS, cmd_buffer=True)

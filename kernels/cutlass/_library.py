@@ -3,18 +3,22 @@
 ``load_library()`` builds the library on first use (:mod:`.build`, or takes
 ``$SPARSE24_CUTLASS_KERNELS``) and loads it with ctypes (no GPU needed for
 that). ``load()`` also registers its XLA FFI handlers for the CUDA platform,
-which needs a CUDA GPU visible to JAX. With ``$SPARSE24_CUTLASS_CMD_BUFFER`` set
-(before the first load in the process) the targets get the handlers' twins that
-are marked command-buffer compatible, so that XLA may capture them into its CUDA
-graphs instead of splitting its graphs at every CUTLASS call (experimental: not
-measured yet).
+which needs a CUDA GPU visible to JAX. The targets get the handlers' twins that
+are marked command-buffer compatible, so that XLA captures them into its CUDA
+graphs instead of splitting its graphs at every CUTLASS call (290-390 per GPT-2
+774M step): the step ran ~1% faster with them, twice on H200s
+(docs/BENCHMARKS.md section 11), and their results are the plain handlers' bytes
+(tests/gpu/test_cutlass_cmd_buffer.py). ``$SPARSE24_CUTLASS_CMD_BUFFER=0`` (read
+at the first load in the process) registers the plain handlers; a library built
+before the twins gets its plain handlers unless the variable asks for the twins.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 
-from .._loader import FfiLibrary, env_flag
+from .._loader import FfiLibrary, env_flag, has_cuda_device
 
 __all__ = [
     "LIBRARY",
@@ -67,15 +71,17 @@ def load_library() -> ctypes.CDLL:
     return LIBRARY.library()
 
 
-#: set (not "0" / "false"): register the command-buffer-compatible handlers
+#: "0" / "false": register the plain handlers; unset or anything else: their
+#: command-buffer-compatible twins
 CMD_BUFFER_ENV = "SPARSE24_CUTLASS_CMD_BUFFER"
 #: the suffix of a handler symbol's command-buffer-compatible twin (csrc/ffi_util.h S24C_DEFINE_HANDLER_SYMBOLS)
 GRAPH_SUFFIX = "_graph"
 
 
 def command_buffers() -> bool:
-    """Whether ``$SPARSE24_CUTLASS_CMD_BUFFER`` asks for the command-buffer-compatible handlers."""
-    return env_flag(CMD_BUFFER_ENV)
+    """Whether to register the command-buffer-compatible handlers: yes unless
+    ``$SPARSE24_CUTLASS_CMD_BUFFER`` is set to "", "0" or "false"."""
+    return CMD_BUFFER_ENV not in os.environ or env_flag(CMD_BUFFER_ENV)
 
 
 def targets(names: dict[str, str], cmd_buffer: bool | None = None) -> dict[str, str]:
@@ -88,15 +94,20 @@ def targets(names: dict[str, str], cmd_buffer: bool | None = None) -> dict[str, 
 
 
 def register(names: dict[str, str]) -> ctypes.CDLL:
-    """Register ``names`` (target -> handler symbol) through :func:`targets`; a library
-    built before the command-buffer twins existed is a RuntimeError naming the fix."""
+    """Register ``names`` (target -> handler symbol) through :func:`targets`. A library
+    built before the command-buffer twins existed gets its plain handlers, or, when
+    ``$SPARSE24_CUTLASS_CMD_BUFFER`` asks for the twins, a RuntimeError naming the fix."""
+    cmd_buffer = command_buffers()
+    if cmd_buffer and CMD_BUFFER_ENV not in os.environ and has_cuda_device():
+        lib = LIBRARY.library()
+        cmd_buffer = all(hasattr(lib, sym + GRAPH_SUFFIX) for sym in names.values())
     try:
-        return LIBRARY.register(targets(names))
+        return LIBRARY.register(targets(names, cmd_buffer))
     except AttributeError as err:  # ctypes: no such symbol
         raise RuntimeError(
             f"this CUTLASS library lacks a handler ({err}): it was built before the "
             f"command-buffer-compatible handlers; rebuild it (python -m "
-            f"sparse24_jax_kernels.cutlass.build) or unset ${CMD_BUFFER_ENV}") from err
+            f"sparse24_jax_kernels.cutlass.build) or set ${CMD_BUFFER_ENV}=0") from err
 
 
 def load() -> ctypes.CDLL:

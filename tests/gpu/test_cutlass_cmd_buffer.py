@@ -1,5 +1,5 @@
-"""GPU test of the CUTLASS handlers' command-buffer-compatible twins
-($SPARSE24_CUTLASS_CMD_BUFFER, kernels/cutlass/_library.py): the FFN block's value
+"""GPU test of the CUTLASS handlers' command-buffer-compatible twins (the default;
+$SPARSE24_CUTLASS_CMD_BUFFER=0 the plain ones, kernels/cutlass/_library.py): the FFN block's value
 and gradients (SR-STE with MVUE: every CUTLASS handler runs, the plain and fused
 GEMMs, the projection and the MVUE compressors) computed in a process that
 registered the twins, over three calls of the jitted function (XLA records its
@@ -48,9 +48,7 @@ np.savez(sys.argv[1], **out)
 def _run(tmp_path: Path, cmd_buffer: bool) -> dict:
     out = tmp_path / f"cmd_buffer_{int(cmd_buffer)}.npz"
     env = dict(os.environ)
-    env.pop("SPARSE24_CUTLASS_CMD_BUFFER", None)
-    if cmd_buffer:
-        env["SPARSE24_CUTLASS_CMD_BUFFER"] = "1"
+    env["SPARSE24_CUTLASS_CMD_BUFFER"] = "1" if cmd_buffer else "0"
     res = subprocess.run([sys.executable, "-c", CHILD, str(out), str(TESTS)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
