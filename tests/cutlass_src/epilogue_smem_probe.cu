@@ -58,6 +58,9 @@ void Fused(const char* config, const char* shape) {
                                                                             shape);
   Row<SparseEpiGemm<kDxDgelu, TM, TN, 128, 1, 1, Schedule, EM, EN, SC, SD>>(config, "dx_dgelu",
                                                                             shape);
+  // the MVUE node has no shared memory of its own: dx_dgelu's row again, checked
+  Row<SparseEpiGemm<kDxDgeluMvue, TM, TN, 128, 1, 1, Schedule, EM, EN, SC, SD>>(
+      config, "dx_dgelu_mvue", shape);
 }
 
 // EpilogueShape with nothing overridden, or with the auto tile and stage counts
