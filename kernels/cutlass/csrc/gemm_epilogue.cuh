@@ -32,10 +32,21 @@ namespace s24c {
 
 using namespace cute;
 
-// The exact GELU (erf form) and its derivative times the incoming gradient, as
-// CUTLASS epilogue activations (scalar and fragment forms), on gelu_math.h's
-// one-exponential Phi / phi: CUTLASS's thread::GELU calls erff, and erff +
-// expf made the fused epilogues compute-bound (gelu_math.h says by how much).
+// A scalar functor applied element by element: the fragment form CUTLASS's
+// epilogue calls (Sm90Compute hands its activation a cutlass::Array).
+template <template <class> class Fn, class T, int N>
+CUTLASS_HOST_DEVICE cutlass::Array<T, N> Elementwise(cutlass::Array<T, N> const& z) {
+  cutlass::Array<T, N> y;
+  Fn<T> op;
+  CUTLASS_PRAGMA_UNROLL
+  for (int i = 0; i < N; ++i) y[i] = op(z[i]);
+  return y;
+}
+
+// The exact GELU (erf form) and its derivative, as CUTLASS epilogue activations
+// (scalar and fragment forms), on gelu_math.h's one-exponential Phi / phi:
+// CUTLASS's thread::GELU calls erff, and erff + expf made the fused epilogues
+// compute-bound (gelu_math.h says by how much).
 template <class T>
 struct GeluErfFast {
   static const bool kIsHeavy = true;
@@ -43,16 +54,13 @@ struct GeluErfFast {
   T operator()(T const& z) const { return T(GeluErf(static_cast<float>(z))); }
 };
 
+// (the qualified name: inside the specialisation, GeluErfFast alone is the class)
 template <class T, int N>
 struct GeluErfFast<cutlass::Array<T, N>> {
   static const bool kIsHeavy = true;
   CUTLASS_HOST_DEVICE
   cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& z) const {
-    cutlass::Array<T, N> y;
-    GeluErfFast<T> op;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) y[i] = op(z[i]);
-    return y;
+    return Elementwise<::s24c::GeluErfFast>(z);
   }
 };
 
@@ -68,11 +76,7 @@ template <class T, int N>
 struct GeluErfGradFast<cutlass::Array<T, N>> {
   CUTLASS_HOST_DEVICE
   cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& z) const {
-    cutlass::Array<T, N> y;
-    GeluErfGradFast<T> op;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) y[i] = op(z[i]);
-    return y;
+    return Elementwise<::s24c::GeluErfGradFast>(z);
   }
 };
 
