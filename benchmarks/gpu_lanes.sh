@@ -50,8 +50,9 @@ run_job() {  # lane name timeout command
 run_lane() {  # lane
   local lane=$1
   while IFS='|' read -r l name limit cmd; do
+    # comments first: xargs (the trimming below) chokes on their apostrophes
+    case "$(echo "$l" | tr -d '[:space:]')" in ""|\#*) continue ;; esac
     l=$(echo "$l" | xargs); name=$(echo "$name" | xargs); limit=$(echo "$limit" | xargs)
-    case "$l" in ""|\#*) continue ;; esac
     [ "$l" = "$lane" ] && run_job "$l" "$name" "$limit" "$cmd"
   done <"$PLAN"
 }
