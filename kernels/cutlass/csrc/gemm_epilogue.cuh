@@ -295,9 +295,9 @@ S24C_SHAPED_EPILOGUE_BUILDER(TmaWarpSpecializedCooperative)
 
 namespace cutlass::epilogue::fusion {
 
-// The callbacks of s24c::LinCombPerRowBiasGeluGradAux: CUTLASS's for
-// LinCombPerRowBiasEltActAux (sm90_callbacks_tma_warpspecialized.hpp, the same
-// tree and Arguments) with the Aux store mapped through gelu':
+// The callbacks of s24c::LinCombPerRowBiasGeluGradAux: CUTLASS's tree for
+// LinCombPerRowBiasEltActAux (sm90_callbacks_tma_warpspecialized.hpp) with the Aux
+// store mapped through gelu':
 //   D = gelu(store_{Aux = gelu'(z)}(z)),  z = alpha acc + bias_row.
 template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
           class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
@@ -321,17 +321,7 @@ struct FusionCallbacks<
                                             ElementBias, /*ElementSource=*/void, ElementScalar,
                                             128 / sizeof_bits_v<ElementBias>,
                                             FloatRoundStyle::round_to_nearest>>> {
-  using Impl = Sm90EVT<
-      Sm90Compute<s24c::GeluErfFast, ElementOutput, ElementCompute,
-                  FloatRoundStyle::round_to_nearest>,
-      Sm90EVT<s24c::Sm90MappedAuxStore<
-                  s24c::GeluErfGradFast,
-                  Sm90AuxStore<StagesD, EpilogueTile, ElementAux, FloatRoundStyle::round_to_nearest,
-                               cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
-                               CopyOpR2S, 128 / sizeof_bits_v<ElementAux>>>,
-              Sm90LinCombPerRowBias<CtaTileShapeMNK, ElementCompute, ElementCompute, ElementBias,
-                                    void, ElementScalar, 128 / sizeof_bits_v<ElementBias>,
-                                    FloatRoundStyle::round_to_nearest>>>;
+  using Impl = typename FusionCallbacks::Sm90TreeVisitor;  // the base above (Sm90EVT is its alias)
   using Operation = s24c::LinCombPerRowBiasGeluGradAux<GmemLayoutTagAux, ElementOutput,
                                                        ElementCompute, ElementAux, ElementBias,
                                                        ElementScalar>;
@@ -385,13 +375,18 @@ struct FusionCallbacks<
   using Impl::Impl;
 };
 
-}  // namespace cutlass::epilogue::fusion
-
-namespace cutlass::epilogue::fusion {
-
-// The callbacks of s24c::LinCombMulAuxMvue: CUTLASS's LinCombDeEltAct tree
-// (sm90_callbacks_tma_warpspecialized.hpp, its arguments too) under the MVUE node:
+// The callbacks of s24c::LinCombMulAuxMvue: CUTLASS's for LinCombDeEltAct<MulAux>
+// (Unfused: its tree and its Arguments) under the MVUE node:
 //   mvue_store(bf16(acc * aux)),  which passes dZ1 on to D unchanged.
+template <class Policy, class GmemLayoutTagAux, class ElementOutput, class ElementCompute,
+          class ElementAux, class ElementScalar, class CtaTileShapeMNK, class EpilogueTile,
+          class SmemLayoutAtom, class CopyOpS2R>
+using MulAuxCallbacks =
+    FusionCallbacks<Policy,
+                    LinCombDeEltAct<GmemLayoutTagAux, s24c::MulAux, ElementOutput, ElementCompute,
+                                    ElementAux, /*ElementSource=*/void, ElementScalar>,
+                    CtaTileShapeMNK, EpilogueTile, SmemLayoutAtom, CopyOpS2R>;
+
 template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
           class GmemLayoutTagAux, class ElementOutput, class ElementCompute, class ElementAux,
           class ElementScalar, class CtaTileShapeMNK, class EpilogueTile, class SmemLayoutAtom,
@@ -402,62 +397,28 @@ struct FusionCallbacks<
                             ElementScalar>,
     CtaTileShapeMNK, EpilogueTile, SmemLayoutAtom, CopyOpS2R>
     : Sm90EVT<s24c::Sm90MvueStore,
-              Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
-                                  cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
-                                  CopyOpS2R, s24c::MulAux, ElementOutput, ElementCompute,
-                                  ElementAux, /*ElementSource=*/void, ElementScalar,
-                                  128 / sizeof_bits_v<ElementAux>,
-                                  FloatRoundStyle::round_to_nearest>> {
-  using Impl =
-      Sm90EVT<s24c::Sm90MvueStore,
-              Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
-                                  cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>, SmemLayoutAtom,
-                                  CopyOpS2R, s24c::MulAux, ElementOutput, ElementCompute,
-                                  ElementAux, void, ElementScalar, 128 / sizeof_bits_v<ElementAux>,
-                                  FloatRoundStyle::round_to_nearest>>;
+              typename MulAuxCallbacks<
+                  epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC,
+                                                   DelayTmaStore>,
+                  GmemLayoutTagAux, ElementOutput, ElementCompute, ElementAux, ElementScalar,
+                  CtaTileShapeMNK, EpilogueTile, SmemLayoutAtom, CopyOpS2R>::Impl> {
+  using Impl = typename FusionCallbacks::Sm90TreeVisitor;  // the base above (Sm90EVT is its alias)
   using Operation = s24c::LinCombMulAuxMvue<GmemLayoutTagAux, ElementOutput, ElementCompute,
                                             ElementAux, ElementScalar>;
+  using Unfused = MulAuxCallbacks<
+      epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC, DelayTmaStore>,
+      GmemLayoutTagAux, ElementOutput, ElementCompute, ElementAux, ElementScalar, CtaTileShapeMNK,
+      EpilogueTile, SmemLayoutAtom, CopyOpS2R>;
 
-  struct Arguments {
-    ElementScalar alpha = ElementScalar(1);
-    ElementScalar beta = ElementScalar(0);
-    ElementScalar const* alpha_ptr = nullptr;
-    ElementScalar const* beta_ptr = nullptr;
-
-    using StrideAlpha = Stride<_0, _0, int64_t>;
-    using StrideBeta = Stride<_0, _0, int64_t>;
-    StrideAlpha dAlpha = {_0{}, _0{}, 0};
-    StrideBeta dBeta = {_0{}, _0{}, 0};
-
-    using StrideAux = cutlass::gemm::TagToStrideC_t<GmemLayoutTagAux>;
-    ElementAux const* aux_ptr = nullptr;
-    StrideAux dAux = {};
-
+  // CUTLASS's LinCombDeEltAct arguments (SetFusion fills aux_ptr and dAux) and the MVUE's
+  struct Arguments : Unfused::Arguments {
     uint32_t* mvue_values = nullptr;
     uint8_t* mvue_meta = nullptr;
     uint32_t const* mvue_seed = nullptr;
 
     operator typename Impl::Arguments() const {
-      return {
-          {
-              // binary op: MulAux(beta * C + (alpha * acc), aux)
-              {
-                  // ternary op: beta * C + (alpha * acc)
-                  {{beta}, {beta_ptr}, {dBeta}},  // leaf: beta
-                  {},                             // leaf: C
-                  {
-                      // binary op: alpha * acc
-                      {{alpha}, {alpha_ptr}, {dAlpha}},  // leaf: alpha
-                      {},                                // leaf: acc
-                      {}                                 // multiplies
-                  },
-                  {}  // multiply_add
-              },
-              {aux_ptr, ElementAux(0), dAux},  // leaf: aux
-              {}                               // MulAux
-          },
-          {mvue_values, mvue_meta, mvue_seed}  // the MVUE store
-      };
+      return {typename Unfused::Impl::Arguments(static_cast<typename Unfused::Arguments const&>(*this)),
+              {mvue_values, mvue_meta, mvue_seed}};
     }
   };
 
