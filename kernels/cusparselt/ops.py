@@ -46,6 +46,7 @@ from .fp8_probe import (
     fp8_rel_err,
     fp8_spmm_trial,
 )
+from .._seed import as_seed, seed_from_key  # noqa: F401 - seed_from_key: part of this API
 from .layout import compressed_nbytes  # the one size formula
 
 __all__ = [
@@ -102,14 +103,6 @@ def compress_masked(a, mask, *, transpose: bool = False):
     )
 
 
-def seed_from_key(key):
-    """Two uint32 words from a JAX PRNG key (typed or raw), for the kernels."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.random.bits(key, (2,), jnp.uint32)
-
-
 def mvue_compress(key_or_seed, a, *, transpose: bool = False):
     """MVUE 2:4 along the compressed axis + compression of ``a`` (or ``a.T``).
 
@@ -117,9 +110,7 @@ def mvue_compress(key_or_seed, a, *, transpose: bool = False):
     import jax
     import jax.numpy as jnp
 
-    seed = key_or_seed
-    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
-        seed = seed_from_key(seed)
+    seed = as_seed(key_or_seed)
     m, k = operand_shape(a, transpose)
     out = jax.ShapeDtypeStruct((compressed_nbytes(m, k, a.dtype),), jnp.uint8)
     return jax.ffi.ffi_call(PREFIX + "mvue_compress", out)(a, seed, transpose=np.int64(transpose))
@@ -178,9 +169,7 @@ def act_grad_mvue_compress(kind: str, da, z, key_or_seed):
     import jax.numpy as jnp
 
     m, cols = act_grad_shape(kind, da, z)
-    seed = key_or_seed
-    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
-        seed = seed_from_key(seed)
+    seed = as_seed(key_or_seed)
     outs = (jax.ShapeDtypeStruct(z.shape, z.dtype),
             jax.ShapeDtypeStruct((compressed_nbytes(cols, m, z.dtype),), jnp.uint8))
     return jax.ffi.ffi_call(PREFIX + "act_grad_mvue", outs)(

@@ -32,6 +32,7 @@ import ctypes
 
 import numpy as np
 
+from .._seed import as_seed
 from ._library import PREFIX, instance_table, load, load_library, register
 from .build import EPILOGUE_CONFIGS, EPILOGUES
 from .ops import check_operands, meta_nbytes, problem
@@ -192,11 +193,7 @@ def spmm_dx_dgelu_mvue(values, meta, dy, g1, key_or_seed, *, config: str = DEFAU
     import jax
     import jax.numpy as jnp
 
-    from .own_ops import seed_from_key
-
-    seed = key_or_seed
-    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
-        seed = seed_from_key(seed)
+    seed = as_seed(key_or_seed)
     mnk, out_shape = _dx_problem(values, meta, dy, g1, config, "dx_dgelu_mvue")
     m, k = out_shape  # tokens, features: S_z(dZ1^T) is (k, m), 2:4 along m
     load_epilogues()

@@ -17,6 +17,7 @@ ValueError naming the fix. The outputs feed :func:`.ops.spmm` directly.
 
 from __future__ import annotations
 
+from .._seed import as_seed, seed_from_key  # noqa: F401 - seed_from_key: part of this API
 from ._library import PREFIX, load
 from .ops import meta_nbytes
 
@@ -33,15 +34,6 @@ def _check(what: str, rows: int, cols: int) -> None:
         )
     if rows * cols // 4 >= 2**32:
         raise ValueError(f"{what}: {rows} x {cols} has 2^32 groups or more: split the operand")
-
-
-def seed_from_key(key):
-    """Two uint32 words from a JAX PRNG key (typed or raw): the same as the
-    cuSPARSELt ops' ``seed_from_key``, so one key gives both paths one seed."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.random.bits(key, (2,), jnp.uint32)
 
 
 def project_compress(w, mask):
@@ -81,9 +73,7 @@ def mvue_compress(key_or_seed, dz):
     import jax
     import jax.numpy as jnp
 
-    seed = key_or_seed
-    if not (hasattr(seed, "dtype") and seed.dtype == jnp.uint32 and seed.shape == (2,)):
-        seed = seed_from_key(seed)
+    seed = as_seed(key_or_seed)
     if dz.ndim != 2 or jnp.dtype(dz.dtype) != jnp.bfloat16:
         raise ValueError(f"mvue_compress takes dZ (M, N) bfloat16, got {dz.dtype} {dz.shape}: "
                          "cast it with .astype(jnp.bfloat16)")
