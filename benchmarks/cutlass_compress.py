@@ -13,7 +13,13 @@ Per training step and FFN layer the 2:4 path builds, besides its GEMMs:
 
 Both libraries' kernels move the same bytes (their formats differ only in the
 metadata order and the codes of degenerate groups), so each row is a like-for-
-like comparison. An XLA copy of the input is the bandwidth yardstick. Times are
+like comparison. An XLA copy of the input is the bandwidth yardstick.
+
+Our MVUE runs in blocks of 32 or 64 token groups (the same bytes; the kernel
+picks 32 for operands that blocks of 64 fill only a few times): ``--mvue-blocks``
+also times each block size by itself, as ``timing.per_call`` (the slope between a
+program of 8 calls on distinct copies and a program of one, so no dispatch cost
+is in it), and names the faster. Times are
 back-to-back jitted calls, median (timing.time_jax's "pipelined" mode); GB/s
 counts the bytes a kernel must move (inputs read once, outputs written once).
 The last lines sum the per-step cost over a model's FFN layers.
@@ -25,7 +31,7 @@ import argparse
 import json
 
 from shapes import LAYERS, SHAPES
-from timing import time_jax
+from timing import per_call, time_jax
 
 
 def bench(fn, *args, calls: int) -> float:
@@ -38,6 +44,8 @@ def main(argv=None) -> int:
                    choices=sorted(SHAPES))
     p.add_argument("--tokens", type=int, default=16384, help="M, the tokens of dZ")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--mvue-blocks", action="store_true",
+                   help="also time our MVUE in blocks of 32 and of 64 token groups (timing.per_call)")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
 
@@ -84,6 +92,15 @@ def main(argv=None) -> int:
             rows.append(dict(shape=name, kernel="mvue", operand=f"dZ {args.tokens}x{n}", n=n,
                              k=args.tokens, copy_ms=t_copy * 1e3, cusparselt_ms=t_cs * 1e3,
                              ours_ms=t_own * 1e3, nbytes=nbytes))
+            if args.mvue_blocks:
+                blocks = {g: per_call(lambda s, d, g=g: own_ops.mvue_compress(s, d, block_groups=g),
+                                      seed, dz) * 1e3 for g in (32, 64)}
+                pick = min(blocks, key=blocks.get)
+                rows[-1].update(block32_ms=blocks[32], block64_ms=blocks[64], copy_per_call_ms=
+                                per_call(lambda d: d * 2, dz) * 1e3)
+                print(f"  {name} MVUE dZ {args.tokens}x{n}, per call: blocks of 32 {blocks[32]:.4f} ms, "
+                      f"of 64 {blocks[64]:.4f} ms (faster: {pick}), XLA copy "
+                      f"{rows[-1]['copy_per_call_ms']:.4f} ms")
         for r in rows:
             if r["shape"] != name:
                 continue

@@ -64,7 +64,8 @@ def load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     p = ctypes.c_void_p
     lib.s24c_emulate_own_project.argtypes = [p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64]
-    lib.s24c_emulate_own_mvue.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64]
+    lib.s24c_emulate_own_mvue.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.s24c_own_mvue_block_groups.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     lib.s24c_test_cusparselt_mvue.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_test_own_meta_byte.argtypes = [p, ctypes.c_int64, ctypes.c_int64]
     _LIB = lib
@@ -98,18 +99,25 @@ def project(w: np.ndarray, mask: np.ndarray):
     return vals, meta, vals_t, meta_t
 
 
-def mvue(dz: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
-    """(values (N, M/2), meta) of the MVUE of dZ^T, dz (M, N) bf16."""
+def mvue(dz: np.ndarray, seed, block_groups: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(values (N, M/2), meta) of the MVUE of dZ^T, dz (M, N) bf16, in blocks of
+    ``block_groups`` token groups (32 or 64; 0: the launcher's choice)."""
     dz = np.ascontiguousarray(dz)
     m, n = dz.shape
     sd = np.asarray(seed, np.uint32).reshape(2)
     vals = _poisoned((n, m // 2), ml_dtypes.bfloat16)
     meta = _poisoned(_meta_nbytes(n, m))
     rc = load().s24c_emulate_own_mvue(dz.ctypes.data, sd.ctypes.data, vals.ctypes.data,
-                                      meta.ctypes.data, m, n)
+                                      meta.ctypes.data, m, n, block_groups)
     if rc:
-        raise ValueError(f"the MVUE kernel does not take dZ of shape {dz.shape}")
+        raise ValueError(f"the MVUE kernel does not take dZ of shape {dz.shape} in blocks of "
+                         f"{block_groups} groups")
     return vals, meta
+
+
+def mvue_block_groups(m: int, n: int) -> int:
+    """The block (32 or 64 token groups) the launcher picks for dZ (m, n)."""
+    return load().s24c_own_mvue_block_groups(m, n, 0)
 
 
 def cusparselt_mvue(dz: np.ndarray, seed) -> np.ndarray:

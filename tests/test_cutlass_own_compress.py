@@ -119,11 +119,14 @@ def random_dz(seed, m, n):
 MVUE_SHAPES = [(64, 64), (192, 128), (1600, 192), (256, 1600), (320, 320)]
 
 
+@pytest.mark.parametrize("block_groups", [32, 64])
 @pytest.mark.parametrize("m, n", MVUE_SHAPES)
-def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n):
+def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n, block_groups):
+    # either block size: the last block column is partial for every M here but 64 and 256
+    # (block 64) or 64 (block 32), and a group's draw depends on its counter only
     dz = random_dz(m + 3 * n, m, n)
     seed = (0x1234 + m, 0xBEEF ^ n)
-    vals, meta = _cutlass_own.mvue(dz, seed)
+    vals, meta = _cutlass_own.mvue(dz, seed, block_groups)
     buf = _cutlass_own.cusparselt_mvue(dz, seed)
     s = cl.decompress(buf, n, m, BF16)  # cuSPARSELt's S(dZ^T), dense (n, m)
     rv, rm = layout.compress_sm90(s)
@@ -134,6 +137,18 @@ def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n):
     d = layout.decompress_sm90(vals, meta, n, m).astype(np.float32)
     assert not np.any((d != 0) & (dz.T.astype(np.float32) == 0))
     assert (np.count_nonzero(d.reshape(n, -1, 4), -1) <= 2).all()
+
+
+def test_mvue_block_choice():
+    # blocks of 32 token groups where blocks of 64 would be fewer than 4096 (GPT-2 774M's
+    # dY, 16384 x 1280: 1280 of them), of 64 for the large dZ1 (16384 x 5120: 5120)
+    assert _cutlass_own.mvue_block_groups(16384, 1280) == 32
+    assert _cutlass_own.mvue_block_groups(16384, 1600) == 32
+    assert _cutlass_own.mvue_block_groups(16384, 5120) == 64
+    assert _cutlass_own.mvue_block_groups(16384, 6400) == 64
+    assert _cutlass_own.mvue_block_groups(64, 64) == 32
+    with pytest.raises(ValueError, match="blocks of 48 groups"):
+        _cutlass_own.mvue(random_dz(1, 64, 64), (1, 2), 48)
 
 
 def test_mvue_seed_changes_the_kept_set():

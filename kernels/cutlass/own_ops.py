@@ -17,11 +17,13 @@ ValueError naming the fix. The outputs feed :func:`.ops.spmm` directly.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._seed import as_seed, seed_from_key  # noqa: F401 - seed_from_key: part of this API
 from ._library import PREFIX, load
 from .ops import meta_nbytes
 
-__all__ = ["ALIGN", "mvue_compress", "project_compress", "seed_from_key"]
+__all__ = ["ALIGN", "BLOCK_GROUPS", "mvue_compress", "project_compress", "seed_from_key"]
 
 ALIGN = 64
 
@@ -64,12 +66,17 @@ def project_compress(w, mask):
     return values, meta, values_t, meta_t
 
 
-def mvue_compress(key_or_seed, dz):
+BLOCK_GROUPS = (0, 32, 64)
+
+
+def mvue_compress(key_or_seed, dz, *, block_groups: int = 0):
     """``(values (N, M/2) bf16, meta)``: MVUE 2:4 of ``dZ^T`` along the tokens M
     in CUTLASS's format (the sparse operand of ``spmm("dw", ...)``).
 
     ``key_or_seed``: a JAX PRNG key, or a uint32 array of 2 words; ``dz``
-    (M, N) bfloat16."""
+    (M, N) bfloat16. ``block_groups``: token groups per kernel block, 32 or 64
+    (the same bytes either way; for benchmarks), 0 (default) for the kernel's
+    choice: 32 where blocks of 64 would fill the GPU only a few times."""
     import jax
     import jax.numpy as jnp
 
@@ -77,6 +84,9 @@ def mvue_compress(key_or_seed, dz):
     if dz.ndim != 2 or jnp.dtype(dz.dtype) != jnp.bfloat16:
         raise ValueError(f"mvue_compress takes dZ (M, N) bfloat16, got {dz.dtype} {dz.shape}: "
                          "cast it with .astype(jnp.bfloat16)")
+    if block_groups not in BLOCK_GROUPS:
+        raise ValueError(f"block_groups must be one of {BLOCK_GROUPS} (0: the kernel's choice), "
+                         f"got {block_groups!r}")
     m, n = dz.shape
     _check("mvue_compress: dZ (M tokens, N features)", m, n)
     load()
@@ -85,5 +95,5 @@ def mvue_compress(key_or_seed, dz):
         (jax.ShapeDtypeStruct((n, m // 2), jnp.bfloat16),
          jax.ShapeDtypeStruct((meta_nbytes(n, m),), jnp.uint8)),
     )
-    values, meta = call(dz, seed)
+    values, meta = call(dz, seed, block_groups=np.int64(block_groups))
     return values, meta

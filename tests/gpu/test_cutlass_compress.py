@@ -12,6 +12,8 @@ Need an H100/H200 and the CUTLASS library ($SPARSE24_CUTLASS_KERNELS or a build)
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,9 @@ def test_projection_is_cutlass_compressor_bytes(own, n, k, sparser):
     np.testing.assert_array_equal(u8(got[1]), rm)
 
 
+@pytest.mark.parametrize("block_groups", [0, 32, 64])
 @pytest.mark.parametrize("m, n", [(256, 128), (1600, 192), (320, 1600), (4096, 1280)])
-def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(own, m, n):
+def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(own, m, n, block_groups):
     from sparse24_jax_kernels.cusparselt import layout as cl
     from sparse24_jax_kernels.cusparselt import ops as cops
     from sparse24_jax_kernels.cutlass import layout, ops
@@ -74,7 +77,7 @@ def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(own, m, n):
     rng = np.random.default_rng(m + n)
     dz = jnp.asarray(rng.standard_normal((m, n)).astype(np.float32)).astype(jnp.bfloat16)
     key = jax.random.PRNGKey(m * 7 + n)
-    values, meta = jax.jit(own.mvue_compress)(key, dz)
+    values, meta = jax.jit(partial(own.mvue_compress, block_groups=block_groups))(key, dz)
     cops.load()
     buf = cops.mvue_compress(key, dz, transpose=True)  # same key -> same seed
     s = cl.decompress(np.asarray(buf), n, m, np.asarray(dz).dtype)
@@ -93,6 +96,8 @@ def test_own_ops_errors(own):
         own.project_compress(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((64, 64), bool))
     with pytest.raises(ValueError, match="bfloat16"):
         own.mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 64), jnp.float32))
+    with pytest.raises(ValueError, match="block_groups"):
+        own.mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 64), jnp.bfloat16), block_groups=16)
 
 
 # -- the backend ---------------------------------------------------------------

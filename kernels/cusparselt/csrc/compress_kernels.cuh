@@ -313,20 +313,22 @@ struct MvueTransposed {
   }
 
   // Phase 1's loads: from p (dZ's word of this thread's feature pair at the first token of
-  // group g_first < kg), the four tokens of groups g_first + 8 i (i = 0..7); all 32 issued
-  // before any use. Groups from kg on (the last block column) load group g_first + 8 i_max
-  // again, i_max the last in range: stand-in words whose results are never stored, and no
-  // load is predicated. A
+  // group g_first < kg), the four tokens of groups g_first + 8 i (i = 0 .. R-1; R = 8 here,
+  // 4 in the CUTLASS-format kernel's small blocks); all 4 R issued before any use. Groups
+  // from kg on (the last block column) load group g_first + 8 i_max again, i_max the last
+  // in range: stand-in words whose results are never stored, and no load is predicated. A
   // load's token row is 32 i + t rows of `words` words after p's: one IMAD.WIDE each (a
   // 64-bit index product per load cost ~12 instructions).
+  template <int R>
   static __host__ __device__ inline void LoadGroups(const uint32_t* p, int64_t words, int64_t g_first,
-                                                    int64_t kg, uint32_t x[8][4]) {
+                                                    int64_t kg, uint32_t (&x)[R][4]) {
     const uint32_t pitch = static_cast<uint32_t>(4 * words);  // bytes per token row
     const char* base = reinterpret_cast<const char*>(p);
     const int64_t left = kg - g_first;  // >= 1
-    const uint32_t last = left > 56 ? 224u : static_cast<uint32_t>(32 * ((left - 1) / 8));  // 32 i_max
+    const uint32_t last = left > 8 * (R - 1) ? 32u * (R - 1)
+                                             : static_cast<uint32_t>(32 * ((left - 1) / 8));  // 32 i_max
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < R; ++i) {
       const uint32_t row = 32u * i < last ? 32u * i : last;
 #pragma unroll
       for (int t = 0; t < 4; ++t)

@@ -2,7 +2,8 @@
 //   * s24c_own_project  W (N, K) f32, mask (N, K) bool/uint8 ->
 //                       W_s values (N, K/2) bf16, meta, W_s^T values (K, N/2) bf16, meta_t
 //   * s24c_own_mvue     dZ (M, N) bf16, seed uint32[2] ->
-//                       S(dZ^T) values (N, M/2) bf16, meta (MVUE along M)
+//                       S(dZ^T) values (N, M/2) bf16, meta (MVUE along M);
+//                       attribute block_groups (int64: 0, 32 or 64, the kernel's block)
 // The outputs are what ops.compress (CUTLASS's compressor) gives for the
 // dense pruned operands, byte for byte; every byte is written by the kernel.
 // A host unit of its own (bindings.cc is another helper's territory too).
@@ -84,7 +85,11 @@ static ffi::Error OwnProjectImpl(cudaStream_t stream, int32_t device, ffi::AnyBu
 
 static ffi::Error OwnMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer dz,
                               ffi::AnyBuffer seed, ffi::Result<ffi::AnyBuffer> values,
-                              ffi::Result<ffi::AnyBuffer> meta) {
+                              ffi::Result<ffi::AnyBuffer> meta, int64_t block_groups) {
+  if (block_groups != 0 && block_groups != 32 && block_groups != 64) {
+    return InvalidArg("own_mvue: block_groups must be 0 (the kernel's choice), 32 or 64, got " +
+                      std::to_string(block_groups));
+  }
   auto dd = dz.dimensions();
   if (dz.element_type() != ffi::DataType::BF16 || dd.size() != 2) {
     return InvalidArg("own_mvue: dZ must be 2-D bfloat16 (M tokens, N features), got " +
@@ -104,7 +109,7 @@ static ffi::Error OwnMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
   S24C_CUDA_CHECK(LaunchOwnMvue(stream, dz.untyped_data(),
                                 static_cast<const uint32_t*>(seed.untyped_data()),
                                 values->untyped_data(), static_cast<uint8_t*>(meta->untyped_data()),
-                                m, n, false));
+                                m, n, static_cast<int>(block_groups), false));
   return ffi::Error::Success();
 }
 
@@ -128,4 +133,5 @@ S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_mvue, s24c::OwnMvueImpl,
                                 .Arg<ffi::AnyBuffer>()
                                 .Arg<ffi::AnyBuffer>()
                                 .Ret<ffi::AnyBuffer>()
-                                .Ret<ffi::AnyBuffer>());
+                                .Ret<ffi::AnyBuffer>()
+                                .Attr<int64_t>("block_groups"));

@@ -29,18 +29,37 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
   return cudaGetLastError();
 }
 
-cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
-                          void* values, uint8_t* meta, int64_t m, int64_t n, bool emulate) {
-  // A = dZ^T: n rows (features), m columns (tokens, the 2:4 axis)
-  if (!OwnShapeOk(n, m)) return cudaErrorInvalidValue;
-  const OwnMvue::Args args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values),
-                           meta, n, m};
+int OwnMvueBlockGroups(int64_t m, int64_t n, int block_groups) {
+  if (block_groups) return block_groups;
+  const int64_t blocks64 = (m / 4 + 63) / 64 * (n / 64);
+  return blocks64 < kOwnMvueSmallBlocksBelow ? 32 : 64;
+}
+
+template <typename K>
+static cudaError_t RunOwnMvue(cudaStream_t stream, const typename K::Args& args, bool emulate) {
   if (emulate) {
-    OwnEmulate<OwnMvue>(args);
+    OwnEmulate<K>(args);
     return cudaSuccess;
   }
-  OwnKernel<OwnMvue><<<OwnMvue::Grid(n, m), kOwnThreads, 0, stream>>>(args);
+  OwnKernel<K><<<K::Grid(args.m, args.k), kOwnThreads, 0, stream>>>(args);
   return cudaGetLastError();
+}
+
+cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
+                          void* values, uint8_t* meta, int64_t m, int64_t n, int block_groups,
+                          bool emulate) {
+  // A = dZ^T: n rows (features), m columns (tokens, the 2:4 axis)
+  if (!OwnShapeOk(n, m) || (block_groups != 0 && block_groups != 32 && block_groups != 64)) {
+    return cudaErrorInvalidValue;
+  }
+  // both block sizes take the same Args
+  const OwnMvue::Args args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values),
+                           meta, n, m};
+  if (OwnMvueBlockGroups(m, n, block_groups) == 32) {
+    return RunOwnMvue<OwnMvueSmall>(stream, {args.src, args.seed, args.values, args.meta, args.m, args.k},
+                                    emulate);
+  }
+  return RunOwnMvue<OwnMvue>(stream, args, emulate);
 }
 
 }  // namespace s24c
@@ -60,8 +79,15 @@ S24C_OWN_EXPORT int s24c_emulate_own_project(const float* w, const uint8_t* mask
 }
 
 S24C_OWN_EXPORT int s24c_emulate_own_mvue(const void* dz, const uint32_t* seed, void* values,
-                                          uint8_t* meta, int64_t m, int64_t n) {
-  return s24c::LaunchOwnMvue(nullptr, dz, seed, values, meta, m, n, true) == cudaSuccess ? 0 : -1;
+                                          uint8_t* meta, int64_t m, int64_t n, int block_groups) {
+  return s24c::LaunchOwnMvue(nullptr, dz, seed, values, meta, m, n, block_groups, true) == cudaSuccess
+             ? 0
+             : -1;
+}
+
+// The block size (token groups) the launcher runs dZ (m, n) with for block_groups.
+S24C_OWN_EXPORT int s24c_own_mvue_block_groups(int64_t m, int64_t n, int block_groups) {
+  return s24c::OwnMvueBlockGroups(m, n, block_groups);
 }
 
 }  // extern "C"

@@ -285,20 +285,28 @@ struct OwnProject {
 // ---------------------------------------------------------------------------
 //
 // Block (bx, by): A = dZ^T rows 64 by .. +63 (features: one atom row), groups
-// 64 bx .. +63 (tokens 256 bx .. +255: two atom columns), as the cuSPARSELt
-// library's MvueTransposed (compress_kernels.cuh) blocks it.
+// G bx .. +G-1 (tokens 4 G bx ..: G / 32 atom columns). G = 64 is how the
+// cuSPARSELt library's MvueTransposed (compress_kernels.cuh) blocks it; G = 32
+// halves a block (half the loads per thread, fewer registers, twice the
+// blocks) for operands too small to fill the GPU many times over with G = 64
+// blocks: dY (16384 x 1280) at GPT-2 774M is 1280 of them, 2.4 waves of 4 per
+// SM, and the last wave's tail and the waves' lock-step (all loading, then all
+// computing) made it run at half the bandwidth of dZ1's 5120 blocks.
 // Phase 0: warp w, lane l reads the word l of the block's feature pairs
-//   (features 2l, 2l+1) at the four tokens of groups w + 8i (i = 0..7; all 32
+//   (features 2l, 2l+1) at the four tokens of groups w + 8i (i < G / 8; all
 //   loads issued first; 128 contiguous bytes per warp load), MVUE-prunes the
 //   two groups with PruneGroupDraw (the cuSPARSELt kernel's own draw: counter
 //   = A row * M/4 + group, the same uniforms and bits). Its pair and code are
 //   CUTLASS's when both kept values are non-zero; a kept zero (rare) goes
 //   through OwnGroup, CUTLASS's rule on the dense group. Into shared memory.
-// Phase 1: values as four 16-byte stores per thread (a row's 16 groups), the
-//   two atoms' metadata as one 8-byte chunk per thread.
-struct OwnMvue {
+// Phase 1: values as G / 16 16-byte stores per thread (a row's G / 4 groups),
+//   each atom's metadata as one 8-byte chunk per thread of 128.
+// The same bytes for either G: a group's draw depends on its counter only.
+template <int G>
+struct OwnMvueBlock {
+  static_assert(G == 32 || G == 64, "a block holds one or two metadata atom columns");
   static constexpr int kPhases = 2;
-  static constexpr int kRows = 64, kGroups = 64;
+  static constexpr int kRows = 64, kGroups = G, kRounds = G / 8;
   using Mv = s24::MvueTransposed<s24::kBF16>;
 
   struct alignas(16) Smem {
@@ -321,17 +329,17 @@ struct OwnMvue {
       const int lane = tid & 31, warp = tid >> 5;
       const int64_t words = a.m / 2, gf = g0 + warp;  // gf: the thread's first group
       const s24::MvueKeys keys = s24::MakeMvueKeys(a.seed);
-      uint32_t x[8][4];
+      uint32_t x[kRounds][4];
       Mv::LoadGroups(a.src + 4 * gf * words + r0 / 2 + lane, words, gf, kg, x);
       // counter of group gf + 8 i, A row r0 + 2 lane + half: c + half * kg + 8 i. s24::Opaque:
       // kept in registers, not recomputed from r0, lane, kg and gf for every group
       const uint32_t c = s24::Opaque(static_cast<uint32_t>((r0 + 2 * lane) * kg + gf));
       const uint32_t c_hi = s24::Opaque(c + static_cast<uint32_t>(kg));
-      const int groups_in = static_cast<int>(kg - gf < 64 ? kg - gf : 64);  // groups gf + 8 i < kg
+      const int groups_in = static_cast<int>(kg - gf < kGroups ? kg - gf : kGroups);  // groups gf + 8 i < kg
       uint32_t* vals = &sm.vals[2 * lane][warp];
       uint8_t* codes = &sm.code[2 * lane][warp];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < kRounds; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           // groups past the tokens (the last block column) run on LoadGroups' stand-in words,
@@ -343,18 +351,21 @@ struct OwnMvue {
         }
       }
     } else {
-      // values: row tid / 4, groups 16 (tid % 4) .. +15 (kg is a multiple of 16)
-      const int rl = tid >> 2, q = (tid & 3) * 16;
+      // values: row tid / 4, groups (G / 4) (tid % 4) .. + G/4 - 1 (kg is a multiple of 16)
+      constexpr int kChunk = kGroups / 4;
+      const int rl = tid >> 2, q = (tid & 3) * kChunk;
       if (g0 + q < kg) {
         uint4* dst = reinterpret_cast<uint4*>(a.values + (r0 + rl) * kg + g0 + q);
         const uint4* src = reinterpret_cast<const uint4*>(&sm.vals[rl][q]);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) dst[j] = src[j];
+        for (int j = 0; j < kChunk / 4; ++j) dst[j] = src[j];
       }
-      // metadata: atom column g0/32 + (tid / 128), if inside the operand's metadata
+      // metadata: atom column g0/32 + (tid / 128), if the block has it and the operand's
+      // metadata does
       const int half = tid >> 7, t = tid & 127;
       const int64_t ka = g0 / kOwnAtomGroups + half;
-      if (ka * kOwnAtomGroups < s24cutlass::MetaCols(a.k, s24cutlass::kDefaultTileK) / 4) {
+      if (half < kGroups / kOwnAtomGroups &&
+          ka * kOwnAtomGroups < s24cutlass::MetaCols(a.k, s24cutlass::kDefaultTileK) / 4) {
         OwnStore8(a.meta + OwnAtomOffset(r0 / kOwnAtomRows, ka, a.m) + 8 * t,
                   OwnMetaChunk(&sm.code[0][kOwnAtomGroups * half], kGroups + 4, t));
       }
@@ -365,6 +376,9 @@ struct OwnMvue {
     return dim3(static_cast<unsigned>((k / 4 + kGroups - 1) / kGroups), static_cast<unsigned>(m / kRows));
   }
 };
+
+using OwnMvue = OwnMvueBlock<64>;
+using OwnMvueSmall = OwnMvueBlock<32>;
 
 // The host emulation: every block in turn, each phase thread by thread.
 template <typename K>

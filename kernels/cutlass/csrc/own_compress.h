@@ -25,7 +25,17 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
 // dZ (m tokens, n features) bf16 row-major, seed uint32[2] -> MVUE of
 // S(dZ^T) (n, m), 2:4 along m, as CUTLASS's (values (n, m/2), meta), with the
 // cuSPARSELt MVUE kernel's randomness. m * n / 4 < 2^32.
+// block_groups: token groups per block, 32 or 64 (the same bytes), or 0 for
+// OwnMvueBlockGroups' choice; anything else is cudaErrorInvalidValue.
 cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
-                          void* values, uint8_t* meta, int64_t m, int64_t n, bool emulate);
+                          void* values, uint8_t* meta, int64_t m, int64_t n, int block_groups,
+                          bool emulate);
+
+// Below this many blocks of 64 groups (about 8 waves of 4 blocks on an H200's
+// 132 SMs) the MVUE runs in blocks of 32 groups (own_compress.cuh OwnMvueBlock).
+constexpr int64_t kOwnMvueSmallBlocksBelow = 4096;
+
+// The block size LaunchOwnMvue runs dZ (m, n) with for block_groups (0: its choice).
+int OwnMvueBlockGroups(int64_t m, int64_t n, int block_groups);
 
 }  // namespace s24c
