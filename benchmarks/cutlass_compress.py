@@ -15,8 +15,8 @@ Both libraries' kernels move the same bytes (their formats differ only in the
 metadata order and the codes of degenerate groups), so each row is a like-for-
 like comparison. An XLA copy of the input is the bandwidth yardstick.
 
-Our MVUE runs in blocks of 32 or 64 token groups (the same bytes; the kernel
-picks 32 for operands that blocks of 64 fill only a few times): ``--mvue-blocks``
+Our MVUE runs in blocks of 32 (the default) or 64 token groups (the same
+bytes): ``--mvue-blocks``
 also times each block size by itself, as ``timing.per_call`` (the slope between a
 program of 8 calls on distinct copies and a program of one, so no dispatch cost
 is in it), and names the faster. Times are

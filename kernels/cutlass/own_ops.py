@@ -75,8 +75,8 @@ def mvue_compress(key_or_seed, dz, *, block_groups: int = 0):
 
     ``key_or_seed``: a JAX PRNG key, or a uint32 array of 2 words; ``dz``
     (M, N) bfloat16. ``block_groups``: token groups per kernel block, 32 or 64
-    (the same bytes either way; for benchmarks), 0 (default) for the kernel's
-    choice: 32 where blocks of 64 would fill the GPU only a few times."""
+    (the same bytes either way; for benchmarks and tests), 0 (default) for the
+    kernel's choice, 32 (the faster on an H200 at every GPT-2 shape)."""
     import jax
     import jax.numpy as jnp
 

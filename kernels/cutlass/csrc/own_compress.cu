@@ -29,11 +29,7 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
   return cudaGetLastError();
 }
 
-int OwnMvueBlockGroups(int64_t m, int64_t n, int block_groups) {
-  if (block_groups) return block_groups;
-  const int64_t blocks64 = (m / 4 + 63) / 64 * (n / 64);
-  return blocks64 < kOwnMvueSmallBlocksBelow ? 32 : 64;
-}
+int OwnMvueBlockGroups(int64_t, int64_t, int block_groups) { return block_groups ? block_groups : 32; }
 
 template <typename K>
 static cudaError_t RunOwnMvue(cudaStream_t stream, const typename K::Args& args, bool emulate) {

@@ -286,12 +286,12 @@ struct OwnProject {
 //
 // Block (bx, by): A = dZ^T rows 64 by .. +63 (features: one atom row), groups
 // G bx .. +G-1 (tokens 4 G bx ..: G / 32 atom columns). G = 64 is how the
-// cuSPARSELt library's MvueTransposed (compress_kernels.cuh) blocks it; G = 32
-// halves a block (half the loads per thread, fewer registers, twice the
-// blocks) for operands too small to fill the GPU many times over with G = 64
-// blocks: dY (16384 x 1280) at GPT-2 774M is 1280 of them, 2.4 waves of 4 per
-// SM, and the last wave's tail and the waves' lock-step (all loading, then all
-// computing) made it run at half the bandwidth of dZ1's 5120 blocks.
+// cuSPARSELt library's MvueTransposed (compress_kernels.cuh) blocks it. G = 32
+// (the default, OwnMvueBlockGroups) halves a block: half the loads per thread,
+// 40 registers instead of 57, so 6 blocks per SM instead of 4 and twice the
+// blocks. On an H200 it is 9% faster on 774M's dZ1 (16384 x 5120) and 22% on
+// its dY (16384 x 1280: 1280 blocks of 64, 2.4 waves, whose tail and lock-step
+// waves ran it at half dZ1's bandwidth); docs/BENCHMARKS.md section 12.
 // Phase 0: warp w, lane l reads the word l of the block's feature pairs
 //   (features 2l, 2l+1) at the four tokens of groups w + 8i (i < G / 8; all
 //   loads issued first; 128 contiguous bytes per warp load), MVUE-prunes the
