@@ -86,6 +86,15 @@ def _fused_backend(backend: Any):
     return be if capabilities(be).gated_activation else None
 
 
+def fused_flag(value) -> bool:
+    """The modules' ``fused_activation``: a bool. ``None`` meant "the default" before the
+    default became ``True``; taken as falsy it would silently run the unfused path."""
+    if not isinstance(value, bool):
+        raise TypeError(f"fused_activation must be True or False, got {value!r} "
+                        "(True, the default, uses the backend's fused kernels where it has them)")
+    return value
+
+
 def gated(
     h: jax.Array,
     kind: str,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .activations import GATED_KINDS, gated
+from .activations import GATED_KINDS, fused_flag, gated
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
@@ -112,7 +112,7 @@ class SparseGatedMLP(nn.Module):
             raise ValueError(f"unknown activation {self.activation!r}: use one of {GATED_KINDS}")
         kw = dict(self.linear_kwargs or {})
         h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw)(x)
-        a = gated(h, self.activation, backend=kw.get("backend", "xla"), fused=self.fused_activation)
+        a = gated(h, self.activation, backend=kw.get("backend", "xla"), fused=fused_flag(self.fused_activation))
         return SparseLinear(x.shape[-1], name="proj", **kw)(a)
 
 

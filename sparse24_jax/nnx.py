@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .activations import GATED_KINDS, gated
+from .activations import GATED_KINDS, fused_flag, gated
 from .backend import capabilities
 from .ffn import Sparse24Weight, sparse24_ffn
 from .fp8 import canonical_precision
@@ -255,7 +255,7 @@ class SparseMLP(nnx.Module):
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ):
-        self.fused_activation = fused_activation
+        self.fused_activation = fused_flag(fused_activation)
         tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
         self.fc = SparseLinear(
             d_model, d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs, **linear_kwargs
@@ -297,7 +297,7 @@ class SparseGatedMLP(nnx.Module):
         if activation not in GATED_KINDS:
             raise ValueError(f"unknown activation {activation!r}: use one of {GATED_KINDS}")
         self.activation = activation
-        self.fused_activation = fused_activation
+        self.fused_activation = fused_flag(fused_activation)
         tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
         # With tensor parallelism the activation splits [x, gate] outside
         # shard_map (each device holds a slice of both halves only after XLA

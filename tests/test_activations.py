@@ -158,6 +158,17 @@ def test_nnx_gated_mlp_uses_backend_hooks():
     assert be.calls == []
 
 
+def test_fused_activation_must_be_a_bool():
+    # None once meant "the default"; read as falsy it would run the unfused path unnoticed
+    with pytest.raises(TypeError, match="fused_activation must be True or False"):
+        s24nnx.SparseGatedMLP(8, 16, fused_activation=None, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="fused_activation must be True or False"):
+        s24nnx.SparseMLP(8, 16, fused_activation=None, rngs=nnx.Rngs(0))
+    mod = s24linen.SparseGatedMLP(16, fused_activation=None, linear_kwargs={"mvue": False})
+    with pytest.raises(TypeError, match="fused_activation must be True or False"):
+        mod.init(jax.random.key(0), jnp.zeros((2, 4, 8)))
+
+
 def test_linen_gated_mlp_paths():
     x = jax.random.normal(jax.random.key(6), (2, 4, 8))
     ref_mod = s24linen.SparseGatedMLP(16, activation="swiglu", linear_kwargs={"mvue": False})

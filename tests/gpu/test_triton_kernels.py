@@ -453,7 +453,7 @@ def test_gated_mlp_triton_matches_xla(kt, act):
 
     x = jax.random.normal(jax.random.key(0), (4, 64, 256), jnp.bfloat16)
 
-    def model(backend, fused=None):
+    def model(backend, fused=True):
         return s24nnx.SparseGatedMLP(256, 512, activation=act, backend=backend, mvue=False,
                                      dtype=jnp.bfloat16, fused_activation=fused, rngs=nnx.Rngs(0))
 
