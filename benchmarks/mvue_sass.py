@@ -1,6 +1,6 @@
 """Common-path SASS instruction count of the MVUE 2:4 kernels, per group of 4 (no GPU needed).
 
-Compiles one unit (own_compress.cu: OwnKernel<OwnMvue>; the cuSPARSELt library's compress.cu:
+Compiles one unit (own_compress.cu: OwnKernel<OwnMvueBlock<32 or 64>>; the cuSPARSELt library's compress.cu:
 MvueTransposedKernel; act_grad.cu: the act-grad MVUE kernels) standalone for sm_90a with line
 info, and walks each kernel's control-flow graph (the kernels are loop-free: their group loops
 are unrolled) for the longest path from entry to exit that executes no instruction attributed
@@ -41,6 +41,8 @@ GROUPS_PER_THREAD = 16  # groups of 4 a thread prunes: 8 loaded words x 2 halves
 
 
 def groups_per_thread(name: str) -> int:
+    if "OwnMvueBlockILi32" in name:  # the CUTLASS-format MVUE in blocks of 32 groups: 4 words x 2
+        return GROUPS_PER_THREAD // 2
     return 2 * GROUPS_PER_THREAD if "Swiglu" in name else GROUPS_PER_THREAD  # x and gate halves
 
 # (file name, text of the line just before the region (its branch condition), text of the

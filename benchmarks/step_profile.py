@@ -61,7 +61,7 @@ this order (RULES below):
    an XLA fusion) and its Triton kernels (``compress24_kernel``, ``mvue24_kernel``,
    ``soft_threshold24_kernel``, ``transposable_mask_kernel``, ``gated_fwd/bwd_kernel``):
    names containing compress, mask, mvue, soft_threshold or gated_; and the CUTLASS library's
-   own compressors (namespace ``s24c::``: ``OwnKernel<OwnProject>``, ``OwnKernel<OwnMvue>``). The mask *search* of the
+   own compressors (namespace ``s24c::``: ``OwnKernel<OwnProject>``, ``OwnKernel<OwnMvueBlock<32>>``). The mask *search* of the
    xla backend (every mask_interval steps, inside a lax.cond) is ordinary XLA code and lands
    in "dense GEMM"/"other"; it runs only on steps where a refresh is due.
 2. "sparse GEMM (2:4)", whichever library runs it: cusparselt, sparse, spmma, spgemm,

@@ -65,7 +65,6 @@ def load() -> ctypes.CDLL:
     p = ctypes.c_void_p
     lib.s24c_emulate_own_project.argtypes = [p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_emulate_own_mvue.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    lib.s24c_own_mvue_block_groups.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     lib.s24c_test_cusparselt_mvue.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_test_own_meta_byte.argtypes = [p, ctypes.c_int64, ctypes.c_int64]
     _LIB = lib
@@ -113,11 +112,6 @@ def mvue(dz: np.ndarray, seed, block_groups: int = 0) -> tuple[np.ndarray, np.nd
         raise ValueError(f"the MVUE kernel does not take dZ of shape {dz.shape} in blocks of "
                          f"{block_groups} groups")
     return vals, meta
-
-
-def mvue_block_groups(m: int, n: int) -> int:
-    """The block (32 or 64 token groups) the launcher picks for dZ (m, n)."""
-    return load().s24c_own_mvue_block_groups(m, n, 0)
 
 
 def cusparselt_mvue(dz: np.ndarray, seed) -> np.ndarray:

@@ -119,7 +119,7 @@ def test_classifier_rules():
                  "void s24::ActGradMvueKernel<s24::GeluGradMvue<0> >(s24::GeluGradMvue<0>::Args)",
                  # the CUTLASS library's own compressors (names from a 774M profile)
                  "void s24c::OwnKernel<s24c::OwnProject>(s24c::OwnProject::Args)",
-                 "void s24c::OwnKernel<s24c::OwnMvue>(s24c::OwnMvue::Args)"):
+                 "void s24c::OwnKernel<s24c::OwnMvueBlock<32> >(s24c::OwnMvueArgs)"):
         assert c(name) == "2:4 per-step kernels", name
     for name in ("sm90_sp_gemm_bf16_tn", "cusparseLt::kernel", "sparse24_matmul_kernel"):
         assert c(name) == "sparse GEMM (2:4)", name

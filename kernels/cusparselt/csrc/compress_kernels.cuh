@@ -261,7 +261,7 @@ struct MvueTransposed {
   // and its code lo | hi << 2, and returns whether both kept values are non-zero:
   // then (almost always) the pair and code are final in both cuSPARSELt's and
   // CUTLASS's formats; otherwise the caller moves the zero to its format's
-  // positions (PruneGroup; OwnMvue in kernels/cutlass). The kept bits come out of
+  // positions (PruneGroup; OwnMvueBlock in kernels/cutlass). The kept bits come out of
   // the packed group with one prmt (bytes 2 lo, 2 lo + 1, 2 hi, 2 hi + 1), and
   // MvueScale recomputes their a_i: the same floats MvuePick uses.
   static __host__ __device__ inline bool PruneGroupDraw(const MvueKeys& keys, uint32_t counter,

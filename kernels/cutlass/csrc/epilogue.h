@@ -18,7 +18,7 @@ namespace s24c {
 //              (CUTLASS: A = W_s^T (K, N), B = dY (M, N) K-major, D = dZ1^T col-major)
 // gelu is the exact (erf) GELU; gelu'(z) = Phi(z) + z * phi(z).
 //   kDxDgeluMvue : kDxDgelu, and S_z(dZ1^T) (the MVUE of the stored bf16 dZ1
-//              along the tokens, CUTLASS's compressed format; OwnMvue's bytes
+//              along the tokens, CUTLASS's compressed format; OwnMvueBlock's bytes
 //              for the same seed) written from the epilogue (epilogue_mvue.cuh)
 enum Epilogue : int { kFwdGelu = 0, kDxDgelu = 1, kDxDgeluMvue = 2, kNumEpilogues = 3 };
 

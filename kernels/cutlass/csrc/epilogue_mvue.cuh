@@ -2,7 +2,7 @@
 // a CUTLASS sm90 epilogue visitor node that takes the bf16 dZ1 fragments the
 // epilogue is about to store and also writes S_z(dZ1^T), MVUE-pruned 2:4 along
 // the tokens and compressed in CUTLASS's format, for fc1's weight-gradient GEMM.
-// The bytes are OwnMvue's (own_compress.cuh) on the stored dZ1: the same group
+// The bytes are OwnMvueBlock's (own_compress.cuh) on the stored dZ1: the same group
 // code (OwnMvueGroup), the same draw (counter = feature * tokens/4 + group), the
 // same value pairs and metadata bytes; the separate pass over dZ1 (read 2 bytes,
 // write 1.1 per element) is gone.
@@ -15,7 +15,7 @@
 // l ^ 1 at the same fragment index, and a metadata byte (groups 2B, 2B + 1: 8
 // columns) is the quad 4 (l / 4) .. + 3. Each visit holds the thread's column
 // pairs as consecutive fragment elements (checked: a fragment whose coordinates
-// say otherwise traps, and the GPU test compares bytes with OwnMvue).
+// say otherwise traps, and the GPU test compares bytes with OwnMvueBlock).
 //
 // Per two column pairs p0, p1 of a fragment (elements 4k .. 4k + 3): one 32-bit
 // shuffle with lane ^ 1 gives the even lane the whole group of p0 and the odd
@@ -26,7 +26,7 @@
 // rows, which L2 merges with the neighbouring tiles' columns).
 //
 // Tokens past the problem (a partial last tile) store nothing but write code 0
-// where CUTLASS's metadata pads the token axis to a multiple of 128 (as OwnMvue
+// where CUTLASS's metadata pads the token axis to a multiple of 128 (as OwnMvueBlock
 // and CUTLASS's compressor do); rows past it store nothing.
 
 #pragma once

@@ -29,10 +29,8 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
   return cudaGetLastError();
 }
 
-int OwnMvueBlockGroups(int64_t, int64_t, int block_groups) { return block_groups ? block_groups : 32; }
-
 template <typename K>
-static cudaError_t RunOwnMvue(cudaStream_t stream, const typename K::Args& args, bool emulate) {
+static cudaError_t RunOwnMvue(cudaStream_t stream, const OwnMvueArgs& args, bool emulate) {
   if (emulate) {
     OwnEmulate<K>(args);
     return cudaSuccess;
@@ -48,14 +46,9 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
   if (!OwnShapeOk(n, m) || (block_groups != 0 && block_groups != 32 && block_groups != 64)) {
     return cudaErrorInvalidValue;
   }
-  // both block sizes take the same Args
-  const OwnMvue::Args args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values),
-                           meta, n, m};
-  if (OwnMvueBlockGroups(m, n, block_groups) == 32) {
-    return RunOwnMvue<OwnMvueSmall>(stream, {args.src, args.seed, args.values, args.meta, args.m, args.k},
-                                    emulate);
-  }
-  return RunOwnMvue<OwnMvue>(stream, args, emulate);
+  const OwnMvueArgs args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values), meta, n, m};
+  if (block_groups == 64) return RunOwnMvue<OwnMvueBlock<64>>(stream, args, emulate);
+  return RunOwnMvue<OwnMvueBlock<kOwnMvueBlockGroups>>(stream, args, emulate);
 }
 
 }  // namespace s24c
@@ -79,11 +72,6 @@ S24C_OWN_EXPORT int s24c_emulate_own_mvue(const void* dz, const uint32_t* seed, 
   return s24c::LaunchOwnMvue(nullptr, dz, seed, values, meta, m, n, block_groups, true) == cudaSuccess
              ? 0
              : -1;
-}
-
-// The block size (token groups) the launcher runs dZ (m, n) with for block_groups.
-S24C_OWN_EXPORT int s24c_own_mvue_block_groups(int64_t m, int64_t n, int block_groups) {
-  return s24c::OwnMvueBlockGroups(m, n, block_groups);
 }
 
 }  // extern "C"

@@ -8,7 +8,7 @@
 //   OwnProject: the float32 master W (N, K) and the boolean 2:4 (transposable)
 //     mask -> W_s = where(mask, W, +0) rounded to bf16, written as CUTLASS's
 //     compressed W_s (2:4 along K) and W_s^T (2:4 along N) in one pass.
-//   OwnMvue: dZ (M, N) bf16 row-major -> MVUE 2:4 of A = dZ^T (N, M) along M,
+//   OwnMvueBlock: dZ (M, N) bf16 row-major -> MVUE 2:4 of A = dZ^T (N, M) along M,
 //     in CUTLASS's format, with the cuSPARSELt MVUE kernel's randomness
 //     (MvueTransposed::PruneGroup: same seed, same kept entries, same bits).
 //
@@ -97,7 +97,7 @@ __host__ __device__ inline uint32_t OwnGroup(uint32_t& w01, uint32_t& w23, uint3
 // kernel's draw for `counter` (A row * M/4 + group) -> CUTLASS's code and stored
 // pair: the draw's own when both kept values are non-zero; a kept zero (rare)
 // goes through OwnGroup, CUTLASS's rule on the dense kept group. Shared by
-// OwnMvue and the fused input-gradient epilogue (gemm_epilogue.cuh
+// OwnMvueBlock and the fused input-gradient epilogue (gemm_epilogue.cuh
 // Sm90MvueStore): the same bytes from either.
 __host__ __device__ inline void OwnMvueGroup(const s24::MvueKeys& keys, uint32_t counter, const uint32_t x[4],
                                              int half, uint32_t* pair, uint32_t* code) {
@@ -287,7 +287,7 @@ struct OwnProject {
 // Block (bx, by): A = dZ^T rows 64 by .. +63 (features: one atom row), groups
 // G bx .. +G-1 (tokens 4 G bx ..: G / 32 atom columns). G = 64 is how the
 // cuSPARSELt library's MvueTransposed (compress_kernels.cuh) blocks it. G = 32
-// (the default, OwnMvueBlockGroups) halves a block: half the loads per thread,
+// (the default, kOwnMvueBlockGroups) halves a block: half the loads per thread,
 // 40 registers instead of 57, so 6 blocks per SM instead of 4 and twice the
 // blocks. On an H200 it is 9% faster on 774M's dZ1 (16384 x 5120) and 22% on
 // its dY (16384 x 1280: 1280 blocks of 64, 2.4 waves, whose tail and lock-step
@@ -302,6 +302,14 @@ struct OwnProject {
 // Phase 1: values as G / 16 16-byte stores per thread (a row's G / 4 groups),
 //   each atom's metadata as one 8-byte chunk per thread of 128.
 // The same bytes for either G: a group's draw depends on its counter only.
+struct OwnMvueArgs {
+  const uint32_t* src;   // dZ (M, N) as words: two features per word
+  const uint32_t* seed;  // uint32[2]
+  uint32_t* values;      // (N, M/2) bf16
+  uint8_t* meta;
+  int64_t m, k;          // m = N (A's rows: features), k = M (tokens, 2:4 axis)
+};
+
 template <int G>
 struct OwnMvueBlock {
   static_assert(G == 32 || G == 64, "a block holds one or two metadata atom columns");
@@ -314,13 +322,7 @@ struct OwnMvueBlock {
     alignas(16) uint8_t code[kRows][kGroups + 4];
   };
 
-  struct Args {
-    const uint32_t* src;   // dZ (M, N) as words: two features per word
-    const uint32_t* seed;  // uint32[2]
-    uint32_t* values;      // (N, M/2) bf16
-    uint8_t* meta;
-    int64_t m, k;          // m = N (A's rows: features), k = M (tokens, 2:4 axis)
-  };
+  using Args = OwnMvueArgs;
 
   static __host__ __device__ inline void Phase(int p, const Args& a, Smem& sm, int bx, int by, int tid) {
     const int64_t r0 = static_cast<int64_t>(by) * kRows, g0 = static_cast<int64_t>(bx) * kGroups;
@@ -377,8 +379,6 @@ struct OwnMvueBlock {
   }
 };
 
-using OwnMvue = OwnMvueBlock<64>;
-using OwnMvueSmall = OwnMvueBlock<32>;
 
 // The host emulation: every block in turn, each phase thread by thread.
 template <typename K>

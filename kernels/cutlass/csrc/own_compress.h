@@ -26,13 +26,13 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
 // S(dZ^T) (n, m), 2:4 along m, as CUTLASS's (values (n, m/2), meta), with the
 // cuSPARSELt MVUE kernel's randomness. m * n / 4 < 2^32.
 // block_groups: token groups per block, 32 or 64 (the same bytes), or 0 for
-// OwnMvueBlockGroups' choice; anything else is cudaErrorInvalidValue.
+// kOwnMvueBlockGroups; anything else is cudaErrorInvalidValue.
 cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
                           void* values, uint8_t* meta, int64_t m, int64_t n, int block_groups,
                           bool emulate);
 
-// The block size LaunchOwnMvue runs dZ (m, n) with for block_groups: 32 for 0
-// (faster than 64 at every GPT-2 shape measured on an H200; own_compress.cuh).
-int OwnMvueBlockGroups(int64_t m, int64_t n, int block_groups);
+// The MVUE's default block: 32 token groups, faster than 64 at every GPT-2 shape
+// measured on an H200 (own_compress.cuh, OwnMvueBlock).
+constexpr int kOwnMvueBlockGroups = 32;
 
 }  // namespace s24c
