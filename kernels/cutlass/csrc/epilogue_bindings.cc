@@ -39,6 +39,23 @@ const ProblemForm kEpiForms[kNumEpilogues] = {
      "use dx_dgelu and own_mvue"},
 };
 
+// Runs the (config, epilogue) instance on the checked call (gemm_ffi.h's
+// RunInstance), or names the listing when this build has no such instance.
+ffi::Error RunEpilogue(int epilogue, std::string_view config, EpiCall& call, cudaStream_t stream,
+                       int32_t device, const ffi::AnyBuffer& values, const ffi::AnyBuffer& meta,
+                       const ffi::AnyBuffer& b, ffi::Result<ffi::AnyBuffer>& d,
+                       ffi::Result<ffi::AnyBuffer>& workspace) {
+  const ProblemForm& form = kEpiForms[epilogue];
+  const std::string name(config);
+  const EpiInstance* inst = EpiRegistry::Find(name.c_str(), epilogue);
+  if (inst == nullptr) {
+    return InvalidArg("no fused " + std::string(form.what) + " instance '" + name +
+                      "' in this build (epilogue_ops.epilogue_configs() lists them)");
+  }
+  return RunInstance(*inst, call, stream, device, values, meta, b, d, workspace,
+                     name + " " + form.what);
+}
+
 ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, ffi::AnyBuffer meta,
                    ffi::AnyBuffer b, ffi::AnyBuffer extra, ffi::Result<ffi::AnyBuffer> d,
                    ffi::Result<ffi::AnyBuffer> aux_out, ffi::Result<ffi::AnyBuffer> workspace,
@@ -71,14 +88,8 @@ ffi::Error EpiImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values, f
                                  ffi::DataType::BF16, nc, mc));
     call.aux = const_cast<void*>(extra.untyped_data());
   }
-  const std::string name(config);
-  const EpiInstance* inst = EpiRegistry::Find(name.c_str(), static_cast<int>(epilogue));
-  if (inst == nullptr) {
-    return InvalidArg("no fused " + std::string(form.what) + " instance '" + name +
-                      "' in this build (epilogue_ops.epilogue_configs() lists them)");
-  }
-  return RunInstance(*inst, call, stream, device, values, meta, b, d, workspace,
-                     name + " " + form.what);
+  return RunEpilogue(static_cast<int>(epilogue), config, call, stream, device, values, meta, b, d,
+                     workspace);
 }
 
 ffi::Error EpiMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values,
@@ -114,14 +125,7 @@ ffi::Error EpiMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer value
   call.mvue_values = mvue_values->untyped_data();
   call.mvue_meta = mvue_meta->untyped_data();
   call.seed = seed.untyped_data();
-  const std::string name(config);
-  const EpiInstance* inst = EpiRegistry::Find(name.c_str(), kDxDgeluMvue);
-  if (inst == nullptr) {
-    return InvalidArg("no fused " + std::string(form.what) + " instance '" + name +
-                      "' in this build (epilogue_ops.epilogue_configs() lists them)");
-  }
-  return RunInstance(*inst, call, stream, device, values, meta, dy, d, workspace,
-                     name + " " + form.what);
+  return RunEpilogue(kDxDgeluMvue, config, call, stream, device, values, meta, dy, d, workspace);
 }
 
 }  // namespace
