@@ -142,6 +142,13 @@ def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n, block_groups):
 def test_mvue_refuses_other_blocks():
     with pytest.raises(ValueError, match="blocks of 48 groups"):
         _cutlass_own.mvue(random_dz(1, 64, 64), (1, 2), 48)
+    # the JAX op says so before it loads the library (so on a CPU machine too)
+    import jax.numpy as jnp
+
+    from sparse24_jax_kernels.cutlass import own_ops
+
+    with pytest.raises(ValueError, match=r"block_groups must be one of \(0, 32, 64\).*got 48"):
+        own_ops.mvue_compress(jnp.zeros(2, jnp.uint32), jnp.zeros((64, 64), jnp.bfloat16), block_groups=48)
 
 
 def test_mvue_seed_changes_the_kept_set():
