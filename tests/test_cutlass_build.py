@@ -434,7 +434,8 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
     run in a child so that a crash fails this test, not the suite). The stream-K instances
     force the stream-K decomposition, so their partial sums need a workspace at GPT-2 774M's
     fc1 weight gradient too (200 tiles on 132 SMs, which CUTLASS's heuristic would have run
-    data parallel, without one), as at 1558M's (325 tiles)."""
+    data parallel, without one), as at 1558M's (325 tiles); the stream-K forward / input
+    gradient at 774M's fc1 forward and 1558M's fc2 forward (448 tiles)."""
     import subprocess
     import sys
 
@@ -445,9 +446,11 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
         "from sparse24_jax_kernels.cutlass import _library as L, build\n"
         "for i in L.instances():\n"
         "    p = build.PRODUCTS[i['product']]\n"
-        "    # CUTLASS's (Mc, Nc, Kc): GPT-2 774M's fc1 weight gradient / forward, 1558M's fc1 dW\n"
+        "    # CUTLASS's (Mc, Nc, Kc): GPT-2 774M's fc1 weight gradient / forward; 1558M's fc1 dW /\n"
+        "    # fc2 forward at 8192 tokens\n"
         "    mnk = (5120, 1280, 16384) if i['product'] == 'dw' else (5120, 16384, 1280)\n"
-        "    big = L.workspace_bytes(i['config'], p, 6400, 1600, 16384) if p == 2 else 0\n"
+        "    big = (6400, 1600, 16384) if p == 2 else (1600, 8192, 6400)\n"
+        "    big = L.workspace_bytes(i['config'], p, *big)\n"
         "    print(i['config'], i['product'], L.workspace_bytes(i['config'], p, *mnk), big)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -145,9 +145,12 @@ _CONFIG_LIST = [
     Config(256, 128, 128, 1, 1, "coop"),
     Config(128, 256, 128, 2, 1, "coop"),
     Config(128, 128, 128, 1, 1, "pingpong"),
-    # stream-K weight gradients (long K = the tokens, few output tiles)
+    # stream-K weight gradients (long K = the tokens, few output tiles); 256x128 also for the
+    # forward / input gradient with few output rows, whose last wave is mostly empty (GPT-2
+    # 1558M's 1600-row fc2 forward and fc1 input gradient at 8192 tokens: 448 tiles, 3.4 waves;
+    # 3% faster per call in the step, docs/BENCHMARKS.md section 13)
     Config(128, 256, 128, 1, 1, "coop", "streamk", ("dw",)),
-    Config(256, 128, 128, 1, 1, "coop", "streamk", ("dw",)),
+    Config(256, 128, 128, 1, 1, "coop", "streamk"),
     # fused epilogues only, with a smaller epilogue (tile 128x16 instead of 128x32) so that
     # the sparse mainloop keeps the plain GEMM's stage count (probe table in
     # tests/cutlass_src/epilogue_smem_probe.cu): at 256x128 the auto epilogue leaves 2 stages

@@ -103,7 +103,7 @@ def test_product_matches_reference_every_config(ops, product, rows, cols, free):
     ref = ops.reference(product, a, b)
     configs = ops.configs(product)
     assert configs and set(configs) <= set(ops.configs())
-    for config in configs:  # the stream-K configs (weight gradient only) among them
+    for config in configs:  # the stream-K configs among them
         out = ops.spmm(product, vals, meta, b, config=config)
         assert out.dtype == (jnp.float32 if product == "dw" else jnp.bfloat16), config
         try:
