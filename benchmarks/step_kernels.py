@@ -12,7 +12,8 @@ calls/step and us/call, one column block per file:
 * CUTLASS GEMMs as ``<product> <scheduler> <tile>``: product ``fwd+gelu`` (the forward with
   the GELU epilogue: ``GeluGradAux`` in the name), ``dx*gelu'`` (the input gradient times
   gelu'(Z1): ``LinCombDeEltAct``), ``dx*gelu'+mvue`` (the same, also writing MVUE(dZ1^T):
-  ``LinCombMulAuxMvue``), or ``plain``; scheduler ``coop``, ``pingpong`` or ``coop-streamK``
+  ``LinCombMulAuxMvue``), ``dW`` (a plain GEMM with float32 output: ``LinearCombination<float,``)
+  or ``fwd/dx`` (a plain one with bf16 output; the two are the same CUTLASS kernel); scheduler ``coop``, ``pingpong`` or ``coop-streamK``
   (``StreamKScheduler``); tile M x N from the kernel's tile shape, ``c2`` for a 2x1 cluster.
 * our compressors (``OwnKernel<...>``) by their struct: ``OwnMvueBlock<32>``, ``OwnProject``.
 
@@ -54,8 +55,10 @@ def kernel_group(name: str) -> str | None:
         product = "dx*gelu'+mvue"
     elif "LinCombDeEltAct" in name:
         product = "dx*gelu'"
+    elif "LinearCombinationIff" in name or "LinearCombination<float," in name:
+        product = "dW"  # float32 output (mangled: ff = float, float)
     else:
-        product = "plain"
+        product = "fwd/dx"
     if "Pingpong" in name:
         sched = "pingpong"
     elif "Cooperative" in name:

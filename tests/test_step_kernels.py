@@ -22,27 +22,29 @@ sk = _load()
 
 # What each fixture kernel is, from the config tables those runs used (kernels/cutlass/
 # gemm_configs.json and epilogue_configs.json; session 10's alt_b table: fwd / dx on 128x256
-# with 2x1 clusters, dW on data-parallel 128x128 tiles) and the name's own template arguments.
+# with 2x1 clusters, dW on data-parallel 128x128 tiles; session 12's s12_sk_fwd.json) and the
+# name's own template arguments.
 MANGLED_EXPECTED = [
-    "plain coop 256x128",            # 774M fc2 fwd and fc1 dx
+    "fwd/dx coop 256x128",           # 774M fc2 fwd and fc1 dx
     "fwd+gelu pingpong 128x128",     # 774M fc1 fwd, GELU epilogue
     "dx*gelu' pingpong 128x128",     # 774M fc2 dx times gelu'(Z1)
-    "plain coop-streamK 128x256",    # 774M fc2 dW (1280 x 5120)
-    "plain coop-streamK 256x128",    # 774M fc1 dW (5120 x 1280)
+    "dW coop-streamK 128x256",       # 774M fc2 dW (1280 x 5120)
+    "dW coop-streamK 256x128",       # 774M fc1 dW (5120 x 1280)
     "OwnMvueBlock<32>",
     "OwnProject",
-    "plain pingpong 128x128",        # 1558M fc2 dW (1600 x 6400)
-    "plain coop 128x256 c2",         # session 10 alt_b: fwd / dx on 2x1 clusters
-    "plain coop 128x128",            # session 10 alt_b: dW without stream-K
+    "dW pingpong 128x128",           # 1558M fc2 dW (1600 x 6400)
+    "fwd/dx coop 128x256 c2",        # session 10 alt_b: fwd / dx on 2x1 clusters
+    "dW coop 128x128",               # session 10 alt_b: dW without stream-K
+    "fwd/dx coop-streamK 256x128",   # session 12: 1558M fc2 fwd / fc1 dx on stream-K
 ]
 DEMANGLED_EXPECTED = [
     "OwnProject",
     "fwd+gelu pingpong 128x128",
-    "plain coop 256x128",
+    "fwd/dx coop 256x128",
     "dx*gelu' pingpong 128x128",
     "OwnMvueBlock<32>",
-    "plain coop-streamK 256x128",
-    "plain pingpong 128x128",
+    "dW coop-streamK 256x128",
+    "dW pingpong 128x128",
 ]
 
 
@@ -77,10 +79,10 @@ def test_table_sums_a_groups_kernels_and_marks_a_group_missing_from_a_run():
               {"name": pingpong, "ms_per_step": 1.0, "calls_per_step": 5.0},
               {"name": "nvjet_x", "ms_per_step": 9.0, "calls_per_step": 1.0}], 100.0)
     b = _run([{"name": coop, "ms_per_step": 4.0, "calls_per_step": 20.0}], 99.0)
-    assert sk.group_kernels(a["profile"]["top_kernels"]) == {"plain pingpong 128x128": (3.0, 15.0)}
+    assert sk.group_kernels(a["profile"]["top_kernels"]) == {"dW pingpong 128x128": (3.0, 15.0)}
     text = sk.table({"a": a, "b": b})
-    assert "| plain pingpong 128x128 | 3.000 | 15 | 200.0 | - | - | - |" in text
-    assert "| plain coop 256x128 | - | - | - | 4.000 | 20 | 200.0 |" in text
+    assert "| dW pingpong 128x128 | 3.000 | 15 | 200.0 | - | - | - |" in text
+    assert "| fwd/dx coop 256x128 | - | - | - | 4.000 | 20 | 200.0 |" in text
     assert "| **step (ms, timed)** | 100.00 | | | 99.00 | | |" in text
 
 
