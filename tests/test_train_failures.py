@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("sparse24_train")
 from flax import nnx
 
+from sparse24_train import checkpoint as checkpoint_mod
 from sparse24_train import cli
 from sparse24_train.checkpoint import Checkpointer, dense_finetuning_of
 from sparse24_train.config import load_config
@@ -147,6 +148,63 @@ def test_damaged_checkpoint_is_named_and_the_intact_one_offered(tmp_path, capsys
     (run / "checkpoints" / "4" / "meta" / "metadata").write_bytes(b"\x00garbage")
     code, stderr = run_cli(capsys, "--out", str(run), "--resume", "--steps", "6")
     assert code == 2 and "checkpoint 4" in stderr and "--step 2" in stderr and "Traceback" not in stderr
+
+    # the command itself, in its own process (where asyncio's "Future exception was never retrieved"
+    # records reach stderr through logging's last-resort handler; under pytest its log capture takes
+    # them): before the quieting moved ahead of the restore, one run in eight printed ~500 lines of
+    # them here (2026-12-01), so this catches that only sometimes; the test below does every time
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "straight", fresh)
+    damaged = fresh / data.relative_to(run)  # the file truncated above, truncated the same way
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    res = subprocess.run([sys.executable, "-m", "sparse24_train.cli", "--no-progress", "--out", str(fresh),
+                          "--resume", "--steps", "6"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "never retrieved" not in res.stderr, res.stderr[-2000:]
+    assert "cannot be read" in res.stderr.strip().splitlines()[-1]
+
+
+def test_abandoned_reads_are_quiet_from_before_the_restore(monkeypatch):
+    """abandoned_reads_quiet(): its filters are in place while the restore runs (the abandoned reads'
+    noise can arrive before the failure reaches the caller); a restore that succeeds leaves the
+    process as it was; after a failure, exactly orbax's kinds of report are dropped from then on."""
+    import logging
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(checkpoint_mod, "_keep_quiet", False)
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "filters", [])
+    quiet = checkpoint_mod._ABANDONED_READ_LOGS
+
+    with checkpoint_mod.abandoned_reads_quiet():
+        assert getattr(sys.unraisablehook, "sparse24_quiet", False) and quiet in asyncio_log.filters
+    assert sys.unraisablehook == seen.append and asyncio_log.filters == []  # success: all as it was
+
+    with pytest.raises(ValueError):
+        with checkpoint_mod.abandoned_reads_quiet():
+            raise ValueError("OUT_OF_RANGE: Error reading ...")
+    assert quiet in asyncio_log.filters  # kept: the abandoned reads are collected later
+
+    class Unraisable:
+        def __init__(self, exc, obj=None):
+            self.exc_value, self.object = exc, obj
+
+    closed, other = Unraisable(RuntimeError("Event loop is closed")), Unraisable(RuntimeError("something else"))
+    sys.unraisablehook(closed)
+    sys.unraisablehook(other)
+    assert seen == [other]
+
+    def record(msg):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+    orbax_future = ("Future exception was never retrieved\nfuture: <Future finished exception=ValueError("
+                    "'OUT_OF_RANGE: Error reading \"0.wpe.embedding/0.0\" in OCDBT database at local file')>")
+    gathering = ("_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished exception="
+                 "Exception('Encountered error while reading array index. See full TensorStore details')>")
+    users_own = "Task exception was never retrieved\nfuture: <Task finished exception=ZeroDivisionError()>"
+    assert not quiet.filter(record(orbax_future)) and not quiet.filter(record(gathering))
+    assert quiet.filter(record(users_own)) and quiet.filter(record("Executing <Task> took 0.2 seconds"))
 
 
 def popen_with_ctrl_c(argv, **kwargs) -> subprocess.Popen:

@@ -92,26 +92,64 @@ def _quiet_orbax():
         absl.setLevel(level)
 
 
-def quiet_abandoned_reads() -> None:
-    """After a failed restore, orbax abandons the file's other array reads: as they are collected
-    (at once, later, or at exit) Python prints "Exception ignored in: <coroutine ...>" with a
-    TensorStore spec for each, and "Event loop is closed" for their callbacks, hundreds of lines
-    around the one that says what is wrong. Called on that path: drops exactly those two kinds
-    from then on (sys.unraisablehook), everything else goes to the previous hook."""
-    if getattr(sys.unraisablehook, "sparse24_quiet", False):  # installed (and not replaced since)
+class _AbandonedReadLogs(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" records about orbax's reads (their
+    future's exception names the OCDBT database or TensorStore); passes everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "exception was never retrieved" not in text.split("\n", 1)[0]:
+            return True
+        return not any(s in text for s in ("OCDBT", "TensorStore", "orbax"))
+
+
+_ABANDONED_READ_LOGS = _AbandonedReadLogs()
+_keep_quiet = False  # a restore failed in this process: its abandoned reads may still be collected
+
+
+def _quiet_unraisable(unraisable, previous) -> None:
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
         return
-    previous = sys.unraisablehook
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    previous(unraisable)
 
-    def hook(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is not None and "orbax" in code.co_filename:
-            return
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
 
-    hook.sparse24_quiet = True
-    sys.unraisablehook = hook
+@contextlib.contextmanager
+def abandoned_reads_quiet():
+    """Around an orbax restore that may fail on a damaged file. When it fails, orbax abandons the
+    file's other array reads, and as their futures finish (in TensorStore's threads, some before
+    the exception reaches the caller) and are collected (at once, later, or at exit) Python
+    reports each: asyncio logs "Future exception was never retrieved" with a traceback (logging's
+    last-resort handler prints it to stderr) and the callbacks to the closed event loop raise
+    "Event loop is closed" (sys.unraisablehook). That is hundreds of lines around the one that
+    says what is wrong: in one CLI run of four on a damaged checkpoint (2026-12-01), when these
+    filters went in only after the failure reached us. So they go in before the restore: exactly
+    those kinds of record are dropped, everything else passes to the previous hook and handlers.
+    A restore that succeeds takes them out again; after a failure they stay for the process."""
+    global _keep_quiet
+    hook = None
+    if not getattr(sys.unraisablehook, "sparse24_quiet", False):  # not installed (or replaced since)
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            _quiet_unraisable(unraisable, previous)
+
+        hook.sparse24_quiet = True
+        hook.previous = previous
+        sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(_ABANDONED_READ_LOGS)  # a no-op when it is there already
+    try:
+        yield
+    except BaseException:
+        _keep_quiet = True
+        raise
+    if not _keep_quiet:
+        asyncio_log.removeFilter(_ABANDONED_READ_LOGS)
+        if hook is not None and sys.unraisablehook is hook:
+            sys.unraisablehook = hook.previous
 
 
 def reason(err: BaseException) -> str:
@@ -181,7 +219,7 @@ class Checkpointer:
     def restore(self, step: int, template: nnx.State) -> nnx.State:
         """Loads `step` into arrays shaped and sharded like `template` (and returns it)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(template))
-        with _quiet_orbax():
+        with _quiet_orbax(), abandoned_reads_quiet():
             got = self._read().restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return from_savable(template, got["state"])
 
@@ -221,7 +259,6 @@ class Checkpointer:
         try:
             return meta, graphdef, self.restore(step, template)
         except Exception as err:  # noqa: BLE001
-            quiet_abandoned_reads()
             raise _Unreadable(reason(err)) from None
 
     def shape_mismatch(self, step: int, template: nnx.State) -> str | None:

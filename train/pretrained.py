@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from .checkpoint import dense_finetuning_of, from_savable, quiet_abandoned_reads, reason, to_savable
+from .checkpoint import abandoned_reads_quiet, dense_finetuning_of, from_savable, reason, to_savable
 from .config import FIELDS, Config, ConfigError, _coerce, parse_overrides
 
 log = logging.getLogger("sparse24_train")
@@ -124,13 +124,13 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
         raise ConfigError(f"{root}: no checkpoint of step {step} (there are: "
                           f"{', '.join(map(str, manager.all_steps())) or 'none'})")
     def unreadable(err):  # a damaged checkpoint: one line, and the others to try
-        quiet_abandoned_reads()
         others = [s for s in manager.all_steps() if s != step]
         return ConfigError(f"checkpoint {step} in {root} cannot be read ({reason(err)}): choose another "
                            f"with --step N (there are: {', '.join(map(str, sorted(others))) or 'none'})")
 
     try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        with abandoned_reads_quiet():
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         dense_finetuning = dense_finetuning_of(meta)
     except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged file
         raise unreadable(err) from None
@@ -149,7 +149,8 @@ def load_pretrained(path, *, step: int | None = None, overrides=None) -> Pretrai
     template = nnx.state((model, optimizer))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(template))
     try:
-        got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        with abandoned_reads_quiet():
+            got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     except Exception as err:  # noqa: BLE001
         raise unreadable(err) from None
     nnx.update((model, optimizer), from_savable(template, got["state"]))
