@@ -169,7 +169,9 @@ def torch_block(act: str, sparse: bool, w1, w2):
     return run
 
 
-def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
+def block_operands(name: str, act: str, m: int) -> tuple:
+    """The arguments of jax_block's / ffn_block's loss for shape `name` and m tokens:
+    (x, w1, w2, m1, m2, g, key), random but fixed (key 0), with the fixed 2:4 masks."""
     import jax
     import jax.numpy as jnp
 
@@ -181,8 +183,15 @@ def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
     m1 = jnp.asarray(tiled_mask(rows, d))
     m2 = jnp.asarray(tiled_mask(d, h))
     g = jax.random.normal(jax.random.fold_in(key, 4), (m, d), jnp.bfloat16)
+    return (x, w1, w2, m1, m2, g, jax.random.fold_in(key, 5))
+
+
+def bench(name: str, act: str, m: int, backend: str, opts) -> dict:
+    import jax
+
+    d, h, rows = block_dims(name, act)
     kw = dict(reps=opts.reps, rounds=opts.rounds, warmup=opts.warmup, mode=opts.mode)
-    args = (x, w1, w2, m1, m2, g, jax.random.fold_in(key, 5))
+    args = block_operands(name, act, m)
     row = {"model": name, "act": act, "M": m, "d": d, "h": h}
     row["ours_ms"] = 1e3 * time_jax(jax_block(act, backend), args, **kw)
     row["xla_dense_ms"] = 1e3 * time_jax(jax_block(act, None), args, **kw)

@@ -42,7 +42,7 @@ import os
 import sys
 import time
 
-from shapes import SHAPES, tiled_mask
+from shapes import SHAPES
 
 
 def profiler_window():
@@ -91,18 +91,10 @@ def main(argv=None) -> int:
         os.environ["SPARSE24_CUTLASS_CMD_BUFFER"] = "0"
 
     import jax
-    import jax.numpy as jnp
 
-    from ffn_block import ffn_block, jax_block
+    from ffn_block import block_operands, ffn_block, jax_block
 
-    d, h = SHAPES[args.shape]
-    key = jax.random.key(0)
-    x = jax.random.normal(jax.random.fold_in(key, 1), (args.m, d), jnp.bfloat16)
-    w1 = jax.random.normal(jax.random.fold_in(key, 2), (h, d), jnp.float32) * 0.02
-    w2 = jax.random.normal(jax.random.fold_in(key, 3), (d, h), jnp.float32) * 0.02
-    m1, m2 = jnp.asarray(tiled_mask(h, d)), jnp.asarray(tiled_mask(d, h))
-    g = jax.random.normal(jax.random.fold_in(key, 4), (args.m, d), jnp.bfloat16)
-    call = (x, w1, w2, m1, m2, g, jax.random.fold_in(key, 5))
+    call = block_operands(args.shape, "gelu", args.m)
     blocks = {f"sparse ({args.backend}, fused GELU)": jax.jit(ffn_block("gelu", args.backend, True))}
     if args.dense:
         blocks["XLA dense"] = jax.jit(jax_block("gelu", None))
