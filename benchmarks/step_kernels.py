@@ -14,7 +14,7 @@ calls/step and us/call, one column block per file:
   gelu'(Z1): ``LinCombDeEltAct``), ``dx*gelu'+mvue`` (the same, also writing MVUE(dZ1^T):
   ``LinCombMulAuxMvue``), ``dW`` (a plain GEMM with float32 output: ``LinearCombination<float,``)
   or ``fwd/dx`` (a plain one with bf16 output; the two are the same CUTLASS kernel); scheduler ``coop``, ``pingpong`` or ``coop-streamK``
-  (``StreamKScheduler``); tile M x N from the kernel's tile shape, ``c2`` for a 2x1 cluster.
+  (``StreamKScheduler``); tile M x N from the kernel's tile shape, ``c2x1`` etc. for a cluster other than 1x1.
 * our compressors (``OwnKernel<...>``) by their struct: ``OwnMvueBlock<32>``, ``OwnProject``.
 
 Other kernels (XLA's, cuDNN's, cuSPARSELt's) are left out: step_profile.py's own categories
@@ -34,10 +34,13 @@ import sys
 # A tile extent equal to an earlier one is a back-reference (S..._), not a number: for
 # 128x128 the N extent is the M extent's.
 _MANGLED_TILE = re.compile(r"(?:Cooperative|Pingpong)EEENS\w*?_IJNS\w*?_ILi(\d+)EEE(?:NS\w*?_ILi(\d+)EEE)?")
-_MANGLED_CLUSTER = re.compile(r"SparseILi\d+ENS\w*?_IJNS\w*?_1CILi(\d+)EEE")
+# The cluster's N extent is spelt out when it differs from its M extent, else a back-reference
+# to it: 1x1 ...1CILi1EEESB_SB_, 2x1 ...1CILi2EEENSA_ILi1EEESC_, 1x2 ...1CILi1EEENSA_ILi2EEESB_,
+# 2x2 ...1CILi2EEESB_NSA_ILi1EEE (cute::Shape<M, N, 1>).
+_MANGLED_CLUSTER = re.compile(r"SparseILi\d+ENS\w*?_IJNS\w*?_1CILi(\d+)EEE(?:NS\w*?_ILi(\d+)EEE)?")
 # the demangled spelling, as some profilers write it
 _PLAIN_TILE = re.compile(r"(?:Cooperative|Pingpong)>, cute::tuple<cute::C<(\d+)>, cute::C<(\d+)>")
-_PLAIN_CLUSTER = re.compile(r"Sparse<\d+, cute::tuple<cute::C<(\d+)>")
+_PLAIN_CLUSTER = re.compile(r"Sparse<\d+, cute::tuple<cute::C<(\d+)>, cute::C<(\d+)>")
 _OWN = re.compile(r"OwnKernel<s24c::(\w+(?:<\d+>)?)")
 
 
@@ -68,8 +71,11 @@ def kernel_group(name: str) -> str | None:
     tile = _MANGLED_TILE.search(name) or _PLAIN_TILE.search(name)
     shape = f"{tile.group(1)}x{tile.group(2) or tile.group(1)}" if tile else "?x?"
     cluster = _MANGLED_CLUSTER.search(name) or _PLAIN_CLUSTER.search(name)
-    if cluster and cluster.group(1) != "1":
-        shape += f" c{cluster.group(1)}"
+    if cluster:
+        cm = cluster.group(1)
+        cn = cluster.group(2) or cm  # mangled: no N extent spelt out = the same as M
+        if (cm, cn) != ("1", "1"):
+            shape += f" c{cm}x{cn}"
     return f"{product} {sched} {shape}"
 
 

@@ -22,7 +22,8 @@ sk = _load()
 
 # What each fixture kernel is, from the config tables those runs used (kernels/cutlass/
 # gemm_configs.json and epilogue_configs.json; session 10's alt_b table: fwd / dx on 128x256
-# with 2x1 clusters, dW on data-parallel 128x128 tiles; session 12's s12_sk_fwd.json) and the
+# with 2x1 clusters, dW on data-parallel 128x128 tiles; session 12's s12_sk_fwd.json; session
+# 13's cluster tables) and the
 # name's own template arguments.
 MANGLED_EXPECTED = [
     "fwd/dx coop 256x128",           # 774M fc2 fwd and fc1 dx
@@ -33,9 +34,13 @@ MANGLED_EXPECTED = [
     "OwnMvueBlock<32>",
     "OwnProject",
     "dW pingpong 128x128",           # 1558M fc2 dW (1600 x 6400)
-    "fwd/dx coop 128x256 c2",        # session 10 alt_b: fwd / dx on 2x1 clusters
+    "fwd/dx coop 128x256 c2x1",      # session 10 alt_b: fwd / dx on 2x1 clusters
     "dW coop 128x128",               # session 10 alt_b: dW without stream-K
     "fwd/dx coop-streamK 256x128",   # session 12: 1558M fc2 fwd / fc1 dx on stream-K
+    "fwd+gelu pingpong 128x128 c2x1",  # session 13's cluster A/B (benchmarks/plans/s13_*.json)
+    "fwd/dx coop 256x128 c2x1",
+    "fwd+gelu pingpong 128x128 c1x2",
+    "fwd+gelu pingpong 128x128 c2x2",
 ]
 DEMANGLED_EXPECTED = [
     "OwnProject",
