@@ -145,12 +145,14 @@ _CONFIG_LIST = [
     Config(256, 128, 128, 1, 1, "coop"),
     Config(128, 256, 128, 2, 1, "coop"),
     Config(128, 128, 128, 1, 1, "pingpong"),
-    # stream-K weight gradients (long K = the tokens, few output tiles); 256x128 also for the
-    # forward / input gradient with few output rows, whose last wave is mostly empty (GPT-2
-    # 1558M's 1600-row fc2 forward and fc1 input gradient at 8192 tokens: 448 tiles, 3.4 waves;
-    # 3% faster per call in the step, docs/BENCHMARKS.md section 13)
-    Config(128, 256, 128, 1, 1, "coop", "streamk", ("dw",)),
-    Config(256, 128, 128, 1, 1, "coop", "streamk"),
+    # stream-K weight gradients (long K = the tokens, few output tiles); 128x256 also for the
+    # forward / input gradient with few output rows, whose last wave is mostly empty: GPT-2
+    # 1558M's 1600-row fc2 forward and fc1 input gradient at 8192 tokens (13 x 32 = 416 tiles,
+    # 3.2 waves). 1600 rows are 12.5 tiles of 128 (4% padding) but 6.25 of 256 (12%): in the
+    # step stream-K 128x256 ran 4% faster per call than stream-K 256x128, which ran 3% faster
+    # than persistent 256x128 (docs/BENCHMARKS.md sections 13 and 14)
+    Config(128, 256, 128, 1, 1, "coop", "streamk"),
+    Config(256, 128, 128, 1, 1, "coop", "streamk", ("dw",)),
     # fused epilogues only, with a smaller epilogue (tile 128x16 instead of 128x32) so that
     # the sparse mainloop keeps the plain GEMM's stage count (probe table in
     # tests/cutlass_src/epilogue_smem_probe.cu): at 256x128 the auto epilogue leaves 2 stages
