@@ -65,6 +65,7 @@ def load() -> ctypes.CDLL:
     p = ctypes.c_void_p
     lib.s24c_emulate_own_project.argtypes = [p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_emulate_own_mvue.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.s24c_emulate_own_swiglu_grad_mvue.argtypes = [p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_test_cusparselt_mvue.argtypes = [p, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.s24c_test_own_meta_byte.argtypes = [p, ctypes.c_int64, ctypes.c_int64]
     _LIB = lib
@@ -112,6 +113,22 @@ def mvue(dz: np.ndarray, seed, block_groups: int = 0) -> tuple[np.ndarray, np.nd
         raise ValueError(f"the MVUE kernel does not take dZ of shape {dz.shape} in blocks of "
                          f"{block_groups} groups")
     return vals, meta
+
+
+def swiglu_grad_mvue(da: np.ndarray, h: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dh (M, 2F), values (2F, M/2), meta): SwiGLU's backward of dA (M, F) at h = [x | gate]
+    (M, 2F), bf16, and the MVUE of dh^T, from the fused kernel's code."""
+    da, h = np.ascontiguousarray(da), np.ascontiguousarray(h)
+    m, f = da.shape
+    sd = np.asarray(seed, np.uint32).reshape(2)
+    dh = _poisoned(h.shape, ml_dtypes.bfloat16)
+    vals = _poisoned((2 * f, m // 2), ml_dtypes.bfloat16)
+    meta = _poisoned(_meta_nbytes(2 * f, m))
+    rc = load().s24c_emulate_own_swiglu_grad_mvue(da.ctypes.data, h.ctypes.data, dh.ctypes.data,
+                                                  sd.ctypes.data, vals.ctypes.data, meta.ctypes.data, m, f)
+    if rc:
+        raise ValueError(f"the SwiGLU gradient kernel does not take dA of shape {da.shape}")
+    return dh, vals, meta
 
 
 def cusparselt_mvue(dz: np.ndarray, seed) -> np.ndarray:

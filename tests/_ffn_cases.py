@@ -30,9 +30,11 @@ def ffn_weights(d: int, h: int, method: str, seed: int = 0, scale: float = 0.1):
             Sparse24Weight(w2, s24.transposable_mask_24(w2)))
 
 
-def ffn_grad_fn(backend, fc, proj, method: str, keys=(None, None), fused: bool = True):
+def ffn_grad_fn(backend, fc, proj, method: str, keys=(None, None), fused: bool = True,
+                activation: str = "gelu"):
     """jit(value_and_grad) of mean(y^2 + y), y = sparse24_ffn(x, fc, proj), over (x, w1, w2):
-    call it with ``(x, fc.w, proj.w)``. ``keys``: the two MVUE keys (None: no MVUE)."""
+    call it with ``(x, fc.w, proj.w)``. ``keys``: the two MVUE keys (None: no MVUE); for a
+    gated ``activation`` fc is (2h, d) and proj (d, h)."""
     import jax
     import jax.numpy as jnp
 
@@ -40,7 +42,7 @@ def ffn_grad_fn(backend, fc, proj, method: str, keys=(None, None), fused: bool =
 
     def loss(x, w1, w2):
         y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method=method,
-                         backend=backend, mvue=keys[0] is not None, fused=fused)
+                         backend=backend, mvue=keys[0] is not None, fused=fused, activation=activation)
         y = y.astype(jnp.float32)
         return jnp.mean(y * y + y)
 

@@ -139,6 +139,50 @@ def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(m, n, block_groups):
     assert (np.count_nonzero(d.reshape(n, -1, 4), -1) <= 2).all()
 
 
+# (M tokens, F features per half): M an odd multiple of 64 leaves the last block column half
+# full (32 groups per block), F 64 is one block row, 320 five
+SWIGLU_SHAPES = [(64, 64), (192, 128), (320, 64), (256, 320)]
+
+
+@pytest.mark.parametrize("m, f", SWIGLU_SHAPES)
+def test_swiglu_grad_mvue_is_the_twin_then_own_mvue(m, f):
+    """The fused SwiGLU backward + MVUE: dh is the cuSPARSELt library's fused kernel's (the
+    same SwigluGrad, bit for bit), and the compressed buffer is own_mvue's of that dh with the
+    same seed, byte for byte."""
+    from sparse24_jax_kernels.cusparselt import emulation
+
+    da = random_dz(m + f, m, f)
+    h = random_dz(7 * m + f, m, 2 * f)
+    seed = (0x51 + m, 0x7A ^ f)
+    dh, vals, meta = _cutlass_own.swiglu_grad_mvue(da, h, seed)
+    ref_dh, _ = emulation.emulate_act_grad_mvue("swiglu", da, h, seed=seed)
+    np.testing.assert_array_equal(dh.view(np.uint16), ref_dh.view(np.uint16))
+    rv, rm = _cutlass_own.mvue(dh, seed)
+    np.testing.assert_array_equal(vals.view(np.uint16), rv.view(np.uint16))
+    np.testing.assert_array_equal(meta, rm)
+
+
+def test_swiglu_grad_is_the_jax_vjp():
+    """dh against JAX's autodiff of x * silu(gate) in float32, rounded once: within one bf16
+    ulp (the kernel's exponential and reciprocal are approximations of XLA's accuracy)."""
+    import jax.numpy as jnp
+
+    from sparse24_jax.ffn import activation_vjp
+
+    m, f = 128, 64
+    da = random_dz(3, m, f)
+    h = random_dz(4, m, 2 * f)
+    dh, _, _ = _cutlass_own.swiglu_grad_mvue(da, h, (1, 2))
+    ref = np.asarray(activation_vjp("swiglu", jnp.asarray(h), jnp.asarray(da)).astype(jnp.float32))
+    got = dh.astype(np.float32)
+    np.testing.assert_allclose(got, ref, rtol=2 ** -7, atol=1e-30)
+
+
+def test_swiglu_grad_mvue_refuses_unaligned_features():
+    with pytest.raises(ValueError, match="does not take"):
+        _cutlass_own.swiglu_grad_mvue(np.zeros((64, 96), BF16), np.zeros((64, 192), BF16), (0, 0))
+
+
 def test_mvue_refuses_other_blocks():
     with pytest.raises(ValueError, match="blocks of 48 groups"):
         _cutlass_own.mvue(random_dz(1, 64, 64), (1, 2), 48)

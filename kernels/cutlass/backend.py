@@ -27,6 +27,9 @@ Notes:
   dense ``jnp.dot`` of the dense W_s (as the cuSPARSELt backend does).
 * ``prune_grad(None, dz)``: no MVUE, the weight gradient is a dense ``jnp.dot``.
 * The dw product writes float32 directly (no bf16 rounding of dW).
+* SwiGLU's backward fused with the MVUE of its result (``activation_grad_prune``,
+  :class:`~sparse24_jax.backend.FusedActivationGradPrune`):
+  :func:`.own_ops.swiglu_grad_mvue_compress`, one pass over ``dA`` and ``Z1``.
 * Fused epilogues (:mod:`.epilogue_ops`, kind ``"gelu"``, when the library has
   them): ``matmul_fwd_activation`` (the FFN's fc1 forward writing ``gelu(Z)``
   and ``gelu'(Z)``) and ``matmul_dx_activation_grad`` (fc2's input gradient
@@ -200,6 +203,8 @@ class CutlassBackend:
         self.epilogue_table = epilogue_table()
         #: product -> the configs the library has for it (config_for falls back from others)
         self.built = {p: set(ops.configs(p)) for p in ("fwd", "dx", "dw")}
+        #: the fused SwiGLU backward + MVUE kernel (FusedActivationGradPrune); not in older builds
+        self.swiglu_grad = own_ops.has_swiglu_grad_mvue()
 
     # -- fused-epilogue capabilities (sparse24_jax.backend) ------------------
     _FUSED_KINDS = ("gelu",)
@@ -209,6 +214,32 @@ class CutlassBackend:
 
     def linear_activation_grad_kinds(self) -> tuple[str, ...]:
         return self._FUSED_KINDS if self.epilogue_configs else ()
+
+    # -- FFN: SwiGLU's backward + MVUE (sparse24_jax.backend.FusedActivationGradPrune) --
+    def activation_grad_prune_kinds(self) -> tuple[str, ...]:
+        # GELU's backward is in the input-gradient epilogue (matmul_dx_activation_grad)
+        return ("swiglu",) if self.swiglu_grad else ()
+
+    def activation_grad_prune(self, kind: str, da: Array, z: Array, key: Array) -> tuple[Array, CutlassGrad]:
+        """``(dZ, prune_grad(key, dZ))`` with ``dZ`` SwiGLU's backward of ``da`` at ``z = [x |
+        gate]``, in one kernel (:func:`.own_ops.swiglu_grad_mvue_compress`): the compressed
+        pair is ``prune_grad``'s for that ``dZ``, byte for byte. Other kinds, F not a multiple
+        of 64 or dtypes other than bf16 run the same math unfused."""
+        if z.ndim != 2 or da.ndim != 2:
+            raise ValueError(f"dA and Z must be 2-D (M, features), got {tuple(da.shape)} and {tuple(z.shape)}")
+        m, h = z.shape
+        bf = jnp.dtype(jnp.bfloat16)
+        if (kind != "swiglu" or not self.swiglu_grad or (h // 2) % _ALIGN
+                or jnp.dtype(da.dtype) != bf or jnp.dtype(z.dtype) != bf):
+            from sparse24_jax.ffn import activation_vjp
+
+            dz = activation_vjp(kind, z, da)
+            return dz, self.prune_grad(key, dz)
+        mp = _padded(m)
+        # zero token rows give zero dZ rows: the padding adds nothing to dW
+        dz, values, meta = own_ops.swiglu_grad_mvue_compress(own_ops.seed_from_key(key), _pad_rows(da, mp),
+                                                             _pad_rows(z, mp))
+        return (dz if mp == m else dz[:m]), CutlassGrad(values, meta, None, h, mp)
 
     def _epilogue_config(self, product: str, n: int, k: int) -> str:
         if not self.epilogue_configs:

@@ -11,6 +11,12 @@
   bits as ``sparse24_jax_kernels.cusparselt.ops.mvue_compress(seed, dz,
   transpose=True)``.
 
+* :func:`swiglu_grad_mvue_compress` ``(key_or_seed, da, h)``: SwiGLU's backward
+  ``dh = [dA silu(gate), dA x silu'(gate)]`` of ``dA`` (M, F) at ``h = [x |
+  gate]`` (M, 2F) and the MVUE of ``dh^T`` in one pass: ``dh`` is the
+  cuSPARSELt library's fused kernel's, bit for bit, and the compressed pair is
+  ``mvue_compress(key_or_seed, dh)``'s, byte for byte.
+
 Both axes of every operand multiples of 64 (pad them); other shapes raise
 ValueError naming the fix. The outputs feed :func:`.ops.spmm` directly.
 """
@@ -20,10 +26,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._seed import as_seed, seed_from_key  # noqa: F401 - seed_from_key: part of this API
-from ._library import PREFIX, load
+from ._library import PREFIX, load, load_library, register
 from .ops import meta_nbytes
 
-__all__ = ["ALIGN", "BLOCK_GROUPS", "mvue_compress", "project_compress", "seed_from_key"]
+__all__ = ["ALIGN", "BLOCK_GROUPS", "has_swiglu_grad_mvue", "mvue_compress", "project_compress",
+           "seed_from_key", "swiglu_grad_mvue_compress"]
 
 ALIGN = 64
 
@@ -97,3 +104,53 @@ def mvue_compress(key_or_seed, dz, *, block_groups: int = 0):
     )
     values, meta = call(dz, seed, block_groups=np.int64(block_groups))
     return values, meta
+
+
+#: the fused SwiGLU backward's FFI target and handler symbol, registered on first use (a
+#: library built before it has no such symbol: has_swiglu_grad_mvue says so)
+SWIGLU_GRAD_TARGET = PREFIX + "own_swiglu_grad_mvue"
+_SWIGLU_GRAD_SYMBOL = "s24c_own_swiglu_grad_mvue"
+
+
+def has_swiglu_grad_mvue() -> bool:
+    """Whether the CUTLASS library (built or found here) has the fused SwiGLU backward."""
+    return hasattr(load_library(), _SWIGLU_GRAD_SYMBOL)
+
+
+def swiglu_grad_mvue_compress(key_or_seed, da, h):
+    """``(dh (M, 2F) bf16, values (2F, M/2) bf16, meta)``: SwiGLU's backward of ``da``
+    (M, F) at ``h = [x | gate]`` (M, 2F), ``dh = [da * silu(gate), da * x * silu'(gate)]``
+    (float32 math, rounded once), and the MVUE 2:4 of ``dh^T`` along the tokens M in
+    CUTLASS's format (the sparse operand of ``spmm("dw", ...)``), from one read of ``da``
+    and ``h``. The same seed gives :func:`mvue_compress`'s bytes for that ``dh``.
+
+    M and F multiples of 64 (a kernel block owns 64 features of each half)."""
+    import jax
+    import jax.numpy as jnp
+
+    seed = as_seed(key_or_seed)
+    if (da.ndim != 2 or h.ndim != 2 or jnp.dtype(da.dtype) != jnp.bfloat16
+            or jnp.dtype(h.dtype) != jnp.bfloat16):
+        raise ValueError(f"swiglu_grad_mvue_compress takes dA (M, F) and h = [x | gate] (M, 2F) in "
+                         f"bfloat16, got {da.dtype} {da.shape} and {h.dtype} {h.shape}: cast them "
+                         "with .astype(jnp.bfloat16)")
+    m, f = da.shape
+    if h.shape != (m, 2 * f):
+        raise ValueError(f"h must be (M, 2F) = ({m}, {2 * f}) for dA {da.shape}, got {h.shape}")
+    _check("swiglu_grad_mvue_compress: dA (M tokens, F features)", m, f)
+    _check("swiglu_grad_mvue_compress: h (M, 2F)", m, 2 * f)
+    load()
+    if not has_swiglu_grad_mvue():
+        raise RuntimeError("this CUTLASS library has no fused SwiGLU backward (built before it): "
+                           "rebuild it with `python -m sparse24_jax_kernels.cutlass.build` (and "
+                           "unset SPARSE24_CUTLASS_KERNELS if it points at the old one)")
+    register({SWIGLU_GRAD_TARGET: _SWIGLU_GRAD_SYMBOL})
+    call = jax.ffi.ffi_call(
+        SWIGLU_GRAD_TARGET,
+        (jax.ShapeDtypeStruct((m, 2 * f), jnp.bfloat16),
+         jax.ShapeDtypeStruct((2 * f, m // 2), jnp.bfloat16),
+         jax.ShapeDtypeStruct((meta_nbytes(2 * f, m),), jnp.uint8)),
+    )
+    dh, values, meta = call(da, h, seed)
+    return dh, values, meta
+

@@ -89,6 +89,25 @@ def test_mvue_is_cusparselt_mvue_in_cutlass_bytes(own, m, n, block_groups):
     np.testing.assert_array_equal(u8(meta), u8(cm))
 
 
+@pytest.mark.parametrize("m, f", [(256, 128), (320, 1344), (4096, 1408)])
+def test_swiglu_grad_mvue_is_cusparselt_dz_then_own_mvue(own, m, f):
+    """The fused SwiGLU backward: dh is the cuSPARSELt library's fused kernel's, bit for bit,
+    and the compressed pair is own_mvue's of that dh with the same key, byte for byte."""
+    from sparse24_jax_kernels.cusparselt import ops as cops
+
+    rng = np.random.default_rng(m + f)
+    da = jnp.asarray(rng.standard_normal((m, f)).astype(np.float32)).astype(jnp.bfloat16)
+    h = jnp.asarray(2 * rng.standard_normal((m, 2 * f)).astype(np.float32)).astype(jnp.bfloat16)
+    key = jax.random.PRNGKey(m + 3 * f)
+    dh, values, meta = jax.jit(own.swiglu_grad_mvue_compress)(key, da, h)
+    cops.load()
+    ref_dh, _ = cops.act_grad_mvue_compress("swiglu", da, h, key)
+    np.testing.assert_array_equal(u8(dh), u8(ref_dh))
+    rv, rm = jax.jit(own.mvue_compress)(key, dh)
+    np.testing.assert_array_equal(u8(values), u8(rv))
+    np.testing.assert_array_equal(u8(meta), u8(rm))
+
+
 def test_own_ops_errors(own):
     with pytest.raises(ValueError, match="multiples of 64"):
         own.project_compress(jnp.zeros((96, 64)), jnp.zeros((96, 64), bool))
@@ -98,6 +117,12 @@ def test_own_ops_errors(own):
         own.mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 64), jnp.float32))
     with pytest.raises(ValueError, match="block_groups"):
         own.mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 64), jnp.bfloat16), block_groups=16)
+    with pytest.raises(ValueError, match=r"\(M, 2F\)"):
+        own.swiglu_grad_mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 64), jnp.bfloat16),
+                                      jnp.zeros((64, 64), jnp.bfloat16))
+    with pytest.raises(ValueError, match="multiples of 64"):
+        own.swiglu_grad_mvue_compress(jax.random.PRNGKey(0), jnp.zeros((64, 96), jnp.bfloat16),
+                                      jnp.zeros((64, 192), jnp.bfloat16))
 
 
 # -- the backend ---------------------------------------------------------------

@@ -9,6 +9,7 @@ H100/H200 and the CUTLASS library with its fused instances
   MVUE off (close) and on (same error distribution vs the exact gradient);
 * the jitted step holds the fused custom calls (two per block: fc1's forward,
   fc2's input gradient), and none with fused=False;
+* SwiGLU's backward runs fused with the MVUE of dZ1 (own_swiglu_grad_mvue);
 * SparseMLP (the training stack's GPT-2 FFN) takes the block on "cutlass".
 """
 
@@ -84,6 +85,39 @@ def test_fused_custom_calls_in_the_step(be, fused):
     hlo = ffn_grad_fn("cutlass", fc, proj, "srste", keys, fused).lower(x, fc.w, proj.w).compile().as_text()
     n = hlo.count(f'custom_call_target="{EPI}"')
     assert n == (2 if fused else 0), n
+
+
+def test_swiglu_backward_is_fused_with_the_mvue(be):
+    """SwiGLU on "cutlass": the activation backward and the MVUE of dZ1 are one kernel
+    (own_swiglu_grad_mvue, FusedActivationGradPrune), and the block's gradients match the
+    unfused path (XLA's backward, then own_mvue) and XLA's 2:4 block within MVUE noise."""
+    from sparse24_jax.backend import capabilities
+
+    assert capabilities("cutlass").activation_grad_prune == ("swiglu",)
+    m, d, h = 1024, 256, 512
+    fc, proj = ffn_weights(d, h, "srste", seed=5, scale=0.05)
+    fc2, _ = ffn_weights(d, 2 * h, "srste", seed=6, scale=0.05)  # fc: (2h, d) = [x | gate]
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    keys = (jax.random.PRNGKey(1), jax.random.PRNGKey(2))
+    args = (x, fc2.w, proj.w)
+
+    def run(backend, fused, k=keys):
+        return ffn_grad_fn(backend, fc2, proj, "srste", k, fused, activation="swiglu")
+
+    hlo = run("cutlass", True).lower(*args).compile().as_text()
+    assert hlo.count('custom_call_target="sparse24_cutlass_own_swiglu_grad_mvue"') == 1
+    assert 'custom_call_target="sparse24_cutlass_own_swiglu_grad_mvue"' not in (
+        run("cutlass", False).lower(*args).compile().as_text())
+    exact = run("xla", False, (None, None))(*args)
+    got, unfused, ref = run("cutlass", True)(*args), run("cutlass", False)(*args), run("xla", True)(*args)
+    assert rel(got[0], exact[0]) < 1e-2
+    # dX: dZ1 from the kernel's SwigluGrad or XLA's autodiff (rare last-bit differences)
+    assert rel(got[1][0], unfused[1][0]) < 1e-3
+    for i in (1, 2):  # dW1, dW2: MVUE estimates, same error as XLA's 2:4 block against the exact one
+        e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
+        assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+        assert rel(got[1][i], unfused[1][i]) < 0.5 * e_c  # mostly the same draws
 
 
 def test_sparse_mlp_takes_the_fused_block(be):

@@ -4,6 +4,9 @@
 //   * s24c_own_mvue     dZ (M, N) bf16, seed uint32[2] ->
 //                       S(dZ^T) values (N, M/2) bf16, meta (MVUE along M);
 //                       attribute block_groups (int64: 0, 32 or 64, the kernel's block)
+//   * s24c_own_swiglu_grad_mvue  dA (M, F) bf16, h = [x | gate] (M, 2F) bf16, seed
+//                       uint32[2] -> dh = [dA silu(gate), dA x silu'(gate)] (M, 2F) bf16,
+//                       S(dh^T) values (2F, M/2) bf16, meta (MVUE along M), in one pass
 // The outputs are what ops.compress (CUTLASS's compressor) gives for the
 // dense pruned operands, byte for byte; every byte is written by the kernel.
 // A host unit of its own (bindings.cc is another helper's territory too).
@@ -113,6 +116,42 @@ static ffi::Error OwnMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffe
   return ffi::Error::Success();
 }
 
+static ffi::Error OwnSwigluGradMvueImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer da,
+                                        ffi::AnyBuffer h, ffi::AnyBuffer seed,
+                                        ffi::Result<ffi::AnyBuffer> dh,
+                                        ffi::Result<ffi::AnyBuffer> values,
+                                        ffi::Result<ffi::AnyBuffer> meta) {
+  auto dd = da.dimensions(), hd = h.dimensions();
+  if (da.element_type() != ffi::DataType::BF16 || h.element_type() != ffi::DataType::BF16 ||
+      dd.size() != 2 || hd.size() != 2 || hd[0] != dd[0] || hd[1] != 2 * dd[1]) {
+    return InvalidArg("own_swiglu_grad_mvue: dA must be bfloat16 (M, F) and h = [x | gate] "
+                      "bfloat16 (M, 2F), got " + DtypeName(da.element_type()) + " " + DimsText(da) +
+                      " and " + DtypeName(h.element_type()) + " " + DimsText(h));
+  }
+  const int64_t m = dd[0], f = dd[1];
+  // a block owns 64 features of each half: F itself a multiple of 64
+  S24_RETURN_IF_ERROR(OwnShape("own_swiglu_grad_mvue: dA (M, F)", m, f));
+  S24_RETURN_IF_ERROR(OwnShape("own_swiglu_grad_mvue: h (M, 2F)", m, 2 * f));
+  if (seed.element_type() != ffi::DataType::U32 || seed.element_count() != 2) {
+    return InvalidArg("own_swiglu_grad_mvue: the seed must be uint32 of 2 words, got " +
+                      DtypeName(seed.element_type()) + " " + DimsText(seed));
+  }
+  if (!Aligned16(da.untyped_data()) || !Aligned16(h.untyped_data())) {
+    return InvalidArg("own_swiglu_grad_mvue: dA and h must be 16-byte aligned");
+  }
+  S24_RETURN_IF_ERROR(OwnOut("own_swiglu_grad_mvue: dh", *dh, ffi::DataType::BF16, {m, 2 * f}));
+  S24_RETURN_IF_ERROR(OwnOut("own_swiglu_grad_mvue: values", *values, ffi::DataType::BF16, {2 * f, m / 2}));
+  S24_RETURN_IF_ERROR(OwnOut("own_swiglu_grad_mvue: meta", *meta, ffi::DataType::U8, {OwnMetaBytes(2 * f, m)}));
+  DeviceScope scope(device);
+  S24C_CUDA_CHECK(scope.status());
+  S24C_CUDA_CHECK(LaunchOwnSwigluGradMvue(stream, da.untyped_data(), h.untyped_data(),
+                                          dh->untyped_data(),
+                                          static_cast<const uint32_t*>(seed.untyped_data()),
+                                          values->untyped_data(),
+                                          static_cast<uint8_t*>(meta->untyped_data()), m, f, false));
+  return ffi::Error::Success();
+}
+
 }  // namespace s24c
 
 S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_project, s24c::OwnProjectImpl,
@@ -135,3 +174,14 @@ S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_mvue, s24c::OwnMvueImpl,
                                 .Ret<ffi::AnyBuffer>()
                                 .Ret<ffi::AnyBuffer>()
                                 .Attr<int64_t>("block_groups"));
+
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_own_swiglu_grad_mvue, s24c::OwnSwigluGradMvueImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>());

@@ -1,11 +1,12 @@
 // Launches (or emulates on the host) our own CUTLASS-format compressors
 // (own_compress.cuh). Includes no CUTLASS and no XLA header: a quick unit.
-// Its C exports s24c_emulate_own_project / s24c_emulate_own_mvue run the
+// Its C exports s24c_emulate_own_project / _mvue / _swiglu_grad_mvue run the
 // kernels' code on the CPU (tests/test_cutlass_own_compress.py builds this
 // unit alone into a small host library for them).
 
 #include "own_compress.h"
 
+#include "own_act_grad.cuh"
 #include "own_compress.cuh"
 
 namespace s24c {
@@ -51,6 +52,23 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
   return RunOwnMvue<OwnMvueBlock<kOwnMvueBlockGroups>>(stream, args, emulate);
 }
 
+cudaError_t LaunchOwnSwigluGradMvue(cudaStream_t stream, const void* da, const void* h, void* dh,
+                                    const uint32_t* seed, void* values, uint8_t* meta, int64_t m,
+                                    int64_t f, bool emulate) {
+  // A = dh^T: 2f rows (features of both halves), m columns (tokens, the 2:4 axis); the gate
+  // half's rows start at f, on a 64-row tile (a block writes one tile of each half)
+  if (f % kOwnShapeAlign != 0 || !OwnShapeOk(2 * f, m)) return cudaErrorInvalidValue;
+  const OwnSwigluGradArgs args{static_cast<const uint32_t*>(da), static_cast<const uint32_t*>(h),
+                               static_cast<uint32_t*>(dh), seed, static_cast<uint32_t*>(values),
+                               meta, 2 * f, m};
+  if (emulate) {
+    OwnEmulate<OwnSwigluGradMvue>(args);
+    return cudaSuccess;
+  }
+  OwnKernel<OwnSwigluGradMvue><<<OwnSwigluGradMvue::Grid(args.m, args.k), kOwnThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
 }  // namespace s24c
 
 extern "C" {
@@ -70,6 +88,14 @@ S24C_OWN_EXPORT int s24c_emulate_own_project(const float* w, const uint8_t* mask
 S24C_OWN_EXPORT int s24c_emulate_own_mvue(const void* dz, const uint32_t* seed, void* values,
                                           uint8_t* meta, int64_t m, int64_t n, int block_groups) {
   return s24c::LaunchOwnMvue(nullptr, dz, seed, values, meta, m, n, block_groups, true) == cudaSuccess
+             ? 0
+             : -1;
+}
+
+S24C_OWN_EXPORT int s24c_emulate_own_swiglu_grad_mvue(const void* da, const void* h, void* dh,
+                                                      const uint32_t* seed, void* values, uint8_t* meta,
+                                                      int64_t m, int64_t f) {
+  return s24c::LaunchOwnSwigluGradMvue(nullptr, da, h, dh, seed, values, meta, m, f, true) == cudaSuccess
              ? 0
              : -1;
 }

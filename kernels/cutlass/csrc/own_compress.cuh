@@ -11,6 +11,8 @@
 //   OwnMvueBlock: dZ (M, N) bf16 row-major -> MVUE 2:4 of A = dZ^T (N, M) along M,
 //     in CUTLASS's format, with the cuSPARSELt MVUE kernel's randomness
 //     (MvueTransposed::PruneGroup: same seed, same kept entries, same bits).
+//   (own_act_grad.cuh adds OwnSwigluGradMvue: SwiGLU's backward fused with
+//   OwnMvueBlock.)
 //
 // Both are streams over memory, built as the cuSPARSELt library's fast
 // kernels are (project.cu, MvueTransposed): every global load of a thread
@@ -353,24 +355,32 @@ struct OwnMvueBlock {
         }
       }
     } else {
-      // values: row tid / 4, groups (G / 4) (tid % 4) .. + G/4 - 1 (kg is a multiple of 16)
-      constexpr int kChunk = kGroups / 4;
-      const int rl = tid >> 2, q = (tid & 3) * kChunk;
-      if (g0 + q < kg) {
-        uint4* dst = reinterpret_cast<uint4*>(a.values + (r0 + rl) * kg + g0 + q);
-        const uint4* src = reinterpret_cast<const uint4*>(&sm.vals[rl][q]);
+      StoreTile(sm, a.values, a.meta, a.m, a.k, r0, g0, tid);
+    }
+  }
+
+  // The store phase of one 64-row tile (rows r0.., groups g0..) of an operand of m rows and
+  // k columns: values as G / 16 16-byte stores per thread (row tid / 4, groups (G / 4)
+  // (tid % 4) .. + G/4 - 1; kg is a multiple of 16), each metadata atom column g0/32 +
+  // (tid / 128) that the block has and the operand's metadata does as one 8-byte chunk per
+  // thread of 128.
+  static __host__ __device__ inline void StoreTile(const Smem& sm, uint32_t* values, uint8_t* meta,
+                                                   int64_t m, int64_t k, int64_t r0, int64_t g0, int tid) {
+    const int64_t kg = k / 4;
+    constexpr int kChunk = kGroups / 4;
+    const int rl = tid >> 2, q = (tid & 3) * kChunk;
+    if (g0 + q < kg) {
+      uint4* dst = reinterpret_cast<uint4*>(values + (r0 + rl) * kg + g0 + q);
+      const uint4* src = reinterpret_cast<const uint4*>(&sm.vals[rl][q]);
 #pragma unroll
-        for (int j = 0; j < kChunk / 4; ++j) dst[j] = src[j];
-      }
-      // metadata: atom column g0/32 + (tid / 128), if the block has it and the operand's
-      // metadata does
-      const int half = tid >> 7, t = tid & 127;
-      const int64_t ka = g0 / kOwnAtomGroups + half;
-      if (half < kGroups / kOwnAtomGroups &&
-          ka * kOwnAtomGroups < s24cutlass::MetaCols(a.k, s24cutlass::kDefaultTileK) / 4) {
-        OwnStore8(a.meta + OwnAtomOffset(r0 / kOwnAtomRows, ka, a.m) + 8 * t,
-                  OwnMetaChunk(&sm.code[0][kOwnAtomGroups * half], kGroups + 4, t));
-      }
+      for (int j = 0; j < kChunk / 4; ++j) dst[j] = src[j];
+    }
+    const int half = tid >> 7, t = tid & 127;
+    const int64_t ka = g0 / kOwnAtomGroups + half;
+    if (half < kGroups / kOwnAtomGroups &&
+        ka * kOwnAtomGroups < s24cutlass::MetaCols(k, s24cutlass::kDefaultTileK) / 4) {
+      OwnStore8(meta + OwnAtomOffset(r0 / kOwnAtomRows, ka, m) + 8 * t,
+                OwnMetaChunk(&sm.code[0][kOwnAtomGroups * half], kGroups + 4, t));
     }
   }
 
@@ -378,7 +388,6 @@ struct OwnMvueBlock {
     return dim3(static_cast<unsigned>((k / 4 + kGroups - 1) / kGroups), static_cast<unsigned>(m / kRows));
   }
 };
-
 
 // The host emulation: every block in turn, each phase thread by thread.
 template <typename K>

@@ -35,4 +35,14 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
 // measured on an H200 (own_compress.cuh, OwnMvueBlock).
 constexpr int kOwnMvueBlockGroups = 32;
 
+// SwiGLU's backward and the MVUE of its result in one pass (own_compress.cuh,
+// OwnSwigluGradMvue): dA (m tokens, f) and h = [x | gate] (m, 2f) bf16
+// row-major, seed uint32[2] -> dh = [dA silu(gate), dA x silu'(gate)] (m, 2f)
+// bf16 and the MVUE of dh^T (2f, m), 2:4 along m, as CUTLASS's (values (2f,
+// m/2), meta): byte for byte LaunchOwnMvue's of that dh with the same seed.
+// m and f multiples of 64, 2f * m / 4 < 2^32; else cudaErrorInvalidValue.
+cudaError_t LaunchOwnSwigluGradMvue(cudaStream_t stream, const void* da, const void* h, void* dh,
+                                    const uint32_t* seed, void* values, uint8_t* meta, int64_t m,
+                                    int64_t f, bool emulate);
+
 }  // namespace s24c
