@@ -69,6 +69,15 @@ def be(request, monkeypatch):
                jax.ShapeDtypeStruct((ops.meta_nbytes(n, m),), jnp.uint8))
         return tuple(cb(lambda s, d: _cutlass_own.mvue(np.asarray(d), np.asarray(s)), out, seed, dz))
 
+    def swiglu_grad_mvue_compress(seed, da, h):
+        calls.append(("swiglu_grad_mvue", None))
+        m, f = da.shape
+        out = (jax.ShapeDtypeStruct((m, 2 * f), jnp.bfloat16),
+               jax.ShapeDtypeStruct((2 * f, m // 2), jnp.bfloat16),
+               jax.ShapeDtypeStruct((ops.meta_nbytes(2 * f, m),), jnp.uint8))
+        return tuple(cb(lambda s, d, z: _cutlass_own.swiglu_grad_mvue(np.asarray(d), np.asarray(z), np.asarray(s)),
+                        out, seed, da, h))
+
     def decompressed_product(values, meta, b):
         """float32 ``b @ A^T`` of the sparse operand A (fwd / dx shapes), on the host."""
         rows, cols = values.shape[0], 2 * values.shape[1]
@@ -106,6 +115,8 @@ def be(request, monkeypatch):
     monkeypatch.setattr(ops, "spmm", spmm)
     monkeypatch.setattr(own_ops, "project_compress", project_compress)
     monkeypatch.setattr(own_ops, "mvue_compress", mvue_compress)
+    monkeypatch.setattr(own_ops, "swiglu_grad_mvue_compress", swiglu_grad_mvue_compress)
+    monkeypatch.setattr(own_ops, "has_swiglu_grad_mvue", lambda: True)
     b = backend.CutlassBackend()
     b.calls = calls
     return b
@@ -188,8 +199,9 @@ def test_check_names_the_fix(be):
 
     caps = capabilities(be)
     assert caps.prepare_projected and caps.compute_dtypes == (jnp.dtype(jnp.bfloat16),)
-    assert not (caps.native_fp8_forward or caps.quantize_pruned_grad or caps.gated_activation
-                or caps.activation_grad_prune)
+    assert not (caps.native_fp8_forward or caps.quantize_pruned_grad or caps.gated_activation)
+    # GELU's backward is in the input-gradient epilogue; SwiGLU's fused with the MVUE
+    assert caps.activation_grad_prune == ("swiglu",)
     # this fixture's library has no fused epilogues: no capability, a clear error if called
     assert caps.linear_activation == () and caps.linear_activation_grad == ()
     with pytest.raises(ValueError, match="no fused epilogues.*rebuild"):
@@ -252,6 +264,38 @@ def test_ffn_block_fused_with_mvue(be):
     for i in (1, 2):
         e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
         assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+
+
+@pytest.mark.parametrize("m", [128, 100])
+def test_swiglu_backward_is_fused_with_the_mvue(be, m):
+    """SwiGLU with MVUE on: dZ1 and S_z(dZ1^T) come from the fused kernel (its host
+    emulation here; tokens padded to 64 and cut back), the input gradient matches the
+    unfused path and the weight gradients are unbiased estimates in xla's error distribution;
+    without MVUE (no key) the block takes the unfused path."""
+    from sparse24_jax.backend import capabilities
+
+    assert capabilities(be).activation_grad_prune == ("swiglu",)
+    d, h = 128, 256
+    fc, _ = ffn_weights(d, 2 * h, "srste", seed=5)  # fc (2h, d): [x | gate]
+    proj, _ = ffn_weights(h, d, "srste", seed=6)  # (d, h)
+    rng = np.random.default_rng(m)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+    keys = (jax.random.PRNGKey(3), jax.random.PRNGKey(4))
+    args = (x, fc.w, proj.w)
+    be.calls.clear()
+    got = ffn_grad_fn(be, fc, proj, "srste", keys, activation="swiglu")(*args)
+    assert [c[0] for c in be.calls].count("swiglu_grad_mvue") == 1
+    unfused = ffn_grad_fn(be, fc, proj, "srste", keys, fused=False, activation="swiglu")(*args)
+    exact = ffn_grad_fn("xla", fc, proj, "srste", activation="swiglu")(*args)
+    ref = ffn_grad_fn("xla", fc, proj, "srste", keys, activation="swiglu")(*args)
+    assert rel(got[0], exact[0]) < 1e-2
+    assert rel(got[1][0], unfused[1][0]) < 1e-3
+    for i in (1, 2):
+        e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
+        assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+    be.calls.clear()
+    ffn_grad_fn(be, fc, proj, "srste", activation="swiglu")(*args)
+    assert "swiglu_grad_mvue" not in {c[0] for c in be.calls}
 
 
 @pytest.mark.parametrize("be", [True], indirect=True)
