@@ -232,6 +232,51 @@ struct GeluGradMvue {
 // they took 182 registers; in batches of 2 groups (24 words in flight) 61,
 // 4 blocks per SM (shared memory: 4 x 43.5 KB).
 
+// One lane's share of a group of 4 tokens in SwiGLU's backward, for SwigluGradMvue and its
+// CUTLASS-format twin (kernels/cutlass/csrc/own_act_grad.cuh). The pointers are the block's
+// first word of dA, of h's and dh's x halves (hx, dhx) and of their gate halves (hg, dhg; the
+// lane adds its own word): dA rows are fw words, h's and dh's 2 fw. SwigluLoadGroup loads the
+// words of dA, x and gate at tokens 4 gl + t (zeros for a group past the tokens, !in);
+// SwigluGradGroup turns x and gt into dh's words in place (dx, dgate) and stores them when
+// `store`.
+struct SwigluPtrs {
+  const uint32_t* __restrict__ da;
+  const uint32_t* __restrict__ hx;
+  const uint32_t* __restrict__ hg;
+  uint32_t* __restrict__ dhx;
+  uint32_t* __restrict__ dhg;
+  uint32_t fw;
+};
+
+__host__ __device__ inline void SwigluLoadGroup(const SwigluPtrs& p, int lane, int gl, bool in, uint32_t (&d)[4],
+                                                uint32_t (&x)[4], uint32_t (&gt)[4]) {
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const uint32_t tok = 4u * gl + t;
+    d[t] = in ? p.da[tok * p.fw + lane] : 0u;
+    x[t] = in ? p.hx[2 * tok * p.fw + lane] : 0u;
+    gt[t] = in ? p.hg[2 * tok * p.fw + lane] : 0u;
+  }
+}
+
+template <int DT>
+__host__ __device__ inline void SwigluGradGroup(const SwigluPtrs& p, int lane, int gl, bool store,
+                                                const uint32_t (&d)[4], uint32_t (&x)[4], uint32_t (&gt)[4]) {
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    float dx0, dg0, dx1, dg1;
+    SwigluGrad(Lo<DT>(d[t]), Lo<DT>(x[t]), Lo<DT>(gt[t]), &dx0, &dg0);
+    SwigluGrad(Hi<DT>(d[t]), Hi<DT>(x[t]), Hi<DT>(gt[t]), &dx1, &dg1);
+    x[t] = Pack<DT>(dx0, dx1);   // now the words of dh's x half
+    gt[t] = Pack<DT>(dg0, dg1);  // and of its gate half
+    if (store) {
+      const uint32_t off = 2 * (4u * gl + t) * p.fw + lane;
+      p.dhx[off] = x[t];
+      p.dhg[off] = gt[t];
+    }
+  }
+}
+
 template <int DT>
 struct SwigluGradMvue {
   using Mv = MvueTransposed<DT>;
@@ -258,12 +303,10 @@ struct SwigluGradMvue {
     // 64-bit pointers to the block's first words, 32-bit offsets inside it
     // (as GeluGradMvue): dA rows are fw words, h and dh rows 2 fw
     const int64_t tok0 = 4 * g0;
-    const uint32_t* __restrict__ da = InRegister(a.da + tok0 * fw + f0 / 2);
     const uint32_t* __restrict__ hx = InRegister(a.h + tok0 * 2 * fw + f0 / 2);
-    const uint32_t* __restrict__ hg = InRegister(hx + fw);
     uint32_t* __restrict__ dhx = InRegister(a.dh + tok0 * 2 * fw + f0 / 2);
-    uint32_t* __restrict__ dhg = InRegister(dhx + fw);
-    const uint32_t fw32 = static_cast<uint32_t>(fw);
+    const SwigluPtrs ptr{InRegister(a.da + tok0 * fw + f0 / 2), hx, InRegister(hx + fw), dhx,
+                         InRegister(dhx + fw), static_cast<uint32_t>(fw)};
     const MvueKeys keys = MakeMvueKeys(a.seed);
 #pragma unroll
     for (int b = 0; b < 8; b += kBatch) {
@@ -271,31 +314,14 @@ struct SwigluGradMvue {
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
         const int gl = warp + 8 * (b + i);
-        const bool in = g0 + gl < kg;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const uint32_t tok = 4u * gl + t;
-          d[i][t] = in ? da[tok * fw32 + lane] : 0u;
-          x[i][t] = in ? hx[2 * tok * fw32 + lane] : 0u;
-          gt[i][t] = in ? hg[2 * tok * fw32 + lane] : 0u;
-        }
+        SwigluLoadGroup(ptr, lane, gl, g0 + gl < kg, d[i], x[i], gt[i]);
       }
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
         const int gl = warp + 8 * (b + i);
         const int64_t g = g0 + gl;
         if (g >= kg) continue;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          float dx0, dg0, dx1, dg1;
-          SwigluGrad(Lo<DT>(d[i][t]), Lo<DT>(x[i][t]), Lo<DT>(gt[i][t]), &dx0, &dg0);
-          SwigluGrad(Hi<DT>(d[i][t]), Hi<DT>(x[i][t]), Hi<DT>(gt[i][t]), &dx1, &dg1);
-          x[i][t] = Pack<DT>(dx0, dx1);   // now the words of dh's x half
-          gt[i][t] = Pack<DT>(dg0, dg1);  // and of its gate half
-          const uint32_t off = 2 * (4u * gl + t) * fw32 + lane;
-          dhx[off] = x[i][t];
-          dhg[off] = gt[i][t];
-        }
+        SwigluGradGroup<DT>(ptr, lane, gl, true, d[i], x[i], gt[i]);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int rl = 2 * lane + half;

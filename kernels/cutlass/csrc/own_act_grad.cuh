@@ -59,10 +59,10 @@ struct OwnSwigluGradMvue {
       // 64-bit pointers to the block's first words, 32-bit offsets inside it (the handler
       // bounds the operand: 2F * M / 4 < 2^32)
       const int64_t tok0 = 4 * g0;
-      const uint32_t* da = a.da + tok0 * fw + f0 / 2 + lane;
-      const uint32_t* hx = a.h + tok0 * 2 * fw + f0 / 2 + lane;
-      uint32_t* dhx = a.dh + tok0 * 2 * fw + f0 / 2 + lane;
-      const uint32_t fw32 = static_cast<uint32_t>(fw);
+      const uint32_t* hx = a.h + tok0 * 2 * fw + f0 / 2;
+      uint32_t* dhx = a.dh + tok0 * 2 * fw + f0 / 2;
+      const s24::SwigluPtrs ptr{a.da + tok0 * fw + f0 / 2, hx, hx + fw, dhx, dhx + fw,
+                                static_cast<uint32_t>(fw)};
       // counters of rows f0 + 2 lane (x half) and F + f0 + 2 lane (gate half), group g0 + warp
       const uint32_t cx = s24::Opaque(static_cast<uint32_t>((f0 + 2 * lane) * kg + g0 + warp));
       const uint32_t cg = s24::Opaque(static_cast<uint32_t>((f + f0 + 2 * lane) * kg + g0 + warp));
@@ -73,34 +73,13 @@ struct OwnSwigluGradMvue {
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
           const int gl = warp + 8 * (b + i);
-          const bool in = g0 + gl < kg;
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            const uint32_t tok = 4u * gl + t;
-            d[i][t] = in ? da[tok * fw32] : 0u;
-            x[i][t] = in ? hx[2 * tok * fw32] : 0u;
-            gt[i][t] = in ? hx[2 * tok * fw32 + fw32] : 0u;
-          }
+          s24::SwigluLoadGroup(ptr, lane, gl, g0 + gl < kg, d[i], x[i], gt[i]);
         }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
           const int gl = warp + 8 * (b + i);
           const bool in = g0 + gl < kg;
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            float dx0, dg0, dx1, dg1;
-            s24::SwigluGrad(s24::Lo<s24::kBF16>(d[i][t]), s24::Lo<s24::kBF16>(x[i][t]),
-                            s24::Lo<s24::kBF16>(gt[i][t]), &dx0, &dg0);
-            s24::SwigluGrad(s24::Hi<s24::kBF16>(d[i][t]), s24::Hi<s24::kBF16>(x[i][t]),
-                            s24::Hi<s24::kBF16>(gt[i][t]), &dx1, &dg1);
-            x[i][t] = s24::Pack<s24::kBF16>(dx0, dx1);   // now the words of dh's x half
-            gt[i][t] = s24::Pack<s24::kBF16>(dg0, dg1);  // and of its gate half
-            if (in) {
-              const uint32_t off = 2 * (4u * gl + t) * fw32;
-              dhx[off] = x[i][t];
-              dhx[off + fw32] = gt[i][t];
-            }
-          }
+          s24::SwigluGradGroup<s24::kBF16>(ptr, lane, gl, in, d[i], x[i], gt[i]);
           // groups past the tokens (the last block column) are pruned from zero words: their
           // values are never stored, and their code is CUTLASS's padding, 0
 #pragma unroll
