@@ -11,6 +11,17 @@
 
 namespace s24c {
 
+// Kernel K on args (K::Grid of args.m, args.k), or its code on the host (emulate).
+template <typename K>
+static cudaError_t RunOwn(cudaStream_t stream, const typename K::Args& args, bool emulate) {
+  if (emulate) {
+    OwnEmulate<K>(args);
+    return cudaSuccess;
+  }
+  OwnKernel<K><<<K::Grid(args.m, args.k), kOwnThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
 static bool OwnShapeOk(int64_t rows, int64_t cols) {
   return rows > 0 && cols > 0 && rows % kOwnShapeAlign == 0 && cols % kOwnShapeAlign == 0 &&
          rows <= kOwnMaxRows && rows * cols / 4 < (int64_t(1) << 32);
@@ -22,22 +33,7 @@ cudaError_t LaunchOwnProject(cudaStream_t stream, const float* w, const uint8_t*
   if (!OwnShapeOk(n, k) || k > kOwnMaxRows) return cudaErrorInvalidValue;
   const OwnProject::Args args{w, mask, static_cast<uint32_t*>(values), meta,
                               static_cast<uint32_t*>(values_t), meta_t, n, k};
-  if (emulate) {
-    OwnEmulate<OwnProject>(args);
-    return cudaSuccess;
-  }
-  OwnKernel<OwnProject><<<OwnProject::Grid(n, k), kOwnThreads, 0, stream>>>(args);
-  return cudaGetLastError();
-}
-
-template <typename K>
-static cudaError_t RunOwnMvue(cudaStream_t stream, const OwnMvueArgs& args, bool emulate) {
-  if (emulate) {
-    OwnEmulate<K>(args);
-    return cudaSuccess;
-  }
-  OwnKernel<K><<<K::Grid(args.m, args.k), kOwnThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return RunOwn<OwnProject>(stream, args, emulate);
 }
 
 cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* seed,
@@ -48,8 +44,8 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
     return cudaErrorInvalidValue;
   }
   const OwnMvueArgs args{static_cast<const uint32_t*>(dz), seed, static_cast<uint32_t*>(values), meta, n, m};
-  if (block_groups == 64) return RunOwnMvue<OwnMvueBlock<64>>(stream, args, emulate);
-  return RunOwnMvue<OwnMvueBlock<kOwnMvueBlockGroups>>(stream, args, emulate);
+  if (block_groups == 64) return RunOwn<OwnMvueBlock<64>>(stream, args, emulate);
+  return RunOwn<OwnMvueBlock<kOwnMvueBlockGroups>>(stream, args, emulate);
 }
 
 cudaError_t LaunchOwnSwigluGradMvue(cudaStream_t stream, const void* da, const void* h, void* dh,
@@ -61,12 +57,7 @@ cudaError_t LaunchOwnSwigluGradMvue(cudaStream_t stream, const void* da, const v
   const OwnSwigluGradArgs args{static_cast<const uint32_t*>(da), static_cast<const uint32_t*>(h),
                                static_cast<uint32_t*>(dh), seed, static_cast<uint32_t*>(values),
                                meta, 2 * f, m};
-  if (emulate) {
-    OwnEmulate<OwnSwigluGradMvue>(args);
-    return cudaSuccess;
-  }
-  OwnKernel<OwnSwigluGradMvue><<<OwnSwigluGradMvue::Grid(args.m, args.k), kOwnThreads, 0, stream>>>(args);
-  return cudaGetLastError();
+  return RunOwn<OwnSwigluGradMvue>(stream, args, emulate);
 }
 
 }  // namespace s24c

@@ -35,7 +35,7 @@ cudaError_t LaunchOwnMvue(cudaStream_t stream, const void* dz, const uint32_t* s
 // measured on an H200 (own_compress.cuh, OwnMvueBlock).
 constexpr int kOwnMvueBlockGroups = 32;
 
-// SwiGLU's backward and the MVUE of its result in one pass (own_compress.cuh,
+// SwiGLU's backward and the MVUE of its result in one pass (own_act_grad.cuh,
 // OwnSwigluGradMvue): dA (m tokens, f) and h = [x | gate] (m, 2f) bf16
 // row-major, seed uint32[2] -> dh = [dA silu(gate), dA x silu'(gate)] (m, 2f)
 // bf16 and the MVUE of dh^T (2f, m), 2:4 along m, as CUTLASS's (values (2f,
