@@ -435,7 +435,7 @@ def test_a_prebuilt_library_sizes_every_workspace_without_a_gpu():
     force the stream-K decomposition, so their partial sums need a workspace at GPT-2 774M's
     fc1 weight gradient too (200 tiles on 132 SMs, which CUTLASS's heuristic would have run
     data parallel, without one), as at 1558M's (325 tiles); the stream-K forward / input
-    gradient at 774M's fc1 forward and 1558M's fc2 forward (448 tiles)."""
+    gradient (128x256) at 774M's fc1 forward and 1558M's fc2 forward (416 tiles)."""
     import subprocess
     import sys
 
