@@ -181,6 +181,19 @@ def test_swiglu_grad_is_the_jax_vjp():
 def test_swiglu_grad_mvue_refuses_unaligned_features():
     with pytest.raises(ValueError, match="does not take"):
         _cutlass_own.swiglu_grad_mvue(np.zeros((64, 96), BF16), np.zeros((64, 192), BF16), (0, 0))
+    # the JAX op names the fix before it loads the library (so on a CPU machine too)
+    import jax.numpy as jnp
+
+    from sparse24_jax_kernels.cutlass import own_ops
+
+    seed = jnp.zeros(2, jnp.uint32)
+    bf = jnp.bfloat16
+    with pytest.raises(ValueError, match="bfloat16.*astype"):
+        own_ops.swiglu_grad_mvue_compress(seed, jnp.zeros((64, 64), jnp.float32), jnp.zeros((64, 128), bf))
+    with pytest.raises(ValueError, match=r"h must be \(M, 2F\) = \(64, 128\)"):
+        own_ops.swiglu_grad_mvue_compress(seed, jnp.zeros((64, 64), bf), jnp.zeros((64, 64), bf))
+    with pytest.raises(ValueError, match="multiples of 64: pad them"):
+        own_ops.swiglu_grad_mvue_compress(seed, jnp.zeros((64, 96), bf), jnp.zeros((64, 192), bf))
 
 
 def test_mvue_refuses_other_blocks():
