@@ -6,7 +6,8 @@ XLA FFI, or ``--backend triton``) vs XLA dense (jnp.dot) vs PyTorch dense vs PyT
     python benchmarks/sparse_gemm.py --shapes gpt2-124m llama-7b --json out.json
 
 Per FFN shape (d, 4d) both linears are timed: "up" (W: 4d x d) and "down"
-(W: d x 4d). GEMMs (X: M x K tokens, W: N x K):
+(W: d x 4d); ``--gated`` makes "up" a gated FFN's (W: 2h x d, SwiGLU's [x, gate]).
+GEMMs (X: M x K tokens, W: N x K):
 
     fwd  Z  = X  @ W_s.T      (M, N)
     dX   dX = dZ @ W_s        (M, K)   sparse W_s.T
@@ -266,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--which", choices=["up", "down", "both"], default="both",
                    help="up: W is (4d, d); down: W is (d, 4d)")
+    p.add_argument("--gated", action="store_true",
+                   help="the up linear of a gated FFN (SwiGLU): W is (2h, d), [x, gate] in one GEMM, "
+                        "as sparse24_ffn's fc with a gated activation (LLaMA-7B: 22016 x 4096)")
     p.add_argument("--m", type=int, default=16384, help="tokens")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=7)
@@ -311,7 +315,7 @@ def main(argv=None) -> int:
         d, f = SHAPES[name]
         pairs = []
         if opts.which in ("up", "both"):
-            pairs.append((f, d))
+            pairs.append((2 * f if opts.gated else f, d))
         if opts.which in ("down", "both"):
             pairs.append((d, f))
         for n, k in pairs:
