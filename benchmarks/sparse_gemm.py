@@ -262,6 +262,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out + extra)
 
 
+def layer_shapes(d: int, f: int, which: str, gated: bool = False) -> list[tuple[int, int]]:
+    """The weights' (N, K) of an FFN of width d and hidden size f that ``which`` ("up",
+    "down", "both") asks for: up (f, d), or (2f, d) when ``gated`` ([x, gate] in one GEMM);
+    down (d, f)."""
+    shapes = []
+    if which in ("up", "both"):
+        shapes.append((2 * f if gated else f, d))
+    if which in ("down", "both"):
+        shapes.append((d, f))
+    return shapes
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
@@ -291,6 +303,8 @@ def main(argv=None) -> int:
     opts = p.parse_args(argv)
     if opts.table_out and not opts.cutlass:
         p.error("--table-out writes the CUTLASS configs' table: add --cutlass")
+    if opts.gated and opts.which == "down":
+        p.error("--gated changes the up linear only: use --which up or both")
 
     import jax
 
@@ -312,13 +326,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = []
     for name in opts.shapes:
-        d, f = SHAPES[name]
-        pairs = []
-        if opts.which in ("up", "both"):
-            pairs.append((2 * f if opts.gated else f, d))
-        if opts.which in ("down", "both"):
-            pairs.append((d, f))
-        for n, k in pairs:
+        for n, k in layer_shapes(*SHAPES[name], opts.which, opts.gated):
             print(f"## {name}: N={n} K={k}", flush=True)
             try:
                 rs = bench_shape(be, n, k, opts.m, opts, torch_ok)

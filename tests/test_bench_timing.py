@@ -59,6 +59,21 @@ def test_tiled_mask_is_transposable_24():
     assert (m.reshape(8, 3, 4).sum(-1) == 2).all() and (m.T.reshape(12, 2, 4).sum(-1) == 2).all()
 
 
+def test_sparse_gemm_layer_shapes_and_gated(capsys):
+    """sparse_gemm.py's weights per FFN: up (4d, d) and down (d, 4d); --gated makes up a
+    gated FFN's (2h, d) (LLaMA-7B's SwiGLU fc1, 22016 x 4096), the shape sparse24_ffn's fc
+    has; --gated with only the down linear is refused, naming the fix."""
+    import sparse_gemm
+
+    assert sparse_gemm.layer_shapes(4096, 11008, "both") == [(11008, 4096), (4096, 11008)]
+    assert sparse_gemm.layer_shapes(4096, 11008, "both", gated=True) == [(22016, 4096), (4096, 11008)]
+    assert sparse_gemm.layer_shapes(4096, 11008, "up", gated=True) == [(22016, 4096)]
+    assert sparse_gemm.layer_shapes(1280, 5120, "down") == [(1280, 5120)]
+    with pytest.raises(SystemExit):
+        sparse_gemm.main(["--gated", "--which", "down"])
+    assert "--gated changes the up linear only: use --which up or both" in capsys.readouterr().err
+
+
 def test_ffn_block_lists_custom_calls_of_a_lowered_program():
     """ffn_block --block reports which custom calls the block's program makes; jax's
     lowered text is StableHLO (`stablehlo.custom_call @name`), not HLO (the first
