@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import ml_dtypes
@@ -23,6 +24,7 @@ CUTLASS_CSRC = REPO / "kernels" / "cutlass" / "csrc"
 CUSPARSELT_CSRC = REPO / "kernels" / "cusparselt" / "csrc"
 _CACHE = Path(os.environ.get("SPARSE24_CUTLASS_CACHE", Path(tempfile.gettempdir()) / "sparse24_cutlass_host"))
 _LIB = None
+_LOAD_LOCK = threading.Lock()
 
 
 def _nvcc() -> str | None:
@@ -39,6 +41,12 @@ def available() -> tuple[bool, str]:
 
 
 def load() -> ctypes.CDLL:
+    # host callbacks of one jitted function can run on several XLA threads at once: one builds
+    with _LOAD_LOCK:
+        return _load()
+
+
+def _load() -> ctypes.CDLL:
     global _LIB
     if _LIB is not None:
         return _LIB
