@@ -25,6 +25,10 @@ Backward, with ``g`` the pruned operands and ``w_op`` the compressed weights::
     dX      = matmul_dx(dZ1, W1)
     dW1     = matmul_dw(g1, X)
 
+A linear without MVUE (``mvue`` False for it, no key) gets ``prune_grad(None,
+dZ)``, the exact ``dZ``, and ``matmul_dw`` is then a dense GEMM; ``mvue=(False,
+True)`` does that for the first linear only, whose ``dZ1`` is the wide one.
+
 A backend with :class:`~sparse24_jax.backend.FusedLinearActivation` runs the
 forward as one GEMM whose epilogue writes ``A = act(Z1)`` and ``G1 = act'(Z1)``
 (no pass over ``Z1``; the backward needs only the derivative); one with
@@ -47,13 +51,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._vma import match_varying
 from .activations import GATED_KINDS, gated, gated_activation
 from .backend import Backend, capabilities, get_backend
 from .linear import prepare, tokens_2d, validate
 
-__all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_grad", "activation_vjp",
+__all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_grad", "activation_vjp", "mvue_pair",
            "sparse24_ffn"]
 
 #: "gelu": exact (erf) GELU, GPT-2's; the gated kinds of sparse24_jax.activations
@@ -185,6 +190,15 @@ def _ffn_bwd(kind, method, backend, fused, res, dy):
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
 
 
+def mvue_pair(mvue) -> tuple[bool, bool]:
+    """``mvue`` of :func:`sparse24_ffn` as ``(fc's, proj's)``."""
+    if isinstance(mvue, (bool, np.bool_)):
+        return bool(mvue), bool(mvue)
+    if isinstance(mvue, (tuple, list)) and len(mvue) == 2 and all(isinstance(m, (bool, np.bool_)) for m in mvue):
+        return bool(mvue[0]), bool(mvue[1])
+    raise ValueError(f"mvue={mvue!r}: use a bool (both linears) or a pair of bools (fc's, proj's)")
+
+
 def sparse24_ffn(
     x: jax.Array,
     fc: Sparse24Weight,
@@ -194,7 +208,7 @@ def sparse24_ffn(
     keys: tuple[jax.Array | None, jax.Array | None] = (None, None),
     method: str = "srste",
     backend: str | Backend = "xla",
-    mvue: bool = True,
+    mvue: bool | tuple[bool, bool] = True,
     fused: bool = True,
 ) -> jax.Array:
     """``proj(act(fc(x)))`` with both linears 2:4, as one custom_vjp (module doc).
@@ -205,10 +219,16 @@ def sparse24_ffn(
         activation: ``[x, gate]`` along its output axis).
       proj: the second linear, ``w`` of shape ``(d, h)``.
       activation: "gelu" (exact), "swiglu" or "geglu".
-      keys: the MVUE keys of ``fc`` and ``proj`` (needed if ``mvue``); the
-        same keys give the same pruning as two ``sparse24_linear`` calls.
-      method, backend, mvue: as in :func:`~sparse24_jax.sparse24_linear`
-        (a sparse method; "dense" has no block: compose plain layers).
+      keys: the MVUE keys of ``fc`` and ``proj`` (each needed if its
+        ``mvue``); the same keys give the same pruning as two
+        ``sparse24_linear`` calls.
+      method, backend: as in :func:`~sparse24_jax.sparse24_linear` (a sparse
+        method; "dense" has no block: compose plain layers).
+      mvue: as in :func:`~sparse24_jax.sparse24_linear`, for both linears, or a
+        pair ``(fc's, proj's)``. ``(False, True)`` runs the first linear's
+        weight gradient as a dense GEMM of the exact ``dZ1`` (no MVUE pass over
+        it) and keeps the second's sparse: where the pruning pass over the wide
+        ``dZ1`` costs more than the sparse GEMM saves (docs/BENCHMARKS.md).
       fused: use the backend's fused activation kernels where it has them;
         ``False`` composes the reference activation with the six products.
 
@@ -220,18 +240,20 @@ def sparse24_ffn(
     if method == "dense":
         raise ValueError("sparse24_ffn is the 2:4 block: for method='dense' compose plain dense layers")
     key1, key2 = keys
+    mvue1, mvue2 = mvue_pair(mvue)
     h_out = fc.w.shape[0] // 2 if activation in GATED_KINDS else fc.w.shape[0]
-    validate(x, fc.w, fc.mask, fc.beta, key1, method, mvue)
+    validate(x, fc.w, fc.mask, fc.beta, key1, method, mvue1)
     if activation in GATED_KINDS and fc.w.shape[0] % 2:
         raise ValueError(f"a gated activation needs fc's out_features even ([x, gate]), got {fc.w.shape[0]}")
     a_proto = jax.ShapeDtypeStruct((*x.shape[:-1], h_out), x.dtype)
-    validate(a_proto, proj.w, proj.mask, proj.beta, key2, method, mvue)
+    validate(a_proto, proj.w, proj.mask, proj.beta, key2, method, mvue2)
     be = get_backend(backend)
     be.check(*fc.w.shape, x.dtype)
     be.check(*proj.w.shape, x.dtype)
     x2, restore = tokens_2d(x, fc.w.shape[1])
-    if not mvue:
-        key1 = key2 = None
+    # no key: that linear's weight gradient is a dense GEMM of the exact output gradient
+    key1 = key1 if mvue1 else None
+    key2 = key2 if mvue2 else None
     y = _ffn(x2, fc.w, proj.w, fc.mask, proj.mask, fc.beta, proj.beta, key1, key2, fc.prepared, proj.prepared,
              activation, method, be, fused)
     return restore(y)

@@ -43,7 +43,7 @@ from flax import nnx
 
 from .activations import GATED_KINDS, fused_flag, gated
 from .backend import capabilities
-from .ffn import Sparse24Weight, sparse24_ffn
+from .ffn import Sparse24Weight, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
@@ -213,25 +213,25 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
     custom_vjp where it gains something: the backend fuses this activation's
     backward with the MVUE pruning, or fuses it into a GEMM's epilogue (forward
     or input gradient; :mod:`sparse24_jax.ffn`), and ``fused``, and the two layers allow it
-    (same sparse method, backend and dtype, precision "compute", MVUE on, no
-    per-layer shard_map). Else ``None``: the caller composes the two layers,
+    (same sparse method, backend and dtype, precision "compute", no per-layer
+    shard_map; each layer's own ``mvue``). Else ``None``: the caller composes the two layers,
     which is what the block would compute without the fusion, op for op (so a
-    backend without it, like "xla", trains exactly as before the block). The
-    MVUE keys are drawn in the order the two layer calls would draw them."""
-    same = (fc.method, fc.backend, fc.mvue, fc.dtype) == (proj.method, proj.backend, proj.mvue, proj.dtype)
+    backend without it, like "xla", trains exactly as before the block). Each
+    layer with MVUE draws its key as its own call would."""
+    same = (fc.method, fc.backend, fc.dtype) == (proj.method, proj.backend, proj.dtype)
     if not same or fc.dense_finetuning or proj.dense_finetuning:
         return None
     if fc.precision != "compute" or proj.precision != "compute":
         return None
-    if fc.shard is not None or proj.shard is not None or not fused or not fc.mvue:
+    if fc.shard is not None or proj.shard is not None or not fused:
         return None
     caps = capabilities(fc.backend)
     if activation not in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad):
         return None
     x = x.astype(fc.dtype or x.dtype)
-    keys = (fc.rngs(), proj.rngs())  # MVUE is on here (checked above)
+    keys = (fc.rngs() if fc.mvue else None, proj.rngs() if proj.mvue else None)
     return sparse24_ffn(x, fc.operands(), proj.operands(), activation=activation, keys=keys, method=fc.method,
-                        backend=fc.backend, mvue=True, fused=fused)
+                        backend=fc.backend, mvue=(fc.mvue, proj.mvue), fused=fused)
 
 
 class SparseMLP(nnx.Module):
@@ -242,7 +242,12 @@ class SparseMLP(nnx.Module):
     result, or the GELU (or its backward) into a GEMM's epilogue ("cutlass"),
     the two linears run as one FFN block
     (:func:`~sparse24_jax.ffn.sparse24_ffn`); ``fused_activation=False`` (or a
-    backend without that capability) composes the two layers."""
+    backend without that capability) composes the two layers.
+
+    ``mvue``: as :class:`SparseLinear`'s for both linears, or a pair ``(fc's,
+    proj's)``: ``(False, True)`` gives ``fc`` a dense weight-gradient GEMM of
+    the exact ``dZ1`` (no MVUE pass over the 4x-wide tensor) and keeps
+    ``proj``'s sparse. The other keyword arguments go to both linears."""
 
     def __init__(
         self,
@@ -250,19 +255,22 @@ class SparseMLP(nnx.Module):
         d_hidden: int,
         *,
         fused_activation: bool = True,
+        mvue: bool | tuple[bool, bool] = True,
         kernel_init: Any = default_kernel_init,
         out_kernel_init: Any = None,
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ):
         self.fused_activation = fused_flag(fused_activation)
+        mvue_fc, mvue_proj = mvue_pair(mvue)
         tp = linear_kwargs.get("shard") is not None and linear_kwargs["shard"].tensor_axis is not None
         self.fc = SparseLinear(
-            d_model, d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs, **linear_kwargs
+            d_model, d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, mvue=mvue_fc, rngs=rngs,
+            **linear_kwargs,
         )
         self.proj = SparseLinear(
             d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, tp_mode="row" if tp else None,
-            rngs=rngs, **linear_kwargs,
+            mvue=mvue_proj, rngs=rngs, **linear_kwargs,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -280,7 +288,8 @@ class SparseGatedMLP(nnx.Module):
     (``"triton"``; :func:`sparse24_jax.activations.gated`), and the block's
     backward fuses it with the MVUE pruning where the backend can
     (:mod:`sparse24_jax.ffn`); ``fused_activation=False`` forces the pure-JAX
-    reference."""
+    reference. ``mvue``: as :class:`SparseMLP`'s (a pair is ``(gate_up's,
+    proj's)``)."""
 
     def __init__(
         self,
@@ -289,6 +298,7 @@ class SparseGatedMLP(nnx.Module):
         *,
         activation: str = "swiglu",
         fused_activation: bool = True,
+        mvue: bool | tuple[bool, bool] = True,
         kernel_init: Any = default_kernel_init,
         out_kernel_init: Any = None,
         rngs: nnx.Rngs,
@@ -302,13 +312,14 @@ class SparseGatedMLP(nnx.Module):
         # With tensor parallelism the activation splits [x, gate] outside
         # shard_map (each device holds a slice of both halves only after XLA
         # moves data): correct on any mesh, at the cost of that exchange.
+        mvue_up, mvue_proj = mvue_pair(mvue)
         self.gate_up = SparseLinear(
-            d_model, 2 * d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, rngs=rngs,
-            **linear_kwargs,
+            d_model, 2 * d_hidden, kernel_init=kernel_init, tp_mode="column" if tp else None, mvue=mvue_up,
+            rngs=rngs, **linear_kwargs,
         )
         self.proj = SparseLinear(
             d_hidden, d_model, kernel_init=out_kernel_init or kernel_init, tp_mode="row" if tp else None,
-            rngs=rngs, **linear_kwargs,
+            mvue=mvue_proj, rngs=rngs, **linear_kwargs,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

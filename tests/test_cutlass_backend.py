@@ -64,6 +64,7 @@ def be(request, monkeypatch):
         return tuple(cb(lambda w, m: _cutlass_own.project(np.asarray(w), np.asarray(m)), out, w, mask))
 
     def mvue_compress(seed, dz):
+        calls.append(("mvue", None))
         m, n = dz.shape
         out = (jax.ShapeDtypeStruct((n, m // 2), jnp.bfloat16),
                jax.ShapeDtypeStruct((ops.meta_nbytes(n, m),), jnp.uint8))
@@ -264,6 +265,68 @@ def test_ffn_block_fused_with_mvue(be):
     for i in (1, 2):
         e_c, e_x = rel(got[1][i], exact[1][i]), rel(ref[1][i], exact[1][i])
         assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (i, e_c, e_x)
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_ffn_block_mvue_on_proj_only(be):
+    """mvue=(False, True): the fused GELU epilogues still run, fc's weight gradient is the
+    dense GEMM of the exact dZ1 (no MVUE pass, no sparse dW GEMM for it) and proj's stays an
+    MVUE estimate; with MVUE off for both the block is fused too."""
+    from sparse24_jax.ffn import sparse24_ffn
+
+    d, h, m = 128, 256, 128
+    fc, proj = ffn_weights(d, h, "srste", seed=1)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((m, d)).astype(np.float32)).astype(jnp.bfloat16)
+
+    def run(backend, keys, mvue):
+        def loss(x, w1, w2):
+            y = sparse24_ffn(x, fc._replace(w=w1), proj._replace(w=w2), keys=keys, method="srste",
+                             backend=backend, mvue=mvue).astype(jnp.float32)
+            return jnp.mean(y * y + y)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, fc.w, proj.w)
+
+    exact = ffn_grad_fn("xla", fc, proj, "srste")(x, fc.w, proj.w)
+    keys = (None, jax.random.PRNGKey(4))
+    be.calls.clear()
+    got = run(be, keys, (False, True))
+    kinds = [c[0] for c in be.calls]
+    assert kinds.count("fwd_gelu") == 1 and kinds.count("dx_dgelu") == 1
+    assert kinds.count("mvue") == 1 and kinds.count("dw") == 1  # proj's only
+    ref = run("xla", keys, (False, True))
+    assert rel(got[0], exact[0]) < 1e-2
+    assert rel(got[1][0], exact[1][0]) < 2e-2
+    assert rel(got[1][1], exact[1][1]) < 2e-2  # fc: exact dZ1, dense dW
+    e_c, e_x = rel(got[1][2], exact[1][2]), rel(ref[1][2], exact[1][2])
+    assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (e_c, e_x)  # proj: MVUE estimate
+    be.calls.clear()
+    both_off = run(be, (None, None), False)
+    kinds = [c[0] for c in be.calls]
+    assert kinds.count("dx_dgelu") == 1 and "mvue" not in kinds and "dw" not in kinds
+    for g, e in zip(jax.tree.leaves(both_off), jax.tree.leaves(exact)):
+        assert rel(g, e) < 2e-2
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
+def test_sparse_mlp_mvue_pair_takes_the_fused_block(be):
+    """SparseMLP(mvue=(False, True)) (train's mvue_fc = false) runs the fused block: each
+    linear keeps its own MVUE setting, and only proj draws from its key stream."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    d, h = 128, 256
+    mod = s24nnx.SparseMLP(d, h, backend=be, mvue=(False, True), rngs=nnx.Rngs(0, sparse24=5))
+    assert (mod.fc.mvue, mod.proj.mvue) == (False, True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+    fc_count, proj_count = int(mod.fc.rngs.count[...]), int(mod.proj.rngs.count[...])
+    be.calls.clear()
+    g = nnx.grad(lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2))(mod)
+    kinds = [c[0] for c in be.calls]
+    assert kinds.count("fwd_gelu") == 1 and kinds.count("dx_dgelu") == 1 and kinds.count("mvue") == 1
+    assert int(mod.fc.rngs.count[...]) == fc_count and int(mod.proj.rngs.count[...]) == proj_count + 1
+    assert g.fc.weight[...].shape == (h, d) and g.proj.weight[...].shape == (d, h)
 
 
 @pytest.mark.parametrize("m", [128, 100])

@@ -27,11 +27,12 @@ def weights(kind, method, seed=0):
 
 
 def composed(x, fc, proj, kind, keys, method, backend="xla"):
-    """The two-linear path the modules used before the block."""
-    mvue = keys[0] is not None
-    z = s24.sparse24_linear(x, fc.w, fc.mask, fc.beta, keys[0], method=method, backend=backend, mvue=mvue)
+    """The two-linear path the modules used before the block (no key: that linear's MVUE off)."""
+    z = s24.sparse24_linear(x, fc.w, fc.mask, fc.beta, keys[0], method=method, backend=backend,
+                            mvue=keys[0] is not None)
     a = activation(kind, z)
-    return s24.sparse24_linear(a, proj.w, proj.mask, proj.beta, keys[1], method=method, backend=backend, mvue=mvue)
+    return s24.sparse24_linear(a, proj.w, proj.mask, proj.beta, keys[1], method=method, backend=backend,
+                               mvue=keys[1] is not None)
 
 
 def loss_and_grads(f, x, fc, proj):
@@ -61,6 +62,39 @@ def test_block_matches_two_linears(kind, method, dtype):
         scale = float(jnp.max(jnp.abs(r.astype(jnp.float32)))) + 1e-6
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), atol=tol * scale, rtol=tol)
     assert got[1][0].dtype == dtype and got[1][1].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kind", ["gelu", "swiglu"])
+@pytest.mark.parametrize("mvue", [(False, True), (True, False)])
+def test_block_mvue_per_linear_matches_two_linears(kind, mvue):
+    """mvue=(fc's, proj's): the linear without MVUE gets the exact (dense) weight gradient,
+    the other the same MVUE draws as its own sparse24_linear call with the same key."""
+    fc, proj = weights(kind, "srste")
+    x = jax.random.normal(jax.random.key(5), (2, 6, D))
+    keys = tuple(jax.random.key(7 + i) if on else None for i, on in enumerate(mvue))
+    got = loss_and_grads(lambda x, a, b: sparse24_ffn(x, a, b, activation=kind, keys=keys, mvue=mvue), x, fc, proj)
+    ref = loss_and_grads(lambda x, a, b: composed(x, a, b, kind, keys, "srste"), x, fc, proj)
+    exact = loss_and_grads(lambda x, a, b: composed(x, a, b, kind, (None, None), "srste"), x, fc, proj)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        scale = float(jnp.max(jnp.abs(r))) + 1e-6
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5 * scale, rtol=1e-5)
+    dense_w, pruned_w = (1, 2) if not mvue[0] else (2, 1)
+    np.testing.assert_allclose(got[1][dense_w], exact[1][dense_w], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got[1][pruned_w], exact[1][pruned_w], rtol=1e-3, atol=1e-5)  # an MVUE sample
+
+
+def test_block_mvue_argument_errors():
+    fc, proj = weights("gelu", "srste")
+    x = jnp.ones((4, D))
+    k = jax.random.key(0)
+    for bad in ((True,), (True, False, True), "fc", (1, 0)):
+        with pytest.raises(ValueError, match="a pair of bools"):
+            sparse24_ffn(x, fc, proj, keys=(k, k), mvue=bad)
+    with pytest.raises(ValueError, match="mvue=True needs key="):
+        sparse24_ffn(x, fc, proj, keys=(None, None), mvue=(False, True))
+    # the key of a linear without MVUE is not used (nor needed)
+    y = sparse24_ffn(x, fc, proj, keys=(k, None), mvue=(True, False))
+    assert y.shape == x.shape
 
 
 def test_block_without_mvue_is_the_dense_formula():

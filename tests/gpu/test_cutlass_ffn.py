@@ -155,3 +155,40 @@ def test_sparse_mlp_takes_the_fused_block(be):
 
     hlo = jax.jit(grad).lower(params, rest).compile().as_text()
     assert hlo.count(f'custom_call_target="{EPI}"') == 2
+
+
+@pytest.mark.parametrize("mvue", [(False, True), False])
+def test_sparse_mlp_mvue_per_linear_takes_the_fused_block(be, mvue):
+    """SparseMLP with MVUE off for fc (train's mvue_fc = false) or for both: still the fused
+    block (two fused GEMMs), one MVUE kernel for proj's dY or none; fc's weight gradient the
+    exact one (a dense GEMM), proj's an MVUE estimate in XLA's error distribution."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    d, h = 256, 1024
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+
+    def run(backend, mv):
+        mod = s24nnx.SparseMLP(d, h, backend=backend, mvue=mv, rngs=nnx.Rngs(0, sparse24=5))
+        graphdef, params, rest = nnx.split(mod, nnx.Param, ...)
+
+        def grad(params, rest):
+            mm = nnx.merge(graphdef, params, rest)
+            return nnx.grad(lambda mm: jnp.mean(mm(x).astype(jnp.float32) ** 2))(mm)
+
+        f = jax.jit(grad)
+        return f(params, rest), f.lower(params, rest).compile().as_text()
+
+    g, hlo = run("cutlass", mvue)
+    assert hlo.count(f'custom_call_target="{EPI}"') == 2
+    assert hlo.count('custom_call_target="sparse24_cutlass_own_mvue"') == (1 if mvue else 0)
+    g_x, _ = run("xla", mvue)
+    g_exact, _ = run("xla", False)
+    assert rel(g.fc.weight[...], g_exact.fc.weight[...]) < 2e-2
+    if mvue:
+        exact = g_exact.proj.weight[...]
+        e_c, e_x = rel(g.proj.weight[...], exact), rel(g_x.proj.weight[...], exact)
+        assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (e_c, e_x)
+    else:
+        assert rel(g.proj.weight[...], g_exact.proj.weight[...]) < 2e-2
