@@ -47,6 +47,18 @@ def test_swiglu_option_builds():
     assert model.h[0].mlp.gate_up.weight.shape == (2 * 384, 128)
 
 
+@pytest.mark.parametrize("ffn, first", [("gelu", "fc"), ("swiglu", "gate_up")])
+@pytest.mark.parametrize("overrides, want", [([], (True, True)), (["mvue_fc=false"], (False, True)),
+                                             (["mvue=false"], (False, False)),
+                                             (["mvue=false", "mvue_fc=true"], (False, False))])
+def test_mvue_per_ffn_linear(ffn, first, overrides, want):
+    """mvue_fc=false takes the MVUE off the FFN's first linear only (its weight gradient a
+    dense GEMM of the exact dZ1); mvue=false takes it off both."""
+    cfg = load_config("tiny", [f"ffn={ffn}", "n_layer=1", *overrides])
+    mlp = nnx.eval_shape(lambda: GPT(cfg, 256, rngs=nnx.Rngs(0, sparse24=1))).h[0].mlp
+    assert (getattr(mlp, first).mvue, mlp.proj.mvue) == want
+
+
 def test_overrides_and_bad_field():
     cfg = load_config("tiny", ["n_layer=3", "learning_rate=3e-4", "mvue=false", "method=dense"])
     assert (cfg.n_layer, cfg.learning_rate, cfg.mvue, cfg.method) == (3, 3e-4, False, "dense")

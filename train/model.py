@@ -84,6 +84,7 @@ class Block(nnx.Module):
                       kernel_init=init, out_kernel_init=proj_init, search_mask=search_masks, rngs=rngs)
         if shard is not None:  # several devices: the 2:4 linears run per shard (train/sharding.py)
             common["shard"] = shard
+        common["mvue"] = (cfg.mvue and cfg.mvue_fc, cfg.mvue)  # (fc's, proj's)
         if cfg.ffn == "swiglu":
             self.mlp = s24nnx.SparseGatedMLP(cfg.n_embd, ffn_hidden(cfg), activation="swiglu", **common)
         else:
