@@ -174,7 +174,7 @@ def test_products_use_the_config_table(be):
     be.matmul_fwd(x, op)
     g = be.prune_grad(jax.random.PRNGKey(0), jnp.ones((64, 1600), jnp.bfloat16))
     be.matmul_dw(g, x)
-    assert be.calls == [("fwd", backend.config_for("fwd", 1600, 6400)),
+    assert be.calls == [("fwd", backend.config_for("fwd", 1600, 6400)), ("mvue", None),
                         ("dw", backend.gemm_table()[(1600, 6400)]["dw"])]
 
 
