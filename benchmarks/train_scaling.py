@@ -2,6 +2,9 @@
 
     python benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt
     python benchmarks/train_scaling.py --config gpt2-774m --batch-per-device 4 --json scaling.json
+    # an A/B of a config field in one process, alternating: dense, srste, srste (mvue_fc=false), twice
+    python benchmarks/train_scaling.py --config gpt2-1558m --methods dense,srste --variant srste:mvue_fc=false \
+        --rounds 2 --backend cutlass --layouts one --batch-per-device 8 --grad-accum 2
     # smoke test on CPU:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
       python benchmarks/train_scaling.py --config tiny --steps 2 --warmup 1
@@ -66,13 +69,33 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dic
                 loss=loss), state
 
 
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``METHOD:FIELD=VALUE[:FIELD=VALUE...]`` -> (method, overrides); ValueError naming the form."""
+    method, *overrides = [x.strip() for x in spec.split(":")]
+    if not method or not overrides or any("=" not in o or o.startswith("=") for o in overrides):
+        raise ValueError(f"--variant {spec!r}: use METHOD:FIELD=VALUE[:FIELD=VALUE...], e.g. srste:mvue_fc=false")
+    return method, overrides
+
+
+def row_specs(methods: list[str], variants: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(label, method, overrides) of every row: the --methods as they are, then each --variant
+    (labelled ``method (field=value, ...)``)."""
+    specs = [(m, m, []) for m in methods]
+    for v in variants:
+        method, overrides = parse_variant(v)
+        specs.append((f"{method} ({', '.join(overrides)})", method, overrides))
+    return specs
+
+
 def table(rows) -> str:
     lines = ["| method | backend | layout | devices (data x fsdp x tensor) | global batch | tok/s | "
              "tok/s per device | step (ms) | scaling efficiency |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    rounds = max((r.get("round", 1) for r in rows), default=1)
     for r in rows:
         eff = "" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
-        lines.append(f"| {r['method']} | {r['backend']} | {r['layout']} | {r['devices']} ({r['mesh']}) | "
+        name = r["method"] + (f", round {r['round']}" if rounds > 1 else "")
+        lines.append(f"| {name} | {r['backend']} | {r['layout']} | {r['devices']} ({r['mesh']}) | "
                      f"{r['global_batch']} | {r['tok_per_s']:,.0f} | {r['tok_per_s'] / r['devices']:,.0f} | "
                      f"{r['step_ms']:.1f} | {eff} |")
     return "\n".join(lines) + "\n"
@@ -84,6 +107,11 @@ def main(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field (repeatable)")
     p.add_argument("--methods", default="dense,srste", help="comma-separated: dense, srste, sste, ste")
+    p.add_argument("--variant", action="append", default=[], metavar="METHOD:FIELD=VALUE[:FIELD=VALUE]",
+                   help="one more row after --methods: METHOD with these config overrides on top of --set "
+                        "(repeatable; e.g. srste:mvue_fc=false), timed in the same process")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run all rows this many times in turn (A, B, A, B: an A/B on one machine state)")
     p.add_argument("--backend", default=None, help="2:4 backend (xla, triton, cusparselt); default: the config's")
     p.add_argument("--batch-per-device", type=int, default=8, help="sequences per device per step")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
@@ -100,13 +128,23 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.warmup < 1:
         p.error("--warmup must be >= 1 (the first step compiles)")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    try:
+        specs = row_specs([m.strip() for m in args.methods.split(",") if m.strip()], args.variant)
+    except ValueError as e:
+        p.error(str(e))
     logging.getLogger("sparse24_train").setLevel(logging.ERROR)  # "mesh uses 1 of N devices" is intended
     if args.stack_dump:  # where a slow row spends its time (tracing, compiling, running)
         faulthandler.dump_traceback_later(args.stack_dump, repeat=True)
 
     n = args.devices or jax.device_count()
-    base = load_config(args.config, list(args.overrides))
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:  # every override checked before anything is built
+        base = load_config(args.config, list(args.overrides))
+        bases = {label: load_config(args.config, [*args.overrides, *extra]) if extra else base
+                 for label, _, extra in specs}
+    except ValueError as e:  # ConfigError: the message names the fix
+        p.error(str(e))
     layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
     for x in layouts:
         if x not in LAYOUTS:
@@ -118,28 +156,30 @@ def main(argv=None):
           flush=True)
     rows = []
     meta = dict(config=args.config, overrides=args.overrides, devices=n, device_kind=jax.devices()[0].device_kind,
-                batch_per_device=args.batch_per_device, block_size=base.block_size, steps=args.steps)
-    for method in methods:
-        single, state = None, None
-        for layout in layouts:
-            d, f, t = LAYOUTS[layout](n)
-            size = d * f * t
-            cfg = dataclasses.replace(
-                base, method=method, backend=args.backend or base.backend, grad_accum=args.grad_accum,
-                batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
-                max_steps=max(base.max_steps, args.steps + args.warmup + 1)).validate()
-            # one init per method (it compiles slowly for big models); later layouts reshard it
-            r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None)
-            if layout == "one":
-                single = r["tok_per_s"]
-            r.update(method=method, backend=cfg.backend if method != "dense" else "-",
-                     layout=layout_name(layout, size),
-                     efficiency=None if single is None else r["tok_per_s"] / (r["devices"] * single))
-            rows.append(r)
-            print(f"{method} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
-                  file=sys.stderr, flush=True)
-            if args.json:  # after every row: a run cut short keeps what it measured
-                Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                batch_per_device=args.batch_per_device, block_size=base.block_size, steps=args.steps,
+                rounds=args.rounds)
+    for rnd in range(args.rounds):
+        for label, method, extra in specs:
+            single, state = None, None
+            for layout in layouts:
+                d, f, t = LAYOUTS[layout](n)
+                size = d * f * t
+                cfg = dataclasses.replace(
+                    bases[label], method=method, backend=args.backend or base.backend, grad_accum=args.grad_accum,
+                    batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
+                    max_steps=max(base.max_steps, args.steps + args.warmup + 1)).validate()
+                # one init per row (it compiles slowly for big models); later layouts reshard it
+                r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None)
+                if layout == "one":
+                    single = r["tok_per_s"]
+                r.update(method=label, overrides=extra, round=rnd + 1,
+                         backend=cfg.backend if method != "dense" else "-", layout=layout_name(layout, size),
+                         efficiency=None if single is None else r["tok_per_s"] / (r["devices"] * single))
+                rows.append(r)
+                print(f"{label} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
+                      file=sys.stderr, flush=True)
+                if args.json:  # after every row: a run cut short keeps what it measured
+                    Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(table(rows))
     return rows
 

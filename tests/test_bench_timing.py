@@ -88,3 +88,17 @@ def test_ffn_block_lists_custom_calls_of_a_lowered_program():
     text = jax.jit(f).lower(jnp.zeros((4,), jnp.float32)).as_text()
     assert ffn_block.custom_call_targets(text) == ["some_target"]
     assert ffn_block.custom_call_targets('custom_call_target="a.b"') == ["a.b"]
+
+
+def test_train_scaling_variant_rows():
+    """train_scaling.py --variant METHOD:FIELD=VALUE[:...]: one more row after --methods, with
+    those overrides (an A/B timed in one process); a spec without an override is refused."""
+    import train_scaling
+
+    specs = train_scaling.row_specs(["dense", "srste"], ["srste:mvue_fc=false", "sste:mvue=false:mvue_fc=true"])
+    assert specs == [("dense", "dense", []), ("srste", "srste", []),
+                     ("srste (mvue_fc=false)", "srste", ["mvue_fc=false"]),
+                     ("sste (mvue=false, mvue_fc=true)", "sste", ["mvue=false", "mvue_fc=true"])]
+    for bad in ("srste", "srste:", ":mvue=false", "srste:mvue", "srste:=1"):
+        with pytest.raises(ValueError, match="METHOD:FIELD=VALUE"):
+            train_scaling.parse_variant(bad)

@@ -160,6 +160,9 @@ def test_scaling_benchmark_smoke(tmp_path):
 
 @pytest.mark.parametrize("script,args,message", [
     ("train_scaling.py", ["--warmup", "0"], "--warmup must be >= 1"),
+    ("train_scaling.py", ["--rounds", "0"], "--rounds must be >= 1"),
+    ("train_scaling.py", ["--variant", "srste"], "use METHOD:FIELD=VALUE"),
+    ("train_scaling.py", ["--variant", "srste:mvue_fcc=false"], "Did you mean mvue_fc"),
     ("resume_across_devices.py", ["--platform", "cpu", "--steps", "10", "--split", "10"], "--split must be between"),
 ])
 def test_benchmark_scripts_refuse_bad_arguments(script, args, message):
