@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, fused_flag, gated
+from .ffn import mvue_pair
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
@@ -83,17 +84,29 @@ class SparseLinear(nn.Module):
         )
 
 
+def _per_linear(linear_kwargs, mvue):
+    """The two linears' keyword arguments: ``linear_kwargs`` for both, ``mvue`` (a bool or a
+    pair, first linear's then proj's; ``None``: as ``linear_kwargs`` says) set per linear."""
+    kw = dict(linear_kwargs or {})
+    if mvue is None:
+        return kw, kw
+    first, second = mvue_pair(mvue)
+    return {**kw, "mvue": first}, {**kw, "mvue": second}
+
+
 class SparseMLP(nn.Module):
-    """GPT-2's FFN, ``proj(gelu(fc(x)))``, both linears 2:4."""
+    """GPT-2's FFN, ``proj(gelu(fc(x)))``, both linears 2:4. ``mvue``: as
+    :class:`sparse24_jax.nnx.SparseMLP`'s (a pair ``(fc's, proj's)``), over ``linear_kwargs``."""
 
     d_hidden: int
     linear_kwargs: dict = None  # forwarded to both SparseLinear layers
+    mvue: Any = None
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(self.linear_kwargs or {})
-        h = SparseLinear(self.d_hidden, name="fc", **kw)(x)
-        return SparseLinear(x.shape[-1], name="proj", **kw)(jax.nn.gelu(h, approximate=False))
+        kw_fc, kw_proj = _per_linear(self.linear_kwargs, self.mvue)
+        h = SparseLinear(self.d_hidden, name="fc", **kw_fc)(x)
+        return SparseLinear(x.shape[-1], name="proj", **kw_proj)(jax.nn.gelu(h, approximate=False))
 
 
 class SparseGatedMLP(nn.Module):
@@ -105,15 +118,16 @@ class SparseGatedMLP(nn.Module):
     activation: str = "swiglu"
     linear_kwargs: dict = None
     fused_activation: bool = True
+    mvue: Any = None  # as SparseMLP's: a pair is (gate_up's, proj's)
 
     @nn.compact
     def __call__(self, x):
         if self.activation not in GATED_KINDS:
             raise ValueError(f"unknown activation {self.activation!r}: use one of {GATED_KINDS}")
-        kw = dict(self.linear_kwargs or {})
-        h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw)(x)
-        a = gated(h, self.activation, backend=kw.get("backend", "xla"), fused=fused_flag(self.fused_activation))
-        return SparseLinear(x.shape[-1], name="proj", **kw)(a)
+        kw_up, kw_proj = _per_linear(self.linear_kwargs, self.mvue)
+        h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw_up)(x)
+        a = gated(h, self.activation, backend=kw_up.get("backend", "xla"), fused=fused_flag(self.fused_activation))
+        return SparseLinear(x.shape[-1], name="proj", **kw_proj)(a)
 
 
 def _layers(params, sparse_state):

@@ -98,3 +98,28 @@ def test_linen_dense_finetuning_uses_the_master_weight_and_no_decay():
     w = params["SparseMLP_0"]["fc"]["weight"]
     y = layer.apply({"params": {"weight": w}, "sparse24": sparse["SparseMLP_0"]["fc"]}, x)  # no rng: no MVUE
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_linen_mlp_mvue_per_linear():
+    """mvue=(fc's, proj's) over linear_kwargs: (False, True) gives fc the exact weight gradient
+    and proj an MVUE estimate; None leaves linear_kwargs' setting."""
+    x = jax.random.normal(jax.random.key(0), (8, 16))
+
+    def grads(mvue, kw=None):
+        mod = s24linen.SparseMLP(32, linear_kwargs=kw, mvue=mvue)
+        v = mod.init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
+
+        def loss(p):
+            y = mod.apply({"params": p, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(3)})
+            return jnp.sum(y ** 2)
+
+        return jax.grad(loss)(v["params"])
+
+    exact = grads(False)
+    g = grads((False, True))
+    np.testing.assert_allclose(g["fc"]["weight"], exact["fc"]["weight"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(g["proj"]["weight"], exact["proj"]["weight"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grads(None, {"mvue": False})["proj"]["weight"], exact["proj"]["weight"],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="a pair of bools"):
+        s24linen.SparseMLP(32, mvue=(True,)).init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
