@@ -3,7 +3,7 @@
     python benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt
     python benchmarks/train_scaling.py --config gpt2-774m --batch-per-device 4 --json scaling.json
     # an A/B of a config field in one process, alternating: dense, srste, srste (mvue_fc=false), twice
-    python benchmarks/train_scaling.py --config gpt2-1558m --methods dense,srste --variant srste:mvue_fc=false \
+    python benchmarks/train_scaling.py --config gpt2-1558m --methods dense,srste --variant srste:mvue_fc=false \\
         --rounds 2 --backend cutlass --layouts one --batch-per-device 8 --grad-accum 2
     # smoke test on CPU:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
@@ -160,14 +160,14 @@ def main(argv=None):
                 rounds=args.rounds)
     for rnd in range(args.rounds):
         for label, method, extra in specs:
-            single, state = None, None
+            single, state, row_base = None, None, bases[label]
             for layout in layouts:
                 d, f, t = LAYOUTS[layout](n)
                 size = d * f * t
                 cfg = dataclasses.replace(
-                    bases[label], method=method, backend=args.backend or base.backend, grad_accum=args.grad_accum,
+                    row_base, method=method, backend=args.backend or row_base.backend, grad_accum=args.grad_accum,
                     batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
-                    max_steps=max(base.max_steps, args.steps + args.warmup + 1)).validate()
+                    max_steps=max(row_base.max_steps, args.steps + args.warmup + 1)).validate()
                 # one init per row (it compiles slowly for big models); later layouts reshard it
                 r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None)
                 if layout == "one":
