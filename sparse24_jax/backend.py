@@ -37,6 +37,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 __all__ = [
+    "AccumulatingWeightGrad",
     "Backend",
     "BackendUnavailableError",
     "Capabilities",
@@ -215,6 +216,19 @@ class FusedLinearActivationGrad(Protocol):
         ``g``'s dtype."""
 
 
+@runtime_checkable
+class AccumulatingWeightGrad(Protocol):
+    """The weight-gradient GEMM adding its product to a running float32 sum
+    (gradient accumulation): the sum is read in the GEMM's epilogue instead
+    of by a separate add, which reads two float32 (N, K) arrays and writes one
+    per layer and micro-batch (:func:`sparse24_jax.nnx.value_and_grad`'s
+    ``grad_acc``)."""
+
+    def matmul_dw_acc(self, g: Any, x: Array, acc: Array) -> Array:
+        """``acc + matmul_dw(g, x)``: ``acc`` float32 (N, K), which the
+        backend may update in place (the caller does not read it again)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a backend offers beyond the :class:`Backend` protocol.
@@ -230,6 +244,7 @@ class Capabilities:
       activation_grad_prune: the kinds of :class:`FusedActivationGradPrune`.
       linear_activation: the kinds of :class:`FusedLinearActivation`.
       linear_activation_grad: the kinds of :class:`FusedLinearActivationGrad`.
+      weight_grad_accumulate: :class:`AccumulatingWeightGrad`.
     """
 
     compute_dtypes: tuple[Any, ...]
@@ -241,6 +256,7 @@ class Capabilities:
     activation_grad_prune: tuple[str, ...] = ()
     linear_activation: tuple[str, ...] = ()
     linear_activation_grad: tuple[str, ...] = ()
+    weight_grad_accumulate: bool = False
 
     @property
     def float32_operands(self) -> bool:
@@ -275,6 +291,7 @@ def capabilities(backend: str | Backend) -> Capabilities:
         activation_grad_prune=fused_kinds,
         linear_activation=lin_kinds,
         linear_activation_grad=lin_grad_kinds,
+        weight_grad_accumulate=isinstance(be, AccumulatingWeightGrad),
     )
 
 

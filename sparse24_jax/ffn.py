@@ -25,6 +25,11 @@ Backward, with ``g`` the pruned operands and ``w_op`` the compressed weights::
     dX      = matmul_dx(dZ1, W1)
     dW1     = matmul_dw(g1, X)
 
+With a running sum of a weight's gradient (``Sparse24Weight.grad_acc``,
+gradient accumulation), that ``dW`` is ``weight_grad``'s ``grad_acc + dW``: the
+add in the weight-gradient GEMM's epilogue where the backend can
+(:mod:`sparse24_jax.linear`).
+
 A linear without MVUE (``mvue`` False for it, no key) gets ``prune_grad(None,
 dZ)``, the exact ``dZ``, and ``matmul_dw`` is then a dense GEMM; ``mvue=(False,
 True)`` does that for the first linear only, whose ``dZ1`` is the wide one.
@@ -53,10 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._grad_acc import receipt_for
 from ._vma import match_varying
 from .activations import GATED_KINDS, gated, gated_activation
 from .backend import Backend, capabilities, get_backend
-from .linear import prepare, tokens_2d, validate
+from .linear import check_grad_acc, prepare, tokens_2d, validate, weight_grad
 
 __all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_grad", "activation_vjp", "mvue_pair",
            "sparse24_ffn"]
@@ -67,13 +73,17 @@ ACTIVATIONS = ("gelu", *GATED_KINDS)
 
 class Sparse24Weight(NamedTuple):
     """One linear of the block: the master weight ``w`` (N, K), its mask
-    (SR-STE/STE) or beta (S-STE), and optionally its operands prepared once
-    per optimizer step (:func:`~sparse24_jax.prepare_sparse24_weight`)."""
+    (SR-STE/STE) or beta (S-STE), optionally its operands prepared once per
+    optimizer step (:func:`~sparse24_jax.prepare_sparse24_weight`), and
+    optionally the running sum of its gradient (``grad_acc``, as
+    :func:`~sparse24_jax.sparse24_linear`'s: ``w``'s cotangent is then
+    ``grad_acc + dW``)."""
 
     w: jax.Array
     mask: jax.Array | None = None
     beta: jax.Array | None = None
     prepared: Any = None
+    grad_acc: jax.Array | None = None
 
 
 def activation(kind: str, z: jax.Array, backend: Backend | None = None, fused: bool = True) -> jax.Array:
@@ -129,10 +139,11 @@ def _act_grad_and_prune(kind, backend, fused, z, da, key):
     return dz, backend.prune_grad(key, dz)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))
-def _ffn(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend, fused):
-    return _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend,
-                    fused)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(13, 14, 15, 16, 17))
+def _ffn(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, acc1, acc2, kind, method, backend, fused,
+         receipts):
+    return _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, acc1, acc2, kind, method,
+                    backend, fused, receipts)[0]
 
 
 def _epilogues(kind, backend, fused):
@@ -142,7 +153,8 @@ def _epilogues(kind, backend, fused):
     return fused and kind in caps.linear_activation, fused and kind in caps.linear_activation_grad
 
 
-def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, kind, method, backend, fused):
+def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, acc1, acc2, kind, method, backend,
+             fused, receipts):
     w1_op = prepare(w1, mask1, beta1, method, backend, x.dtype) if prep1 is None else prep1
     w2_op = prepare(w2, mask2, beta2, method, backend, x.dtype) if prep2 is None else prep2
     fused_fwd, fused_grad = _epilogues(kind, backend, fused)
@@ -158,13 +170,13 @@ def _ffn_fwd(x, w1, w2, mask1, mask2, beta1, beta2, key1, key2, prep1, prep2, ki
         r1 = activation_grad(kind, z1) if fused_grad else z1
     y = match_varying(backend.matmul_fwd(a, w2_op), a, w2)
     protos = (match_varying(jnp.zeros((), w1.dtype), w1), match_varying(jnp.zeros((), w2.dtype), w2))
-    return y, (x, r1, a, w1_op, w2_op, key1, key2, protos)
+    return y, (x, r1, a, w1_op, w2_op, key1, key2, protos, acc1, acc2)
 
 
-def _ffn_bwd(kind, method, backend, fused, res, dy):
-    x, r1, a, w1_op, w2_op, key1, key2, (p1, p2) = res
+def _ffn_bwd(kind, method, backend, fused, receipts, res, dy):
+    x, r1, a, w1_op, w2_op, key1, key2, (p1, p2), acc1, acc2 = res
     fused_fwd, fused_grad = _epilogues(kind, backend, fused)
-    dw2 = backend.matmul_dw(backend.prune_grad(key2, dy), a)
+    dw2 = weight_grad(backend, backend.prune_grad(key2, dy), a, acc2, receipts[1])
     if fused_grad:
         # dZ1 = (dY @ W2_s) * G1 in one GEMM's epilogue (no dA pass), then the MVUE
         dz1 = match_varying(backend.matmul_dx_activation_grad(kind, dy, w2_op, r1), dy, r1)
@@ -178,13 +190,13 @@ def _ffn_bwd(kind, method, backend, fused, res, dy):
         da = match_varying(backend.matmul_dx(dy, w2_op), dy)
         dz1, g1 = _act_grad_and_prune(kind, backend, fused, r1, da, key1)
     dx = backend.matmul_dx(dz1, w1_op)
-    dw1 = backend.matmul_dw(g1, x)
+    dw1 = weight_grad(backend, g1, x, acc1, receipts[0])
     # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
     dx = match_varying(dx, x)
     dw1 = match_varying(dw1.astype(p1.dtype), p1)
     dw2 = match_varying(dw2.astype(p2.dtype), p2)
-    # no cotangents for masks, betas (frozen), keys and prepared operands
-    return (dx, dw1, dw2) + (None,) * 8
+    # no cotangents for masks, betas (frozen), keys, prepared operands and running sums
+    return (dx, dw1, dw2) + (None,) * 10
 
 
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
@@ -216,7 +228,8 @@ def sparse24_ffn(
     Args:
       x: ``(..., d)``; its dtype is the compute dtype.
       fc: the first linear, ``w`` of shape ``(h, d)`` (``(2h, d)`` for a gated
-        activation: ``[x, gate]`` along its output axis).
+        activation: ``[x, gate]`` along its output axis). A ``grad_acc`` in
+        ``fc`` or ``proj`` makes that weight's cotangent ``grad_acc + dW``.
       proj: the second linear, ``w`` of shape ``(d, h)``.
       activation: "gelu" (exact), "swiglu" or "geglu".
       keys: the MVUE keys of ``fc`` and ``proj`` (each needed if its
@@ -247,6 +260,8 @@ def sparse24_ffn(
         raise ValueError(f"a gated activation needs fc's out_features even ([x, gate]), got {fc.w.shape[0]}")
     a_proto = jax.ShapeDtypeStruct((*x.shape[:-1], h_out), x.dtype)
     validate(a_proto, proj.w, proj.mask, proj.beta, key2, method, mvue2)
+    check_grad_acc(fc.grad_acc, fc.w, "fc.grad_acc")
+    check_grad_acc(proj.grad_acc, proj.w, "proj.grad_acc")
     be = get_backend(backend)
     be.check(*fc.w.shape, x.dtype)
     be.check(*proj.w.shape, x.dtype)
@@ -255,5 +270,6 @@ def sparse24_ffn(
     key1 = key1 if mvue1 else None
     key2 = key2 if mvue2 else None
     y = _ffn(x2, fc.w, proj.w, fc.mask, proj.mask, fc.beta, proj.beta, key1, key2, fc.prepared, proj.prepared,
-             activation, method, be, fused)
+             fc.grad_acc, proj.grad_acc, activation, method, be, fused,
+             (receipt_for(fc.grad_acc), receipt_for(proj.grad_acc)))
     return restore(y)

@@ -8,6 +8,12 @@ S-STE: ``beta * soft_threshold_24(W)``)::
     weight grad   dW = S_z(dZ.T) @ X              dZ.T  MVUE 2:4 along M
     master        dL/dW := dW                     straight-through (STE)
 
+With ``grad_acc`` (a running sum of earlier micro-batches' weight gradients,
+gradient accumulation), ``w``'s cotangent is ``grad_acc + dW``, added in the
+weight-gradient GEMM's epilogue where the backend can
+(:class:`~sparse24_jax.backend.AccumulatingWeightGrad`), so the loop over
+micro-batches does not add it again (:func:`sparse24_jax.nnx.value_and_grad`).
+
 The weight gradient goes straight through the projection to the dense master
 weight ``W`` (it is *not* masked), so pruned weights keep learning and can
 come back when the mask is recomputed. The three products and the
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from . import fp8 as _fp8
+from ._grad_acc import Receipt, receipt_for
 from ._vma import match_varying
 from .backend import Backend, capabilities, get_backend
 from .masks import mask_24
@@ -79,6 +86,31 @@ def prepare(w, mask, beta, method: str, backend: Backend, dtype):
         return backend.prepare_projected(w, mask, beta, method=method, dtype=dtype)
     w_s, transposable = project_weight(w, mask, beta, method=method)
     return backend.prepare_weight(w_s.astype(dtype), transposable=transposable)
+
+
+def check_grad_acc(grad_acc, w, name: str = "grad_acc") -> None:
+    """A running sum of ``w``'s gradient has ``w``'s shape and dtype."""
+    if grad_acc is None:
+        return
+    if tuple(grad_acc.shape) != tuple(w.shape) or jnp.dtype(grad_acc.dtype) != jnp.dtype(w.dtype):
+        raise ValueError(
+            f"{name} must have the weight's shape and dtype {jnp.dtype(w.dtype).name} {tuple(w.shape)} (it is the "
+            f"running sum of that weight's gradient), got {jnp.dtype(grad_acc.dtype).name} {tuple(grad_acc.shape)}"
+        )
+
+
+def weight_grad(backend: Backend, g, x, acc, receipt: Receipt | None = None):
+    """``matmul_dw(g, x)``, plus the running sum ``acc`` where one is given: in
+    the GEMM's epilogue where the backend can, else an add (XLA folds it into
+    the output of a dense weight-gradient GEMM; after a custom call it is a
+    pass of its own). Marks ``receipt``: the sum is in."""
+    if acc is None:
+        return backend.matmul_dw(g, x)
+    if receipt is not None:
+        receipt.mark()
+    if capabilities(backend).weight_grad_accumulate and jnp.dtype(acc.dtype) == jnp.float32:
+        return backend.matmul_dw_acc(g, x, acc)
+    return acc + backend.matmul_dw(g, x).astype(acc.dtype)
 
 
 def validate(x, w, mask, beta, key, method, mvue, precision="compute"):
@@ -137,29 +169,30 @@ def tokens_2d(x, k: int):
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _linear(x, w, mask, beta, key, prepared, method: str, backend: Backend):
-    return _linear_fwd(x, w, mask, beta, key, prepared, method, backend)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _linear(x, w, mask, beta, key, prepared, acc, method: str, backend: Backend, receipt: Receipt | None):
+    return _linear_fwd(x, w, mask, beta, key, prepared, acc, method, backend, receipt)[0]
 
 
-def _linear_fwd(x, w, mask, beta, key, prepared, method, backend):
+def _linear_fwd(x, w, mask, beta, key, prepared, acc, method, backend, receipt):
     # prepared: compressed once per optimizer step by the caller (gradient accumulation)
     w_op = prepare(w, mask, beta, method, backend, x.dtype) if prepared is None else prepared
     # under shard_map a custom call's result is typed invariant: give it the operands' axes
     z = match_varying(backend.matmul_fwd(x, w_op), x, w)
     # a 0-d array of w's dtype (and shard_map axes): the cotangent of w must come back in them
     w_proto = match_varying(jnp.zeros((), w.dtype), w)
-    return z, (x, w_op, key, w_proto)
+    return z, (x, w_op, key, w_proto, acc)
 
 
-def _linear_bwd(method, backend, res, dz):
-    x, w_op, key, w_proto = res
+def _linear_bwd(method, backend, receipt, res, dz):
+    x, w_op, key, w_proto, acc = res
     dx = backend.matmul_dx(dz, w_op)
-    dw = backend.matmul_dw(backend.prune_grad(key, dz), x).astype(w_proto.dtype)
+    # with a running sum acc, w's cotangent is acc + dW (the accumulation's add done here)
+    dw = weight_grad(backend, backend.prune_grad(key, dz), x, acc, receipt).astype(w_proto.dtype)
     # each cotangent must vary over exactly its primal's axes (custom_vjp's check)
     dx, dw = match_varying(dx, x), match_varying(dw, w_proto)
-    # no cotangent for mask, beta (frozen), key and the prepared operands
-    return dx, dw, None, None, None, None
+    # no cotangent for mask, beta (frozen), key, the prepared operands and the running sum
+    return dx, dw, None, None, None, None, None
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd)
@@ -206,6 +239,7 @@ def sparse24_linear(
     mvue: bool = True,
     precision: str = "compute",
     prepared: Any = None,
+    grad_acc: jax.Array | None = None,
 ) -> jax.Array:
     """``Z = X @ W_s.T`` with the 2:4 forward and backward of the module doc.
 
@@ -235,6 +269,15 @@ def sparse24_linear(
         ``w``, ``mask``, ``beta``, ``method``, ``backend`` and ``x.dtype``,
         computed once per optimizer step (gradient accumulation); ``None``
         (default) compresses here. Not with ``precision="fp8"``.
+      grad_acc: the running sum of ``w``'s gradient over earlier
+        micro-batches (``w``'s shape and dtype), or ``None``. Given, ``w``'s
+        cotangent is ``grad_acc + dW``: the caller uses it as the new sum and
+        does not add ``grad_acc`` itself (it would count twice). The add runs
+        in the weight-gradient GEMM's epilogue on a backend that can, else as
+        an add of its own. A sparse method with ``precision="compute"`` only.
+        The sum is added by this call's backward, which JAX runs only if the
+        output reaches the differentiated value; :func:`sparse24_jax.nnx.value_and_grad`
+        checks that (a receipt per call) and adds a sum no backward took.
 
     Tokens are flattened to ``M = prod(x.shape[:-1])`` rows and, if M is not a
     multiple of 4 (MVUE groups 4 tokens), zero rows are appended for the
@@ -242,6 +285,12 @@ def sparse24_linear(
     """
     validate(x, w, mask, beta, key, method, mvue, precision)
     precision = _fp8.canonical_precision(precision)
+    check_grad_acc(grad_acc, w)
+    if grad_acc is not None and (precision != "compute" or method == "dense"):
+        raise ValueError(
+            f"grad_acc= works with precision='compute' and a sparse method, not precision={precision!r}, "
+            f"method={method!r}: drop grad_acc= and add the gradient to the running sum yourself"
+        )
     if prepared is not None and (precision != "compute" or method == "dense"):
         raise ValueError(
             f"prepared= works with precision='compute' and a sparse method, not precision={precision!r}, "
@@ -260,4 +309,5 @@ def sparse24_linear(
     n, k = w.shape
     be.check(n, k, x.dtype)
     x2, restore = tokens_2d(x, k)
-    return restore(_linear(x2, w, mask, beta, key if mvue else None, prepared, method, be))
+    return restore(_linear(x2, w, mask, beta, key if mvue else None, prepared, grad_acc, method, be,
+                           receipt_for(grad_acc)))

@@ -25,7 +25,9 @@ State a layer holds, all of it explicit ``nnx.Variable``s: the master weight
 (``nnx.Param``), the mask (:class:`Sparse24Mask`), S-STE's scale
 (:class:`Sparse24Scale`) and, within one optimizer step only, the weight's
 operands compressed once for all micro-batches (:class:`Sparse24Prepared`, set
-by :func:`prepare_weights`, emptied by :func:`clear_prepared`).
+by :func:`prepare_weights`, emptied by :func:`clear_prepared`) and, within one
+:func:`value_and_grad` call only, the running sum of the weight's gradient
+(:class:`Sparse24GradAcc`).
 
 The weight is stored ``(out_features, in_features)`` (PyTorch's layout, not
 flax's ``(in, out)``) because the 2:4 groups run along the input axis K, which
@@ -41,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import _grad_acc
 from .activations import GATED_KINDS, fused_flag, gated
 from .backend import capabilities
 from .ffn import Sparse24Weight, mvue_pair, sparse24_ffn
@@ -53,6 +56,7 @@ __all__ = [
     "Sparse24Mask",
     "Sparse24Scale",
     "Sparse24Prepared",
+    "Sparse24GradAcc",
     "SparseLinear",
     "SparseMLP",
     "SparseGatedMLP",
@@ -83,6 +87,14 @@ class Sparse24Prepared(nnx.Variable):
     weight itself. Derived from the weight, never trained or saved: a training
     step that prepares clears it (:func:`clear_prepared`) before it returns
     the model's state."""
+
+
+class Sparse24GradAcc(nnx.Variable):
+    """The running sum of the layer's weight gradient that
+    :func:`value_and_grad` (``grad_acc=``) hands to the layer's next call, or
+    ``None``. The call takes it (this becomes ``None`` again) and its backward
+    returns the weight's cotangent as that sum plus the new gradient, added in
+    the weight-gradient GEMM where the backend can. Never trained or saved."""
 
 
 #: Fan-in scaled init for the (out, in) layout (flax's defaults assume (in, out)).
@@ -182,6 +194,7 @@ class SparseLinear(nnx.Module):
         self.mask = Sparse24Mask(self._search_mask(w) if search_mask else jnp.ones(w.shape, bool))
         self.beta = Sparse24Scale(sste_scale(w) if method == "sste" else jnp.ones((), jnp.float32))
         self.prepared = Sparse24Prepared(None)
+        self.grad_acc = Sparse24GradAcc(None)
         self.rngs = rngs["sparse24"].fork()
         #: dense fine-tuning: the mask is no longer applied, the master weight used as it is. A
         #: static switch (flipping it retraces once); on from the start for method="dense".
@@ -205,7 +218,15 @@ class SparseLinear(nnx.Module):
         if self.shard is not None:
             # prepare_weights leaves sharded layers out (each shard compresses its own slice)
             return sharded_sparse24_linear(*args, shard=self.shard, mode=self.tp_mode, **kwargs)
-        return sparse24_linear(*args, prepared=_get(self.prepared), **kwargs)
+        return sparse24_linear(*args, prepared=_get(self.prepared), grad_acc=_take(self.grad_acc), **kwargs)
+
+
+def _take(v: nnx.Variable):
+    """A Variable's value, leaving ``None`` in it (a running sum is added once)."""
+    value = _get(v)
+    if value is not None:
+        _set(v, None)
+    return value
 
 
 def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: str, fused: bool):
@@ -230,7 +251,9 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
         return None
     x = x.astype(fc.dtype or x.dtype)
     keys = (fc.rngs() if fc.mvue else None, proj.rngs() if proj.mvue else None)
-    return sparse24_ffn(x, fc.operands(), proj.operands(), activation=activation, keys=keys, method=fc.method,
+    fc_w = fc.operands()._replace(grad_acc=_take(fc.grad_acc))
+    proj_w = proj.operands()._replace(grad_acc=_take(proj.grad_acc))
+    return sparse24_ffn(x, fc_w, proj_w, activation=activation, keys=keys, method=fc.method,
                         backend=fc.backend, mvue=(fc.mvue, proj.mvue), fused=fused)
 
 
@@ -382,7 +405,28 @@ def clear_prepared(model: nnx.Module) -> None:
         _set(layer.prepared, None)
 
 
-def value_and_grad(fn: Callable[..., jax.Array], graphdef, params, rest, *args, wrt: Any = nnx.Param):
+def _accumulable(layer: SparseLinear) -> bool:
+    """Whether a layer's call can add a running sum to its weight's gradient:
+    sparse, precision "compute", not under a per-layer shard_map."""
+    return not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
+
+
+def _hand_grad_acc(model: nnx.Module, grad_acc) -> dict[tuple, tuple[SparseLinear, int]]:
+    """Put each accumulable layer's weight sum from ``grad_acc`` (shaped like
+    the model's Params) into its :class:`Sparse24GradAcc`; the weight's path ->
+    (layer, id of the sum the layer will pass on: its receipts' key)."""
+    sums = {path_keys(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(grad_acc)}
+    handed = {}
+    for path, layer in sparse_layers(model):
+        acc = sums.get(path + ("weight",))
+        if acc is not None and _accumulable(layer):
+            _set(layer.grad_acc, acc)
+            handed[path + ("weight",)] = (layer, id(_get(layer.grad_acc)))
+    return handed
+
+
+def value_and_grad(fn: Callable[..., jax.Array], graphdef, params, rest, *args, wrt: Any = nnx.Param,
+                   grad_acc: Any = None):
     """``(fn(model, *args), grads, rest')`` for ``model = merge(graphdef,
     params, rest)``, differentiating with respect to ``params`` only.
 
@@ -391,13 +435,41 @@ def value_and_grad(fn: Callable[..., jax.Array], graphdef, params, rest, *args, 
     with fresh Variables at this trace level (``copy=True``), and its other
     state after the call comes back as ``rest'`` (apply it with
     ``nnx.update(model, rest')``, or carry it to the next micro-batch).
-    ``graphdef, params, rest`` are ``nnx.split(model, wrt, ...)``."""
+    ``graphdef, params, rest`` are ``nnx.split(model, wrt, ...)``.
+
+    ``grad_acc``: for gradient accumulation, the running sum of the earlier
+    micro-batches' gradients (a State shaped like ``params``: zeros to
+    start), or ``None``. Given, ``grads`` is ``grad_acc`` plus this call's
+    gradients, the next running sum. Each 2:4 layer that computes in its
+    compute dtype on one device (sparse, precision "compute", no per-layer
+    ``shard``) takes its weight's sum into its first call and adds it in its
+    weight-gradient GEMM's epilogue where the backend can
+    (:class:`~sparse24_jax.backend.AccumulatingWeightGrad`: "cutlass"); the
+    other leaves are added here, as ``jax.tree.map(jnp.add, grad_acc, grads)``
+    would. The same sums, without a separate pass over each 2:4 weight's
+    float32 gradient per micro-batch."""
+    handed: dict[tuple, tuple[SparseLinear, int]] = {}  # filled while f traces
 
     def f(params, rest):
         m = nnx.merge(graphdef, params, rest, copy=True)
-        return fn(m, *args), nnx.split(m, wrt, ...)[2]
+        if grad_acc is not None:
+            handed.update(_hand_grad_acc(m, grad_acc))
+        value = fn(m, *args)
+        for layer, _ in handed.values():
+            _set(layer.grad_acc, None)  # not state to return (a layer fn did not call still holds its sum)
+        return value, nnx.split(m, wrt, ...)[2]
 
-    (value, rest), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
+    with _grad_acc.collecting() as receipts:
+        (value, rest), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
+    if grad_acc is not None:
+        # the sums a backward added (JAX runs none for a layer whose output the loss does not use)
+        taken = {path for path, (_, key) in handed.items() if any(r.added for r in receipts.get(key, ()))}
+        try:
+            grads = jax.tree_util.tree_map_with_path(
+                lambda p, g, a: g if path_keys(p) in taken else a + g, grads, grad_acc)
+        except ValueError as err:
+            raise ValueError(f"grad_acc must be shaped like params (e.g. jax.tree.map(jnp.zeros_like, params)): "
+                             f"{err}") from None
     return value, grads, rest
 
 

@@ -217,3 +217,40 @@ def test_block_reaches_a_backends_gated_kernels():
     assert "fwd" in kinds and "bwd" in kinds
     ref = loss_and_grads(lambda x, a, b: sparse24_ffn(x, a, b, activation="swiglu", mvue=False), x, fc, proj)
     assert not np.allclose(float(got[0]), float(ref[0]))  # the hooks' scale shows: they ran
+
+
+class AccumulatingXla(XlaBackend):
+    """The reference with the AccumulatingWeightGrad capability, recording its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def matmul_dw_acc(self, g, x, acc):
+        self.calls += 1
+        return acc + self.matmul_dw(g, x)
+
+
+@pytest.mark.parametrize("backend", ["xla", "accumulating"])
+@pytest.mark.parametrize("kind", ["gelu", "swiglu"])
+def test_block_grad_acc_adds_the_running_sums(backend, kind):
+    """grad_acc on fc and proj: their cotangents are the sums plus the plain block's (same
+    keys), through the capability where the backend has it (both linears, once each), else
+    an add; x's cotangent and the loss are unchanged; a sum of the wrong shape is refused."""
+    be = AccumulatingXla() if backend == "accumulating" else "xla"
+    fc, proj = weights(kind, "srste")
+    x = jax.random.normal(jax.random.key(3), (16, D))
+    keys = (jax.random.key(4), jax.random.key(5))
+    acc1 = jax.random.normal(jax.random.key(6), fc.w.shape)
+    acc2 = jax.random.normal(jax.random.key(7), proj.w.shape)
+    plain = loss_and_grads(lambda x, a, b: sparse24_ffn(x, a, b, activation=kind, keys=keys, backend=be), x, fc, proj)
+    summed = loss_and_grads(
+        lambda x, a, b: sparse24_ffn(x, a._replace(grad_acc=acc1), b._replace(grad_acc=acc2), activation=kind,
+                                     keys=keys, backend=be), x, fc, proj)
+    if backend == "accumulating":
+        assert be.calls == 2
+    assert float(plain[0]) == float(summed[0])
+    np.testing.assert_array_equal(summed[1][0], plain[1][0])
+    np.testing.assert_allclose(summed[1][1], acc1 + plain[1][1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(summed[1][2], acc2 + plain[1][2], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="proj.grad_acc must have the weight's shape"):
+        sparse24_ffn(x, fc, proj._replace(grad_acc=acc1), activation=kind, keys=keys, backend=be)

@@ -124,6 +124,10 @@ def test_grad_of_jit_matches_eager():
         (dict(backend="nonsense"), "unknown backend"),
         (dict(key=None), "key="),
         (dict(method="sste", beta=None), "needs beta"),
+        (dict(grad_acc=jnp.ones((32, 16))), "weight's shape and dtype"),
+        (dict(grad_acc=jnp.ones((16, 32), jnp.bfloat16)), "weight's shape and dtype"),
+        (dict(grad_acc=jnp.ones((16, 32)), precision="fp8"), "grad_acc= works with"),
+        (dict(grad_acc=jnp.ones((16, 32)), method="dense"), "grad_acc= works with"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_fix(kwargs, match):
@@ -132,3 +136,20 @@ def test_bad_input_raises_value_error_naming_the_fix(kwargs, match):
     x, w = args.pop("x"), args.pop("w")
     with pytest.raises(ValueError, match=match):
         s24.sparse24_linear(x, w, **args)
+
+
+@pytest.mark.parametrize("method", ["srste", "sste"])
+def test_grad_acc_makes_the_weight_cotangent_the_running_sum(method):
+    """grad_acc=S: w's cotangent is S + dW (the same dW, the same key), x's is unchanged;
+    the sum gets no cotangent of its own."""
+    x, w, mask, dz = setup()
+    acc = jax.random.normal(jax.random.key(9), w.shape)
+    kw = dict(mask=mask) if method == "srste" else dict(beta=s24.sste_scale(w))
+    kw.update(method=method, key=jax.random.key(7))
+    z0, dx0, dw0 = vjp(x, w, dz, **kw)
+    z, f = jax.vjp(lambda x, w, a: s24.sparse24_linear(x, w, grad_acc=a, **kw), x, w, acc)
+    dx, dw, dacc = f(dz)
+    np.testing.assert_array_equal(z, z0)
+    np.testing.assert_array_equal(dx, dx0)
+    np.testing.assert_allclose(dw, np.asarray(acc) + np.asarray(dw0), rtol=1e-6, atol=1e-6)
+    assert not np.any(np.asarray(dacc))

@@ -1,4 +1,6 @@
 """Flax NNX modules: Variables, refresh, decay masks, dense switch, training."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,3 +190,76 @@ def test_prepared_weights_are_explicit_state_and_cleared():
     assert len(jax.tree.leaves(nnx.state(m, s24nnx.Sparse24Prepared))) == 2
     s24nnx.clear_prepared(m)
     assert m.fc.prepared.get_value() is None and not jax.tree.leaves(nnx.state(m, s24nnx.Sparse24Prepared))
+
+
+class _AccModel(nnx.Module):
+    """An FFN, a layer used twice (shared weight), a layer whose output the loss ignores, a
+    dense fine-tuning layer: every case value_and_grad's running sums must get right."""
+
+    def __init__(self, rngs):
+        kw = dict(dtype=jnp.bfloat16, rngs=rngs)
+        self.mlp = s24nnx.SparseMLP(32, 64, **kw)
+        self.shared = s24nnx.SparseLinear(32, 32, **kw)
+        self.unused = s24nnx.SparseLinear(32, 32, **kw)
+        self.tuned = s24nnx.SparseLinear(32, 32, **kw)
+        self.tuned.dense_finetuning = True
+
+    def __call__(self, x):
+        self.unused(x)  # called, its output dropped: JAX runs no backward for it
+        h = self.mlp(x) + self.shared(self.shared(x)) + self.tuned(x)
+        return jnp.mean(h.astype(jnp.float32) ** 2)
+
+
+def test_value_and_grad_grad_acc_is_the_running_sum_plus_the_gradient():
+    """grads(grad_acc=S) == S + grads() for every leaf: the 2:4 layers' sums added by their
+    backward (once, though `shared` runs twice), the others' by value_and_grad (the unused
+    layer's too: its backward never ran), the dense fine-tuning layer's as any leaf."""
+    model = _AccModel(nnx.Rngs(0, sparse24=1))
+    gdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(2), (2, 8, 32))
+    acc = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape, p.dtype), params)
+
+    def loss(m, x):
+        return m(x)
+
+    v0, g0, r0 = s24nnx.value_and_grad(loss, gdef, params, rest, x)
+    v1, g1, r1 = s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc=acc)
+    assert float(v0) == float(v1)
+    for path, a, g, s in zip(jax.tree_util.tree_leaves_with_path(acc), jax.tree.leaves(acc),
+                             jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6, err_msg=str(path[0]))
+    # the sums are not state: nothing of them comes back in rest
+    assert all(_get_value(v) is None for _, v in nnx.iter_graph(nnx.merge(gdef, params, r1))
+               if isinstance(v, s24nnx.Sparse24GradAcc))
+    with pytest.raises(ValueError, match="grad_acc must be shaped like params"):
+        s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc={"mlp": acc["mlp"]})
+
+
+def _get_value(v):
+    return v.get_value() if hasattr(v, "get_value") else v.value
+
+
+def test_value_and_grad_grad_acc_in_a_scan_matches_adding_after():
+    """The micro-batch loop both ways (the train step's two paths): same loss, same sums."""
+    model = _AccModel(nnx.Rngs(0, sparse24=1))
+    gdef, params, rest = nnx.split(model, nnx.Param, ...)
+    xs = jax.random.normal(jax.random.key(2), (3, 2, 8, 32))
+
+    def loss(m, x):
+        return m(x)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(in_gemm, params, rest, xs):
+        def micro(carry, x):
+            grads, rest = carry
+            if in_gemm:
+                _, grads, rest = s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc=grads)
+            else:
+                _, g, rest = s24nnx.value_and_grad(loss, gdef, params, rest, x)
+                grads = jax.tree.map(jnp.add, grads, g)
+            return (grads, rest), None
+
+        return jax.lax.scan(micro, (jax.tree.map(jnp.zeros_like, params), rest), xs)[0][0]
+
+    for a, b in zip(jax.tree.leaves(run(False, params, rest, xs)), jax.tree.leaves(run(True, params, rest, xs))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,59 @@
+"""Receipts for running sums added by a backward pass (gradient accumulation in the GEMM).
+
+An operation handed the running sum of its weight's gradient (``grad_acc=``)
+adds it in its backward rule. JAX runs no backward rule for an operation whose
+output does not reach the differentiated value, and then that weight's
+cotangent is zero: the sum would be lost. So each such operation carries a
+:class:`Receipt` (a static argument of its custom_vjp) that its backward marks
+when it traces, and :func:`sparse24_jax.nnx.value_and_grad` adds every sum
+whose receipts stayed unmarked itself. Trace-time bookkeeping only: nothing
+here is in the compiled program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator
+
+__all__ = ["Receipt", "collecting", "receipt_for"]
+
+_local = threading.local()
+
+
+class Receipt:
+    """Marked (``added``) when a backward rule adds the running sum it was given.
+    Hashed by identity, so it can be a custom_vjp's static argument."""
+
+    __slots__ = ("added",)
+
+    def __init__(self):
+        self.added = False
+
+    def mark(self) -> None:
+        self.added = True
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[dict[int, list[Receipt]]]:
+    """Collect the receipts of the operations handed a running sum while this is
+    open: ``{id(sum): [Receipt, ...]}``, filled as they trace."""
+    stack = _local.__dict__.setdefault("stack", [])
+    receipts: dict[int, list[Receipt]] = {}
+    stack.append(receipts)
+    try:
+        yield receipts
+    finally:
+        stack.pop()
+
+
+def receipt_for(acc: Any) -> Receipt | None:
+    """A new receipt for an operation handed the running sum ``acc`` (None for
+    none), filed under ``acc`` with the innermost :func:`collecting`, if any."""
+    if acc is None:
+        return None
+    receipt = Receipt()
+    stack = getattr(_local, "stack", None)
+    if stack:
+        stack[-1].setdefault(id(acc), []).append(receipt)
+    return receipt
