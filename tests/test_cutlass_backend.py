@@ -55,6 +55,18 @@ def be(request, monkeypatch):
 
         return cb(host, jax.ShapeDtypeStruct(out_shape, jnp.dtype(out_dtype)), values, meta, b)
 
+    def spmm_dw_acc(values, meta, x, acc, *, config=ops.DEFAULT_CONFIG):
+        calls.append(("dw_acc", config))
+        _, out_shape, _ = ops.problem("dw_acc", (values.shape[0], 2 * values.shape[1]), x.shape)
+        assert acc.shape == out_shape and acc.dtype == jnp.float32
+        rows, cols = values.shape[0], 2 * values.shape[1]
+
+        def host(v, m, b, c):
+            a = layout.decompress_sm90(np.asarray(v), np.asarray(m), rows, cols).astype(np.float32)
+            return np.asarray(c) + a @ np.asarray(b).astype(np.float32)
+
+        return cb(host, jax.ShapeDtypeStruct(out_shape, jnp.float32), values, meta, x, acc)
+
     def project_compress(w, mask):
         n, k = w.shape
         out = (jax.ShapeDtypeStruct((n, k // 2), jnp.bfloat16),
@@ -114,6 +126,7 @@ def be(request, monkeypatch):
         n for n, c in CONFIGS.items() if product is None or product in c.products))
     monkeypatch.setattr(ops, "compress", compress)
     monkeypatch.setattr(ops, "spmm", spmm)
+    monkeypatch.setattr(ops, "spmm_dw_acc", spmm_dw_acc)
     monkeypatch.setattr(own_ops, "project_compress", project_compress)
     monkeypatch.setattr(own_ops, "mvue_compress", mvue_compress)
     monkeypatch.setattr(own_ops, "swiglu_grad_mvue_compress", swiglu_grad_mvue_compress)
@@ -329,6 +342,57 @@ def test_sparse_mlp_mvue_pair_takes_the_fused_block(be):
     assert g.fc.weight[...].shape == (h, d) and g.proj.weight[...].shape == (d, h)
 
 
+@pytest.mark.parametrize("be", [True, False], indirect=True)
+@pytest.mark.parametrize("mvue", [True, (False, True)])
+def test_grad_acc_runs_in_the_weight_gradient_gemm(be, mvue):
+    """value_and_grad(grad_acc=) on a SparseMLP on "cutlass" (with and without the fused
+    block): each MVUE weight gradient is the accumulating GEMM (dw_acc), not dw and an add,
+    and every gradient is the running sum plus the one without grad_acc, leaf by leaf; fc
+    without MVUE (a dense dW) gets its sum by XLA's add."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    d, h = 128, 256
+    mod = s24nnx.SparseMLP(d, h, backend=be, mvue=mvue, dtype=jnp.bfloat16, rngs=nnx.Rngs(0, sparse24=5))
+    gdef, params, rest = nnx.split(mod, nnx.Param, ...)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, d)).astype(np.float32))
+    acc = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(p.size).standard_normal(p.shape), p.dtype), params)
+
+    def loss(m, x):
+        return jnp.mean(m(x).astype(jnp.float32) ** 2)
+
+    be.calls.clear()
+    _, plain, _ = s24nnx.value_and_grad(loss, gdef, params, rest, x)
+    plain_kinds = [c[0] for c in be.calls]
+    be.calls.clear()
+    _, summed, _ = s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc=acc)
+    kinds = [c[0] for c in be.calls]
+    n_sparse_dw = 2 if mvue is True else 1
+    assert plain_kinds.count("dw") == n_sparse_dw and "dw_acc" not in plain_kinds
+    assert kinds.count("dw_acc") == n_sparse_dw and "dw" not in kinds, kinds
+    # the same products, the sum added in the GEMM: equal up to float32 rounding of the add
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(plain), jax.tree.leaves(summed)):
+        np.testing.assert_allclose(np.asarray(s), np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_dw_acc_falls_back_where_the_library_lacks_it(be):
+    """A dw config without a dw_acc instance (a library built before it): matmul_dw and an
+    add, the same numbers."""
+    rng = np.random.default_rng(0)
+    dz = jnp.asarray(rng.standard_normal((128, 192)).astype(np.float32)).astype(jnp.bfloat16)
+    x = jnp.asarray(rng.standard_normal((128, 64)).astype(np.float32)).astype(jnp.bfloat16)
+    acc = jnp.asarray(rng.standard_normal((192, 64)).astype(np.float32))
+    g = be.prune_grad(jax.random.PRNGKey(0), dz)
+    fused = be.matmul_dw_acc(g, x, acc)
+    be.built["dw_acc"] = set()
+    be.calls.clear()
+    composed = be.matmul_dw_acc(g, x, acc)
+    assert [c[0] for c in be.calls] == ["dw"]
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(composed), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(composed), np.asarray(acc + be.matmul_dw(g, x)), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("m", [128, 100])
 def test_swiglu_backward_is_fused_with_the_mvue(be, m):
     """SwiGLU with MVUE on: dZ1 and S_z(dZ1^T) come from the fused kernel (its host
@@ -445,7 +509,7 @@ def test_gemm_table_file_and_override(monkeypatch, tmp_path, capsys):
         import sparse_gemm
     finally:
         sys.path.pop(0)
-    sk = next(c for c, cfg in CONFIGS.items() if c.endswith("_sk") and cfg.products == ("dw",))
+    sk = next(c for c, cfg in CONFIGS.items() if c.endswith("_sk") and "fwd" not in cfg.products)
     rows = [{"N": 1280, "K": 5120, "M": 16384, "gemm": "dW", "cutlass_config": sk},
             {"N": 1280, "K": 5120, "M": 16384, "gemm": "fwd", "cutlass_config": backend.DEFAULT_CONFIG},
             {"N": 1280, "K": 5120, "M": 16384, "gemm": "compress W,W.T"},  # not a product

@@ -140,7 +140,7 @@ def instances() -> list[dict]:
     """The library's GEMM instances: name, product, tile, cluster, schedule."""
     lib = load_library()
     return instance_table(lib.s24c_num_gemms, lib.s24c_gemm_info, "product",
-                          {0: "fwd", 1: "dx", 2: "dw"})
+                          {0: "fwd", 1: "dx", 2: "dw", 3: "dw_acc"})
 
 
 def workspace_bytes(config: str, product: int, m: int, n: int, k: int) -> int:

@@ -202,7 +202,7 @@ class CutlassBackend:
         self.gemm_table = gemm_table()
         self.epilogue_table = epilogue_table()
         #: product -> the configs the library has for it (config_for falls back from others)
-        self.built = {p: set(ops.configs(p)) for p in ("fwd", "dx", "dw")}
+        self.built = {p: set(ops.configs(p)) for p in ("fwd", "dx", "dw", "dw_acc")}
         #: the fused SwiGLU backward + MVUE kernel (FusedActivationGradPrune); not in older builds
         self.swiglu_grad = own_ops.has_swiglu_grad_mvue()
 
@@ -384,6 +384,23 @@ class CutlassBackend:
         k = x.shape[1]
         return ops.spmm("dw", g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp),
                         config=self._config("dw", g.n, k))
+
+    def matmul_dw_acc(self, g: CutlassGrad, x: jax.Array, acc: jax.Array) -> jax.Array:
+        """``acc + matmul_dw(g, x)`` (sparse24_jax.backend.AccumulatingWeightGrad): for a
+        pruned ``g``, the running sum read as the source C of the weight-gradient GEMM's
+        epilogue and updated in place (:func:`.ops.spmm_dw_acc`, the instance of the
+        layer's dw config). A dense ``g`` (no MVUE), a library without that instance or a
+        sum other than float32: ``matmul_dw`` and an add (XLA folds it into a dense GEMM)."""
+        if g.values is not None and jnp.dtype(acc.dtype) == jnp.float32:
+            if x.ndim != 2 or _padded(x.shape[0]) != g.mp:
+                raise ValueError(
+                    f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
+            k = x.shape[1]
+            config = self._config("dw", g.n, k)
+            if config in self.built["dw_acc"]:
+                return ops.spmm_dw_acc(g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp), acc,
+                                       config=config)
+        return acc + self.matmul_dw(g, x).astype(acc.dtype)
 
     # -- mask ---------------------------------------------------------------
     def transposable_mask(self, w: jax.Array) -> jax.Array:

@@ -5,7 +5,8 @@ GEMM instance with nvcc 13 for sm_90a), so the library is built from separate
 objects, each cached under a hash of its inputs, compiled in parallel:
 
 * ``gemm_instance.cu`` once per (config, product): ``-DS24C_*`` flags pick the
-  tile, cluster and schedule (:data:`CONFIGS`) and the product (fwd, dx, dw);
+  tile, cluster and schedule (:data:`CONFIGS`) and the product (fwd, dx, dw, and
+  dw_acc: the weight gradient added to a float32 running sum in its epilogue);
 * ``compress.cu``: CUTLASS's own compressor;
 * ``own_compress.cu``: our own kernels writing CUTLASS's format (no CUTLASS
   header; includes the cuSPARSELt library's group math);
@@ -77,7 +78,10 @@ ARCH = "90a"  # sparse wgmma needs the arch-specific target
 
 FALLBACK = "use the cuSPARSELt or XLA path instead"
 
-PRODUCTS = {"fwd": 0, "dx": 1, "dw": 2}
+# dw_acc: dW = C + S(dZ^T) @ X, the weight gradient with a gradient accumulation's float32
+# running sum C read in the epilogue (beta 1) instead of a separate add; built with dw but at
+# 128x256 (_NO_DW_ACC)
+PRODUCTS = {"fwd": 0, "dx": 1, "dw": 2, "dw_acc": 3}
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class Config:
     # whose tile count leaves the last wave half empty, e.g. the weight gradient's 200
     # tiles on 132 SMs at GPT-2 774M
     scheduler: str = "persistent"
-    products: tuple[str, ...] = ("fwd", "dx", "dw")  # the products built for this config
+    products: tuple[str, ...] = ("fwd", "dx", "dw", "dw_acc")  # the products built for this config
     # The fused epilogues' shared memory (gemm_epilogue.cuh EpilogueShape; 0: CUTLASS's auto
     # choice): epilogue tile epi_m x epi_n (M 128 for coop, 64 for pingpong; N a multiple of
     # 16), epi_stages_c TMA-load stages of a loaded Aux (dx_dgelu's Z1), epi_stages_d stages
@@ -139,11 +143,15 @@ class Config:
 
 # Tile K is 128 for all: the compressed-A format depends on min(tile K, 128),
 # and one compressor serves every config (gemm_instance.cu asserts it).
+# No dw_acc at 128x256: the float32 source C's epilogue stages leave its sparse mainloop (84 KB
+# a stage) one stage, and CUTLASS needs two (a compile error); a layer whose dw runs on one of
+# them gets its running sum added after the GEMM (the backend's fallback).
+_NO_DW_ACC = ("fwd", "dx", "dw")
 _CONFIG_LIST = [
     Config(128, 128, 128, 1, 1, "coop"),
-    Config(128, 256, 128, 1, 1, "coop"),
+    Config(128, 256, 128, 1, 1, "coop", products=_NO_DW_ACC),
     Config(256, 128, 128, 1, 1, "coop"),
-    Config(128, 256, 128, 2, 1, "coop"),
+    Config(128, 256, 128, 2, 1, "coop", products=_NO_DW_ACC),
     Config(128, 128, 128, 1, 1, "pingpong"),
     # stream-K weight gradients (long K = the tokens, few output tiles); 128x256 also for the
     # forward / input gradient with few output rows, whose last wave is mostly empty: GPT-2
@@ -151,8 +159,8 @@ _CONFIG_LIST = [
     # 3.2 waves). 1600 rows are 12.5 tiles of 128 (4% padding) but 6.25 of 256 (12%): in the
     # step stream-K 128x256 ran 4% faster per call than stream-K 256x128, which ran 3% faster
     # than persistent 256x128 (docs/BENCHMARKS.md sections 13 and 14)
-    Config(128, 256, 128, 1, 1, "coop", "streamk"),
-    Config(256, 128, 128, 1, 1, "coop", "streamk", ("dw",)),
+    Config(128, 256, 128, 1, 1, "coop", "streamk", _NO_DW_ACC),
+    Config(256, 128, 128, 1, 1, "coop", "streamk", ("dw", "dw_acc")),
     # fused epilogues only, with a smaller epilogue (tile 128x16 instead of 128x32) so that
     # the sparse mainloop keeps the plain GEMM's stage count (probe table in
     # tests/cutlass_src/epilogue_smem_probe.cu): at 256x128 the auto epilogue leaves 2 stages

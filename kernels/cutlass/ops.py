@@ -14,6 +14,10 @@ dx       W_s^T (K, N), 2:4 on N  dZ (M, N) bf16         dX = dZ @ W_s  (M, K) bf
 dw       S(dZ^T) (N, M), on M    X (M, K) bf16          dW = S(dZ)^T @ X (N, K) f32
 =======  ======================  ====================  ==========================
 
+and ``dw_acc`` (:func:`spmm_dw_acc`): ``C + dW`` for a float32 running sum ``C``
+(N, K), read by the GEMM's epilogue and updated in place: a gradient
+accumulation's add without a pass of its own.
+
 :func:`reference` is their XLA twin (float32 dots of the dense operands).
 Shapes: the sparse operand's rows and its 2:4 axis multiples of 64, the dense
 operand's other axis of 16 (CUTLASS's metadata atom rows, TMA alignment);
@@ -31,6 +35,7 @@ from ._library import (
     instances,
     load,
     load_library,
+    register,
     workspace_bytes,
 )
 from .build import CONFIGS, PRODUCTS
@@ -49,8 +54,14 @@ __all__ = [
     "problem",
     "reference",
     "spmm",
+    "spmm_dw_acc",
     "workspace_bytes",
 ]
+
+#: the accumulating weight gradient's FFI target, registered on first use (a library
+#: built before it still runs everything else)
+ACC_TARGET = PREFIX + "gemm_acc"
+
 
 MULT_ROWS, MULT_K, MULT_N = 64, 64, 16  # as csrc/bindings.cc (README "Shapes")
 DEFAULT_CONFIG = "t128x256x128_c1x1_coop"
@@ -63,8 +74,8 @@ def meta_nbytes(rows: int, cols: int) -> int:
 
 
 def configs(product: str | None = None) -> list[str]:
-    """The config names this build has; with ``product`` ("fwd", "dx", "dw", or its
-    number), those built for it (a stream-K config is built for the weight gradient only)."""
+    """The config names this build has; with ``product`` ("fwd", "dx", "dw", "dw_acc",
+    or its number), those built for it (a stream-K config is built for the weight gradient only)."""
     if product is None:
         return sorted({i["config"] for i in instances()})
     name = {v: k for k, v in PRODUCTS.items()}[_product_id(product)]
@@ -117,7 +128,8 @@ def _product_id(product) -> int:
             raise ValueError(f"product must be one of {list(PRODUCTS)}, got {product!r}")
         return PRODUCTS[product]
     if product not in PRODUCTS.values():
-        raise ValueError(f"product must be one of {list(PRODUCTS)} (or 0, 1, 2), got {product!r}")
+        raise ValueError(f"product must be one of {list(PRODUCTS)} (or {sorted(PRODUCTS.values())}), "
+                         f"got {product!r}")
     return int(product)
 
 
@@ -133,7 +145,7 @@ def problem(product, sparse_shape, dense_shape) -> tuple[tuple[int, int, int], t
     if len(dense_shape) != 2:
         raise ValueError(f"{name}: the dense operand must be 2-D, got {tuple(dense_shape)}")
     _check_sparse_shape(name, rows, cols)
-    if p == PRODUCTS["dw"]:  # S(dZ^T) (N, M) @ X (M, K)
+    if p in (PRODUCTS["dw"], PRODUCTS["dw_acc"]):  # S(dZ^T) (N, M) @ X (M, K)
         if dense_shape[0] != cols:
             raise ValueError(f"dw: X must be (M, K) with M = {cols} (the 2:4 axis of S(dZ^T)), "
                              f"got {tuple(dense_shape)}")
@@ -184,6 +196,8 @@ def spmm(product, values, meta, b, *, config: str = DEFAULT_CONFIG):
     import jax.numpy as jnp
 
     p = _product_id(product)
+    if p == PRODUCTS["dw_acc"]:
+        raise ValueError("spmm: dw_acc adds to a running sum: call spmm_dw_acc(values, meta, x, acc)")
     rows, cols = check_operands(values, meta, b, config)
     (mc, nc, kc), out_shape, out_dtype = problem(p, (rows, cols), b.shape)
     load()
@@ -194,6 +208,36 @@ def spmm(product, values, meta, b, *, config: str = DEFAULT_CONFIG):
          jax.ShapeDtypeStruct((max(ws, 16),), jnp.uint8)),
     )
     out, _ = call(values, meta, b, product=np.int64(p), config=config)
+    return out
+
+
+def spmm_dw_acc(values, meta, x, acc, *, config: str = DEFAULT_CONFIG):
+    """``acc + S(dZ^T) @ X``: the weight gradient added to the float32 running sum
+    ``acc`` (N, K) in the GEMM's epilogue (CUTLASS's linear combination with beta 1),
+    the ``dw`` instance of ``config`` otherwise.
+
+    ``acc`` is aliased to the result: where the caller does not use it afterwards (a
+    gradient accumulation's carry), XLA updates it in place; elsewhere XLA copies it
+    first. Same operands as ``spmm("dw", values, meta, x)``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    p = PRODUCTS["dw_acc"]
+    rows, cols = check_operands(values, meta, x, config, "dw_acc")
+    (mc, nc, kc), out_shape, _ = problem(p, (rows, cols), x.shape)
+    if tuple(acc.shape) != out_shape or jnp.dtype(acc.dtype) != jnp.float32:
+        raise ValueError(f"dw_acc: the running sum must be float32 {out_shape} (dW's shape), got "
+                         f"{acc.dtype} {tuple(acc.shape)}")
+    register({ACC_TARGET: "s24c_gemm_acc"})
+    ws = workspace_bytes(config, p, mc, nc, kc)
+    call = jax.ffi.ffi_call(
+        ACC_TARGET,
+        (jax.ShapeDtypeStruct(out_shape, jnp.float32),
+         jax.ShapeDtypeStruct((max(ws, 16),), jnp.uint8)),
+        input_output_aliases={3: 0},
+    )
+    out, _ = call(values, meta, x, acc, config=config)
     return out
 
 

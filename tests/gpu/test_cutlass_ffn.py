@@ -192,3 +192,51 @@ def test_sparse_mlp_mvue_per_linear_takes_the_fused_block(be, mvue):
         assert 0.05 < e_c < 2.0 and 0.5 < e_c / e_x < 2.0, (e_c, e_x)
     else:
         assert rel(g.proj.weight[...], g_exact.proj.weight[...]) < 2e-2
+
+
+@pytest.mark.parametrize("mvue", [True, (False, True)])
+def test_grad_acc_in_the_weight_gradient_gemm(be, mvue):
+    """value_and_grad(grad_acc=) on a SparseMLP on "cutlass": the running sums added in the
+    weight-gradient GEMMs (sparse24_cutlass_gemm_acc, one per MVUE linear, no plain dw GEMM
+    left), each gradient the sum plus value_and_grad's without it (the same kernels, keys and
+    products: equal up to float32 rounding of the add); inside a jitted micro-batch scan the
+    sums are not copied."""
+    from flax import nnx
+
+    from sparse24_jax import nnx as s24nnx
+
+    d, h = 256, 1024
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.standard_normal((2, 4, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+    mod = s24nnx.SparseMLP(d, h, backend="cutlass", mvue=mvue, dtype=jnp.bfloat16, rngs=nnx.Rngs(0, sparse24=5))
+    gdef, params, rest = nnx.split(mod, nnx.Param, ...)
+    acc = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape).astype(np.float32)), params)
+
+    def loss(m, x):
+        return jnp.mean(m(x).astype(jnp.float32) ** 2)
+
+    plain = jax.jit(lambda p, r, x: s24nnx.value_and_grad(loss, gdef, p, r, x)[1])
+    summed = jax.jit(lambda p, r, x, a: s24nnx.value_and_grad(loss, gdef, p, r, x, grad_acc=a)[1])
+    g0, g1 = plain(params, rest, xs[0]), summed(params, rest, xs[0], acc)
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(s), np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-5)
+    hlo = summed.lower(params, rest, xs[0], acc).compile().as_text()
+    hlo0 = plain.lower(params, rest, xs[0]).compile().as_text()
+    n_acc = 2 if mvue is True else 1
+    gemm = 'custom_call_target="sparse24_cutlass_gemm"'
+    assert hlo.count('custom_call_target="sparse24_cutlass_gemm_acc"') == n_acc
+    assert hlo.count(gemm) == hlo0.count(gemm) - n_acc  # the sparse dW GEMMs became accumulating ones
+
+    def scan(params, rest, xs):
+        def micro(carry, x):
+            grads, rest = carry
+            _, grads, rest = s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc=grads)
+            return (grads, rest), None
+
+        return jax.lax.scan(micro, (jax.tree.map(jnp.zeros_like, params), rest), xs)[0][0]
+
+    text = jax.jit(scan).lower(params, rest, xs).compile().as_text()
+    import re
+
+    copies = re.findall(r"= f32\[(?:1024,256|256,1024)\]\{[^}]*\} copy\(.*", text)
+    assert not copies, "a running sum is copied: " + "\n".join(copies[:4])

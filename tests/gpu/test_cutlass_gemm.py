@@ -112,6 +112,70 @@ def test_product_matches_reference_every_config(ops, product, rows, cols, free):
             raise AssertionError(f"config {config}, product {product}: {err}") from None
 
 
+@pytest.mark.parametrize("rows,cols,free", SHAPES)
+def test_dw_acc_is_the_sum_plus_dw_every_config(ops, rows, cols, free):
+    """spmm_dw_acc(C) == C + spmm("dw") of the same instance config, for every config with
+    a dw_acc instance (the epilogue's add of C in float32: equal up to one rounding)."""
+    rng = np.random.default_rng(rows + cols + free + 1)
+    a = sparse_operand(rng, rows, cols)
+    x = dense_operand(rng, "dw", rows, cols, free)
+    acc = jnp.asarray(rng.standard_normal((rows, free)).astype(np.float32))
+    vals, meta = ops.compress(a)
+    configs = ops.configs("dw_acc")
+    from sparse24_jax_kernels.cutlass.build import CONFIGS
+
+    assert configs and set(configs) == {c for c in ops.configs("dw") if "dw_acc" in CONFIGS[c].products}
+    for config in configs:
+        dw = as_np(ops.spmm("dw", vals, meta, x, config=config))
+        out = ops.spmm_dw_acc(vals, meta, x, acc, config=config)
+        assert out.dtype == jnp.float32 and out.shape == acc.shape, config
+        np.testing.assert_allclose(as_np(out), as_np(acc) + dw, rtol=1e-6, atol=1e-6,
+                                   err_msg=f"config {config}")
+
+
+@pytest.mark.parametrize("config", ["t128x128x128_c1x1_pingpong", "t256x128x128_c1x1_coop_sk"])
+def test_dw_acc_updates_a_scan_carry_in_place(ops, config):
+    """The running sum of a micro-batch scan (the training step's use) with the configs GPT-2
+    1558M's weight gradients run (persistent ping-pong and stream-K): each step's sum aliased
+    to the GEMM's output, the carry donated; the result is the sum of the dWs, and the
+    compiled program holds no copy of the carry (XLA kept the alias in place)."""
+    rng = np.random.default_rng(7)
+    rows, cols, free, steps = 1280, 1600, 512, 3
+    gs = [sparse_operand(rng, rows, cols) for _ in range(steps)]
+    packed = [ops.compress(g) for g in gs]
+    vals = jnp.stack([v for v, _ in packed])
+    metas = jnp.stack([m for _, m in packed])
+    xs = jnp.stack([dense_operand(rng, "dw", rows, cols, free) for _ in range(steps)])
+    assert config in ops.configs("dw_acc")
+
+    def body(acc, vmx):
+        v, m, x = vmx
+        return ops.spmm_dw_acc(v, m, x, acc, config=config), None
+
+    run = jax.jit(lambda acc, v, m, x: jax.lax.scan(body, acc, (v, m, x))[0], donate_argnums=0)
+    start = jnp.asarray(rng.standard_normal((rows, free)).astype(np.float32))
+    want = as_np(start) + sum(as_np(ops.spmm("dw", v, m, x, config=config)) for (v, m), x in zip(packed, xs))
+    text = run.lower(start, vals, metas, xs).compile().as_text()
+    got = as_np(run(start, vals, metas, xs))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    import re
+
+    copies = re.findall(rf"= f32\[{rows},{free}\]\{{[^}}]*\}} copy\(.*", text)
+    assert not copies, "the running sum is copied: " + "\n".join(copies[:4])
+
+
+def test_spmm_refuses_dw_acc_and_a_bad_sum(ops):
+    rng = np.random.default_rng(3)
+    vals, meta = ops.compress(sparse_operand(rng, 128, 256))
+    x = dense_operand(rng, "dw", 128, 256, 64)
+    with pytest.raises(ValueError, match="call spmm_dw_acc"):
+        ops.spmm("dw_acc", vals, meta, x)
+    with pytest.raises(ValueError, match="running sum must be float32"):
+        ops.spmm_dw_acc(vals, meta, x, jnp.zeros((128, 64), jnp.bfloat16))
+    with pytest.raises(ValueError, match="running sum must be float32"):
+        ops.spmm_dw_acc(vals, meta, x, jnp.zeros((64, 128), jnp.float32))
+
+
 def test_the_linear_layer_products_agree(ops):
     """The three products as a 2:4 linear uses them: W_s and W_s^T compressed
     from one transposable-pruned W; S(dZ^T) from a 2:4-pruned dZ^T."""

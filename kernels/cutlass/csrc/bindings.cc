@@ -15,6 +15,10 @@
 //                      dx : values (K, N/2), meta, dZ (M, N)  -> dX (M, K)  bf16
 //                      dw : values (N, M/2), meta, X (M, K)   -> dW (N, K)  f32
 //                    plus a uint8 workspace output sized by s24c_gemm_workspace_bytes.
+//   * s24c_gemm_acc  the weight gradient added to a running sum (product 3, dw_acc):
+//                      values (N, M/2), meta, X (M, K), C (N, K) f32 -> dW = C + S(dZ^T) @ X
+//                    (N, K) f32, and the workspace; ops.spmm_dw_acc aliases C to dW, so
+//                    a gradient accumulation's sum is updated in place.
 //   * s24c_compress  CUTLASS's compressor: dense 2:4-pruned bf16 (rows, cols),
 //                    2:4 along cols -> values (rows, cols/2) bf16, metadata uint8,
 //                    workspace uint8.
@@ -49,7 +53,7 @@ static ffi::Error GemmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer v
                            ffi::Result<ffi::AnyBuffer> workspace, int64_t product,
                            std::string_view config) {
   if (product < 0 || product >= kNumProducts) {
-    return InvalidArg("product must be 0 (fwd), 1 (dx) or 2 (dw), got " +
+    return InvalidArg("product must be 0 (fwd), 1 (dx) or 2 (dw) (dw_acc runs on s24c_gemm_acc), got " +
                       std::to_string(product));
   }
   GemmCall call;
@@ -62,6 +66,28 @@ static ffi::Error GemmImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer v
   }
   return RunInstance(*inst, call, stream, device, values, meta, b, d, workspace,
                      name + " product " + std::to_string(product));
+}
+
+static const ProblemForm kDwAccForm = {"dw_acc (dW = C + S(dZ^T) @ X)", "dw_acc: X", "dw_acc: dW",
+                                      true, ffi::DataType::F32, kFallback};
+
+static ffi::Error GemmAccImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer values,
+                              ffi::AnyBuffer meta, ffi::AnyBuffer b, ffi::AnyBuffer c,
+                              ffi::Result<ffi::AnyBuffer> d, ffi::Result<ffi::AnyBuffer> workspace,
+                              std::string_view config) {
+  GemmCall call;
+  S24_RETURN_IF_ERROR(CheckProblem(kDwAccForm, values, meta, b, *d, &call));
+  // the running sum: dW's shape and type (CUTLASS reads it with D's layout)
+  S24_RETURN_IF_ERROR(Expect2D("dw_acc: C (the running sum)", c, ffi::DataType::F32, call.m, call.n));
+  const std::string name(config);
+  const GemmInstance* inst = GemmRegistry::Find(name.c_str(), kDwAcc);
+  if (inst == nullptr) {
+    return InvalidArg("no dw_acc instance '" + name + "' in this build (ops.configs('dw_acc') "
+                      "lists them; rebuild after adding one)");
+  }
+  call.c = c.untyped_data();
+  return RunInstance(*inst, call, stream, device, values, meta, b, d, workspace,
+                     name + " dw_acc");
 }
 
 static ffi::Error CompressImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer dense,
@@ -119,6 +145,18 @@ S24C_DEFINE_HANDLER_SYMBOLS(s24c_gemm, s24c::GemmImpl,
                                 .Attr<int64_t>("product")
                                 .Attr<std::string_view>("config"));
 
+S24C_DEFINE_HANDLER_SYMBOLS(s24c_gemm_acc, s24c::GemmAccImpl,
+                            ffi::Ffi::Bind()
+                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                .Ctx<ffi::DeviceOrdinal>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Arg<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Ret<ffi::AnyBuffer>()
+                                .Attr<std::string_view>("config"));
+
 S24C_DEFINE_HANDLER_SYMBOLS(s24c_compress, s24c::CompressImpl,
                             ffi::Ffi::Bind()
                                 .Ctx<ffi::PlatformStream<cudaStream_t>>()
@@ -139,7 +177,7 @@ S24C_EXPORT int s24c_gemm_info(int i, char* name, int buflen, int* info) {
   return s24c::InstanceInfo<s24c::GemmCall>(i, name, buflen, info);
 }
 
-// Workspace bytes of (config, product) for CUTLASS's (m, n, k); -1 when no
+// Workspace bytes of (config, product; 3: dw_acc) for CUTLASS's (m, n, k); -1 when no
 // such instance, -2 when CUTLASS cannot implement the problem. sm_count <= 0:
 // the current device's (what the handler passes), or 0 without a GPU.
 S24C_EXPORT int64_t s24c_gemm_workspace_bytes(const char* config, int product, int m, int n,

@@ -17,6 +17,8 @@
 //                                                    D = dX (M,K) row-major   = dX^T col-major
 //   dw  : dW   (N x K) = S(dZ^T) (N x M)  @ X     ; B = X  (M,K) row-major   = MN-major
 //                                                    D = dW (N,K) row-major, float32
+//   dw_acc: dW = C + S(dZ^T) @ X, dw with a float32 source C of D's shape and layout
+//           (a gradient accumulation's running sum, beta 1)
 // A (the sparse operand) is always K-major (row-major Mc x Kc), which is what
 // the sparse collective takes.
 
@@ -62,6 +64,7 @@ struct ScheduleTraits<kPingpong> {
 template <class ElementD_>
 struct PlainEpilogue {
   using ElementD = ElementD_;
+  using ElementC = void;
   using FusionOp = cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>;
   using Call = GemmCall;
   template <class FusionArgs>
@@ -86,8 +89,22 @@ struct ProductTraits<kDw> : PlainEpilogue<float> {
   using LayoutB = cutlass::layout::RowMajor;
   using LayoutD = cutlass::layout::RowMajor;
 };
+// dw_acc: dw plus a float32 source C read by the epilogue, D = acc + 1 * C. C may be
+// D's own buffer (XLA aliases the running sum to the output): each output tile's C
+// is loaded and its D stored by the one CTA that runs that tile's epilogue (under
+// stream-K too: the partial sums meet in the workspace first), C before D.
+template <>
+struct ProductTraits<kDwAcc> : ProductTraits<kDw> {
+  using ElementC = float;
+  using FusionOp = cutlass::epilogue::fusion::LinearCombination<float, float, float, float>;
+  template <class FusionArgs>
+  static void SetFusion(FusionArgs& fusion, const GemmCall&) {
+    fusion.beta = 1.0f;
+  }
+};
 
-// Traits: LayoutB, LayoutD, ElementD, FusionOp, Call (GemmCall or a struct
+// Traits: LayoutB, LayoutD, ElementD, ElementC (void: no source C; else C has
+// D's layout and alignment, at call.c), FusionOp, Call (GemmCall or a struct
 // derived from it) and SetFusion(fusion arguments, call), which fills what the
 // fusion op reads beyond alpha (1) and beta (0).
 // StreamK: CUTLASS's stream-K tile scheduler instead of the persistent one (the
@@ -105,6 +122,7 @@ struct SparseGemmOf {
   using ElementA = cutlass::bfloat16_t;
   using ElementB = cutlass::bfloat16_t;
   using ElementD = typename Traits::ElementD;
+  using ElementC = typename Traits::ElementC;
   using ElementAcc = float;
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = typename Traits::LayoutB;
@@ -116,10 +134,11 @@ struct SparseGemmOf {
   using ClusterShape = Shape<Int<CM>, Int<CN>, _1>;
   using ProblemShape = Shape<int, int, int, int>;
 
-  // No source C (void): nothing read but what the fusion op reads itself.
+  // A source C only where Traits has one (dw_acc); otherwise (void) nothing is read but
+  // what the fusion op reads itself.
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, void, LayoutD,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, ElementAcc, ElementC, LayoutD,
       kAlignD, ElementD, LayoutD, kAlignD, typename ScheduleTraits<Schedule>::Epilogue,
       typename Traits::FusionOp>::CollectiveOp;
 
@@ -138,6 +157,7 @@ struct SparseGemmOf {
   using SparseConfig = typename CollectiveMainloop::SparseConfig;
   using ElementE = typename CollectiveMainloop::ElementE;
   using StrideB = typename Kernel::StrideB;
+  using StrideC = typename Kernel::StrideC;
   using StrideD = typename Kernel::StrideD;
 
   static typename Gemm::Arguments Args(const Call& c) {
@@ -145,6 +165,7 @@ struct SparseGemmOf {
     auto layout_a = SparseConfig::fill_layoutA(ps);
     auto layout_e = SparseConfig::fill_layoutE(ps);
     auto stride_b = cutlass::make_cute_packed_stride(StrideB{}, make_shape(c.n, c.k, 1));
+    auto stride_c = cutlass::make_cute_packed_stride(StrideC{}, make_shape(c.m, c.n, 1));
     auto stride_d = cutlass::make_cute_packed_stride(StrideD{}, make_shape(c.m, c.n, 1));
     cutlass::KernelHardwareInfo hw;
     hw.device_id = c.device;
@@ -154,7 +175,7 @@ struct SparseGemmOf {
         ps,
         {static_cast<const ElementA*>(c.a_values), layout_a, static_cast<const ElementB*>(c.b),
          stride_b, static_cast<const ElementE*>(c.a_meta), layout_e},
-        {{}, nullptr, stride_d, static_cast<ElementD*>(c.d), stride_d},
+        {{}, static_cast<const ElementC*>(c.c), stride_c, static_cast<ElementD*>(c.d), stride_d},
         hw};
     if constexpr (StreamK) {
       using Decomposition = decltype(args.scheduler.decomposition_mode);

@@ -13,8 +13,10 @@
 namespace s24c {
 
 // The three products of a 2:4 linear Z = X @ W_s^T (gemm_kernel.cuh maps them
-// onto CUTLASS's D = A_sparse @ B).
-enum Product : int { kFwd = 0, kDx = 1, kDw = 2, kNumProducts = 3 };
+// onto CUTLASS's D = A_sparse @ B), and the weight gradient added to a running
+// float32 sum (kDwAcc: D = C + A_sparse @ B, gradient accumulation fused into
+// the GEMM's epilogue; its own handler, s24c_gemm_acc, which takes C).
+enum Product : int { kFwd = 0, kDx = 1, kDw = 2, kNumProducts = 3, kDwAcc = 3 };
 enum Schedule : int { kCooperative = 0, kPingpong = 1 };
 
 // Return codes of an instance's Run.
@@ -33,6 +35,7 @@ struct GemmCall {
   const void* a_values = nullptr;  // CUTLASS's compressed values of A
   const void* a_meta = nullptr;    // CUTLASS's metadata of A
   const void* b = nullptr;
+  const void* c = nullptr;  // kDwAcc's source C (may be d itself); unused otherwise
   void* d = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
