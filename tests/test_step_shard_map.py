@@ -78,6 +78,12 @@ TWO_DEVICES = COMMON + textwrap.dedent("""
         for a, b in zip(r["rngs"], ref["rngs"]):
             np.testing.assert_array_equal(a, b)
 
+    # the running sums added inside value_and_grad (the default) or after it: the same numbers
+    # on one device and per shard (the 2:4 layers' sums go through their backward rules there)
+    for layout in ((1, 1), (1, 2)):
+        on, off = train3(layout, mvue=True), train3(layout, mvue=True, grad_acc_in_gemm=False)
+        same(on, off, f"grad_acc_in_gemm {layout}")
+
     # bfloat16 compute: the weights gathered in bfloat16 give the same bits as gathered in float32
     # (the model casts them anyway); reduced in bfloat16 they differ a little
     f32 = train3((1, 2), dtype="bfloat16", shard_gather_dtype="float32")

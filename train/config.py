@@ -63,6 +63,9 @@ class Config:
     # --- batch ---
     batch_size: int = 16         # sequences per micro-batch, over all devices
     grad_accum: int = 1          # micro-batches per optimizer step
+    grad_acc_in_gemm: bool = True  # grad_accum > 1: each 2:4 weight's gradient is added to the running
+                                 # sum in its weight-gradient GEMM (backend "cutlass"; elsewhere an add,
+                                 # as with false: a separate pass over the float32 sums)
 
     # --- devices: a ("data", "fsdp", "tensor") mesh, see train/sharding.py ---
     mesh_data: int = -1          # data-parallel size; -1: all devices left after fsdp x tensor

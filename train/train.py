@@ -194,10 +194,15 @@ def _jit_on_first_call(fn, in_shardings_of, **jit_kwargs):
 
 # ----------------------------------------------------------------------------- step functions
 
-def mean_loss_and_grads(model, xs, ys):
+def mean_loss_and_grads(model, xs, ys, grad_acc_in_gemm: bool = True):
     """(mean loss, mean gradients, `rest`) of `model` over the micro-batches xs, ys
     ((grad_accum, batch, block_size)): the forward and backward of each in a lax.scan, the fp32
     gradients summed. `rest` is the model's non-Param state with the MVUE streams advanced.
+
+    grad_acc_in_gemm (with more than one micro-batch): the running sums go into each
+    micro-batch's value_and_grad (grad_acc=), where the 2:4 layers add them in their
+    weight-gradient GEMMs on a backend that can; else the sums are added after it. One
+    micro-batch: no sum to add to.
 
     The same code runs on one device, under XLA's sharding (tensor parallel) and per device
     inside the step's shard_map (`sharded_loss_and_grads`), where every value's type also says
@@ -209,12 +214,20 @@ def mean_loss_and_grads(model, xs, ys):
     # the 2:4 weights compressed once per step, not once per micro-batch
     s24nnx.prepare_weights(model)
     gdef, params, rest = nnx.split(model, nnx.Param, ...)
+    in_gemm = grad_acc_in_gemm and xs.shape[0] > 1
+
+    def loss_fn(m, x, y):
+        return cross_entropy(m(x), y)
 
     def micro(carry, xy):
         grads, loss_sum, rest = carry
         # `rest` comes back with the layers' MVUE key streams advanced
-        loss, g, rest = s24nnx.value_and_grad(lambda m, x, y: cross_entropy(m(x), y), gdef, params, rest, *xy)
-        return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, rest), None
+        if in_gemm:  # the running sum goes in; what comes back is the new one
+            loss, grads, rest = s24nnx.value_and_grad(loss_fn, gdef, params, rest, *xy, grad_acc=grads)
+        else:
+            loss, g, rest = s24nnx.value_and_grad(loss_fn, gdef, params, rest, *xy)
+            grads = jax.tree.map(jnp.add, grads, g)
+        return (grads, loss_sum + loss, rest), None
 
     zeros = jax.tree.map(lambda p: match_varying(jnp.zeros_like(p), p), params)
     loss0 = match_varying(jnp.zeros((), jnp.float32), xs)
@@ -276,7 +289,7 @@ def _per_shard(mesh, model, fn, out_specs, *batch, gather_in_compute=False, redu
     return out, jax.tree.unflatten(r_def, new_rest), p_def
 
 
-def sharded_loss_and_grads(mesh, model, xs, ys, **dtypes):
+def sharded_loss_and_grads(mesh, model, xs, ys, grad_acc_in_gemm: bool = True, **dtypes):
     """mean_loss_and_grads per device inside one shard_map over the batch axes ("data" and
     "fsdp" where larger than one; the model as on one device, so the 2:4 layers compress their
     gathered weights once per step). Returns what mean_loss_and_grads does, for the whole batch:
@@ -288,12 +301,13 @@ def sharded_loss_and_grads(mesh, model, xs, ys, **dtypes):
     (psum_scatter) over "fsdp" for one stored split; one per parameter, where autodiff puts
     them: after the micro-batch scan, each depending on its own gradient only, so XLA may
     start each as soon as its gradient is complete (with grad_accum = 1 the scan is inlined)
-    and combine small ones. dtypes: _per_shard's gather_in_compute, reduce_in_compute."""
+    and combine small ones. grad_acc_in_gemm: as mean_loss_and_grads'. dtypes: _per_shard's
+    gather_in_compute, reduce_in_compute."""
     axes = manual_axes(mesh)
     shards = int(np.prod([mesh.shape[a] for a in axes]))
 
     def fn(m, pull, xs, ys):
-        loss, grads, rest = mean_loss_and_grads(m, xs, ys)
+        loss, grads, rest = mean_loss_and_grads(m, xs, ys, grad_acc_in_gemm)
         nnx.update(m, rest)
         (g_leaves,) = pull(jax.tree.leaves(grads))
         # each device's gradient is of its shard's mean loss: the mean over shards
@@ -332,9 +346,9 @@ def make_train_step(graphdef, mesh, cfg):
     def step(state, xs, ys):
         model, optimizer = nnx.merge(graphdef, state)
         if per_shard:
-            loss, grads, rest = sharded_loss_and_grads(mesh, model, xs, ys, **_dtypes(cfg))
+            loss, grads, rest = sharded_loss_and_grads(mesh, model, xs, ys, cfg.grad_acc_in_gemm, **_dtypes(cfg))
         else:
-            loss, grads, rest = mean_loss_and_grads(model, xs, ys)
+            loss, grads, rest = mean_loss_and_grads(model, xs, ys, cfg.grad_acc_in_gemm)
         nnx.update(model, rest)
         grad_norm = optax.tree.norm(grads)
         lr = lr_schedule(cfg)(optimizer.step[...])  # the rate this update uses, for the log
