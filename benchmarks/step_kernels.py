@@ -12,7 +12,9 @@ calls/step and us/call, one column block per file:
 * CUTLASS GEMMs as ``<product> <scheduler> <tile>``: product ``fwd+gelu`` (the forward with
   the GELU epilogue: ``GeluGradAux`` in the name), ``dx*gelu'`` (the input gradient times
   gelu'(Z1): ``LinCombDeEltAct``), ``dx*gelu'+mvue`` (the same, also writing MVUE(dZ1^T):
-  ``LinCombMulAuxMvue``), ``dW`` (a plain GEMM with float32 output: ``LinearCombination<float,``)
+  ``LinCombMulAuxMvue``), ``dW`` (a plain GEMM with float32 output: ``LinearCombination<float,``),
+  ``dW+acc`` (the same with a float32 source C, the running sum of a gradient accumulation:
+  ``LinearCombination<float, float, float,``)
   or ``fwd/dx`` (a plain one with bf16 output; the two are the same CUTLASS kernel); scheduler ``coop``, ``pingpong`` or ``coop-streamK``
   (``StreamKScheduler``); tile M x N from the kernel's tile shape, ``c2x1`` etc. for a cluster other than 1x1.
 * our compressors (``OwnKernel<...>``) by their struct: ``OwnMvueBlock<32>``, ``OwnProject``.
@@ -58,8 +60,10 @@ def kernel_group(name: str) -> str | None:
         product = "dx*gelu'+mvue"
     elif "LinCombDeEltAct" in name:
         product = "dx*gelu'"
+    elif "LinearCombinationIffff" in name or "LinearCombination<float, float, float," in name:
+        product = "dW+acc"  # dw_acc: float32 output and a float32 source C (the running sum)
     elif "LinearCombinationIff" in name or "LinearCombination<float," in name:
-        product = "dW"  # float32 output (mangled: ff = float, float)
+        product = "dW"  # float32 output (mangled: ff = float, float), no source C (v = void)
     else:
         product = "fwd/dx"
     if "Pingpong" in name:

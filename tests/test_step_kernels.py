@@ -63,6 +63,17 @@ def test_demangled_names_group_as_their_mangled_twins(i):
     assert sk.kernel_group(NAMES["demangled"][i]) == DEMANGLED_EXPECTED[i]
 
 
+def test_the_accumulating_weight_gradient_is_its_own_group():
+    """dw_acc (a float32 source C: LinearCombination<float, float, float, float>) is told
+    apart from dw (<float, float, void, float>), mangled and demangled."""
+    mangled = NAMES["mangled"][7]["name"]
+    demangled = NAMES["demangled"][6]
+    assert "LinearCombinationIffvf" in mangled and "LinearCombination<float, float, void, float" in demangled
+    acc_m = mangled.replace("LinearCombinationIffvf", "LinearCombinationIffff")
+    acc_d = demangled.replace("LinearCombination<float, float, void, float", "LinearCombination<float, float, float, float")
+    assert sk.kernel_group(acc_m) == sk.kernel_group(acc_d) == "dW+acc pingpong 128x128"
+
+
 @pytest.mark.parametrize("name", [
     "nvjet_sm90_tst_320x64_64x4_1x2_h_bz_TNT",
     "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_cga1x1x1_kernel0_0",
