@@ -414,12 +414,15 @@ def _accumulable(layer: SparseLinear) -> bool:
 def _hand_grad_acc(model: nnx.Module, grad_acc) -> dict[tuple, tuple[SparseLinear, int]]:
     """Put each accumulable layer's weight sum from ``grad_acc`` (shaped like
     the model's Params) into its :class:`Sparse24GradAcc`; the weight's path ->
-    (layer, id of the sum the layer will pass on: its receipts' key)."""
+    (layer, id of the sum the layer will pass on: its receipts' key). A sum of
+    another shape or dtype than its weight stays with value_and_grad's adds."""
     sums = {path_keys(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(grad_acc)}
     handed = {}
     for path, layer in sparse_layers(model):
-        acc = sums.get(path + ("weight",))
-        if acc is not None and _accumulable(layer):
+        acc, w = sums.get(path + ("weight",)), _get(layer.weight)
+        # a sum in another dtype than the weight's (float32 sums of bf16 weights) is added here
+        if (acc is not None and _accumulable(layer) and tuple(acc.shape) == tuple(w.shape)
+                and jnp.dtype(acc.dtype) == jnp.dtype(w.dtype)):
             _set(layer.grad_acc, acc)
             handed[path + ("weight",)] = (layer, id(_get(layer.grad_acc)))
     return handed

@@ -231,6 +231,13 @@ def test_value_and_grad_grad_acc_is_the_running_sum_plus_the_gradient():
     # the sums are not state: nothing of them comes back in rest
     assert all(_get_value(v) is None for _, v in nnx.iter_graph(nnx.merge(gdef, params, r1))
                if isinstance(v, s24nnx.Sparse24GradAcc))
+    # float32 sums of bfloat16 weights: nothing handed to the layers, every sum added here, in float32
+    bf = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    _, g_bf, _ = s24nnx.value_and_grad(loss, gdef, bf, rest, x)
+    _, s_bf, _ = s24nnx.value_and_grad(loss, gdef, bf, rest, x, grad_acc=acc)
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g_bf), jax.tree.leaves(s_bf)):
+        assert s.dtype == jnp.float32
+        np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g, np.float32), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="grad_acc must be shaped like params"):
         s24nnx.value_and_grad(loss, gdef, params, rest, x, grad_acc={"mlp": acc["mlp"]})
 
