@@ -1,5 +1,6 @@
-// Host-only probe of the sparse GEMMs' shared memory: for the plain GEMM and each
-// fused epilogue (gemm_epilogue.cuh) at each tile config and epilogue shape, the
+// Host-only probe of the sparse GEMMs' shared memory: for the plain GEMM, each
+// fused epilogue (gemm_epilogue.cuh) at each tile config and epilogue shape, and the
+// weight gradient with and without a source C (dw, dw_acc), the
 // sparse mainloop's stage count and bytes per stage, the epilogue collective's
 // SharedStorage, its tile and StagesC / StagesD, and the kernel's whole
 // SharedStorage against the sm90 limit (227 KB = 232448 bytes). The types are
@@ -50,6 +51,15 @@ void Row(const char* config, const char* what, const char* shape) {
 template <int TM, int TN, int Schedule>
 void Plain(const char* config) {
   Row<SparseGemm<kFwd, TM, TN, 128, 1, 1, Schedule>>(config, "plain", "auto");
+}
+
+// The weight gradient without and with the running sum read as source C (dw_acc): C's
+// float32 epilogue stages cost the mainloop a stage at ping-pong 128x128 (4 -> 3) and leave
+// 128x256 one (CUTLASS needs two: build.py builds no dw_acc there).
+template <int TM, int TN, int Schedule, bool StreamK = false>
+void WeightGrad(const char* config) {
+  Row<SparseGemm<kDw, TM, TN, 128, 1, 1, Schedule, StreamK>>(config, "dw", "auto");
+  Row<SparseGemm<kDwAcc, TM, TN, 128, 1, 1, Schedule, StreamK>>(config, "dw_acc", "auto");
 }
 
 template <int TM, int TN, int Schedule, int EM = 0, int EN = 0, int SC = 0, int SD = 0>
@@ -111,6 +121,11 @@ int main() {
   Plain<128, 128, kCooperative>("t128x128x128_c1x1_coop");
   Fused<128, 128, kCooperative>("t128x128x128_c1x1_coop", "cand. auto");
   Fused<128, 128, kCooperative, 128, 16>("t128x128x128_c1x1_coop", "e128x16");
+  WeightGrad<128, 128, kPingpong>("t128x128x128_c1x1_pingpong");
+  WeightGrad<128, 128, kCooperative>("t128x128x128_c1x1_coop");
+  WeightGrad<256, 128, kCooperative>("t256x128x128_c1x1_coop");
+  WeightGrad<256, 128, kCooperative, true>("t256x128x128_c1x1_coop_sk");
+  Row<SparseGemm<kDw, 128, 256, 128, 1, 1, kCooperative>>("t128x256x128_c1x1_coop", "dw", "auto");
 #endif
   return 0;
 }
