@@ -48,10 +48,18 @@ def layout_name(layout: str, n: int) -> str:
     return "1 device" if layout == "one" else f"{layout} {n}"
 
 
-def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dict, object]:
+def block_sizes(steps: int, blocks: int) -> list[int]:
+    """``steps`` split into ``blocks`` consecutive blocks, as even as they go (the first ones
+    one step longer)."""
+    return [steps // blocks + (i < steps % blocks) for i in range(blocks)]
+
+
+def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None, blocks: int = 1) -> tuple[dict, object]:
     """tok/s of cfg's training step on cfg's mesh, random tokens; also the state after the
     steps (the next layout's `like`: its weights have moved a few steps, which leaves the
-    time per step as it is)."""
+    time per step as it is). The timed steps run as ``blocks`` consecutive blocks, each
+    waited for at its end: ``block_ms`` is each one's ms per step (does the speed drift
+    within a row?), ``step_ms`` their mean over all steps."""
     tp = time.perf_counter()
     mesh, _, state, step, xs, ys = prepare(cfg, seed, like)
     jax.block_until_ready(state)
@@ -61,12 +69,16 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None) -> tuple[dic
           f"(compilation) {compile_s:.1f} s", file=sys.stderr, flush=True)
     state, m = run_steps(step, state, xs, ys, warmup - 1, m)
     t1 = time.perf_counter()
-    dt, state, m = time_steps(step, state, xs, ys, steps, m)
+    dt, block_ms = 0.0, []
+    for k in block_sizes(steps, blocks):
+        d, state, m = time_steps(step, state, xs, ys, k, m)
+        dt += d
+        block_ms.append(1e3 * d / k)
     loss = float(m["loss"])
     return dict(devices=mesh.size, mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names),
                 global_batch=cfg.batch_size * cfg.grad_accum, tok_per_s=steps * cfg.tokens_per_step / dt,
-                step_ms=1e3 * dt / steps, warmup_s=t1 - t0, build_s=t0 - tp, compile_s=compile_s,
-                loss=loss), state
+                step_ms=1e3 * dt / steps, block_ms=block_ms, warmup_s=t1 - t0, build_s=t0 - tp,
+                compile_s=compile_s, loss=loss), state
 
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
@@ -119,6 +131,10 @@ def main(argv=None):
     p.add_argument("--layouts", default="one,data,fsdp", help=f"comma-separated, of {', '.join(LAYOUTS)}")
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
+    p.add_argument("--blocks", type=int, default=1,
+                   help="time each row's --steps as this many consecutive blocks and print each block's "
+                        "ms/step (whether a row's speed drifts: a dense step timed first in its process ran "
+                        "faster than after another model, docs/BENCHMARKS.md section 17)")
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--fresh-state", dest="reuse_state", action="store_false",
                    help="initialise the state again for every layout (default: once per method, then "
@@ -130,6 +146,8 @@ def main(argv=None):
         p.error("--warmup must be >= 1 (the first step compiles)")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if not 1 <= args.blocks <= args.steps:
+        p.error(f"--blocks must be between 1 and --steps ({args.steps})")
     try:
         specs = row_specs([m.strip() for m in args.methods.split(",") if m.strip()], args.variant)
     except ValueError as e:
@@ -169,15 +187,18 @@ def main(argv=None):
                     batch_size=args.batch_per_device * size, mesh_data=d, mesh_fsdp=f, mesh_tensor=t,
                     max_steps=max(row_base.max_steps, args.steps + args.warmup + 1)).validate()
                 # one init per row (it compiles slowly for big models); later layouts reshard it
-                r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None)
+                r, state = measure(cfg, args.steps, args.warmup, like=state if args.reuse_state else None,
+                                   blocks=args.blocks)
                 if layout == "one":
                     single = r["tok_per_s"]
                 r.update(method=label, overrides=extra, round=rnd + 1,
                          backend=cfg.backend if method != "dense" else "-", layout=layout_name(layout, size),
                          efficiency=None if single is None else r["tok_per_s"] / (r["devices"] * single))
                 rows.append(r)
-                print(f"{label} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)",
-                      file=sys.stderr, flush=True)
+                blocks = (", blocks " + " / ".join(f"{b:.1f}" for b in r["block_ms"]) + " ms/step"
+                          if args.blocks > 1 else "")
+                print(f"{label} {r['layout']}: {r['tok_per_s']:,.0f} tok/s (compile+warm-up {r['warmup_s']:.1f} s)"
+                      f"{blocks}", file=sys.stderr, flush=True)
                 if args.json:  # after every row: a run cut short keeps what it measured
                     Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(table(rows))

@@ -102,3 +102,12 @@ def test_train_scaling_variant_rows():
     for bad in ("srste", "srste:", ":mvue=false", "srste:mvue", "srste:=1"):
         with pytest.raises(ValueError, match="METHOD:FIELD=VALUE"):
             train_scaling.parse_variant(bad)
+
+
+def test_train_scaling_block_sizes():
+    """--blocks: consecutive blocks covering every timed step once, as even as they go."""
+    import train_scaling
+
+    assert train_scaling.block_sizes(10, 1) == [10]
+    assert train_scaling.block_sizes(10, 3) == [4, 3, 3]
+    assert train_scaling.block_sizes(5, 5) == [1] * 5

@@ -148,7 +148,7 @@ def test_scaling_benchmark_smoke(tmp_path):
     r = subprocess.run(
         [sys.executable, "benchmarks/train_scaling.py", "--config", "tiny", "--set", "n_layer=1",
          "--set", "n_embd=64", "--set", "n_head=2", "--set", "block_size=32", "--batch-per-device", "2",
-         "--steps", "2", "--warmup", "1", "--methods", "srste", "--json", str(tmp_path / "s.json")],
+         "--steps", "3", "--blocks", "2", "--warmup", "1", "--methods", "srste", "--json", str(tmp_path / "s.json")],
         env=env_with(2),
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr[-4000:]
@@ -156,11 +156,17 @@ def test_scaling_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
     assert {(x["method"], x["layout"]) for x in rows} >= {("srste", "1 device"), ("srste", "data 2"), ("srste", "fsdp 2")}
     assert all(x["tok_per_s"] > 0 for x in rows)
+    # --blocks 2 over 3 steps: blocks of 2 and 1 steps, whose step-weighted mean is the row's
+    for x in rows:
+        assert len(x["block_ms"]) == 2
+        assert abs((2 * x["block_ms"][0] + x["block_ms"][1]) / 3 - x["step_ms"]) < 1e-6 * x["step_ms"]
+    assert "blocks " in r.stderr and "ms/step" in r.stderr
 
 
 @pytest.mark.parametrize("script,args,message", [
     ("train_scaling.py", ["--warmup", "0"], "--warmup must be >= 1"),
     ("train_scaling.py", ["--rounds", "0"], "--rounds must be >= 1"),
+    ("train_scaling.py", ["--steps", "4", "--blocks", "5"], "--blocks must be between 1 and --steps"),
     ("train_scaling.py", ["--variant", "srste"], "use METHOD:FIELD=VALUE"),
     ("train_scaling.py", ["--variant", "srste:mvue_fcc=false"], "Did you mean mvue_fc"),
     ("resume_across_devices.py", ["--platform", "cpu", "--steps", "10", "--split", "10"], "--split must be between"),
