@@ -286,16 +286,14 @@ def sparse24_linear(
     validate(x, w, mask, beta, key, method, mvue, precision)
     precision = _fp8.canonical_precision(precision)
     check_grad_acc(grad_acc, w)
-    if grad_acc is not None and (precision != "compute" or method == "dense"):
-        raise ValueError(
-            f"grad_acc= works with precision='compute' and a sparse method, not precision={precision!r}, "
-            f"method={method!r}: drop grad_acc= and add the gradient to the running sum yourself"
-        )
-    if prepared is not None and (precision != "compute" or method == "dense"):
-        raise ValueError(
-            f"prepared= works with precision='compute' and a sparse method, not precision={precision!r}, "
-            f"method={method!r}: drop prepared= (the call then compresses the weight itself)"
-        )
+    # both feed the custom_vjp below, which neither the fp8 recipe nor a dense product runs
+    for name, given, instead in (("grad_acc", grad_acc, "and add the gradient to the running sum yourself"),
+                                 ("prepared", prepared, "(the call then compresses the weight itself)")):
+        if given is not None and (precision != "compute" or method == "dense"):
+            raise ValueError(
+                f"{name}= works with precision='compute' and a sparse method, not precision={precision!r}, "
+                f"method={method!r}: drop {name}= {instead}"
+            )
     if precision == "fp8":
         from .linear_fp8 import sparse24_linear_fp8  # noqa: PLC0415  (it imports this module)
 
