@@ -368,13 +368,17 @@ def sparse_layers(model: nnx.Module) -> Iterator[tuple[tuple, SparseLinear]]:
             yield tuple(path), node
 
 
+def _one_device_sparse(layer: SparseLinear) -> bool:
+    """Whether a layer's call is ``sparse24_linear``'s custom_vjp on one device:
+    not dense (method "dense" or dense fine-tuning), precision "compute", not
+    under a per-layer shard_map (each device there runs its own slice)."""
+    return not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
+
+
 def _preparable(layer: SparseLinear) -> bool:
-    """Whether a layer's operands can be computed once per step: not dense
-    (method "dense" or dense fine-tuning), precision "compute", a fixed
-    compute dtype, and not under a per-layer shard_map (each device there
-    compresses its own slice, inside)."""
-    return (not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
-            and layer.dtype is not None)
+    """Whether a layer's operands can be computed once per step: a one-device
+    sparse call (:func:`_one_device_sparse`) with a fixed compute dtype."""
+    return _one_device_sparse(layer) and layer.dtype is not None
 
 
 def prepare_weights(model: nnx.Module) -> None:
@@ -405,12 +409,6 @@ def clear_prepared(model: nnx.Module) -> None:
         _set(layer.prepared, None)
 
 
-def _accumulable(layer: SparseLinear) -> bool:
-    """Whether a layer's call can add a running sum to its weight's gradient:
-    sparse, precision "compute", not under a per-layer shard_map."""
-    return not layer.dense_finetuning and layer.shard is None and layer.precision == "compute"
-
-
 def _hand_grad_acc(model: nnx.Module, grad_acc) -> dict[tuple, tuple[SparseLinear, int]]:
     """Put each accumulable layer's weight sum from ``grad_acc`` (shaped like
     the model's Params) into its :class:`Sparse24GradAcc`; the weight's path ->
@@ -421,7 +419,7 @@ def _hand_grad_acc(model: nnx.Module, grad_acc) -> dict[tuple, tuple[SparseLinea
     for path, layer in sparse_layers(model):
         acc, w = sums.get(path + ("weight",)), _get(layer.weight)
         # a sum in another dtype than the weight's (float32 sums of bf16 weights) is added here
-        if (acc is not None and _accumulable(layer) and tuple(acc.shape) == tuple(w.shape)
+        if (acc is not None and _one_device_sparse(layer) and tuple(acc.shape) == tuple(w.shape)
                 and jnp.dtype(acc.dtype) == jnp.dtype(w.dtype)):
             _set(layer.grad_acc, acc)
             handed[path + ("weight",)] = (layer, id(_get(layer.grad_acc)))
