@@ -375,15 +375,19 @@ class CutlassBackend:
         values, meta = own_ops.mvue_compress(own_ops.seed_from_key(key), _pad_rows(dz, mp))
         return CutlassGrad(values, meta, None, n, mp)
 
-    def matmul_dw(self, g: CutlassGrad, x: jax.Array) -> jax.Array:
-        if g.values is None:
-            return jnp.dot(g.dense.T, x.astype(g.dense.dtype), preferred_element_type=jnp.float32)
+    def _dw_operand(self, g: CutlassGrad, x: jax.Array) -> tuple[jax.Array, str]:
+        """X as a pruned ``g``'s weight-gradient GEMM takes it (bf16, tokens padded as
+        ``g``'s) and the layer's dw config."""
         if x.ndim != 2 or _padded(x.shape[0]) != g.mp:
             raise ValueError(
                 f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
-        k = x.shape[1]
-        return ops.spmm("dw", g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp),
-                        config=self._config("dw", g.n, k))
+        return _pad_rows(x.astype(jnp.bfloat16), g.mp), self._config("dw", g.n, x.shape[1])
+
+    def matmul_dw(self, g: CutlassGrad, x: jax.Array) -> jax.Array:
+        if g.values is None:
+            return jnp.dot(g.dense.T, x.astype(g.dense.dtype), preferred_element_type=jnp.float32)
+        xp, config = self._dw_operand(g, x)
+        return ops.spmm("dw", g.values, g.meta, xp, config=config)
 
     def matmul_dw_acc(self, g: CutlassGrad, x: jax.Array, acc: jax.Array) -> jax.Array:
         """``acc + matmul_dw(g, x)`` (sparse24_jax.backend.AccumulatingWeightGrad): for a
@@ -392,14 +396,9 @@ class CutlassBackend:
         layer's dw config). A dense ``g`` (no MVUE), a library without that instance or a
         sum other than float32: ``matmul_dw`` and an add (XLA folds it into a dense GEMM)."""
         if g.values is not None and jnp.dtype(acc.dtype) == jnp.float32:
-            if x.ndim != 2 or _padded(x.shape[0]) != g.mp:
-                raise ValueError(
-                    f"x has shape {tuple(x.shape)} but the pruned gradient has {g.mp} (padded) tokens")
-            k = x.shape[1]
-            config = self._config("dw", g.n, k)
+            xp, config = self._dw_operand(g, x)
             if config in self.built["dw_acc"]:
-                return ops.spmm_dw_acc(g.values, g.meta, _pad_rows(x.astype(jnp.bfloat16), g.mp), acc,
-                                       config=config)
+                return ops.spmm_dw_acc(g.values, g.meta, xp, acc, config=config)
         return acc + self.matmul_dw(g, x).astype(acc.dtype)
 
     # -- mask ---------------------------------------------------------------
