@@ -32,6 +32,30 @@ def test_epilogue_ops_import_lazily():
     assert words[:2] == ["False", "False"] and words[2] in build.EPILOGUE_CONFIGS
 
 
+def test_gemm_reference_of_dw_acc_is_the_sum_plus_dw():
+    """ops.reference's dw_acc (the XLA twin the GPU test holds the kernel to) is the float32
+    running sum plus the dw product; the sum is asked for dw_acc and refused elsewhere."""
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from sparse24_jax_kernels.cutlass import ops
+
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.standard_normal((8, 16)), jnp.bfloat16)   # S(dZ^T) (N, M)
+    x = jnp.asarray(rng.standard_normal((16, 12)), jnp.bfloat16)  # X (M, K)
+    acc = jnp.asarray(rng.standard_normal((8, 12)), jnp.float32)
+    got = ops.reference("dw_acc", a, x, acc)
+    assert got.dtype == jnp.float32 and got.shape == (8, 12)
+    want = np.asarray(acc) + np.asarray(a, np.float32) @ np.asarray(x, np.float32)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(acc + ops.reference("dw", a, x)))
+    with pytest.raises(ValueError, match="acc= .* for dw_acc"):
+        ops.reference("dw_acc", a, x)
+    with pytest.raises(ValueError, match="only for it"):
+        ops.reference("dw", a, x, acc)
+
+
 def test_epilogue_references_are_the_exact_gelu_and_its_derivative():
     """The fused kernels' XLA twins (CPU): fwd is jax.nn.gelu(approximate=False) of the
     float32 product plus bias and jax.grad of it there; dx_dgelu multiplies the float32

@@ -18,7 +18,7 @@ and ``dw_acc`` (:func:`spmm_dw_acc`): ``C + dW`` for a float32 running sum ``C``
 (N, K), read by the GEMM's epilogue and updated in place: a gradient
 accumulation's add without a pass of its own.
 
-:func:`reference` is their XLA twin (float32 dots of the dense operands).
+:func:`reference` is the XLA twin of all four (float32 dots of the dense operands).
 Shapes: the sparse operand's rows and its 2:4 axis multiples of 64, the dense
 operand's other axis of 16 (CUTLASS's metadata atom rows, TMA alignment);
 other shapes raise ValueError naming the fix.
@@ -241,16 +241,22 @@ def spmm_dw_acc(values, meta, x, acc, *, config: str = DEFAULT_CONFIG):
     return out
 
 
-def reference(product, sparse_dense, b):
-    """The XLA twin of :func:`spmm`: float32 dots of the dense (pruned) sparse
-    operand and ``b``, cast as the kernel writes (bf16 for fwd and dx, float32 dw)."""
+def reference(product, sparse_dense, b, acc=None):
+    """The XLA twin of :func:`spmm` and :func:`spmm_dw_acc`: float32 dots of the dense
+    (pruned) sparse operand and ``b``, cast as the kernel writes (bf16 for fwd and dx,
+    float32 dw); ``dw_acc`` takes the float32 running sum ``acc`` and returns ``acc + dW``
+    (the kernel's epilogue adds in float32 too)."""
     import jax
     import jax.numpy as jnp
 
     p = _product_id(product)
+    if (p == PRODUCTS["dw_acc"]) != (acc is not None):
+        raise ValueError("reference: pass acc= (the float32 running sum) for dw_acc, and only for it")
     a = sparse_dense.astype(jnp.float32)
     bf = b.astype(jnp.float32)
     hi = jax.lax.Precision.HIGHEST
     if p == PRODUCTS["dw"]:
         return jnp.dot(a, bf, precision=hi)
+    if p == PRODUCTS["dw_acc"]:
+        return acc.astype(jnp.float32) + jnp.dot(a, bf, precision=hi)
     return jnp.dot(bf, a.T, precision=hi).astype(jnp.bfloat16)

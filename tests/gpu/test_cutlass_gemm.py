@@ -115,12 +115,14 @@ def test_product_matches_reference_every_config(ops, product, rows, cols, free):
 @pytest.mark.parametrize("rows,cols,free", SHAPES)
 def test_dw_acc_is_the_sum_plus_dw_every_config(ops, rows, cols, free):
     """spmm_dw_acc(C) == C + spmm("dw") of the same instance config, for every config with
-    a dw_acc instance (the epilogue's add of C in float32: equal up to one rounding)."""
+    a dw_acc instance (the epilogue's add of C in float32: equal up to one rounding), and
+    close to its XLA twin ops.reference("dw_acc") as dw is to its own."""
     rng = np.random.default_rng(rows + cols + free + 1)
     a = sparse_operand(rng, rows, cols)
     x = dense_operand(rng, "dw", rows, cols, free)
     acc = jnp.asarray(rng.standard_normal((rows, free)).astype(np.float32))
     vals, meta = ops.compress(a)
+    ref = ops.reference("dw_acc", a, x, acc)
     configs = ops.configs("dw_acc")
     from sparse24_jax_kernels.cutlass.build import CONFIGS
 
@@ -131,6 +133,10 @@ def test_dw_acc_is_the_sum_plus_dw_every_config(ops, rows, cols, free):
         assert out.dtype == jnp.float32 and out.shape == acc.shape, config
         np.testing.assert_allclose(as_np(out), as_np(acc) + dw, rtol=1e-6, atol=1e-6,
                                    err_msg=f"config {config}")
+        try:
+            check_close("dw", out, ref)
+        except AssertionError as err:
+            raise AssertionError(f"config {config}, dw_acc against its reference: {err}") from None
 
 
 @pytest.mark.parametrize("config", ["t128x128x128_c1x1_pingpong", "t256x128x128_c1x1_coop_sk"])
