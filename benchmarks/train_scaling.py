@@ -2,12 +2,18 @@
 
     python benchmarks/train_scaling.py --config gpt2-124m --methods dense,srste --backend cusparselt
     python benchmarks/train_scaling.py --config gpt2-774m --batch-per-device 4 --json scaling.json
-    # an A/B of a config field in one process, alternating: dense, srste, srste (mvue_fc=false), twice
+    # an A/B of a config field, alternating: dense, srste, srste (mvue_fc=false), twice (each its own process)
     python benchmarks/train_scaling.py --config gpt2-1558m --methods dense,srste --variant srste:mvue_fc=false \\
         --rounds 2 --backend cutlass --layouts one --batch-per-device 8 --grad-accum 2
     # smoke test on CPU:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \\
       python benchmarks/train_scaling.py --config tiny --steps 2 --warmup 1
+
+Each row runs in a fresh Python process of its own (the default; ``--in-process`` runs them
+all in this one): on an H200 the GPT-2 1558M dense step ran 16-20 ms slower when another model
+had run before it in the same process, while a model alone in its process, as a training run is,
+stays at its fast speed for as long as it runs (docs/BENCHMARKS.md section 18). Later rows load
+their programs from JAX's compilation cache when one is set (``$JAX_COMPILATION_CACHE_DIR``).
 
 Weak scaling: every device gets --batch-per-device sequences of block_size random tokens, so
 the global batch grows with the device count. Each row times --steps optimizer steps of
@@ -31,6 +37,7 @@ import dataclasses
 import faulthandler
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,7 +85,7 @@ def measure(cfg, steps: int, warmup: int, seed: int = 0, like=None, blocks: int 
     return dict(devices=mesh.size, mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names),
                 global_batch=cfg.batch_size * cfg.grad_accum, tok_per_s=steps * cfg.tokens_per_step / dt,
                 step_ms=1e3 * dt / steps, block_ms=block_ms, warmup_s=t1 - t0, build_s=t0 - tp,
-                compile_s=compile_s, loss=loss), state
+                compile_s=compile_s, loss=loss, pid=os.getpid()), state
 
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
@@ -113,6 +120,57 @@ def table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def child_argv(args, method: str, extra: list[str], json_path: str) -> list[str]:
+    """The command line that times one row (``method`` with the config overrides ``extra`` on
+    top of --set) in a process of its own: every option of this run but the row list, the
+    rounds and the JSON file, run in-process there."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--config", args.config,
+            "--methods", method, "--in-process", "--json", json_path,
+            "--batch-per-device", str(args.batch_per_device), "--grad-accum", str(args.grad_accum),
+            "--devices", str(args.devices), "--layouts", args.layouts, "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--blocks", str(args.blocks),
+            "--stack-dump", str(args.stack_dump)]
+    for o in [*args.overrides, *extra]:
+        argv += ["--set", o]
+    if args.backend:
+        argv += ["--backend", args.backend]
+    if not args.reuse_state:
+        argv.append("--fresh-state")
+    return argv
+
+
+def run_rows_in_processes(args, specs) -> list[dict]:
+    """Every round's rows, each in a fresh process (``child_argv``), their output passed
+    through; the rows (and the first child's device meta) gathered here, the JSON written
+    after every row. This process never touches a device: it would hold the GPU's memory
+    pool the children need."""
+    import subprocess
+    import tempfile
+
+    rows, meta = [], dict(config=args.config, overrides=args.overrides, steps=args.steps,
+                          rounds=args.rounds, process_per_row=True)
+    with tempfile.TemporaryDirectory(prefix="train_scaling_") as tmp:
+        for rnd in range(args.rounds):
+            for i, (label, method, extra) in enumerate(specs):
+                out = Path(tmp) / f"round{rnd + 1}_row{i}.json"
+                print(f"# round {rnd + 1}, {label}: a fresh process", file=sys.stderr, flush=True)
+                rc = subprocess.run(child_argv(args, method, extra, str(out))).returncode
+                if rc != 0 or not out.exists():
+                    if args.json and rows:
+                        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                    raise SystemExit(f"train_scaling: the process timing {label!r} (round {rnd + 1}) "
+                                     f"exited with {rc}; the rows before it are above")
+                child = json.loads(out.read_text())
+                for key in ("devices", "device_kind", "batch_per_device", "block_size"):
+                    meta.setdefault(key, child["meta"].get(key))
+                for r in child["rows"]:
+                    r.update(method=label, overrides=extra, round=rnd + 1)
+                    rows.append(r)
+                if args.json:  # after every row: a run cut short keeps what it measured
+                    Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny", help="config name (tiny, gpt2-124m, ...) or .toml path")
@@ -121,7 +179,7 @@ def main(argv=None):
     p.add_argument("--methods", default="dense,srste", help="comma-separated: dense, srste, sste, ste")
     p.add_argument("--variant", action="append", default=[], metavar="METHOD:FIELD=VALUE[:FIELD=VALUE]",
                    help="one more row after --methods: METHOD with these config overrides on top of --set "
-                        "(repeatable; e.g. srste:mvue_fc=false), timed in the same process")
+                        "(repeatable; e.g. srste:mvue_fc=false)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run all rows this many times in turn (A, B, A, B: an A/B on one machine state)")
     p.add_argument("--backend", default=None, help="2:4 backend (xla, triton, cusparselt); default: the config's")
@@ -135,6 +193,9 @@ def main(argv=None):
                    help="time each row's --steps as this many consecutive blocks and print each block's "
                         "ms/step (whether a row's speed drifts: a dense step timed first in its process ran "
                         "faster than after another model, docs/BENCHMARKS.md section 17)")
+    p.add_argument("--in-process", dest="process_per_row", action="store_false",
+                   help="time every row in this one process instead of one fresh process per row (the "
+                        "default; in one process the rows' order moved the dense step by up to 5%%)")
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--fresh-state", dest="reuse_state", action="store_false",
                    help="initialise the state again for every layout (default: once per method, then "
@@ -152,6 +213,15 @@ def main(argv=None):
         specs = row_specs([m.strip() for m in args.methods.split(",") if m.strip()], args.variant)
     except ValueError as e:
         p.error(str(e))
+    if args.process_per_row:
+        try:  # every override checked before a process starts
+            for _, _, extra in specs:
+                load_config(args.config, [*args.overrides, *extra])
+        except ValueError as e:
+            p.error(str(e))
+        rows = run_rows_in_processes(args, specs)
+        print(table(rows))
+        return rows
     logging.getLogger("sparse24_train").setLevel(logging.ERROR)  # "mesh uses 1 of N devices" is intended
     if args.stack_dump:  # where a slow row spends its time (tracing, compiling, running)
         faulthandler.dump_traceback_later(args.stack_dump, repeat=True)
@@ -175,7 +245,7 @@ def main(argv=None):
     rows = []
     meta = dict(config=args.config, overrides=args.overrides, devices=n, device_kind=jax.devices()[0].device_kind,
                 batch_per_device=args.batch_per_device, block_size=base.block_size, steps=args.steps,
-                rounds=args.rounds)
+                rounds=args.rounds, process_per_row=False)
     for rnd in range(args.rounds):
         for label, method, extra in specs:
             single, state, row_base = None, None, bases[label]

@@ -163,6 +163,26 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert "blocks " in r.stderr and "ms/step" in r.stderr
 
 
+@pytest.mark.parametrize("in_process", [False, True])
+def test_scaling_rows_run_in_their_own_processes(tmp_path, in_process):
+    # the default: every row (here dense, then a variant of srste) times in a fresh process, its
+    # label and overrides kept; --in-process: all rows in the one process
+    r = subprocess.run(
+        [sys.executable, "benchmarks/train_scaling.py", "--config", "tiny", "--set", "n_layer=1",
+         "--set", "n_embd=64", "--set", "n_head=2", "--set", "block_size=32", "--batch-per-device", "2",
+         "--steps", "1", "--warmup", "1", "--layouts", "one", "--methods", "dense",
+         "--variant", "srste:mvue=false", "--json", str(tmp_path / "s.json"),
+         *(["--in-process"] if in_process else [])],
+        env=env_with(1), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    out = json.loads((tmp_path / "s.json").read_text())
+    rows = out["rows"]
+    assert [(x["method"], x["overrides"]) for x in rows] == [("dense", []), ("srste (mvue=false)", ["mvue=false"])]
+    assert out["meta"]["process_per_row"] is (not in_process) and out["meta"]["device_kind"] == "cpu"
+    assert len({x["pid"] for x in rows}) == (1 if in_process else 2)
+    assert ("a fresh process" in r.stderr) is (not in_process)
+
+
 @pytest.mark.parametrize("script,args,message", [
     ("train_scaling.py", ["--warmup", "0"], "--warmup must be >= 1"),
     ("train_scaling.py", ["--rounds", "0"], "--rounds must be >= 1"),
