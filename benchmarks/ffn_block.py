@@ -278,9 +278,12 @@ def main(argv=None) -> int:
                    help="JAX timing (timing.time_jax): R calls enqueued back to back (pipelined), or "
                         "a jitted loop of R calls (loop; adds about a copy of the first operand per call "
                         "around our custom calls, docs/BENCHMARKS.md)")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    # a long window: with 1 + 3 rounds of 10 calls (~60 ms of timing at GPT-2 sizes) XLA's dense
+    # block read 6-10% apart between runs; with 5 + 10 rounds of 50 two runs agree within 1%
+    # (the GPU settles at its power cap; docs/BENCHMARKS.md section 18)
+    p.add_argument("--reps", type=int, default=50, help="calls per timed round")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds (the median is reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--block", action="store_true",
