@@ -183,6 +183,25 @@ def test_scaling_rows_run_in_their_own_processes(tmp_path, in_process):
     assert ("a fresh process" in r.stderr) is (not in_process)
 
 
+def test_scaling_parent_process_never_starts_a_backend():
+    # with a process per row the parent must not touch a device: on a GPU with JAX's default
+    # allocator it would hold 75% of the memory its children need
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, "benchmarks")
+        import train_scaling
+        train_scaling.main(["--config", "tiny", "--set", "n_layer=1", "--set", "n_embd=64", "--set", "n_head=2",
+                            "--set", "block_size=32", "--batch-per-device", "2", "--steps", "1", "--warmup", "1",
+                            "--layouts", "one", "--methods", "dense"])
+        from jax._src import xla_bridge
+        print("BACKENDS", sorted(xla_bridge._backends))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], env=env_with(1), capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert "BACKENDS []" in r.stdout, r.stdout[-2000:]
+
+
 @pytest.mark.parametrize("script,args,message", [
     ("train_scaling.py", ["--warmup", "0"], "--warmup must be >= 1"),
     ("train_scaling.py", ["--rounds", "0"], "--rounds must be >= 1"),
