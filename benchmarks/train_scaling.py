@@ -213,6 +213,10 @@ def main(argv=None):
         specs = row_specs([m.strip() for m in args.methods.split(",") if m.strip()], args.variant)
     except ValueError as e:
         p.error(str(e))
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    for x in layouts:
+        if x not in LAYOUTS:
+            p.error(f"unknown layout {x!r}: use {', '.join(LAYOUTS)}")
     if args.process_per_row:
         try:  # every override checked before a process starts
             for _, _, extra in specs:
@@ -233,10 +237,6 @@ def main(argv=None):
                  for label, _, extra in specs}
     except ValueError as e:  # ConfigError: the message names the fix
         p.error(str(e))
-    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
-    for x in layouts:
-        if x not in LAYOUTS:
-            p.error(f"unknown layout {x!r}: use {', '.join(LAYOUTS)}")
     if n == 1:
         layouts = [x for x in layouts if x == "one"] or ["one"]
     print(f"# train step scaling: config {args.config}, {n} device(s) of {jax.devices()[0].device_kind}, "

@@ -208,6 +208,7 @@ def test_scaling_parent_process_never_starts_a_backend():
     ("train_scaling.py", ["--steps", "4", "--blocks", "5"], "--blocks must be between 1 and --steps"),
     ("train_scaling.py", ["--variant", "srste"], "use METHOD:FIELD=VALUE"),
     ("train_scaling.py", ["--variant", "srste:mvue_fcc=false"], "Did you mean mvue_fc"),
+    ("train_scaling.py", ["--layouts", "one,dp"], "unknown layout 'dp'"),
     ("resume_across_devices.py", ["--platform", "cpu", "--steps", "10", "--split", "10"], "--split must be between"),
 ])
 def test_benchmark_scripts_refuse_bad_arguments(script, args, message):
