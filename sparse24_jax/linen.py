@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, fused_flag, gated
-from .ffn import mvue_pair
+from .backend import capabilities
+from .ffn import Sparse24Weight, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
@@ -50,38 +51,70 @@ class SparseLinear(nn.Module):
     kernel_init: Any = default_kernel_init
 
     @nn.compact
-    def __call__(self, x):
+    def state(self, in_features: int) -> tuple[Sparse24Weight, jax.Array | None]:
+        """This layer's variables, made on first use: the master weight with its
+        mask (SR-STE/STE) or beta (S-STE) as a :class:`~sparse24_jax.ffn.Sparse24Weight`
+        (no mask for ``method="dense"``), and this call's MVUE key (``None`` without
+        MVUE, for a dense layer and in dense fine-tuning). :class:`SparseMLP` reads both
+        linears' through it to run them as one FFN block."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {METHODS}")
-        precision = canonical_precision(self.precision)
-        k = x.shape[-1]
-        for name, v in (("in_features", k), ("features", self.features)):
+        for name, v in (("in_features", in_features), ("features", self.features)):
             if self.method != "dense" and v % 4:
                 raise ValueError(f"{name}={v} is not a multiple of 4: choose a size divisible by 4")
-        w = self.param("weight", self.kernel_init, (self.features, k), self.param_dtype)
+        w = self.param("weight", self.kernel_init, (self.features, in_features), self.param_dtype)
         if self.method == "dense":
             # no mask at all: refresh_masks and decay_masks find layers by their mask,
             # and a dense layer must get neither a transposable mask nor masked decay
-            return sparse24_linear(x.astype(self.dtype or x.dtype), w, method="dense", precision=precision)
+            return Sparse24Weight(w), None
         mask = self.variable(COLLECTION, "mask", lambda: search_mask(self.method, self.backend, w))
         beta = None
         if self.method == "sste":
             beta = self.variable(COLLECTION, "beta", lambda: sste_scale(w)).value
-        x = x.astype(self.dtype or x.dtype)
-        if self.dense_finetuning:
-            return sparse24_linear(x, w, method="dense", precision=precision)
         key = None
-        if self.mvue:
+        if self.mvue and not self.dense_finetuning:
             if not self.has_rng(COLLECTION):
                 raise ValueError(
                     "mvue=True needs an rng: apply(..., rngs={'sparse24': key}) with a fresh key "
                     "every step, or build the module with mvue=False"
                 )
             key = self.make_rng(COLLECTION)
+        return Sparse24Weight(w, mask.value, beta), key
+
+    def __call__(self, x):
+        precision = canonical_precision(self.precision)
+        weight, key = self.state(x.shape[-1])
+        x = x.astype(self.dtype or x.dtype)
+        if self.method == "dense" or self.dense_finetuning:
+            return sparse24_linear(x, weight.w, method="dense", precision=precision)
         return sparse24_linear(
-            x, w, mask.value, beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
+            x, weight.w, weight.mask, weight.beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
             precision=precision,
         )
+
+
+def _ffn_block(fc: SparseLinear, proj: SparseLinear, x, activation: str, fused: bool):
+    """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one custom_vjp
+    where the backend fuses this activation (its backward with the MVUE pruning, or into
+    a GEMM's epilogue) and the two layers allow it (the same sparse method, backend and
+    dtype, precision "compute", no dense fine-tuning), as :mod:`sparse24_jax.nnx`'s
+    modules do; else ``None``, and the caller composes the two layers (the same numbers
+    without the fusion). Each layer draws its MVUE key as its own call would."""
+    if fc.method == "dense" or (fc.method, fc.backend, fc.dtype) != (proj.method, proj.backend, proj.dtype):
+        return None
+    if fc.dense_finetuning or proj.dense_finetuning or not fused:
+        return None
+    if canonical_precision(fc.precision) != "compute" or canonical_precision(proj.precision) != "compute":
+        return None
+    caps = capabilities(fc.backend)
+    if activation not in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad):
+        return None
+    x = x.astype(fc.dtype or x.dtype)
+    h = fc.features // 2 if activation in GATED_KINDS else fc.features
+    fc_w, fc_key = fc.state(x.shape[-1])
+    proj_w, proj_key = proj.state(h)
+    return sparse24_ffn(x, fc_w, proj_w, activation=activation, keys=(fc_key, proj_key), method=fc.method,
+                        backend=fc.backend, mvue=(fc.mvue, proj.mvue), fused=fused)
 
 
 def _per_linear(linear_kwargs, mvue):
@@ -96,23 +129,33 @@ def _per_linear(linear_kwargs, mvue):
 
 class SparseMLP(nn.Module):
     """GPT-2's FFN, ``proj(gelu(fc(x)))``, both linears 2:4. ``mvue``: as
-    :class:`sparse24_jax.nnx.SparseMLP`'s (a pair ``(fc's, proj's)``), over ``linear_kwargs``."""
+    :class:`sparse24_jax.nnx.SparseMLP`'s (a pair ``(fc's, proj's)``), over ``linear_kwargs``.
+    Where the backend fuses the GELU (into the GEMMs' epilogues, "cutlass", or its backward
+    with the MVUE pruning), the two linears run as one FFN block
+    (:func:`~sparse24_jax.ffn.sparse24_ffn`), as the NNX module does;
+    ``fused_activation=False`` composes them."""
 
     d_hidden: int
     linear_kwargs: dict = None  # forwarded to both SparseLinear layers
     mvue: Any = None
+    fused_activation: bool = True
 
     @nn.compact
     def __call__(self, x):
         kw_fc, kw_proj = _per_linear(self.linear_kwargs, self.mvue)
-        h = SparseLinear(self.d_hidden, name="fc", **kw_fc)(x)
-        return SparseLinear(x.shape[-1], name="proj", **kw_proj)(jax.nn.gelu(h, approximate=False))
+        fc = SparseLinear(self.d_hidden, name="fc", **kw_fc)
+        proj = SparseLinear(x.shape[-1], name="proj", **kw_proj)
+        y = _ffn_block(fc, proj, x, "gelu", fused_flag(self.fused_activation))
+        if y is not None:
+            return y
+        return proj(jax.nn.gelu(fc(x), approximate=False))
 
 
 class SparseGatedMLP(nn.Module):
     """LLaMA-style FFN, ``proj(x * act(gate))`` with ``[x, gate] = gate_up(x)``.
-    The activation runs the backend's fused kernels when it has them (see
-    :class:`sparse24_jax.nnx.SparseGatedMLP`; ``fused_activation`` likewise)."""
+    The activation runs the backend's fused kernels when it has them, and where the
+    backend fuses its backward with the MVUE pruning the two linears run as one FFN
+    block (see :class:`sparse24_jax.nnx.SparseGatedMLP`; ``fused_activation`` likewise)."""
 
     d_hidden: int
     activation: str = "swiglu"
@@ -125,9 +168,14 @@ class SparseGatedMLP(nn.Module):
         if self.activation not in GATED_KINDS:
             raise ValueError(f"unknown activation {self.activation!r}: use one of {GATED_KINDS}")
         kw_up, kw_proj = _per_linear(self.linear_kwargs, self.mvue)
-        h = SparseLinear(2 * self.d_hidden, name="gate_up", **kw_up)(x)
-        a = gated(h, self.activation, backend=kw_up.get("backend", "xla"), fused=fused_flag(self.fused_activation))
-        return SparseLinear(x.shape[-1], name="proj", **kw_proj)(a)
+        fused = fused_flag(self.fused_activation)
+        gate_up = SparseLinear(2 * self.d_hidden, name="gate_up", **kw_up)
+        proj = SparseLinear(x.shape[-1], name="proj", **kw_proj)
+        y = _ffn_block(gate_up, proj, x, self.activation, fused)
+        if y is not None:
+            return y
+        a = gated(gate_up(x), self.activation, backend=kw_up.get("backend", "xla"), fused=fused)
+        return proj(a)
 
 
 def _layers(params, sparse_state):

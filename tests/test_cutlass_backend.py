@@ -438,6 +438,20 @@ def test_sparse_mlp_takes_the_block_on_cutlass(be):
 
 
 @pytest.mark.parametrize("be", [True], indirect=True)
+def test_linen_sparse_mlp_takes_the_block_on_cutlass(be):
+    # linen users get the fused GELU epilogues too (the module composed the layers before)
+    from sparse24_jax import linen as s24linen
+
+    m = s24linen.SparseMLP(256, linear_kwargs={"backend": be, "dtype": jnp.bfloat16})
+    x = jnp.ones((2, 32, 128), jnp.bfloat16)
+    v = m.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, x)
+    be.calls.clear()
+    jax.grad(lambda p: jnp.sum(m.apply({"params": p, "sparse24": v["sparse24"]}, x,
+                                       rngs={"sparse24": jax.random.key(2)}).astype(jnp.float32)))(v["params"])
+    assert {"fwd_gelu", "dx_dgelu"} <= {c[0] for c in be.calls}
+
+
+@pytest.mark.parametrize("be", [True], indirect=True)
 def test_fused_methods_check_their_inputs(be):
     import sparse24_jax as s24
 

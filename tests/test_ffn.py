@@ -187,6 +187,46 @@ def test_modules_use_the_block_with_the_layers_keys(fusing):
         assert be.calls == []
 
 
+@pytest.mark.parametrize("fusing", [False, True])
+@pytest.mark.parametrize("kind", ["gelu", "swiglu"])
+@pytest.mark.parametrize("mvue", [True, (False, True)])
+def test_linen_modules_use_the_block_with_the_layers_keys(fusing, kind, mvue):
+    """The linen MLPs run the block where the backend fuses, as the NNX ones do: the same
+    variables as the composed layers, fc's key then proj's (with one rng the gradients equal
+    the composed path's, fused_activation=False), and the composed path where it does not."""
+    from sparse24_jax import linen as s24linen
+
+    be = FusingXla() if fusing else "xla"
+
+    def module(fused):
+        kw = {"backend": be}
+        if kind == "gelu":
+            return s24linen.SparseMLP(H, linear_kwargs=kw, mvue=mvue, fused_activation=fused)
+        return s24linen.SparseGatedMLP(H, activation=kind, linear_kwargs=kw, mvue=mvue, fused_activation=fused)
+
+    x = jax.random.normal(jax.random.key(9), (4, 4, D))
+    rngs = {"params": jax.random.key(0), "sparse24": jax.random.key(1)}
+    block, twin = module(True), module(False)
+    v = block.init(rngs, x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, twin.init(rngs, x))
+    if fusing:
+        be.calls.clear()
+
+    def grads(mod):
+        def loss(p):
+            y = mod.apply({"params": p, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(5)})
+            return jnp.sum(jnp.sin(y))
+
+        return jax.grad(loss)(v["params"])
+
+    g, g_ref = grads(block), grads(twin)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    if fusing:  # the block's fused backward + MVUE ran (once: fc's), where fc prunes its gradient
+        h = H if kind == "gelu" else 2 * H
+        assert be.calls == ([(kind, (16, h))] if mvue is True else [])
+
+
 def test_block_errors():
     fc, proj = weights("gelu", "srste")
     x = jnp.ones((4, D))

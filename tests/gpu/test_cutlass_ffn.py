@@ -10,7 +10,7 @@ H100/H200 and the CUTLASS library with its fused instances
 * the jitted step holds the fused custom calls (two per block: fc1's forward,
   fc2's input gradient), and none with fused=False;
 * SwiGLU's backward runs fused with the MVUE of dZ1 (own_swiglu_grad_mvue);
-* SparseMLP (the training stack's GPT-2 FFN) takes the block on "cutlass".
+* SparseMLP (the training stack's GPT-2 FFN) takes the block on "cutlass", NNX and linen.
 """
 
 from __future__ import annotations
@@ -155,6 +155,36 @@ def test_sparse_mlp_takes_the_fused_block(be):
 
     hlo = jax.jit(grad).lower(params, rest).compile().as_text()
     assert hlo.count(f'custom_call_target="{EPI}"') == 2
+
+
+def test_linen_sparse_mlp_takes_the_fused_block(be):
+    """The linen SparseMLP runs the fused block on "cutlass" as the NNX one does (two fused
+    GEMMs in the compiled step; it composed the layers before session 17), with gradients in
+    the xla backend's error distribution around the exact ones."""
+    from sparse24_jax import linen as s24linen
+
+    d, h = 256, 1024
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+
+    def run(backend, mvue=True):
+        mod = s24linen.SparseMLP(h, linear_kwargs={"backend": backend, "dtype": jnp.bfloat16, "mvue": mvue})
+        v = mod.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, x)
+
+        def grad(params):
+            return jax.grad(lambda p: jnp.mean(mod.apply({"params": p, "sparse24": v["sparse24"]}, x,
+                                                         rngs={"sparse24": jax.random.key(5)})
+                                               .astype(jnp.float32) ** 2))(params)
+
+        f = jax.jit(grad)
+        return f(v["params"]), f.lower(v["params"]).compile().as_text()
+
+    g, hlo = run("cutlass")
+    assert hlo.count(f'custom_call_target="{EPI}"') == 2
+    g_x, _ = run("xla")
+    g_exact, _ = run("xla", mvue=False)
+    for a, b, e in zip(jax.tree.leaves(g), jax.tree.leaves(g_x), jax.tree.leaves(g_exact)):
+        e_c, e_x = rel(a, e), rel(b, e)
+        assert e_c < 2.0 and 0.5 < (e_c + 1e-3) / (e_x + 1e-3) < 2.0, (e_c, e_x)
 
 
 @pytest.mark.parametrize("mvue", [(False, True), False])
