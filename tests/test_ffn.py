@@ -189,8 +189,8 @@ def test_modules_use_the_block_with_the_layers_keys(fusing):
 
 @pytest.mark.parametrize("fusing", [False, True])
 @pytest.mark.parametrize("kind", ["gelu", "swiglu"])
-@pytest.mark.parametrize("mvue", [True, (False, True)])
-def test_linen_modules_use_the_block_with_the_layers_keys(fusing, kind, mvue):
+@pytest.mark.parametrize("mvue,method", [(True, "srste"), ((False, True), "srste"), (True, "sste")])
+def test_linen_modules_use_the_block_with_the_layers_keys(fusing, kind, mvue, method):
     """The linen MLPs run the block where the backend fuses, as the NNX ones do: the same
     variables as the composed layers, fc's key then proj's (with one rng the gradients equal
     the composed path's, fused_activation=False), and the composed path where it does not."""
@@ -199,7 +199,7 @@ def test_linen_modules_use_the_block_with_the_layers_keys(fusing, kind, mvue):
     be = FusingXla() if fusing else "xla"
 
     def module(fused):
-        kw = {"backend": be}
+        kw = {"backend": be, "method": method}
         if kind == "gelu":
             return s24linen.SparseMLP(H, linear_kwargs=kw, mvue=mvue, fused_activation=fused)
         return s24linen.SparseGatedMLP(H, activation=kind, linear_kwargs=kw, mvue=mvue, fused_activation=fused)
