@@ -86,6 +86,15 @@ class Sparse24Weight(NamedTuple):
     grad_acc: jax.Array | None = None
 
 
+def fuses_activation(backend: str | Backend, kind: str) -> bool:
+    """Whether ``backend`` fuses ``kind`` somewhere in the block: its backward with the MVUE
+    pruning, or into a GEMM's epilogue (forward or input gradient). Where it does not, the
+    modules compose the two linears instead of calling :func:`sparse24_ffn` (the same
+    numbers, no gain from the block)."""
+    caps = capabilities(backend)
+    return kind in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad)
+
+
 def activation(kind: str, z: jax.Array, backend: Backend | None = None, fused: bool = True) -> jax.Array:
     """The block's forward activation of ``z``: GELU as ``jax.nn.gelu``
     (exact) in ``z``'s dtype, the gated kinds through the backend's fused

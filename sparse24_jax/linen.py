@@ -21,8 +21,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, fused_flag, gated
-from .backend import capabilities
-from .ffn import Sparse24Weight, mvue_pair, sparse24_ffn
+from .ffn import Sparse24Weight, fuses_activation, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
@@ -106,8 +105,7 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x, activation: str, fused: 
         return None
     if canonical_precision(fc.precision) != "compute" or canonical_precision(proj.precision) != "compute":
         return None
-    caps = capabilities(fc.backend)
-    if activation not in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad):
+    if not fuses_activation(fc.backend, activation):
         return None
     x = x.astype(fc.dtype or x.dtype)
     h = fc.features // 2 if activation in GATED_KINDS else fc.features

@@ -45,8 +45,7 @@ from flax import nnx
 
 from . import _grad_acc
 from .activations import GATED_KINDS, fused_flag, gated
-from .backend import capabilities
-from .ffn import Sparse24Weight, mvue_pair, sparse24_ffn
+from .ffn import Sparse24Weight, fuses_activation, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
@@ -246,8 +245,7 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
         return None
     if fc.shard is not None or proj.shard is not None or not fused:
         return None
-    caps = capabilities(fc.backend)
-    if activation not in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad):
+    if not fuses_activation(fc.backend, activation):
         return None
     x = x.astype(fc.dtype or x.dtype)
     keys = (fc.rngs() if fc.mvue else None, proj.rngs() if proj.mvue else None)
