@@ -50,7 +50,7 @@ class SparseLinear(nn.Module):
     kernel_init: Any = default_kernel_init
 
     @nn.compact
-    def state(self, in_features: int) -> tuple[Sparse24Weight, jax.Array | None]:
+    def weight_and_key(self, in_features: int) -> tuple[Sparse24Weight, jax.Array | None]:
         """This layer's variables, made on first use: the master weight with its
         mask (SR-STE/STE) or beta (S-STE) as a :class:`~sparse24_jax.ffn.Sparse24Weight`
         (no mask for ``method="dense"``), and this call's MVUE key (``None`` without
@@ -82,7 +82,7 @@ class SparseLinear(nn.Module):
 
     def __call__(self, x):
         precision = canonical_precision(self.precision)
-        weight, key = self.state(x.shape[-1])
+        weight, key = self.weight_and_key(x.shape[-1])
         x = x.astype(self.dtype or x.dtype)
         if self.method == "dense" or self.dense_finetuning:
             return sparse24_linear(x, weight.w, method="dense", precision=precision)
@@ -109,8 +109,8 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x, activation: str, fused: 
         return None
     x = x.astype(fc.dtype or x.dtype)
     h = fc.features // 2 if activation in GATED_KINDS else fc.features
-    fc_w, fc_key = fc.state(x.shape[-1])
-    proj_w, proj_key = proj.state(h)
+    fc_w, fc_key = fc.weight_and_key(x.shape[-1])
+    proj_w, proj_key = proj.weight_and_key(h)
     return sparse24_ffn(x, fc_w, proj_w, activation=activation, keys=(fc_key, proj_key), method=fc.method,
                         backend=fc.backend, mvue=(fc.mvue, proj.mvue), fused=fused)
 
