@@ -62,6 +62,7 @@ from ._grad_acc import receipt_for
 from ._vma import match_varying
 from .activations import GATED_KINDS, gated, gated_activation
 from .backend import Backend, capabilities, get_backend
+from .fp8 import canonical_precision
 from .linear import check_grad_acc, prepare, tokens_2d, validate, weight_grad
 
 __all__ = ["ACTIVATIONS", "Sparse24Weight", "activation", "activation_grad", "activation_vjp", "mvue_pair",
@@ -93,6 +94,21 @@ def fuses_activation(backend: str | Backend, kind: str) -> bool:
     numbers, no gain from the block)."""
     caps = capabilities(backend)
     return kind in (*caps.activation_grad_prune, *caps.linear_activation, *caps.linear_activation_grad)
+
+
+def block_applies(fc, proj, kind: str, fused: bool) -> bool:
+    """Whether an MLP module runs its two linear layers (NNX's or linen's ``SparseLinear``:
+    ``method``, ``backend``, ``dtype``, ``precision``, ``dense_finetuning``) as one
+    :func:`sparse24_ffn` block: ``fused``, the same sparse method, backend and dtype,
+    precision "compute", no dense fine-tuning, and a backend that fuses ``kind``
+    (:func:`fuses_activation`). Elsewhere the module composes the layers: the same numbers."""
+    if not fused or fc.method == "dense" or fc.dense_finetuning or proj.dense_finetuning:
+        return False
+    if (fc.method, fc.backend, fc.dtype) != (proj.method, proj.backend, proj.dtype):
+        return False
+    if canonical_precision(fc.precision) != "compute" or canonical_precision(proj.precision) != "compute":
+        return False
+    return fuses_activation(fc.backend, kind)
 
 
 def activation(kind: str, z: jax.Array, backend: Backend | None = None, fused: bool = True) -> jax.Array:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .activations import GATED_KINDS, fused_flag, gated
-from .ffn import Sparse24Weight, fuses_activation, mvue_pair, sparse24_ffn
+from .ffn import Sparse24Weight, block_applies, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
@@ -94,18 +94,10 @@ class SparseLinear(nn.Module):
 
 def _ffn_block(fc: SparseLinear, proj: SparseLinear, x, activation: str, fused: bool):
     """``proj(act(fc(x)))`` as :func:`~sparse24_jax.ffn.sparse24_ffn`'s one custom_vjp
-    where the backend fuses this activation (its backward with the MVUE pruning, or into
-    a GEMM's epilogue) and the two layers allow it (the same sparse method, backend and
-    dtype, precision "compute", no dense fine-tuning), as :mod:`sparse24_jax.nnx`'s
-    modules do; else ``None``, and the caller composes the two layers (the same numbers
-    without the fusion). Each layer draws its MVUE key as its own call would."""
-    if fc.method == "dense" or (fc.method, fc.backend, fc.dtype) != (proj.method, proj.backend, proj.dtype):
-        return None
-    if fc.dense_finetuning or proj.dense_finetuning or not fused:
-        return None
-    if canonical_precision(fc.precision) != "compute" or canonical_precision(proj.precision) != "compute":
-        return None
-    if not fuses_activation(fc.backend, activation):
+    where :func:`~sparse24_jax.ffn.block_applies` (as :mod:`sparse24_jax.nnx`'s modules
+    do); else ``None``, and the caller composes the two layers (the same numbers without
+    the fusion). Each layer draws its MVUE key as its own call would."""
+    if not block_applies(fc, proj, activation, fused):
         return None
     x = x.astype(fc.dtype or x.dtype)
     h = fc.features // 2 if activation in GATED_KINDS else fc.features

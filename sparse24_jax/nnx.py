@@ -45,7 +45,7 @@ from flax import nnx
 
 from . import _grad_acc
 from .activations import GATED_KINDS, fused_flag, gated
-from .ffn import Sparse24Weight, fuses_activation, mvue_pair, sparse24_ffn
+from .ffn import Sparse24Weight, block_applies, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, prepare_sparse24_weight, search_mask, sparse24_linear
 from .parallel import ShardConfig, check_tensor_parallel, sharded_sparse24_linear
@@ -238,14 +238,7 @@ def _ffn_block(fc: SparseLinear, proj: SparseLinear, x: jax.Array, activation: s
     which is what the block would compute without the fusion, op for op (so a
     backend without it, like "xla", trains exactly as before the block). Each
     layer with MVUE draws its key as its own call would."""
-    same = (fc.method, fc.backend, fc.dtype) == (proj.method, proj.backend, proj.dtype)
-    if not same or fc.dense_finetuning or proj.dense_finetuning:
-        return None
-    if fc.precision != "compute" or proj.precision != "compute":
-        return None
-    if fc.shard is not None or proj.shard is not None or not fused:
-        return None
-    if not fuses_activation(fc.backend, activation):
+    if fc.shard is not None or proj.shard is not None or not block_applies(fc, proj, activation, fused):
         return None
     x = x.astype(fc.dtype or x.dtype)
     keys = (fc.rngs() if fc.mvue else None, proj.rngs() if proj.mvue else None)
