@@ -43,7 +43,8 @@ class Config:
     mvue: bool = True            # MVUE-prune the output gradient of the weight-gradient GEMM
     mvue_fc: bool = True         # false: the FFN's first linear (fc, gate_up) keeps no MVUE: its weight
                                  # gradient is a dense GEMM of the exact dZ1 (no pruning pass over the
-                                 # 4x-wide tensor); proj follows `mvue`. docs/BENCHMARKS.md section 16
+                                 # 4x-wide tensor); proj follows `mvue`. docs/BENCHMARKS.md section 16,
+                                 # convergence: docs/RESULTS.md (session 18)
     dtype: str = "bfloat16"      # compute dtype; master weights and optimizer state stay float32
     precision: str = "compute"   # FFN 2:4 GEMMs: "compute" (in `dtype`) or "fp8" (S-STE's FP8 recipe, simulated)
     attention: str = "auto"      # "auto" (cuDNN flash attention on NVIDIA GPUs in 16-bit, else XLA), "xla", "cudnn"
