@@ -5,9 +5,11 @@ adds it in its backward rule. JAX runs no backward rule for an operation whose
 output does not reach the differentiated value, and then that weight's
 cotangent is zero: the sum would be lost. So each such operation carries a
 :class:`Receipt` (a static argument of its custom_vjp) that its backward marks
-when it traces, and :func:`sparse24_jax.nnx.value_and_grad` adds every sum
-whose receipts stayed unmarked itself. Trace-time bookkeeping only: nothing
-here is in the compiled program.
+when it traces, and :func:`sparse24_jax.nnx.value_and_grad` (or
+:func:`sparse24_jax.linen.value_and_grad`) adds every sum whose receipts stayed
+unmarked itself. NNX layers hold their sum in a variable; linen layers take
+theirs from :func:`handing` by their weight's identity. Trace-time bookkeeping
+only: nothing here is in the compiled program.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Receipt", "collecting", "receipt_for"]
+__all__ = ["Receipt", "collecting", "handing", "receipt_for", "take"]
 
 _local = threading.local()
 
@@ -57,3 +59,28 @@ def receipt_for(acc: Any) -> Receipt | None:
     if stack:
         stack[-1].setdefault(id(acc), []).append(receipt)
     return receipt
+
+
+@contextlib.contextmanager
+def handing(sums: dict[int, Any]) -> Iterator[None]:
+    """Hand running sums to the layers that trace while this is open, by the
+    identity of the weight each belongs to: ``{id(weight): sum}``. For module
+    systems whose layers hold no state of their own to put a sum in (Flax
+    linen: :func:`sparse24_jax.linen.value_and_grad`); a layer asks with
+    :func:`take`."""
+    stack = _local.__dict__.setdefault("handed", [])
+    stack.append(dict(sums))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def take(weight: Any) -> Any:
+    """The running sum handed for ``weight`` by the innermost :func:`handing`,
+    or ``None``. Taken once: a layer called twice adds its sum in one backward
+    (the weight's cotangent sums both calls')."""
+    stack = getattr(_local, "handed", None)
+    if not stack:
+        return None
+    return stack[-1].pop(id(weight), None)

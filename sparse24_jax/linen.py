@@ -8,25 +8,29 @@ S-STE layers. Apply with ``mutable=False`` and an rng for MVUE::
     y = model.apply({"params": p, "sparse24": s}, x, rngs={"sparse24": key})
 
 The functional helpers :func:`refresh_masks` and :func:`decay_masks` play the
-role of their NNX namesakes on those two trees.
+role of their NNX namesakes on those two trees, and :func:`value_and_grad` that
+of :func:`sparse24_jax.nnx.value_and_grad` for gradient accumulation: the
+running sums go into the 2:4 weight-gradient GEMMs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from . import _grad_acc
 from .activations import GATED_KINDS, fused_flag, gated
 from .ffn import Sparse24Weight, block_applies, mvue_pair, sparse24_ffn
 from .fp8 import canonical_precision
 from .linear import METHODS, search_mask, sparse24_linear
 from .sste import sste_scale
 
-__all__ = ["SparseLinear", "SparseMLP", "SparseGatedMLP", "refresh_masks", "decay_masks", "COLLECTION"]
+__all__ = ["SparseLinear", "SparseMLP", "SparseGatedMLP", "refresh_masks", "decay_masks", "value_and_grad",
+           "COLLECTION"]
 
 COLLECTION = "sparse24"
 
@@ -55,7 +59,9 @@ class SparseLinear(nn.Module):
         mask (SR-STE/STE) or beta (S-STE) as a :class:`~sparse24_jax.ffn.Sparse24Weight`
         (no mask for ``method="dense"``), and this call's MVUE key (``None`` without
         MVUE, for a dense layer and in dense fine-tuning). :class:`SparseMLP` reads both
-        linears' through it to run them as one FFN block."""
+        linears' through it to run them as one FFN block. Under :func:`value_and_grad`
+        with ``grad_acc``, the weight carries its running sum (``grad_acc``) where this
+        layer's backward adds it: a sparse method in the compute dtype."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {METHODS}")
         for name, v in (("in_features", in_features), ("features", self.features)):
@@ -78,7 +84,10 @@ class SparseLinear(nn.Module):
                     "every step, or build the module with mvue=False"
                 )
             key = self.make_rng(COLLECTION)
-        return Sparse24Weight(w, mask.value, beta), key
+        acc = None
+        if not self.dense_finetuning and canonical_precision(self.precision) == "compute":
+            acc = _grad_acc.take(w)  # None unless value_and_grad handed this weight's sum
+        return Sparse24Weight(w, mask.value, beta, grad_acc=acc), key
 
     def __call__(self, x):
         precision = canonical_precision(self.precision)
@@ -88,7 +97,7 @@ class SparseLinear(nn.Module):
             return sparse24_linear(x, weight.w, method="dense", precision=precision)
         return sparse24_linear(
             x, weight.w, weight.mask, weight.beta, key, method=self.method, backend=self.backend, mvue=self.mvue,
-            precision=precision,
+            precision=precision, grad_acc=weight.grad_acc,
         )
 
 
@@ -207,3 +216,46 @@ def decay_masks(params, sparse_state, *, dense_finetuning: bool = False):
     }
     flat = {path: masked.get(path, True) for path in flatten_dict(params)}
     return unflatten_dict(flat)
+
+
+def value_and_grad(fn: Callable[..., Any], params, *args, grad_acc: Any = None, has_aux: bool = False):
+    """``jax.value_and_grad(fn, has_aux=has_aux)(params, *args)``, with gradient
+    accumulation's running sum added: given ``grad_acc`` (shaped like ``params``,
+    zeros to start), the gradients are ``grad_acc`` plus this call's, the next
+    running sum. ``fn(params, *args)`` applies the model, e.g.
+    ``model.apply({"params": params, "sparse24": s}, x, rngs=...)``.
+
+    Each :class:`SparseLinear` that runs a sparse method in its compute dtype on
+    the very ``params`` leaf given here adds its weight's sum in its backward: in
+    the weight-gradient GEMM's epilogue where the backend can
+    (:class:`~sparse24_jax.backend.AccumulatingWeightGrad`: "cutlass"), without a
+    separate pass over the float32 gradient per micro-batch. Every other leaf's
+    sum (dense layers, dense fine-tuning, fp8, a weight ``fn`` transforms before
+    the model sees it, a layer whose output the value does not use) is added
+    here, as ``jax.tree.map(jnp.add, grad_acc, grads)`` would: the same sums
+    either way. :func:`sparse24_jax.nnx.value_and_grad` is the NNX counterpart."""
+    if grad_acc is None:
+        return jax.value_and_grad(fn, has_aux=has_aux)(params, *args)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    sums, sums_def = jax.tree_util.tree_flatten(grad_acc)
+    if sums_def != treedef:
+        raise ValueError(f"grad_acc must be shaped like params (e.g. jax.tree.map(jnp.zeros_like, params)): "
+                         f"params is {treedef}, grad_acc {sums_def}")
+    # a sum is handed only where its receipts can tell it apart: one array object per leaf
+    ids = [id(a) for a in sums]
+    handable = [ids.count(i) == 1 for i in ids]
+
+    def f(params_in):
+        handed = {}
+        for w, acc, ok in zip(jax.tree_util.tree_leaves(params_in), sums, handable):
+            if ok and tuple(acc.shape) == tuple(w.shape) and jnp.dtype(acc.dtype) == jnp.dtype(w.dtype):
+                handed[id(w)] = acc
+        with _grad_acc.handing(handed):
+            return fn(params_in, *args)
+
+    with _grad_acc.collecting() as receipts:
+        out, grads = jax.value_and_grad(f, has_aux=has_aux)(params)
+    # the sums a backward added (JAX runs none for a layer whose output the value does not use)
+    added = [any(r.added for r in receipts.get(id(acc), ())) for acc in sums]
+    new = [g if took else acc + g for g, acc, took in zip(jax.tree_util.tree_leaves(grads), sums, added)]
+    return out, jax.tree_util.tree_unflatten(treedef, new)

@@ -451,6 +451,35 @@ def test_linen_sparse_mlp_takes_the_block_on_cutlass(be):
     assert {"fwd_gelu", "dx_dgelu"} <= {c[0] for c in be.calls}
 
 
+@pytest.mark.parametrize("be", [True, False], indirect=True)
+def test_linen_grad_acc_runs_in_the_weight_gradient_gemm(be):
+    """linen.value_and_grad(grad_acc=) on a linen SparseMLP on "cutlass" (with and without
+    the fused block): both MVUE weight gradients are the accumulating GEMM (dw_acc), not dw
+    and an add, and the gradients are the running sums plus the plain ones."""
+    from sparse24_jax import linen as s24linen
+
+    m = s24linen.SparseMLP(256, linear_kwargs={"backend": be, "dtype": jnp.bfloat16})
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 128)).astype(np.float32))
+    v = m.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, x)
+    acc = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(p.size).standard_normal(p.shape), p.dtype),
+                       v["params"])
+
+    def loss(params, x):
+        y = m.apply({"params": params, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(2)})
+        return jnp.mean(y.astype(jnp.float32) ** 2)
+
+    be.calls.clear()
+    _, plain = s24linen.value_and_grad(loss, v["params"], x)
+    plain_kinds = [c[0] for c in be.calls]
+    be.calls.clear()
+    _, summed = s24linen.value_and_grad(loss, v["params"], x, grad_acc=acc)
+    kinds = [c[0] for c in be.calls]
+    assert plain_kinds.count("dw") == 2 and "dw_acc" not in plain_kinds
+    assert kinds.count("dw_acc") == 2 and "dw" not in kinds, kinds
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(plain), jax.tree.leaves(summed)):
+        np.testing.assert_allclose(np.asarray(s), np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("be", [True], indirect=True)
 def test_fused_methods_check_their_inputs(be):
     import sparse24_jax as s24

@@ -123,3 +123,110 @@ def test_linen_mlp_mvue_per_linear():
                                rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="a pair of bools"):
         s24linen.SparseMLP(32, mvue=(True,)).init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
+
+
+class _AccNet(nn.Module):
+    """An FFN, a layer used twice (shared weight), a layer whose output the value ignores,
+    a dense fine-tuning layer, a dense head: every case value_and_grad's sums must get right."""
+
+    @nn.compact
+    def __call__(self, x):
+        kw = {"dtype": jnp.bfloat16}
+        shared = s24linen.SparseLinear(32, name="shared", **kw)
+        s24linen.SparseLinear(32, name="unused", **kw)(x)  # called, output dropped: no backward runs
+        h = (s24linen.SparseMLP(64, linear_kwargs=kw, name="mlp")(x) + shared(shared(x))
+             + s24linen.SparseLinear(32, dense_finetuning=True, name="tuned", **kw)(x))
+        return jnp.mean(nn.Dense(8)(h).astype(jnp.float32) ** 2)
+
+
+def _acc_setup():
+    net = _AccNet()
+    x = jax.random.normal(jax.random.key(2), (2, 8, 32))
+    v = net.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, x)
+    acc = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape, p.dtype), v["params"])
+
+    def loss(params, x):
+        return net.apply({"params": params, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(7)})
+
+    return v["params"], acc, x, loss
+
+
+def test_value_and_grad_grad_acc_is_the_running_sum_plus_the_gradient(monkeypatch):
+    """grads(grad_acc=S) == S + grads() leaf by leaf; the sparse layers take their sums into
+    their backward (the shared layer once, though it runs twice), the unused layer's (no
+    backward ran), the dense fine-tuning layer's and the head's are added by value_and_grad."""
+    from sparse24_jax import _grad_acc
+
+    params, acc, x, loss = _acc_setup()
+    v0, g0 = s24linen.value_and_grad(loss, params, x)
+    took = {}
+    real_take = _grad_acc.take
+
+    def spy(w):
+        s = real_take(w)
+        took.setdefault(tuple(w.shape), []).append(s is not None)
+        return s
+
+    monkeypatch.setattr(_grad_acc, "take", spy)
+    v1, g1 = s24linen.value_and_grad(loss, params, x, grad_acc=acc)
+    assert float(v0) == float(v1)
+    for (path, a), g, s in zip(jax.tree_util.tree_leaves_with_path(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    # (32, 32): unused, shared twice (taken once); fc (64, 32) and proj (32, 64) once; tuned never asks
+    assert sorted(took[(32, 32)]) == [False, True, True]
+    assert took[(64, 32)] == [True] and took[(32, 64)] == [True]
+    with pytest.raises(ValueError, match="grad_acc must be shaped like params"):
+        s24linen.value_and_grad(loss, params, x, grad_acc={"mlp": acc["mlp"]})
+
+
+def test_value_and_grad_grad_acc_hands_nothing_it_cannot_tell_apart(monkeypatch):
+    """float32 sums of bfloat16 params, and one array object as every leaf's sum: no layer
+    is handed a sum (their receipts could not say whose it was), all are added here."""
+    from sparse24_jax import _grad_acc
+
+    params, acc, x, loss = _acc_setup()
+    handed = []
+    real_handing = _grad_acc.handing
+
+    def spy(sums):
+        handed.append(len(sums))
+        return real_handing(sums)
+
+    monkeypatch.setattr(_grad_acc, "handing", spy)
+    bf = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    _, g_bf = s24linen.value_and_grad(lambda p, x: loss(jax.tree.map(lambda a: a.astype(jnp.float32), p), x), bf, x)
+    _, s_bf = s24linen.value_and_grad(lambda p, x: loss(jax.tree.map(lambda a: a.astype(jnp.float32), p), x), bf, x,
+                                      grad_acc=acc)
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g_bf), jax.tree.leaves(s_bf)):
+        assert s.dtype == jnp.float32
+        np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g, np.float32), rtol=1e-5, atol=1e-6)
+    # the three (32, 32) weights' sums as one array object: those three not handed, the other four are
+    one = jnp.ones((32, 32), jnp.float32)
+    shared_sum = jax.tree.map(lambda p: one if p.shape == (32, 32) else jnp.ones_like(p), params)
+    _, g0 = s24linen.value_and_grad(loss, params, x)
+    _, g1 = s24linen.value_and_grad(loss, params, x, grad_acc=shared_sum)
+    assert handed == [0, 4]
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(b, np.asarray(a) + 1.0, rtol=1e-5, atol=1e-6)
+
+
+def test_value_and_grad_grad_acc_in_a_scan_matches_adding_after():
+    """A jitted micro-batch scan both ways: the sums in the layers' backward or added after."""
+    params, _, _, loss = _acc_setup()
+    xs = jax.random.normal(jax.random.key(3), (3, 2, 8, 32))
+
+    @jax.jit
+    def run(params, xs):
+        def micro(carry, x):
+            in_gemm, after = carry
+            _, in_gemm = s24linen.value_and_grad(loss, params, x, grad_acc=in_gemm)
+            _, g = s24linen.value_and_grad(loss, params, x)
+            return (in_gemm, jax.tree.map(jnp.add, after, g)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return jax.lax.scan(micro, (zeros, zeros), xs)[0]
+
+    in_gemm, after = run(params, xs)
+    for a, b in zip(jax.tree.leaves(in_gemm), jax.tree.leaves(after)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
