@@ -270,3 +270,46 @@ def test_grad_acc_in_the_weight_gradient_gemm(be, mvue):
 
     copies = re.findall(r"= f32\[(?:1024,256|256,1024)\]\{[^}]*\} copy\(.*", text)
     assert not copies, "a running sum is copied: " + "\n".join(copies[:4])
+
+
+def test_linen_grad_acc_in_the_weight_gradient_gemm(be):
+    """linen.value_and_grad(grad_acc=) on a linen SparseMLP on "cutlass": the running sums
+    added in both weight-gradient GEMMs (sparse24_cutlass_gemm_acc, no plain dw GEMM left),
+    each gradient the sum plus the plain one; inside a jitted micro-batch scan the sums are
+    not copied."""
+    import re
+
+    from sparse24_jax import linen as s24linen
+
+    d, h = 256, 1024
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.standard_normal((2, 4, 64, d)).astype(np.float32)).astype(jnp.bfloat16)
+    mod = s24linen.SparseMLP(h, linear_kwargs={"backend": "cutlass", "dtype": jnp.bfloat16})
+    v = mod.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, xs[0])
+    params = v["params"]
+    acc = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape).astype(np.float32)), params)
+
+    def loss(p, x):
+        y = mod.apply({"params": p, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(5)})
+        return jnp.mean(y.astype(jnp.float32) ** 2)
+
+    plain = jax.jit(lambda p, x: s24linen.value_and_grad(loss, p, x)[1])
+    summed = jax.jit(lambda p, x, a: s24linen.value_and_grad(loss, p, x, grad_acc=a)[1])
+    g0, g1 = plain(params, xs[0]), summed(params, xs[0], acc)
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(s), np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-5)
+    hlo = summed.lower(params, xs[0], acc).compile().as_text()
+    hlo0 = plain.lower(params, xs[0]).compile().as_text()
+    gemm = 'custom_call_target="sparse24_cutlass_gemm"'
+    assert hlo.count('custom_call_target="sparse24_cutlass_gemm_acc"') == 2
+    assert hlo.count(gemm) == hlo0.count(gemm) - 2
+
+    def scan(params, xs):
+        def micro(grads, x):
+            return s24linen.value_and_grad(loss, params, x, grad_acc=grads)[1], None
+
+        return jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), xs)[0]
+
+    text = jax.jit(scan).lower(params, xs).compile().as_text()
+    copies = re.findall(r"= f32\[(?:1024,256|256,1024)\]\{[^}]*\} copy\(.*", text)
+    assert not copies, "a running sum is copied: " + "\n".join(copies[:4])
