@@ -10,7 +10,16 @@ S-STE layers. Apply with ``mutable=False`` and an rng for MVUE::
 The functional helpers :func:`refresh_masks` and :func:`decay_masks` play the
 role of their NNX namesakes on those two trees, and :func:`value_and_grad` that
 of :func:`sparse24_jax.nnx.value_and_grad` for gradient accumulation: the
-running sums go into the 2:4 weight-gradient GEMMs.
+running sums go into the 2:4 weight-gradient GEMMs::
+
+    def loss(params, batch, key):
+        return model.apply({"params": params, "sparse24": s}, batch, rngs={"sparse24": key})
+
+    def micro(sums, xs):  # one micro-batch and its own MVUE key
+        return s24linen.value_and_grad(loss, params, *xs, grad_acc=sums)[1], None
+
+    keys = jax.random.split(step_key, batches.shape[0])
+    grads = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), (batches, keys))[0]
 """
 
 from __future__ import annotations
