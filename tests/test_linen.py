@@ -230,3 +230,31 @@ def test_value_and_grad_grad_acc_in_a_scan_matches_adding_after():
     in_gemm, after = run(params, xs)
     for a, b in zip(jax.tree.leaves(in_gemm), jax.tree.leaves(after)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_value_and_grad_grad_acc_through_a_lifted_transform(monkeypatch):
+    """Under nn.remat the layers see new tracers, not the params leaves handed out: no layer
+    takes a sum (they would not know whose it is), all are added after: the same sums."""
+    from sparse24_jax import _grad_acc
+
+    class Remat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return jnp.mean(nn.remat(s24linen.SparseMLP)(64, name="mlp")(x) ** 2)
+
+    net = Remat()
+    x = jax.random.normal(jax.random.key(0), (2, 8, 32))
+    v = net.init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
+    acc = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape, p.dtype), v["params"])
+
+    def loss(params, x):
+        return net.apply({"params": params, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(3)})
+
+    took = []
+    real_take = _grad_acc.take
+    monkeypatch.setattr(_grad_acc, "take", lambda w: (lambda s: took.append(s is not None) or s)(real_take(w)))
+    _, g0 = s24linen.value_and_grad(loss, v["params"], x)
+    _, g1 = s24linen.value_and_grad(loss, v["params"], x, grad_acc=acc)
+    assert took and not any(took)
+    for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6)
