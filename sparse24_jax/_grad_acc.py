@@ -18,7 +18,7 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Receipt", "collecting", "handing", "receipt_for", "take"]
+__all__ = ["Receipt", "collecting", "handing", "receipt_for", "take", "was_added"]
 
 _local = threading.local()
 
@@ -37,16 +37,26 @@ class Receipt:
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[dict[int, list[Receipt]]]:
-    """Collect the receipts of the operations handed a running sum while this is
-    open: ``{id(sum): [Receipt, ...]}``, filled as they trace."""
-    stack = _local.__dict__.setdefault("stack", [])
-    receipts: dict[int, list[Receipt]] = {}
-    stack.append(receipts)
+def _innermost(name: str, value: Any) -> Iterator[Any]:
+    """``value`` on top of this thread's stack ``name`` while open (they nest)."""
+    stack = _local.__dict__.setdefault(name, [])
+    stack.append(value)
     try:
-        yield receipts
+        yield value
     finally:
         stack.pop()
+
+
+def _top(name: str) -> Any:
+    """The top of this thread's stack ``name``, or None when none is open."""
+    stack = getattr(_local, name, None)
+    return stack[-1] if stack else None
+
+
+def collecting() -> contextlib.AbstractContextManager[dict[int, list[Receipt]]]:
+    """Collect the receipts of the operations handed a running sum while this is
+    open: ``{id(sum): [Receipt, ...]}``, filled as they trace."""
+    return _innermost("receipts", {})
 
 
 def receipt_for(acc: Any) -> Receipt | None:
@@ -55,32 +65,31 @@ def receipt_for(acc: Any) -> Receipt | None:
     if acc is None:
         return None
     receipt = Receipt()
-    stack = getattr(_local, "stack", None)
-    if stack:
-        stack[-1].setdefault(id(acc), []).append(receipt)
+    receipts = _top("receipts")
+    if receipts is not None:
+        receipts.setdefault(id(acc), []).append(receipt)
     return receipt
 
 
-@contextlib.contextmanager
-def handing(sums: dict[int, Any]) -> Iterator[None]:
+def was_added(receipts: dict[int, list[Receipt]], acc_id: int) -> bool:
+    """Whether a backward rule added the sum whose id is ``acc_id``, by the
+    receipts :func:`collecting` gathered (none: no operation got it, or JAX ran
+    no backward for any that did)."""
+    return any(r.added for r in receipts.get(acc_id, ()))
+
+
+def handing(sums: dict[int, Any]) -> contextlib.AbstractContextManager[dict[int, Any]]:
     """Hand running sums to the layers that trace while this is open, by the
     identity of the weight each belongs to: ``{id(weight): sum}``. For module
     systems whose layers hold no state of their own to put a sum in (Flax
     linen: :func:`sparse24_jax.linen.value_and_grad`); a layer asks with
     :func:`take`."""
-    stack = _local.__dict__.setdefault("handed", [])
-    stack.append(dict(sums))
-    try:
-        yield
-    finally:
-        stack.pop()
+    return _innermost("handed", dict(sums))
 
 
 def take(weight: Any) -> Any:
     """The running sum handed for ``weight`` by the innermost :func:`handing`,
     or ``None``. Taken once: a layer called twice adds its sum in one backward
     (the weight's cotangent sums both calls')."""
-    stack = getattr(_local, "handed", None)
-    if not stack:
-        return None
-    return stack[-1].pop(id(weight), None)
+    handed = _top("handed")
+    return None if handed is None else handed.pop(id(weight), None)

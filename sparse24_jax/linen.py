@@ -265,6 +265,6 @@ def value_and_grad(fn: Callable[..., Any], params, *args, grad_acc: Any = None, 
     with _grad_acc.collecting() as receipts:
         out, grads = jax.value_and_grad(f, has_aux=has_aux)(params)
     # the sums a backward added (JAX runs none for a layer whose output the value does not use)
-    added = [any(r.added for r in receipts.get(id(acc), ())) for acc in sums]
+    added = [_grad_acc.was_added(receipts, id(acc)) for acc in sums]
     new = [g if took else acc + g for g, acc, took in zip(jax.tree_util.tree_leaves(grads), sums, added)]
     return out, jax.tree_util.tree_unflatten(treedef, new)

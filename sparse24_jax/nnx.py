@@ -455,7 +455,7 @@ def value_and_grad(fn: Callable[..., jax.Array], graphdef, params, rest, *args, 
         (value, rest), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
     if grad_acc is not None:
         # the sums a backward added (JAX runs none for a layer whose output the loss does not use)
-        taken = {path for path, (_, key) in handed.items() if any(r.added for r in receipts.get(key, ()))}
+        taken = {path for path, (_, key) in handed.items() if _grad_acc.was_added(receipts, key)}
         try:
             grads = jax.tree_util.tree_map_with_path(
                 lambda p, g, a: g if path_keys(p) in taken else a + g, grads, grad_acc)
