@@ -139,8 +139,9 @@ class _AccNet(nn.Module):
         return jnp.mean(nn.Dense(8)(h).astype(jnp.float32) ** 2)
 
 
-def _acc_setup():
-    net = _AccNet()
+def _acc_setup(net=None):
+    """(params, running sums shaped like them, x, loss(params, x)) for ``net`` (_AccNet)."""
+    net = net or _AccNet()
     x = jax.random.normal(jax.random.key(2), (2, 8, 32))
     v = net.init({"params": jax.random.key(0), "sparse24": jax.random.key(1)}, x)
     acc = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape, p.dtype), v["params"])
@@ -151,24 +152,33 @@ def _acc_setup():
     return v["params"], acc, x, loss
 
 
-def test_value_and_grad_grad_acc_is_the_running_sum_plus_the_gradient(monkeypatch):
-    """grads(grad_acc=S) == S + grads() leaf by leaf; the sparse layers take their sums into
-    their backward (the shared layer once, though it runs twice), the unused layer's (no
-    backward ran), the dense fine-tuning layer's and the head's are added by value_and_grad."""
+def _spy_take(monkeypatch) -> list[tuple[tuple, bool]]:
+    """Record every layer's ask for its sum: (its weight's shape, whether it got one)."""
     from sparse24_jax import _grad_acc
 
-    params, acc, x, loss = _acc_setup()
-    v0, g0 = s24linen.value_and_grad(loss, params, x)
-    took = {}
+    asks = []
     real_take = _grad_acc.take
 
     def spy(w):
         s = real_take(w)
-        took.setdefault(tuple(w.shape), []).append(s is not None)
+        asks.append((tuple(w.shape), s is not None))
         return s
 
     monkeypatch.setattr(_grad_acc, "take", spy)
+    return asks
+
+
+def test_value_and_grad_grad_acc_is_the_running_sum_plus_the_gradient(monkeypatch):
+    """grads(grad_acc=S) == S + grads() leaf by leaf; the sparse layers take their sums into
+    their backward (the shared layer once, though it runs twice), the unused layer's (no
+    backward ran), the dense fine-tuning layer's and the head's are added by value_and_grad."""
+    params, acc, x, loss = _acc_setup()
+    v0, g0 = s24linen.value_and_grad(loss, params, x)
+    asks = _spy_take(monkeypatch)
     v1, g1 = s24linen.value_and_grad(loss, params, x, grad_acc=acc)
+    took = {}
+    for shape, got in asks:
+        took.setdefault(shape, []).append(got)
     assert float(v0) == float(v1)
     for (path, a), g, s in zip(jax.tree_util.tree_leaves_with_path(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6,
@@ -235,26 +245,16 @@ def test_value_and_grad_grad_acc_in_a_scan_matches_adding_after():
 def test_value_and_grad_grad_acc_through_a_lifted_transform(monkeypatch):
     """Under nn.remat the layers see new tracers, not the params leaves handed out: no layer
     takes a sum (they would not know whose it is), all are added after: the same sums."""
-    from sparse24_jax import _grad_acc
 
     class Remat(nn.Module):
         @nn.compact
         def __call__(self, x):
             return jnp.mean(nn.remat(s24linen.SparseMLP)(64, name="mlp")(x) ** 2)
 
-    net = Remat()
-    x = jax.random.normal(jax.random.key(0), (2, 8, 32))
-    v = net.init({"params": jax.random.key(1), "sparse24": jax.random.key(2)}, x)
-    acc = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape, p.dtype), v["params"])
-
-    def loss(params, x):
-        return net.apply({"params": params, "sparse24": v["sparse24"]}, x, rngs={"sparse24": jax.random.key(3)})
-
-    took = []
-    real_take = _grad_acc.take
-    monkeypatch.setattr(_grad_acc, "take", lambda w: (lambda s: took.append(s is not None) or s)(real_take(w)))
-    _, g0 = s24linen.value_and_grad(loss, v["params"], x)
-    _, g1 = s24linen.value_and_grad(loss, v["params"], x, grad_acc=acc)
-    assert took and not any(took)
+    params, acc, x, loss = _acc_setup(Remat())
+    _, g0 = s24linen.value_and_grad(loss, params, x)
+    asks = _spy_take(monkeypatch)
+    _, g1 = s24linen.value_and_grad(loss, params, x, grad_acc=acc)
+    assert asks and not any(got for _, got in asks)
     for a, g, s in zip(jax.tree.leaves(acc), jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(s, np.asarray(a) + np.asarray(g), rtol=1e-5, atol=1e-6)
