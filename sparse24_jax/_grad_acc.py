@@ -18,7 +18,9 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Receipt", "collecting", "handing", "receipt_for", "take", "was_added"]
+import jax.numpy as jnp
+
+__all__ = ["Receipt", "collecting", "handing", "receipt_for", "fits", "take", "was_added"]
 
 _local = threading.local()
 
@@ -69,6 +71,12 @@ def receipt_for(acc: Any) -> Receipt | None:
     if receipts is not None:
         receipts.setdefault(id(acc), []).append(receipt)
     return receipt
+
+
+def fits(acc: Any, weight: Any) -> bool:
+    """Whether ``acc`` can be ``weight``'s running sum inside its backward: the
+    weight's shape and dtype (a float32 sum of a bfloat16 weight is added after)."""
+    return tuple(acc.shape) == tuple(weight.shape) and jnp.dtype(acc.dtype) == jnp.dtype(weight.dtype)
 
 
 def was_added(receipts: dict[int, list[Receipt]], acc_id: int) -> bool:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from . import fp8 as _fp8
-from ._grad_acc import Receipt, receipt_for
+from ._grad_acc import Receipt, fits, receipt_for
 from ._vma import match_varying
 from .backend import Backend, capabilities, get_backend
 from .masks import mask_24
@@ -92,7 +92,7 @@ def check_grad_acc(grad_acc, w, name: str = "grad_acc") -> None:
     """A running sum of ``w``'s gradient has ``w``'s shape and dtype."""
     if grad_acc is None:
         return
-    if tuple(grad_acc.shape) != tuple(w.shape) or jnp.dtype(grad_acc.dtype) != jnp.dtype(w.dtype):
+    if not fits(grad_acc, w):
         raise ValueError(
             f"{name} must have the weight's shape and dtype {jnp.dtype(w.dtype).name} {tuple(w.shape)} (it is the "
             f"running sum of that weight's gradient), got {jnp.dtype(grad_acc.dtype).name} {tuple(grad_acc.shape)}"

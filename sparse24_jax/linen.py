@@ -257,7 +257,7 @@ def value_and_grad(fn: Callable[..., Any], params, *args, grad_acc: Any = None, 
     def f(params_in):
         handed = {}
         for w, acc, ok in zip(jax.tree_util.tree_leaves(params_in), sums, handable):
-            if ok and tuple(acc.shape) == tuple(w.shape) and jnp.dtype(acc.dtype) == jnp.dtype(w.dtype):
+            if ok and _grad_acc.fits(acc, w):
                 handed[id(w)] = acc
         with _grad_acc.handing(handed):
             return fn(params_in, *args)

@@ -410,8 +410,7 @@ def _hand_grad_acc(model: nnx.Module, grad_acc) -> dict[tuple, tuple[SparseLinea
     for path, layer in sparse_layers(model):
         acc, w = sums.get(path + ("weight",)), _get(layer.weight)
         # a sum in another dtype than the weight's (float32 sums of bf16 weights) is added here
-        if (acc is not None and _one_device_sparse(layer) and tuple(acc.shape) == tuple(w.shape)
-                and jnp.dtype(acc.dtype) == jnp.dtype(w.dtype)):
+        if acc is not None and _one_device_sparse(layer) and _grad_acc.fits(acc, w):
             _set(layer.grad_acc, acc)
             handed[path + ("weight",)] = (layer, id(_get(layer.grad_acc)))
     return handed
